@@ -1,0 +1,145 @@
+/*
+ * ssmpose kernel library: the arithmetic of the two operators, free of any framework.
+ *
+ * Every adapter (PyTorch via ctypes, ONNX Runtime, TensorRT, OpenVINO) calls these functions.
+ * The operator semantics are defined in docs/ops.md (SelectiveScan, DeformAggregate).
+ *
+ * Conventions
+ *  - All tensors are dense, C-contiguous, in the layouts given below. Adapters make inputs contiguous.
+ *  - `dtype` is one ssm_dtype for all floating inputs and the output of one call; accumulation is float32.
+ *  - Gradient outputs for parameters that are reduced over batch/positions (dA, dDs, d_delta_bias,
+ *    grad_value of DeformAggregate, dBs/dCs of SelectiveScan) are float32 buffers; the adapter casts.
+ *  - Functions return SSM_OK or an error code; ssm_status_string() names it. The functions check only
+ *    what they need to stay memory-safe (null pointers, non-positive sizes, unsupported dtype); the
+ *    adapters validate shapes against their framework's tensors and report them by name.
+ *  - CUDA functions take the stream as `void*` (a cudaStream_t), enqueue work on it and never
+ *    synchronise the host. Launch errors are returned as SSM_ERR_CUDA.
+ *  - Pointers of CUDA functions are device pointers; `workspace` (when asked for) is a device buffer of
+ *    at least the size returned by the matching *_workspace_size function.
+ */
+#ifndef SSMPOSE_KERNELS_H
+#define SSMPOSE_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define SSM_API __declspec(dllexport)
+#else
+#define SSM_API __attribute__((visibility("default")))
+#endif
+
+#define SSM_KERNELS_ABI_VERSION 1
+
+typedef enum ssm_dtype {
+  SSM_FLOAT32 = 0,
+  SSM_FLOAT16 = 1,
+  SSM_BFLOAT16 = 2,
+} ssm_dtype;
+
+typedef enum ssm_status {
+  SSM_OK = 0,
+  SSM_ERR_NULL_POINTER = 1,
+  SSM_ERR_BAD_SIZE = 2,
+  SSM_ERR_BAD_DTYPE = 3,
+  SSM_ERR_UNSUPPORTED = 4,
+  SSM_ERR_CUDA = 5,
+} ssm_status;
+
+/* Library identity, so that loaders can refuse a stale build. */
+SSM_API int ssm_abi_version(void);
+SSM_API const char* ssm_status_string(int status);
+
+/* ------------------------------------------------------------------------------------------------
+ * SelectiveScan
+ *   u, delta : (batch, groups*dim, length)      dtype
+ *   A        : (groups*dim, dstate)             dtype
+ *   Bs, Cs   : (batch, groups, dstate, length)  dtype
+ *   Ds       : (groups*dim) or NULL             dtype
+ *   delta_bias: (groups*dim) or NULL            dtype
+ *   y        : (batch, groups*dim, length)      dtype   (output)
+ * h[n] = exp(dt*A[c,n]) * h[n] + dt*Bs[b,g,n,t]*u[b,c,t]; y = sum_n Cs*h + Ds*u, dt = softplus?(delta+bias)
+ * dstate is 1..16, length >= 1.
+ */
+typedef struct ssm_scan_shape {
+  int64_t batch;
+  int64_t groups;
+  int64_t dim;     /* channels per group (D) */
+  int64_t dstate;  /* N */
+  int64_t length;  /* L */
+  int32_t delta_softplus;
+  int32_t dtype;   /* ssm_dtype */
+} ssm_scan_shape;
+
+SSM_API int ssm_selective_scan_fwd_cpu(const ssm_scan_shape* shape, const void* u, const void* delta,
+                                       const void* A, const void* Bs, const void* Cs, const void* Ds,
+                                       const void* delta_bias, void* y, int num_threads);
+
+/* Gradients. du, d_delta: (batch, groups*dim, length) in dtype. dA (groups*dim, dstate), dBs, dCs
+ * (batch, groups, dstate, length), dDs (groups*dim), d_delta_bias (groups*dim): float32, overwritten
+ * (not accumulated into). dDs / d_delta_bias may be NULL when Ds / delta_bias were NULL. */
+SSM_API int ssm_selective_scan_bwd_cpu(const ssm_scan_shape* shape, const void* u, const void* delta,
+                                       const void* A, const void* Bs, const void* Cs, const void* Ds,
+                                       const void* delta_bias, const void* dy, void* du,
+                                       void* d_delta, float* dA, float* dBs, float* dCs, float* dDs,
+                                       float* d_delta_bias, int num_threads);
+
+SSM_API int ssm_selective_scan_fwd_cuda(const ssm_scan_shape* shape, const void* u, const void* delta,
+                                        const void* A, const void* Bs, const void* Cs, const void* Ds,
+                                        const void* delta_bias, void* y, void* stream);
+
+SSM_API size_t ssm_selective_scan_bwd_cuda_workspace_size(const ssm_scan_shape* shape);
+SSM_API int ssm_selective_scan_bwd_cuda(const ssm_scan_shape* shape, const void* u, const void* delta,
+                                        const void* A, const void* Bs, const void* Cs, const void* Ds,
+                                        const void* delta_bias, const void* dy, void* du, void* d_delta,
+                                        float* dA, float* dBs, float* dCs, float* dDs,
+                                        float* d_delta_bias, void* workspace, void* stream);
+
+/* ------------------------------------------------------------------------------------------------
+ * DeformAggregate (DCNv4 core, no softmax)
+ *   value       : (batch, height, width, groups*group_channels)   dtype, channel-last
+ *   offset_mask : (batch, out_height, out_width, offset_stride)   dtype;
+ *                 offset_stride >= groups*K*3, K = kernel_h*kernel_w - remove_center; extra columns ignored
+ *   out         : (batch, out_height, out_width, groups*group_channels)  dtype (output)
+ */
+typedef struct ssm_deform_shape {
+  int64_t batch;
+  int64_t height, width;
+  int64_t out_height, out_width;
+  int64_t groups;
+  int64_t group_channels;
+  int64_t offset_stride; /* P */
+  int32_t kernel_h, kernel_w;
+  int32_t stride_h, stride_w;
+  int32_t pad_h, pad_w;
+  int32_t dilation_h, dilation_w;
+  int32_t remove_center;
+  float offset_scale;
+  int32_t dtype; /* ssm_dtype */
+} ssm_deform_shape;
+
+SSM_API int ssm_deform_aggregate_fwd_cpu(const ssm_deform_shape* shape, const void* value,
+                                         const void* offset_mask, void* out, int num_threads);
+
+/* grad_value: float32 (batch, height, width, groups*group_channels); grad_offset_mask: float32
+ * (batch, out_height, out_width, offset_stride), padding columns set to 0. Both overwritten. */
+SSM_API int ssm_deform_aggregate_bwd_cpu(const ssm_deform_shape* shape, const void* value,
+                                         const void* offset_mask, const void* grad_out,
+                                         float* grad_value, float* grad_offset_mask, int num_threads);
+
+SSM_API int ssm_deform_aggregate_fwd_cuda(const ssm_deform_shape* shape, const void* value,
+                                          const void* offset_mask, void* out, void* stream);
+
+SSM_API int ssm_deform_aggregate_bwd_cuda(const ssm_deform_shape* shape, const void* value,
+                                          const void* offset_mask, const void* grad_out,
+                                          float* grad_value, float* grad_offset_mask, void* stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SSMPOSE_KERNELS_H */

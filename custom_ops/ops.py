@@ -1,0 +1,113 @@
+"""The operator layer the models call.
+
+`selective_scan` and `deform_aggregate` validate their arguments, then run the fastest implementation
+available for the tensors' device. Only the pure-PyTorch reference exists so far; compiled kernels
+register themselves through `register_implementation`.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import torch
+
+from . import reference
+
+SCAN_CHUNK = 16  # chunk of the closed-form reference: bounds its (chunk x chunk) temporaries
+
+_implementations: Dict[str, Dict[str, Callable]] = {"selective_scan": {}, "deform_aggregate": {}}
+_forced: Optional[str] = None
+
+
+def register_implementation(op: str, device_type: str, fn: Callable) -> None:
+    """Register a kernel for `op` on tensors of `device_type` ('cpu', 'cuda')."""
+    _implementations[op][device_type] = fn
+
+
+def force_reference(enabled: bool = True) -> None:
+    """Make every call use the reference implementation (for parity checks)."""
+    global _forced
+    _forced = "reference" if enabled else None
+
+
+def _check(cond: bool, op: str, message: str) -> None:
+    if not cond:
+        raise ValueError(f"{op}: {message}")
+
+
+def check_selective_scan_args(u, delta, A, Bs, Cs, Ds=None, delta_bias=None) -> None:
+    op = "SelectiveScan"
+    _check(u.dim() == 3, op, f"u must be (B, G*D, L), got shape {tuple(u.shape)}")
+    batch, channels, length = u.shape
+    _check(delta.shape == u.shape, op, f"delta shape {tuple(delta.shape)} != u shape {tuple(u.shape)}")
+    _check(Bs.dim() == 4, op, f"Bs must be (B, G, N, L), got shape {tuple(Bs.shape)}")
+    groups, dstate = Bs.shape[1], Bs.shape[2]
+    _check(Bs.shape[0] == batch and Bs.shape[3] == length, op,
+           f"Bs shape {tuple(Bs.shape)} does not match u (B={batch}, L={length})")
+    _check(Cs.shape == Bs.shape, op, f"Cs shape {tuple(Cs.shape)} != Bs shape {tuple(Bs.shape)}")
+    _check(groups >= 1 and channels % groups == 0, op,
+           f"channels {channels} of u are not divisible by the {groups} groups of Bs")
+    _check(tuple(A.shape) == (channels, dstate), op,
+           f"A must be ({channels}, {dstate}), got {tuple(A.shape)}")
+    for name, t in (("Ds", Ds), ("delta_bias", delta_bias)):
+        if t is not None:
+            _check(tuple(t.shape) == (channels,), op, f"{name} must be ({channels},), got {tuple(t.shape)}")
+    for name, t in (("u", u), ("delta", delta), ("A", A), ("Bs", Bs), ("Cs", Cs), ("Ds", Ds),
+                    ("delta_bias", delta_bias)):
+        if t is not None:
+            _check(t.is_floating_point(), op, f"{name} must be floating point, got {t.dtype}")
+            _check(t.device == u.device, op, f"{name} is on {t.device}, u on {u.device}")
+
+
+def check_deform_aggregate_args(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                                dilation_h, dilation_w, group, group_channels, remove_center) -> None:
+    op = "DeformAggregate"
+    _check(value.dim() == 4, op, f"value must be (B, H, W, G*C), got shape {tuple(value.shape)}")
+    _check(offset_mask.dim() == 4, op,
+           f"offset_mask must be (B, Hout, Wout, P), got shape {tuple(offset_mask.shape)}")
+    for name, v in (("kernel_h", kernel_h), ("kernel_w", kernel_w), ("stride_h", stride_h),
+                    ("stride_w", stride_w), ("dilation_h", dilation_h), ("dilation_w", dilation_w),
+                    ("group", group), ("group_channels", group_channels)):
+        _check(v >= 1, op, f"attribute {name} must be >= 1, got {v}")
+    _check(pad_h >= 0 and pad_w >= 0, op, f"pads must be >= 0, got ({pad_h}, {pad_w})")
+    _check(remove_center in (0, 1), op, f"remove_center must be 0 or 1, got {remove_center}")
+    batch, height, width, channels = value.shape
+    _check(channels == group * group_channels, op,
+           f"value has {channels} channels, expected group*group_channels = {group}*{group_channels}")
+    out_h, out_w = reference.deform_output_size(height, width, kernel_h, kernel_w, stride_h, stride_w,
+                                                pad_h, pad_w, dilation_h, dilation_w)
+    expected = (batch, out_h, out_w)
+    _check(tuple(offset_mask.shape[:3]) == expected, op,
+           f"offset_mask leading dims {tuple(offset_mask.shape[:3])} != (B, Hout, Wout) = {expected}")
+    points = kernel_h * kernel_w - remove_center
+    _check(offset_mask.shape[3] >= group * points * 3, op,
+           f"offset_mask has {offset_mask.shape[3]} columns, needs >= group*K*3 = {group * points * 3}")
+    for name, t in (("value", value), ("offset_mask", offset_mask)):
+        _check(t.is_floating_point(), op, f"{name} must be floating point, got {t.dtype}")
+    _check(offset_mask.device == value.device, op,
+           f"offset_mask is on {offset_mask.device}, value on {value.device}")
+
+
+def _pick(op: str, device_type: str) -> Optional[Callable]:
+    if _forced == "reference":
+        return None
+    return _implementations[op].get(device_type)
+
+
+def selective_scan(u, delta, A, Bs, Cs, Ds=None, delta_bias=None, delta_softplus: bool = True):
+    check_selective_scan_args(u, delta, A, Bs, Cs, Ds, delta_bias)
+    kernel = _pick("selective_scan", u.device.type)
+    if kernel is not None:
+        return kernel(u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus)
+    return reference.selective_scan_chunked(u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus,
+                                            chunk_size=SCAN_CHUNK)
+
+
+def deform_aggregate(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                     dilation_w, group, group_channels, offset_scale, remove_center):
+    args = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
+            group_channels, offset_scale, remove_center)
+    check_deform_aggregate_args(value, offset_mask, *args[:10], remove_center)
+    kernel = _pick("deform_aggregate", value.device.type)
+    if kernel is not None:
+        return kernel(value, offset_mask, *args)
+    return reference.deform_aggregate_reference(value, offset_mask, *args)

@@ -1,0 +1,172 @@
+"""Pure-PyTorch reference implementations of the two ssmpose operators.
+
+These are the ground truth every kernel, export and runtime is compared with (docs/ops.md defines
+the operators). They are differentiable, work in float64, and compute float16/bfloat16 inputs in
+float32 before casting the result back, as the kernels do.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SOFTPLUS_THRESHOLD = 20.0
+DEFAULT_SCAN_CHUNK = 64
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _softplus(x: torch.Tensor) -> torch.Tensor:
+    # Same threshold rule as the kernels: identity above 20.
+    return torch.where(x <= SOFTPLUS_THRESHOLD, torch.log1p(torch.exp(x.clamp(max=SOFTPLUS_THRESHOLD))), x)
+
+
+def _scan_inputs(u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus):
+    """Common preparation: returns dt (B,G,D,L), A (G,D,N), Bs/Cs (B,G,1,N,L), u (B,G,D,L), Ds."""
+    batch, channels, length = u.shape
+    groups, dstate = Bs.shape[1], Bs.shape[2]
+    dim = channels // groups
+    ct = _compute_dtype(u)
+    u_ = u.to(ct)
+    dt = delta.to(ct)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(ct)[None, :, None]
+    if delta_softplus:
+        dt = _softplus(dt)
+    shaped = dict(
+        u=u_.view(batch, groups, dim, length),
+        dt=dt.view(batch, groups, dim, length),
+        A=A.to(ct).view(groups, dim, dstate),
+        Bs=Bs.to(ct).unsqueeze(2),
+        Cs=Cs.to(ct).unsqueeze(2),
+    )
+    return shaped, ct
+
+
+def _scan_output(y_state, u, Ds, out_dtype, shape):
+    if Ds is not None:
+        y_state = y_state + Ds.to(y_state.dtype)[None, :, None] * u.reshape(shape)
+    return y_state.to(out_dtype)
+
+
+def selective_scan_reference(u, delta, A, Bs, Cs, Ds=None, delta_bias=None, delta_softplus=True):
+    """Sequential formulation: one step per time index, exactly the recurrence of docs/ops.md."""
+    s, _ = _scan_inputs(u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus)
+    batch, groups, dim, length = s["u"].shape
+    dstate = s["A"].shape[-1]
+    h = s["u"].new_zeros(batch, groups, dim, dstate)
+    ys = []
+    for t in range(length):
+        dt_t = s["dt"][..., t, None]  # (B,G,D,1)
+        h = torch.exp(dt_t * s["A"]) * h + dt_t * s["Bs"][..., t] * s["u"][..., t, None]
+        ys.append((h * s["Cs"][..., t]).sum(-1))
+    y = torch.stack(ys, dim=-1).reshape(u.shape)
+    return _scan_output(y, s["u"], Ds, u.dtype, u.shape)
+
+
+def selective_scan_chunked(u, delta, A, Bs, Cs, Ds=None, delta_bias=None, delta_softplus=True,
+                           chunk_size: int = DEFAULT_SCAN_CHUNK):
+    """Chunked closed form of the same recurrence (the form the portable ONNX lowering uses).
+
+    Within a chunk, h_t = sum_{s<=t} exp(S_t - S_s) * dt_s*B_s*u_s + exp(S_t) * h_in with S the
+    inclusive cumulative sum of dt*A. Across chunks the same closed form runs over chunk end-states.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    s, _ = _scan_inputs(u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus)
+    batch, groups, dim, length = s["u"].shape
+    dstate = s["A"].shape[-1]
+    num_chunks = -(-length // chunk_size)
+    pad = num_chunks * chunk_size - length
+
+    log_decay = s["dt"].unsqueeze(-2) * s["A"].unsqueeze(-1)          # (B,G,D,N,L)
+    inject = (s["dt"] * s["u"]).unsqueeze(-2) * s["Bs"]               # (B,G,D,N,L)
+    readout = s["Cs"].expand(batch, groups, dim, dstate, length)
+    if pad:  # zero steps after the end: no decay, no input
+        log_decay, inject, readout = (F.pad(x, (0, pad)) for x in (log_decay, inject, readout))
+    chunked = (batch, groups, dim, dstate, num_chunks, chunk_size)
+    log_decay, inject, readout = (x.reshape(chunked) for x in (log_decay, inject, readout))
+
+    cum = log_decay.cumsum(-1)                                         # S_t inside each chunk
+    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=u.device).tril()
+    pair = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, float("-inf"))
+    h_local = (pair.exp() @ inject.unsqueeze(-1)).squeeze(-1)          # chunk-local states
+
+    # States entering each chunk: closed form over chunk ends.
+    chunk_log_decay = cum[..., -1]                                     # (B,G,D,N,C)
+    chunk_end = h_local[..., -1]
+    q = chunk_log_decay.cumsum(-1)
+    strictly_before = torch.ones(num_chunks, num_chunks, dtype=torch.bool, device=u.device).tril(-1)
+    # entering state of chunk c = sum_{c' < c} exp(q_{c-1} - q_{c'}) * end_{c'}
+    q_prev = q - chunk_log_decay
+    carry_pair = (q_prev.unsqueeze(-1) - q.unsqueeze(-2)).masked_fill(~strictly_before, float("-inf"))
+    h_in = (carry_pair.exp() @ chunk_end.unsqueeze(-1)).squeeze(-1)    # (B,G,D,N,C)
+
+    h = h_local + cum.exp() * h_in.unsqueeze(-1)
+    y = (h * readout).sum(-3).reshape(batch, groups, dim, -1)[..., :length]
+    return _scan_output(y.reshape(u.shape), s["u"], Ds, u.dtype, u.shape)
+
+
+def deform_sampling_points(kernel_h: int, kernel_w: int, remove_center: int):
+    """Kernel (i, j) pairs in docs/ops.md order: x index i outer, y index j inner, centre skipped."""
+    points = []
+    for i in range(kernel_w):
+        for j in range(kernel_h):
+            if remove_center and i == kernel_w // 2 and j == kernel_h // 2:
+                continue
+            points.append((i, j))
+    return points
+
+
+def deform_output_size(height, width, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                       dilation_h, dilation_w):
+    out_h = (height + 2 * pad_h - (dilation_h * (kernel_h - 1) + 1)) // stride_h + 1
+    out_w = (width + 2 * pad_w - (dilation_w * (kernel_w - 1) + 1)) // stride_w + 1
+    return out_h, out_w
+
+
+def deform_aggregate_reference(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                               dilation_h, dilation_w, group, group_channels, offset_scale,
+                               remove_center):
+    """DCNv4 aggregation with explicit bilinear sampling (corners outside the image are zero)."""
+    batch, height, width, channels = value.shape
+    _, out_h, out_w, _ = offset_mask.shape
+    points = deform_sampling_points(kernel_h, kernel_w, remove_center)
+    k = len(points)
+    ct = _compute_dtype(value)
+    val = value.to(ct).reshape(batch, height * width, group, group_channels)
+    om = offset_mask.to(ct)[..., : group * k * 3].reshape(batch, out_h, out_w, group, 3 * k)
+    offsets = om[..., : 2 * k].reshape(batch, out_h, out_w, group, k, 2)
+    mask = om[..., 2 * k:]
+
+    half_w = (dilation_w * (kernel_w - 1)) >> 1
+    half_h = (dilation_h * (kernel_h - 1)) >> 1
+    base_x = torch.arange(out_w, dtype=ct, device=value.device) * stride_w - pad_w + half_w
+    base_y = torch.arange(out_h, dtype=ct, device=value.device) * stride_h - pad_h + half_h
+    tap_x = torch.tensor([i * dilation_w for i, _ in points], dtype=ct, device=value.device)
+    tap_y = torch.tensor([j * dilation_h for _, j in points], dtype=ct, device=value.device)
+    px = (base_x[None, :, None, None] - half_w * offset_scale
+          + (tap_x + offsets[..., 0]) * offset_scale)                  # (B,Ho,Wo,G,K)
+    py = (base_y[:, None, None, None] - half_h * offset_scale
+          + (tap_y + offsets[..., 1]) * offset_scale)
+    inside = (px > -1) & (py > -1) & (px < width) & (py < height)
+
+    x0 = px.floor()
+    y0 = py.floor()
+    fx = px - x0
+    fy = py - y0
+    result = 0
+    group_index = torch.arange(group, device=value.device).view(1, 1, 1, group, 1)
+    for cy, cx, weight in ((y0, x0, (1 - fy) * (1 - fx)), (y0, x0 + 1, (1 - fy) * fx),
+                           (y0 + 1, x0, fy * (1 - fx)), (y0 + 1, x0 + 1, fy * fx)):
+        valid = inside & (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
+        flat = (cy.clamp(0, height - 1) * width + cx.clamp(0, width - 1)).long()
+        # gather value[b, flat, g, :] for every (b, y, x, g, k)
+        index = (flat * group + group_index).reshape(batch, -1)
+        picked = val.reshape(batch, height * width * group, group_channels).gather(
+            1, index.unsqueeze(-1).expand(-1, -1, group_channels))
+        picked = picked.reshape(batch, out_h, out_w, group, k, group_channels)
+        w = (weight * valid.to(ct) * mask).unsqueeze(-1)
+        result = result + (w * picked).sum(-2)
+    return result.reshape(batch, out_h, out_w, group * group_channels).to(value.dtype)

@@ -1,0 +1,104 @@
+"""SS2D of VMamba as HRVMamba runs it: forward_type "v05_noz", channel-first, DCNv4 instead of dwconv."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ...custom_ops import ops
+from .dcnv4 import DCNv4
+from .layers import LayerNorm2d, Linear2d
+
+NUM_DIRECTIONS = 4
+
+
+class SEModule(nn.Module):
+    """Squeeze-excitation over channels (keys fc.0, fc.2), used by the tiny SS2D."""
+
+    def __init__(self, channels: int, reduction: int = 8):
+        super().__init__()
+        hidden = channels // reduction
+        self.fc = nn.Sequential(nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True),
+                                nn.Linear(hidden, channels, bias=False), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.fc(x.mean(dim=(2, 3)))
+        return x * scale[:, :, None, None]
+
+
+def cross_scan(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, 4, C, L): row-major, column-major, and both reversed."""
+    rows = x.flatten(2)
+    cols = x.transpose(2, 3).flatten(2)
+    forward = torch.stack([rows, cols], dim=1)
+    return torch.cat([forward, forward.flip(-1)], dim=1)
+
+
+def cross_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, 4, C, L) -> (B, C, H, W): the four directions mapped back to row-major and summed."""
+    b, _, c, _ = y.shape
+    y = y[:, 0:2] + y[:, 2:4].flip(-1)
+    cols = y[:, 1].reshape(b, c, width, height).transpose(2, 3)
+    return y[:, 0].reshape(b, c, height, width) + cols
+
+
+class SS2D(nn.Module):
+    def __init__(self, d_model: int, d_state: int = 1, ssm_ratio: float = 2.0, dropout: float = 0.0,
+                 with_se: bool = False, dcn_variant: str = "as_run"):
+        super().__init__()
+        d_inner = int(ssm_ratio * d_model)
+        dt_rank = math.ceil(d_model / 16)
+        self.d_inner, self.dt_rank, self.d_state = d_inner, dt_rank, d_state
+        k = NUM_DIRECTIONS
+        # Own parameters first (state_dict lists them before the children, as the official code does).
+        self.x_proj_weight = nn.Parameter(torch.empty(k, dt_rank + 2 * d_state, d_inner))
+        self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(k * d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, dt_rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
+        self.out_norm = LayerNorm2d(d_inner)
+        self.in_proj = Linear2d(d_model, d_inner, bias=False)
+        self.conv2d = DCNv4(d_inner, group=dt_rank, dw_kernel_size=3 if d_model % 80 == 0 else None,
+                            variant=dcn_variant)
+        self.act = nn.SiLU()
+        self.se = SEModule(d_inner) if with_se else None
+        self.out_proj = Linear2d(d_inner, d_model, bias=False)
+        self.dropout = nn.Dropout(dropout)
+        self.reset_ssm_parameters()
+
+    def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4):
+        """VMamba's "v0" initialisation: A = -1, D = 1, dt bias = softplus^-1 of a log-uniform dt."""
+        bound = self.dt_rank ** -0.5
+        with torch.no_grad():
+            nn.init.uniform_(self.dt_projs_weight, -bound, bound)
+            nn.init.uniform_(self.x_proj_weight, -self.d_inner ** -0.5, self.d_inner ** -0.5)
+            dt = torch.exp(torch.rand_like(self.dt_projs_bias) * (math.log(dt_max) - math.log(dt_min))
+                           + math.log(dt_min)).clamp(min=dt_floor)
+            self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            self.A_logs.zero_()
+            self.Ds.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.in_proj(x)
+        x = self.conv2d(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = self.act(x)
+        y = self.scan_core(x)
+        y = self.out_norm(y)
+        if self.se is not None:
+            y = self.se(y)
+        return self.dropout(self.out_proj(y))
+
+    def scan_core(self, x: torch.Tensor) -> torch.Tensor:
+        b, d, h, w = x.shape
+        length = h * w
+        k, r, n = NUM_DIRECTIONS, self.dt_rank, self.d_state
+        xs = cross_scan(x)                                                    # (B, K, D, L)
+        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)        # (B, K, R+2N, L)
+        dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)      # (B, K, D, L)
+        A = -torch.exp(self.A_logs.float())
+        ys = ops.selective_scan(xs.reshape(b, k * d, length), dts.reshape(b, k * d, length), A,
+                                Bs.contiguous(), Cs.contiguous(), self.Ds.float(),
+                                self.dt_projs_bias.float().reshape(-1), True)
+        return cross_merge(ys.reshape(b, k, d, length), h, w).to(x.dtype)
