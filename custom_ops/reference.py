@@ -65,46 +65,41 @@ def selective_scan_reference(u, delta, A, Bs, Cs, Ds=None, delta_bias=None, delt
     return _scan_output(y, s["u"], Ds, u.dtype, u.shape)
 
 
-def selective_scan_chunked(u, delta, A, Bs, Cs, Ds=None, delta_bias=None, delta_softplus=True,
-                           chunk_size: int = DEFAULT_SCAN_CHUNK):
-    """Chunked closed form of the same recurrence (the form the portable ONNX lowering uses).
+def chunked_linear_recurrence(log_a: torch.Tensor, x: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """All states of h_t = exp(log_a_t) * h_{t-1} + x_t (h_{-1} = 0) along the last dim, without a loop over t.
 
-    Within a chunk, h_t = sum_{s<=t} exp(S_t - S_s) * dt_s*B_s*u_s + exp(S_t) * h_in with S the
-    inclusive cumulative sum of dt*A. Across chunks the same closed form runs over chunk end-states.
+    Within a chunk, h_t = sum_{s<=t} exp(S_t - S_s) x_s + exp(S_t) h_in with S the inclusive cumulative
+    sum of log_a; the states entering the chunks obey the same recurrence one level up (chunk decays and
+    chunk end-states), which is solved the same way until one chunk holds everything.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    s, _ = _scan_inputs(u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus)
-    batch, groups, dim, length = s["u"].shape
-    dstate = s["A"].shape[-1]
+    length = x.shape[-1]
     num_chunks = -(-length // chunk_size)
     pad = num_chunks * chunk_size - length
+    if pad:  # padded steps: no decay, no input
+        log_a, x = F.pad(log_a, (0, pad)), F.pad(x, (0, pad))
+    shape = x.shape[:-1] + (num_chunks, chunk_size)
+    log_a, x = log_a.reshape(shape), x.reshape(shape)
+    cum = log_a.cumsum(-1)
+    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=x.device).tril()
+    pair = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, float("-inf"))
+    h = (pair.exp() @ x.unsqueeze(-1)).squeeze(-1)
+    if num_chunks > 1:
+        after = chunked_linear_recurrence(cum[..., -1], h[..., -1], chunk_size)   # state after each chunk
+        entering = F.pad(after[..., :-1], (1, 0))
+        h = h + cum.exp() * entering.unsqueeze(-1)
+    return h.reshape(shape[:-2] + (-1,))[..., :length]
 
+
+def selective_scan_chunked(u, delta, A, Bs, Cs, Ds=None, delta_bias=None, delta_softplus=True,
+                           chunk_size: int = DEFAULT_SCAN_CHUNK):
+    """Chunked closed form of the same recurrence (the form the portable ONNX lowering uses)."""
+    if chunk_size < 2:
+        raise ValueError(f"chunk_size must be >= 2, got {chunk_size}")
+    s, _ = _scan_inputs(u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus)
     log_decay = s["dt"].unsqueeze(-2) * s["A"].unsqueeze(-1)          # (B,G,D,N,L)
     inject = (s["dt"] * s["u"]).unsqueeze(-2) * s["Bs"]               # (B,G,D,N,L)
-    readout = s["Cs"].expand(batch, groups, dim, dstate, length)
-    if pad:  # zero steps after the end: no decay, no input
-        log_decay, inject, readout = (F.pad(x, (0, pad)) for x in (log_decay, inject, readout))
-    chunked = (batch, groups, dim, dstate, num_chunks, chunk_size)
-    log_decay, inject, readout = (x.reshape(chunked) for x in (log_decay, inject, readout))
-
-    cum = log_decay.cumsum(-1)                                         # S_t inside each chunk
-    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=u.device).tril()
-    pair = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, float("-inf"))
-    h_local = (pair.exp() @ inject.unsqueeze(-1)).squeeze(-1)          # chunk-local states
-
-    # States entering each chunk: closed form over chunk ends.
-    chunk_log_decay = cum[..., -1]                                     # (B,G,D,N,C)
-    chunk_end = h_local[..., -1]
-    q = chunk_log_decay.cumsum(-1)
-    strictly_before = torch.ones(num_chunks, num_chunks, dtype=torch.bool, device=u.device).tril(-1)
-    # entering state of chunk c = sum_{c' < c} exp(q_{c-1} - q_{c'}) * end_{c'}
-    q_prev = q - chunk_log_decay
-    carry_pair = (q_prev.unsqueeze(-1) - q.unsqueeze(-2)).masked_fill(~strictly_before, float("-inf"))
-    h_in = (carry_pair.exp() @ chunk_end.unsqueeze(-1)).squeeze(-1)    # (B,G,D,N,C)
-
-    h = h_local + cum.exp() * h_in.unsqueeze(-1)
-    y = (h * readout).sum(-3).reshape(batch, groups, dim, -1)[..., :length]
+    h = chunked_linear_recurrence(log_decay, inject, chunk_size)
+    y = (h * s["Cs"]).sum(-2)
     return _scan_output(y.reshape(u.shape), s["u"], Ds, u.dtype, u.shape)
 
 

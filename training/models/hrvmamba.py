@@ -52,7 +52,7 @@ class HRVMambaBackbone(nn.Module):
 
         block_cls = HRVMambaSEBlock if cfg.se_blocks else HRVMambaBlock
         block_factory = partial(_make_block, block_cls, cfg, lpu_drop_path, dcn_variant)
-        dpr = torch.linspace(0, cfg.drop_path_rate, DROP_PATH_SLOTS).tolist()
+        dpr = torch.linspace(0, cfg.drop_path_rate, DROP_PATH_SLOTS, device="cpu").tolist()
         stage_dpr = (dpr[0:2], dpr[2:10], dpr[10:14])
 
         prev = [layer1_out]

@@ -43,4 +43,11 @@ def list_models(task: str = None) -> List[str]:
 def build_model(name: str, **overrides) -> nn.Module:
     """Build a registered model; keyword overrides replace the variant's defaults (e.g. input_size)."""
     spec = model_spec(name)
-    return spec.constructor(**{**spec.defaults, **overrides})
+    try:
+        model = spec.constructor(**{**spec.defaults, **overrides})
+    except TypeError as err:
+        raise TypeError(f"build_model({name!r}): bad override: {err}") from None
+    # Recorded so that checkpoints can rebuild the same model.
+    model.build_config = {"model": name, "options": {k: list(v) if isinstance(v, tuple) else v
+                                                     for k, v in overrides.items()}}
+    return model

@@ -1,0 +1,1 @@
+"""ONNX export (custom-op and portable forms)."""

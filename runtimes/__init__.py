@@ -1,0 +1,1 @@
+"""Runtime-agnostic inference sessions."""

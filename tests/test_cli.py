@@ -1,0 +1,51 @@
+"""The command line, called as a user would (through click's runner and as a subprocess)."""
+import json
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+import ssmpose
+from ssmpose.checkpoint import save_official_checkpoint
+from ssmpose.cli.main import main
+
+
+def test_version_and_models():
+    runner = CliRunner()
+    assert runner.invoke(main, ["--version"]).output.strip() == f"ssmpose, version {ssmpose.__version__}"
+    result = runner.invoke(main, ["models", "--json"])
+    assert result.exit_code == 0
+    rows = {r["name"]: r for r in json.loads(result.output)}
+    assert rows["hrvmamba_small"]["params"] == 8_034_401
+    assert rows["hrvmamba_base"]["params"] == 47_100_993
+    assert rows["hrvmamba_tiny"]["params"] == 2_322_945
+    assert rows["hrvmamba_cls_nano"]["params"] == 12_284_240
+    assert rows["hrvmamba_small"]["input_sizes"] == [[256, 192], [384, 288]]
+
+
+def test_convert_command(tmp_path):
+    src = save_official_checkpoint(ssmpose.build_model("hrvmamba_tiny"), tmp_path / "t.pth")
+    out = tmp_path / "t.safetensors"
+    result = CliRunner().invoke(main, ["convert", str(src), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert ssmpose.load_checkpoint(out).name == "hrvmamba_tiny"
+
+
+def test_convert_errors_are_one_line_and_write_nothing(tmp_path):
+    src = save_official_checkpoint(ssmpose.build_model("hrvmamba_tiny"), tmp_path / "t.pth")
+    out = tmp_path / "out.safetensors"
+    result = CliRunner().invoke(main, ["convert", str(src), "-o", str(out), "--model", "hrvmamba_small"])
+    assert result.exit_code == 2
+    assert "error: checkpoint" in result.output and "does not fit model hrvmamba_small" in result.output
+    assert not out.exists() and list(tmp_path.iterdir()) == [src]
+
+
+def test_demo_runs_as_a_console_command():
+    proc = subprocess.run([sys.executable, "-m", "ssmpose.cli.main", "demo", "--model", "hrvmamba_tiny", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["heatmap_shape"] == [1, 17, 64, 48]
+    assert len(report["keypoints"]) == 17
+    xs, ys = zip(*report["keypoints"])
+    assert all(0 <= x <= 192 for x in xs) and all(0 <= y <= 256 for y in ys)
