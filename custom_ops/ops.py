@@ -1,32 +1,30 @@
 """The operator layer the models call.
 
-`selective_scan` and `deform_aggregate` validate their arguments, then run the fastest implementation
-available for the tensors' device. Only the pure-PyTorch reference exists so far; compiled kernels
-register themselves through `register_implementation`.
+`selective_scan` and `deform_aggregate` validate their arguments, bring the small parameters to the
+dtype of the activations, and call the torch.library ops (`torch.ops.ssmpose.*`), which run the
+compiled kernel for the device or, when it is unavailable, the reference (see torch_ops.py).
+`force_reference()` makes every call use the reference directly (for parity checks).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+import contextlib
 
 import torch
 
-from . import reference
+from . import reference, torch_ops  # noqa: F401  (torch_ops registers torch.ops.ssmpose.*)
 
-SCAN_CHUNK = 16  # chunk of the closed-form reference: bounds its (chunk x chunk) temporaries
-
-_implementations: Dict[str, Dict[str, Callable]] = {"selective_scan": {}, "deform_aggregate": {}}
-_forced: Optional[str] = None
+_use_reference = False
 
 
-def register_implementation(op: str, device_type: str, fn: Callable) -> None:
-    """Register a kernel for `op` on tensors of `device_type` ('cpu', 'cuda')."""
-    _implementations[op][device_type] = fn
-
-
-def force_reference(enabled: bool = True) -> None:
-    """Make every call use the reference implementation (for parity checks)."""
-    global _forced
-    _forced = "reference" if enabled else None
+@contextlib.contextmanager
+def force_reference(enabled: bool = True):
+    """Within this context every call uses the pure-PyTorch reference (e.g. to compare with the kernels)."""
+    global _use_reference
+    previous, _use_reference = _use_reference, enabled
+    try:
+        yield
+    finally:
+        _use_reference = previous
 
 
 def _check(cond: bool, op: str, message: str) -> None:
@@ -87,27 +85,23 @@ def check_deform_aggregate_args(value, offset_mask, kernel_h, kernel_w, stride_h
            f"offset_mask is on {offset_mask.device}, value on {value.device}")
 
 
-def _pick(op: str, device_type: str) -> Optional[Callable]:
-    if _forced == "reference":
-        return None
-    return _implementations[op].get(device_type)
-
-
 def selective_scan(u, delta, A, Bs, Cs, Ds=None, delta_bias=None, delta_softplus: bool = True):
     check_selective_scan_args(u, delta, A, Bs, Cs, Ds, delta_bias)
-    kernel = _pick("selective_scan", u.device.type)
-    if kernel is not None:
-        return kernel(u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus)
-    return reference.selective_scan_chunked(u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus,
-                                            chunk_size=SCAN_CHUNK)
+    dt = u.dtype
+    delta, A, Bs, Cs = (t.to(dt) for t in (delta, A, Bs, Cs))
+    Ds, delta_bias = (t.to(dt) if t is not None else None for t in (Ds, delta_bias))
+    if _use_reference:
+        return reference.selective_scan_chunked(u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus,
+                                                chunk_size=torch_ops.REFERENCE_SCAN_CHUNK)
+    return torch.ops.ssmpose.selective_scan(u, delta, A, Bs, Cs, Ds, delta_bias, int(delta_softplus))
 
 
 def deform_aggregate(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
                      dilation_w, group, group_channels, offset_scale, remove_center):
     args = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
-            group_channels, offset_scale, remove_center)
+            group_channels, float(offset_scale), int(remove_center))
     check_deform_aggregate_args(value, offset_mask, *args[:10], remove_center)
-    kernel = _pick("deform_aggregate", value.device.type)
-    if kernel is not None:
-        return kernel(value, offset_mask, *args)
-    return reference.deform_aggregate_reference(value, offset_mask, *args)
+    offset_mask = offset_mask.to(value.dtype)
+    if _use_reference:
+        return reference.deform_aggregate_reference(value, offset_mask, *args)
+    return torch.ops.ssmpose.deform_aggregate(value, offset_mask, *args)

@@ -15,6 +15,7 @@
 //   dA, dDs, d_delta_bias: per-batch partials [b][c], reduced over b.
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <vector>
 
 #include "cpu_common.h"
@@ -118,10 +119,8 @@ SSM_INLINE void load_chunk(const ScanArgs& s, const TileParams& p, const float* 
   }
 }
 
-// One step of the recurrence for state n across the tile's lanes; returns nothing, updates h.
-// h = exp(dt*A) * h + (dt*B)*u, as in the operator definition.
-
-void scan_forward_item(const ScanArgs& s, float* y, int64_t b, int64_t g, int64_t tile, ChunkBuffers& cb) {
+// Forward of one item: h = exp(dt*A) * h + (dt*B)*u; y = sum_n C*h + D*u (the operator's order).
+SSM_HOT void scan_forward_item(const ScanArgs& s, float* y, int64_t b, int64_t g, int64_t tile, ChunkBuffers& cb) {
   const TileParams p = make_tile(s, b, g, tile);
   const int N = static_cast<int>(s.dstate);
   alignas(64) float h[kMaxState][kTile];
@@ -168,7 +167,7 @@ struct BackwardOut {
   float* dbias;   // per-batch partial [c]
 };
 
-void scan_backward_tile(const ScanArgs& s, const float* dy, const BackwardOut& o, int64_t b, int64_t g,
+SSM_HOT void scan_backward_tile(const ScanArgs& s, const float* dy, const BackwardOut& o, int64_t b, int64_t g,
                         int64_t tile, BackwardScratch& w) {
   const TileParams p = make_tile(s, b, g, tile);
   const int N = static_cast<int>(s.dstate);
@@ -272,11 +271,14 @@ void scan_backward_tile(const ScanArgs& s, const float* dy, const BackwardOut& o
     // through softplus, then the per-chunk sums of d_delta_bias and dDs
     alignas(64) float db_c[kTile] = {0};
     alignas(64) float dD_c[kTile] = {0};
+    if (s.softplus) {
+      float* gz = &cb.ddt[0][0];
+      const float* z = &cb.z[0][0];
+      for (int i = 0; i < tc * kTile; ++i) gz[i] *= softplus_grad_f(z[i]);
+    }
     for (int t = 0; t < tc; ++t) {
       for (int ch = 0; ch < kTile; ++ch) {
-        const float gz = s.softplus ? cb.ddt[t][ch] * softplus_grad_f(cb.z[t][ch]) : cb.ddt[t][ch];
-        cb.ddt[t][ch] = gz;
-        db_c[ch] += gz;
+        db_c[ch] += cb.ddt[t][ch];
         dD_c[ch] += cb.dy[t][ch] * cb.u[t][ch];
       }
     }

@@ -1,0 +1,154 @@
+"""Benchmark the two operators on the shapes HRVMamba produces (not a test: prints a table, writes JSON).
+
+For every SS2D of hrvmamba_small/base at 256x192 (one shape per branch resolution), times the forward
+(and backward) of the compiled kernels and of the PyTorch reference, and reports the achieved bandwidth
+(bytes that must move / median time) as a fraction of the device's measured copy bandwidth.
+
+    python benchmarks/bench_ops.py --device cuda --batch 1 32 128 --dtype float32 float16 --json out.json
+    python benchmarks/bench_ops.py --device cpu --batch 1 --dtype float32
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+
+import torch
+
+from ssmpose.custom_ops import kernel_library as kl
+from ssmpose.custom_ops import reference
+
+MODELS = {"hrvmamba_small": (32, 64, 128, 256), "hrvmamba_base": (80, 160, 320, 640)}
+RESOLUTIONS = ((64, 48), (32, 24), (16, 12), (8, 6))
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def op_shapes(model: str):
+    """(label, scan dims, deform dims) for each branch: d_inner = 2C, G = ceil(C/16), group_channels 32."""
+    for width, (h, w) in zip(MODELS[model], RESOLUTIONS):
+        d_inner, groups = 2 * width, math.ceil(width / 16)
+        yield (f"{model} C={width} {h}x{w}", dict(groups=4, dim=d_inner, dstate=1, length=h * w),
+               dict(h=h, w=w, group=groups, gc=d_inner // groups, p=math.ceil(groups * 27 / 8) * 8))
+
+
+def scan_inputs(batch, groups, dim, dstate, length, dtype, device):
+    c = groups * dim
+    g = torch.Generator(device="cpu").manual_seed(0)
+    mk = lambda *s: torch.randn(*s, generator=g).to(device=device, dtype=dtype)  # noqa: E731
+    return (mk(batch, c, length), mk(batch, c, length) - 2, -torch.rand(c, dstate, generator=g).to(device, dtype),
+            mk(batch, groups, dstate, length), mk(batch, groups, dstate, length), mk(c), mk(c))
+
+
+def deform_inputs(batch, h, w, group, gc, p, dtype, device):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    value = torch.randn(batch, h, w, group * gc, generator=g).to(device, dtype)
+    offset_mask = (torch.randn(batch, h, w, p, generator=g) * 2).to(device, dtype)
+    return value, offset_mask, (3, 3, 1, 1, 1, 1, 1, 1, group, gc, 1.0, 0)
+
+
+def timed(fn, device, repeats, warmup=3):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device) -> float:
+    """Bytes read + written per second by a large device-to-device copy."""
+    n = (1 << 28) if device == "cuda" else (1 << 26)
+    src = torch.empty(n, dtype=torch.uint8, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    t = timed(lambda: dst.copy_(src), device, repeats=20)
+    return 2 * n / t
+
+
+def nbytes(*tensors):
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def run(args):
+    device = args.device
+    bandwidth = copy_bandwidth(device)
+    device_name = torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or 'CPU'} " \
+                                                                          f"({torch.get_num_threads()} threads)"
+    rows = []
+    for model in args.models:
+        for label, scan, deform in op_shapes(model):
+            for batch in args.batch:
+                for dtype_name in args.dtype:
+                    dtype = DTYPES[dtype_name]
+                    s_in = scan_inputs(batch, **scan, dtype=dtype, device=device)
+                    y = kl.selective_scan_fwd(*s_in, True)
+                    s_bytes = nbytes(*s_in, y)
+                    d_in = deform_inputs(batch, **deform, dtype=dtype, device=device)
+                    out = kl.deform_aggregate_fwd(d_in[0], d_in[1], *d_in[2])
+                    d_bytes = nbytes(d_in[0], d_in[1], out)
+                    row = {"shape": label, "batch": batch, "dtype": dtype_name}
+                    row["scan_fwd_s"] = timed(lambda: kl.selective_scan_fwd(*s_in, True), device, args.repeats)
+                    row["deform_fwd_s"] = timed(lambda: kl.deform_aggregate_fwd(d_in[0], d_in[1], *d_in[2]),
+                                                device, args.repeats)
+                    row["scan_fwd_bw_frac"] = s_bytes / row["scan_fwd_s"] / bandwidth
+                    row["deform_fwd_bw_frac"] = d_bytes / row["deform_fwd_s"] / bandwidth
+                    if args.backward:
+                        row["scan_bwd_s"] = timed(lambda: kl.selective_scan_bwd(*s_in, True, y), device, args.repeats)
+                        row["deform_bwd_s"] = timed(lambda: kl.deform_aggregate_bwd(d_in[0], d_in[1], *d_in[2], out),
+                                                    device, args.repeats)
+                    if batch <= args.reference_max_batch:
+                        ref_repeats = max(3, args.repeats // 5)
+                        row["scan_ref_s"] = timed(lambda: reference.selective_scan_chunked(*s_in, True, chunk_size=16),
+                                                  device, ref_repeats, warmup=1)
+                        row["deform_ref_s"] = timed(lambda: reference.deform_aggregate_reference(d_in[0], d_in[1],
+                                                                                                 *d_in[2]),
+                                                    device, ref_repeats, warmup=1)
+                    rows.append(row)
+                    print(format_row(row), flush=True)
+    return {"device": device_name, "copy_bandwidth_GBps": bandwidth / 1e9, "torch": torch.__version__, "rows": rows}
+
+
+def format_row(r):
+    text = (f"{r['shape']:<30} b={r['batch']:<4} {r['dtype']:<8} "
+            f"scan {r['scan_fwd_s'] * 1e6:9.1f}us {100 * r['scan_fwd_bw_frac']:5.1f}%  "
+            f"deform {r['deform_fwd_s'] * 1e6:9.1f}us {100 * r['deform_fwd_bw_frac']:5.1f}%")
+    if "scan_bwd_s" in r:
+        text += f"  bwd/fwd scan {r['scan_bwd_s'] / r['scan_fwd_s']:4.1f}x deform {r['deform_bwd_s'] / r['deform_fwd_s']:4.1f}x"
+    if "scan_ref_s" in r:
+        text += f"  vs ref: scan {r['scan_ref_s'] / r['scan_fwd_s']:6.1f}x deform {r['deform_ref_s'] / r['deform_fwd_s']:6.1f}x"
+    return text
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--batch", nargs="+", type=int, default=[1, 32, 128])
+    parser.add_argument("--dtype", nargs="+", default=["float32", "float16"], choices=list(DTYPES))
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--backward", action="store_true", help="also time the backward kernels")
+    parser.add_argument("--reference-max-batch", type=int, default=1,
+                        help="time the PyTorch reference only up to this batch (it is slow)")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    result = run(args)
+    print(f"device: {result['device']}, copy bandwidth {result['copy_bandwidth_GBps']:.0f} GB/s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
