@@ -1,0 +1,74 @@
+"""What every runtime session offers: run(images) -> heatmaps, the model's metadata, and input checks."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here (package missing, no device, library not built)."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Expected image input: (batch, 3, H, W) with batch None when dynamic, and the element type."""
+
+    name: str
+    shape: Sequence[Optional[int]]
+    dtype: str  # "float32" or "float16"
+
+
+class Session:
+    """A loaded model on one backend.
+
+    `run(images)` takes normalised images (B, 3, H, W) as a numpy array or a torch tensor and returns
+    heatmaps of the same kind: numpy in, float32 numpy out; torch in, torch out (on the session's device
+    for GPU backends, so that timing loops need no host copies). Subclasses implement `_run_numpy` and
+    may override `_run_torch`.
+    """
+
+    backend: str = ""
+
+    def __init__(self, metadata: dict, input_spec: InputSpec):
+        self.metadata = metadata
+        self.input_spec = input_spec
+
+    def run(self, images):
+        self.validate(images)
+        if isinstance(images, np.ndarray):
+            return self._run_numpy(np.ascontiguousarray(images, dtype=self.input_spec.dtype))
+        return self._run_torch(images)
+
+    def _run_numpy(self, images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _run_torch(self, images):
+        import torch
+        out = self._run_numpy(np.ascontiguousarray(images.detach().cpu().float().numpy(),
+                                                   dtype=self.input_spec.dtype))
+        return torch.from_numpy(out).to(images.device)
+
+    def validate(self, images) -> None:
+        """Check type, rank, channels, size and dtype against the model; say what was expected."""
+        where = f"{self.backend} session for {self.metadata.get('model', 'the model')}"
+        expected = tuple("B" if d is None else d for d in self.input_spec.shape)
+        if not hasattr(images, "shape") or not hasattr(images, "dtype"):
+            raise TypeError(f"{where}: expected a numpy array or torch tensor, got {type(images).__name__}")
+        shape = tuple(images.shape)
+        if len(shape) != 4:
+            raise ValueError(f"{where}: input '{self.input_spec.name}' must be {expected}, got shape {shape}")
+        for axis, (got, want) in enumerate(zip(shape, self.input_spec.shape)):
+            if want is not None and got != want:
+                raise ValueError(f"{where}: input '{self.input_spec.name}' must be {expected}, got shape "
+                                 f"{shape} (axis {axis} is {got}, expected {want})")
+        kind = str(images.dtype).removeprefix("torch.")
+        if kind not in ("float32", "float16", "float64", "bfloat16"):
+            raise TypeError(f"{where}: input '{self.input_spec.name}' must hold normalised floating-point "
+                            f"images ({self.input_spec.dtype} expected), got {kind}")
+
+    def describe(self) -> dict:
+        return {"backend": self.backend, "model": self.metadata.get("model"),
+                "input": {"name": self.input_spec.name, "shape": list(self.input_spec.shape),
+                          "dtype": self.input_spec.dtype}}

@@ -1,0 +1,129 @@
+"""The `ort-cpu` and `ort-cuda` backends: ONNX Runtime sessions over an exported ONNX file.
+
+Custom-form graphs (with `ssmpose` domain nodes) get the project's custom-op library registered
+automatically; a clear error says so when it is missing. `ort-cuda` binds inputs and outputs on the
+device (IOBinding) and can report on which execution provider every node runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from .base import BackendUnavailable, InputSpec, Session
+from .onnx_metadata import read_onnx_metadata
+
+PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider"}
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailable("onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu "
+                                 "for ort-cuda)") from None
+    return onnxruntime
+
+
+class OrtSession(Session):
+    def __init__(self, path, backend: str = "ort-cpu", device_id: int = 0, threads: int = 0,
+                 optimization: str = "all"):
+        ort = _import_ort()
+        self.backend = backend
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{backend}: ONNX file {self.path} does not exist")
+        metadata, domains = read_onnx_metadata(self.path)
+        provider = PROVIDERS[backend]
+        if provider not in ort.get_available_providers():
+            raise BackendUnavailable(f"{backend}: this onnxruntime ({ort.__version__}) has no {provider} "
+                                     f"(available: {', '.join(ort.get_available_providers())})")
+        self.device_id = device_id
+        self.options = ort.SessionOptions()
+        self.options.graph_optimization_level = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[optimization]
+        if threads:
+            self.options.intra_op_num_threads = threads
+        self.custom_ops_library = None
+        if "ssmpose" in domains:
+            from ..custom_ops.ort_library import ort_library_path, unavailable_reason
+            library = ort_library_path()
+            if library is None:
+                raise BackendUnavailable(f"{backend}: {self.path.name} is a custom-form graph (ssmpose domain "
+                                         f"ops) and needs the ssmpose ONNX Runtime library, which is "
+                                         f"unavailable: {unavailable_reason()}. Export with --ops portable "
+                                         f"to run without it.")
+            self.options.register_custom_ops_library(str(library))
+            self.custom_ops_library = str(library)
+        self.providers = [(provider, {"device_id": device_id})] if backend == "ort-cuda" else [provider]
+        self.session = ort.InferenceSession(str(self.path), self.options, providers=self.providers)
+        inp = self.session.get_inputs()[0]
+        if inp.type not in _ORT_TYPES:
+            raise ValueError(f"{backend}: {self.path.name} input '{inp.name}' has type {inp.type}; expected "
+                             f"float or float16 images")
+        shape = [d if isinstance(d, int) else None for d in inp.shape]
+        self.output_name = self.session.get_outputs()[0].name
+        super().__init__(metadata, InputSpec(inp.name, shape, _ORT_TYPES[inp.type]))
+
+    def _run_numpy(self, images: np.ndarray) -> np.ndarray:
+        if self.backend == "ort-cuda":
+            ort = _import_ort()
+            binding = self.session.io_binding()
+            binding.bind_ortvalue_input(self.input_spec.name,
+                                        ort.OrtValue.ortvalue_from_numpy(images, "cuda", self.device_id))
+            binding.bind_output(self.output_name, "cuda", self.device_id)
+            self.session.run_with_iobinding(binding)
+            out = binding.copy_outputs_to_cpu()[0]
+        else:
+            out = self.session.run([self.output_name], {self.input_spec.name: images})[0]
+        return out.astype(np.float32, copy=False)
+
+    def _run_torch(self, images):
+        if self.backend != "ort-cuda" or not images.is_cuda:
+            return super()._run_torch(images)
+        import torch
+        x = images.to(getattr(torch, self.input_spec.dtype)).contiguous()
+        h, w = x.shape[-2:]
+        k = self.session.get_outputs()[0].shape[1]
+        k = k if isinstance(k, int) else self.metadata.get("num_keypoints", 17)
+        out = torch.empty((x.shape[0], k, h // 4, w // 4), dtype=x.dtype, device=x.device)
+        np_type = np.float16 if self.input_spec.dtype == "float16" else np.float32
+        binding = self.session.io_binding()
+        binding.bind_input(self.input_spec.name, "cuda", x.device.index or 0, np_type, tuple(x.shape), x.data_ptr())
+        binding.bind_output(self.output_name, "cuda", x.device.index or 0, np_type, tuple(out.shape), out.data_ptr())
+        torch.cuda.current_stream(x.device).synchronize()  # ORT reads x on its own stream
+        self.session.run_with_iobinding(binding)            # returns after ORT's stream is done
+        return out
+
+    def node_placement(self) -> dict:
+        """Run once with profiling and count nodes per execution provider; lists nodes not on the EP asked for."""
+        ort = _import_ort()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = self.options.graph_optimization_level
+        if self.custom_ops_library:
+            options.register_custom_ops_library(self.custom_ops_library)
+        options.enable_profiling = True
+        with tempfile.TemporaryDirectory() as tmp:
+            options.profile_file_prefix = os.path.join(tmp, "placement")
+            session = ort.InferenceSession(str(self.path), options, providers=self.providers)
+            h, w = self.metadata["input_size"]
+            batch = self.input_spec.shape[0] or 1
+            session.run(None, {self.input_spec.name: np.zeros((batch, 3, h, w), dtype=self.input_spec.dtype)})
+            with open(session.end_profiling()) as f:
+                events = json.load(f)
+        nodes = {}
+        for e in events:
+            args = e.get("args", {})
+            if e.get("cat") == "Node" and "provider" in args:
+                nodes[e["name"].removesuffix("_kernel_time")] = (args.get("op_name"), args["provider"])
+        wanted = PROVIDERS[self.backend]
+        elsewhere = sorted(f"{name} ({op}) on {prov}" for name, (op, prov) in nodes.items() if prov != wanted)
+        return {"providers": dict(Counter(p for _, p in nodes.values())), "all_on_requested": not elsewhere,
+                "not_on_requested": elsewhere}
