@@ -1,0 +1,170 @@
+// Shared plumbing of the ONNX Runtime custom ops: the resolved OrtApi functions, error statuses, reading
+// inputs and attributes with validation, allocating outputs, and the OrtCustomOp table entries.
+//
+// Nothing here throws across the C boundary: every entry point ONNX Runtime calls is noexcept and turns
+// any C++ exception into an error status.
+#ifndef SSMPOSE_ORT_COMMON_H
+#define SSMPOSE_ORT_COMMON_H
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ort_api.h"
+#include "ssmpose_kernels.h"
+
+namespace ssmpose_ort {
+
+// The OrtApi members used, resolved from the function table ONNX Runtime hands out.
+struct Api {
+  OrtCreateStatusFn CreateStatus = nullptr;
+  OrtGetErrorCodeFn GetErrorCode = nullptr;
+  OrtGetErrorMessageFn GetErrorMessage = nullptr;
+  OrtCreateCustomOpDomainFn CreateCustomOpDomain = nullptr;
+  OrtCustomOpDomainAddFn CustomOpDomain_Add = nullptr;
+  OrtAddCustomOpDomainFn AddCustomOpDomain = nullptr;
+  OrtGetTensorMutableDataFn GetTensorMutableData = nullptr;
+  OrtGetTensorElementTypeFn GetTensorElementType = nullptr;
+  OrtGetDimensionsCountFn GetDimensionsCount = nullptr;
+  OrtGetDimensionsFn GetDimensions = nullptr;
+  OrtGetTensorShapeElementCountFn GetTensorShapeElementCount = nullptr;
+  OrtGetTensorTypeAndShapeFn GetTensorTypeAndShape = nullptr;
+  OrtKernelInfoGetAttributeFloatFn KernelInfoGetAttribute_float = nullptr;
+  OrtKernelInfoGetAttributeInt64Fn KernelInfoGetAttribute_int64 = nullptr;
+  OrtKernelInfoGetAttributeStringFn KernelInfoGetAttribute_string = nullptr;
+  OrtKernelContextGetCountFn KernelContext_GetInputCount = nullptr;
+  OrtKernelContextGetCountFn KernelContext_GetOutputCount = nullptr;
+  OrtKernelContextGetInputFn KernelContext_GetInput = nullptr;
+  OrtKernelContextGetOutputFn KernelContext_GetOutput = nullptr;
+  OrtReleaseStatusFn ReleaseStatus = nullptr;
+  OrtReleaseTensorTypeAndShapeInfoFn ReleaseTensorTypeAndShapeInfo = nullptr;
+  OrtReleaseCustomOpDomainFn ReleaseCustomOpDomain = nullptr;
+  OrtKernelContextGetGPUComputeStreamFn KernelContext_GetGPUComputeStream = nullptr;
+
+  // Fills the members from an OrtApi table of version >= SSM_ORT_API_VERSION. False if `api` is NULL.
+  bool resolve(const OrtApi* api) noexcept;
+};
+
+// ------------------------------------------------------------------------------------------------
+// Errors
+
+// A new error status with a printf-formatted message (truncated at 2 KiB).
+OrtStatus* make_error(const Api& api, OrtErrorCode code, const char* fmt, ...) noexcept
+    __attribute__((format(printf, 3, 4)));
+
+// The message of `status` (released here); empty for NULL.
+std::string take_message(const Api& api, OrtStatus* status);
+
+// "(2, 3, 4)", "(5,)", "()" (the way Python prints a shape tuple, as the Python op layer does).
+std::string shape_str(const std::vector<int64_t>& dims);
+const char* type_name(ONNXTensorElementDataType type) noexcept;
+
+// ssm_dtype of an element type; false if the kernels do not take it.
+bool to_ssm_dtype(ONNXTensorElementDataType type, int32_t* dtype) noexcept;
+
+// a * b without overflow (both >= 0); false on overflow.
+bool checked_mul(int64_t a, int64_t b, int64_t* out) noexcept;
+
+// ------------------------------------------------------------------------------------------------
+// Inputs and outputs
+
+struct TensorArg {
+  const char* name = "";
+  const OrtValue* value = nullptr;  // NULL: an optional input that the node omits
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  std::vector<int64_t> dims;
+  void* data = nullptr;
+  int64_t numel = 0;
+
+  bool present() const { return value != nullptr; }
+  size_t rank() const { return dims.size(); }
+};
+
+// Reads input `index` (of `count`) into `out`. A missing required input is an error naming it.
+OrtStatus* read_input(const Api& api, const OrtKernelContext* ctx, size_t count, size_t index, const char* op,
+                      const char* name, bool required, TensorArg* out);
+
+// Allocates output `index` with `dims`; `*data` is NULL for an empty tensor.
+OrtStatus* alloc_output(const Api& api, OrtKernelContext* ctx, size_t index, const std::vector<int64_t>& dims,
+                        const char* op, void** data);
+
+// Error unless `arg` (when present) has the element type of `first` (the T constraint).
+OrtStatus* check_same_type(const Api& api, const char* op, const TensorArg& first, const TensorArg& arg);
+
+// ------------------------------------------------------------------------------------------------
+// Attributes
+
+// Required int attribute (error naming it if missing or of another type).
+OrtStatus* read_int_attr(const Api& api, const OrtKernelInfo* info, const char* op, const char* name,
+                         int64_t* out);
+// Optional int attribute: `fallback` when missing, error if present with another type.
+OrtStatus* read_int_attr_or(const Api& api, const OrtKernelInfo* info, const char* op, const char* name,
+                            int64_t fallback, int64_t* out);
+// Required float attribute (an int attribute is accepted and converted).
+OrtStatus* read_float_attr(const Api& api, const OrtKernelInfo* info, const char* op, const char* name,
+                           float* out);
+
+// Error unless lo <= value <= hi.
+OrtStatus* check_attr_range(const Api& api, const char* op, const char* name, int64_t value, int64_t lo, int64_t hi);
+
+// ------------------------------------------------------------------------------------------------
+// Execution
+
+enum class Device { CPU, CUDA };
+
+// Threads for the CPU kernels: $SSMPOSE_NUM_THREADS if set to a positive number, else 0 (all cores).
+int cpu_threads() noexcept;
+
+#if defined(SSMPOSE_ORT_WITH_CUDA)
+// Forward entry points of libssmpose_kernels_cuda.so, loaded on first use (see cuda_kernels.cpp).
+struct CudaKernels {
+  decltype(&ssm_selective_scan_fwd_cuda) selective_scan_fwd;
+  decltype(&ssm_deform_aggregate_fwd_cuda) deform_aggregate_fwd;
+  const char* (*status_string)(int status);
+};
+// The loaded CUDA kernels, or an error status saying why they cannot be loaded.
+OrtStatus* cuda_kernels(const Api& api, const char* op, const CudaKernels** out);
+// The CUDA stream ONNX Runtime assigns to this node.
+OrtStatus* compute_stream(const Api& api, const OrtKernelContext* ctx, void** stream);
+#endif
+
+// ------------------------------------------------------------------------------------------------
+// Kernels and their OrtCustomOp entries
+
+struct OpDef;
+
+// One instance per node, created by ONNX Runtime through CreateKernelV2.
+struct Kernel {
+  Api api;
+  const OpDef* def = nullptr;
+  virtual ~Kernel() = default;
+  virtual OrtStatus* compute(OrtKernelContext* ctx) = 0;
+};
+
+using KernelFactory = OrtStatus* (*)(const OpDef& def, const Api& api, const OrtKernelInfo* info, Kernel** out);
+
+// An OrtCustomOp for one (operator, execution provider, element type T). `inputs` names the inputs; those at
+// index >= `required_inputs` are optional. Input 0 is typed T (it selects the kernel and the output type);
+// the other inputs accept any type and the kernel checks they are T, so a mix is reported by name.
+struct OpDef : OrtCustomOp {
+  const char* op_name = "";
+  Device device = Device::CPU;
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  const char* const* inputs = nullptr;
+  size_t num_inputs = 0;
+  size_t required_inputs = 0;
+  KernelFactory factory = nullptr;
+};
+
+// Fills the OrtCustomOp part of `def` (version, callbacks) from its fields.
+void init_op_def(OpDef* def, const char* op_name, Device device, ONNXTensorElementDataType type,
+                 const char* const* inputs, size_t num_inputs, size_t required_inputs, KernelFactory factory);
+
+// Registration of each operator's OpDefs (one per EP and type), defined in the operator's file.
+void selective_scan_op_defs(std::vector<const OpDef*>* defs);
+void deform_aggregate_op_defs(std::vector<const OpDef*>* defs);
+
+}  // namespace ssmpose_ort
+
+#endif  // SSMPOSE_ORT_COMMON_H
