@@ -1,4 +1,4 @@
-"""Parity measures between a runtime's heatmaps and the torch fp32 reference (docs/parity.md).
+"""Parity measures between a runtime's heatmaps and the torch fp32 reference (docs/runtimes.md, "Parity").
 
 Pure arithmetic on arrays: no printing, no I/O, so reports can be saved, compared and replayed.
 """
