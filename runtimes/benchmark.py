@@ -1,0 +1,36 @@
+"""Throughput of a session: median latency and images/s over repeated runs (no printing here)."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+
+def _sync(device_is_cuda: bool) -> None:
+    if device_is_cuda:
+        import torch
+        torch.cuda.synchronize()
+
+
+def benchmark_session(session, batch: int, repeats: int = 20, warmup: int = 3, on_device: bool = False) -> dict:
+    """Time `session.run` on a random batch. With `on_device`, the input is a CUDA tensor and the
+    output stays on the device (GPU sessions), so the timing excludes host transfers."""
+    h, w = session.metadata["input_size"]
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((batch, 3, h, w)).astype(np.float32)
+    if on_device:
+        import torch
+        images = torch.from_numpy(images).cuda()
+    for _ in range(warmup):
+        session.run(images)
+    _sync(on_device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(images)
+        _sync(on_device)
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"backend": session.backend, "batch": batch, "repeats": repeats, "median_s": median,
+            "images_per_s": batch / median, "min_s": min(times)}
