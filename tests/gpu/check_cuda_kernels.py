@@ -410,7 +410,7 @@ def out_size(n, k, s, p, d):
 
 
 def check_deform(lib, rep, B, H, W, G, C, dtype, kh=3, kw=3, sh=1, sw=1, ph=1, pw=1, dh=1, dw=1, rc=0,
-                 scale=1.0, bwd=True, pad8=True, tag=""):
+                 scale=1.0, bwd=True, pad8=True, tag="", mscale=1.0):
     dev = "cuda"
     Ho, Wo = out_size(H, kh, sh, ph, dh), out_size(W, kw, sw, pw, dw)
     K = kh * kw - rc
@@ -421,12 +421,13 @@ def check_deform(lib, rep, B, H, W, G, C, dtype, kh=3, kw=3, sh=1, sw=1, ph=1, p
     om = r(B, Ho, Wo, Pn)
     offs = om[..., : G * K * 3].reshape(B, Ho, Wo, G, 3 * K).clone()
     offs[..., : 2 * K] *= 1.5  # offsets ~ N(0, 1.5^2): some samples fall outside the image
+    offs[..., 2 * K:] *= mscale
     om[..., : G * K * 3] = offs.reshape(B, Ho, Wo, G * K * 3)
     om = om.to(dtype)
     shp = DeformShape(B, H, W, Ho, Wo, G, C, Pn, kh, kw, sh, sw, ph, pw, dh, dw, rc, scale, DTYPE_CODE[dtype])
     p = dict(G=G, C=C, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, rc=rc, scale=scale)
     name = (f"deform {tag}B{B} {H}x{W} G{G} C{C} k{kh}x{kw} s{sh}{sw} p{ph}{pw} d{dh}{dw} rc{rc} "
-            f"sc{scale} {str(dtype)[6:]}")
+            f"sc{scale} {str(dtype)[6:]}" + ("" if mscale == 1.0 else f" mask*{mscale:g}"))
     outs = []
     for _ in range(3):
         out = torch.full((B, Ho, Wo, G * C), float("nan"), device=dev, dtype=dtype)
@@ -516,19 +517,38 @@ def run_checks(lib, rep, quick=False):
     check_scan(lib, rep, 2, 4, 1280, 1, 48, f16, tag="hrv-base-8x6 ")
     check_scan(lib, rep, 1, 4, 40, 2, 520, f32)                                # several chunks + tail, D % 8 != 0
     check_scan(lib, rep, 1, 1, 3, 5, 4096, f32, softplus=1, useD=True, usebias=False)
-    # DeformAggregate
+    run_deform_checks(lib, rep)
+
+
+def run_deform_checks(lib, rep, tag="", bwd=True):
+    """DeformAggregate: every forward path (tiled FMA, generic kernel sizes; the cases marked tensor-core
+    exercise the float16 mma kernel in an SSM_DEFORM_MMA=1 build, the FMA path otherwise)."""
+    f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
+    t = tag
     for dt in (f32, f16, bf16):
-        check_deform(lib, rep, 2, 64, 48, 2, 32, dt, tag="hrv-small-64x48 ")
-    check_deform(lib, rep, 2, 8, 6, 40, 32, f32, tag="hrv-base-8x6 ")        # G = 40, C = 32
-    check_deform(lib, rep, 2, 8, 6, 40, 32, f16, tag="hrv-base-8x6 ")
-    check_deform(lib, rep, 2, 16, 12, 5, 32, f32, rc=1)                        # G=5, remove_center
-    check_deform(lib, rep, 2, 17, 13, 3, 16, f32, sh=2, sw=2, ph=2, pw=2, dh=2, dw=2, scale=0.5)  # stride 2, dil 2
-    check_deform(lib, rep, 2, 17, 13, 3, 16, f16, sh=2, sw=1, ph=2, pw=1, dh=2, dw=1, scale=0.5)
-    check_deform(lib, rep, 2, 11, 9, 3, 12, f32, kh=5, kw=3, ph=2, pw=1, rc=1, pad8=False)  # generic kernel, VEC 4
-    check_deform(lib, rep, 2, 9, 7, 2, 5, f16, rc=1)                           # C = 5 (VEC 1)
-    check_deform(lib, rep, 2, 9, 7, 3, 40, f32)                                # C = 40 (5 vectors, TPG 8)
-    check_deform(lib, rep, 1, 6, 5, 1, 512, f32)                               # C = 512 (2 vectors/thread)
-    check_deform(lib, rep, 1, 6, 5, 2, 264, bf16, kh=2, kw=2, ph=0, pw=0, rc=1)  # even kernel, bf16
+        check_deform(lib, rep, 2, 64, 48, 2, 32, dt, tag=t + "hrv-small-64x48 ", bwd=bwd)
+    check_deform(lib, rep, 2, 8, 6, 40, 32, f32, tag=t + "hrv-base-8x6 ", bwd=bwd)   # G = 40, C = 32
+    check_deform(lib, rep, 2, 8, 6, 40, 32, f16, tag=t + "hrv-base-8x6 ", bwd=bwd)
+    check_deform(lib, rep, 2, 16, 12, 5, 32, f32, rc=1, tag=t, bwd=bwd)             # G=5, remove_center
+    check_deform(lib, rep, 2, 16, 12, 5, 32, f16, rc=1, tag=t, bwd=bwd)             # tensor-core path, K = 8
+    check_deform(lib, rep, 2, 9, 7, 3, 64, f16, tag=t, bwd=bwd)                     # 2 units per pg, partial tile
+    check_deform(lib, rep, 3, 5, 1, 1, 32, f16, tag=t, bwd=bwd)                     # W = 1, odd unit count
+    check_deform(lib, rep, 2, 12, 10, 2, 32, f16, tag=t, bwd=bwd, mscale=1e-3)      # small masks (weight scaling)
+    check_deform(lib, rep, 2, 12, 10, 2, 32, f32, tag=t, bwd=bwd, mscale=1e-3)
+    check_deform(lib, rep, 2, 12, 10, 2, 32, f16, tag=t, bwd=bwd, mscale=300.0)     # large masks
+    check_deform(lib, rep, 2, 17, 13, 3, 16, f32, sh=2, sw=2, ph=2, pw=2, dh=2, dw=2, scale=0.5, tag=t,
+                 bwd=bwd)                                                           # stride 2, dil 2
+    check_deform(lib, rep, 2, 17, 13, 3, 16, f16, sh=2, sw=1, ph=2, pw=1, dh=2, dw=1, scale=0.5, tag=t, bwd=bwd)
+    check_deform(lib, rep, 2, 17, 13, 3, 32, f16, sh=2, sw=1, ph=2, pw=1, dh=2, dw=1, scale=0.5, tag=t,
+                 bwd=bwd)                                                           # tensor-core path, stride/dil
+    check_deform(lib, rep, 2, 11, 9, 3, 12, f32, kh=5, kw=3, ph=2, pw=1, rc=1, pad8=False, tag=t,
+                 bwd=bwd)                                                           # generic kernel, VEC 4
+    check_deform(lib, rep, 2, 9, 7, 2, 5, f16, rc=1, tag=t, bwd=bwd)               # C = 5 (VEC 1)
+    check_deform(lib, rep, 2, 9, 7, 2, 6, f32, tag=t, bwd=bwd)                      # C = 6 (VEC 2)
+    check_deform(lib, rep, 2, 9, 7, 3, 40, f32, tag=t, bwd=bwd)                     # C = 40 (5 vectors, TPG 8)
+    check_deform(lib, rep, 1, 6, 5, 1, 512, f32, tag=t, bwd=bwd)                    # C = 512 (4 vectors/thread)
+    check_deform(lib, rep, 1, 6, 5, 2, 264, bf16, kh=2, kw=2, ph=0, pw=0, rc=1, tag=t, bwd=bwd)  # even kernel
+    check_deform(lib, rep, 1, 7, 9, 2, 8, f32, kh=7, kw=7, ph=3, pw=3, tag=t, bwd=bwd)  # 49 points
 
 
 # ----------------------------------------------------------------------------------------------
@@ -682,6 +702,41 @@ def bench(lib, bw, batch=128, ops=("scan", "deform"), dirs=("fwd", "bwd"), model
     return rows
 
 
+def bench_deform_fwd_compare(libs, bw, batch=128, models=("small", "base"), dtypes=(torch.float32, torch.float16)):
+    """DeformAggregate forward of several library builds on the same data (HRVMamba shapes)."""
+    dev = "cuda"
+    rows = []
+    for model in models:
+        for C, (H, W) in zip(HRV[model], RES):
+            for dtype in dtypes:
+                es = torch.finfo(dtype).bits // 8
+                G, gc, K = -(-C // 16), 32, 9
+                Pn = -(-(G * K * 3) // 8) * 8
+                per_set = batch * H * W * (G * gc * 2 + Pn) * es
+                nsets = max(1, min(8, math.ceil(L2_ROTATE_BYTES / per_set)))
+                sets = [dict(v=torch.randn(batch, H, W, G * gc, device=dev).to(dtype),
+                             om=torch.randn(batch, H, W, Pn, device=dev).to(dtype),
+                             out=torch.empty(batch, H, W, G * gc, device=dev, dtype=dtype)) for _ in range(nsets)]
+                shp = DeformShape(batch, H, W, H, W, G, gc, Pn, 3, 3, 1, 1, 1, 1, 1, 1, 0, 1.0, DTYPE_CODE[dtype])
+                byts = batch * H * W * (G * gc * 2 + Pn) * es
+                for name, lib in libs:
+                    it = [0]
+
+                    def fwd():
+                        s_ = sets[it[0] % nsets]
+                        it[0] += 1
+                        st = lib.ssm_deform_aggregate_fwd_cuda(ctypes.byref(shp), P(s_["v"]), P(s_["om"]),
+                                                               P(s_["out"]), stream_ptr())
+                        assert st == 0, st
+
+                    t = time_call(fwd)
+                    rows.append((f"{model}/{name}", f"{H}x{W}", "deform", "fwd", str(dtype)[6:],
+                                 f"B{batch} G{G} C{gc} P{Pn}", t, byts / t / bw))
+                del sets
+                torch.cuda.empty_cache()
+    return rows
+
+
 def print_rows(rows, bw):
     print(f"{'model':14} {'res':6} {'op':7} {'dir':4} {'dtype':8} {'shape':22} {'ms':>9} {'TB/s':>6} {'frac':>6}")
     for (v, res, op, d, dt, shp, t, frac) in rows:
@@ -707,23 +762,23 @@ def run_quick_checks(lib, rep):
     check_deform(lib, rep, 1, 9, 7, 2, 5, f16, rc=1)
     check_deform(lib, rep, 1, 6, 5, 1, 512, f32)
     check_deform(lib, rep, 1, 6, 5, 2, 264, bf16, kh=2, kw=2, ph=0, pw=0, rc=1)
+    check_deform(lib, rep, 1, 8, 6, 5, 32, f16, rc=1)          # tensor-core path, K = 8
+    check_deform(lib, rep, 1, 9, 7, 3, 64, f16)                # tensor-core path, 2 units per pg
+    check_deform(lib, rep, 1, 5, 1, 1, 32, f16)                # odd unit count
 
 
 # Tuning variants (compile-time options of the kernels), timed next to the default build.
 VARIANTS = {
-    "halfblend": ["SSM_DEFORM_HALF_BLEND=1"],
-    "minb5": ["SSM_DEFORM_FWD_MIN_BLOCKS=5"],
-    "nostage": ["SSM_DEFORM_STAGE_OFFSETS=0"],
+    "rounds1": ["SSM_DEFORM_TILE_ROUNDS=1"],    # half-size tiles
+    "pixmajor": ["SSM_DEFORM_GROUP_MAJOR=0"],   # tiles of a few pixels x all groups
+    "mma": ["SSM_DEFORM_MMA=1"],                # float16 forward on tensor cores
+    "direct": ["SSM_DEFORM_FORCE_DIRECT=1"],    # the fallback kernel (per-thread setup, the old design)
 }
 
 
 def run_variant_checks(lib, rep, name):
-    f32, f16 = torch.float32, torch.float16
-    for dt in (f32, f16):
-        check_scan(lib, rep, 2, 4, 16, 1, 3072, dt, tag=f"[{name}] ")
-        check_deform(lib, rep, 2, 64, 48, 2, 32, dt, tag=f"[{name}] ")
-        check_deform(lib, rep, 2, 8, 6, 40, 32, dt, tag=f"[{name}] ")
-    check_deform(lib, rep, 1, 6, 5, 1, 512, f32, tag=f"[{name}] ")
+    """Variants differ in the DeformAggregate forward only: all forward checks, no backward."""
+    run_deform_checks(lib, rep, tag=f"[{name}] ", bwd=False)
 
 
 class Tee:
@@ -750,6 +805,8 @@ def main():
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--quick", action="store_true", help="small checks only (e.g. under compute-sanitizer)")
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--bench-ops", default="scan,deform", help="operators to time (comma list)")
+    ap.add_argument("--bench-dirs", default="fwd,bwd", help="directions to time (comma list)")
     ap.add_argument("--selftest-reference", action="store_true", help="check the references against naive loops")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=LIB",
                     help="extra library build (tuning variant) to check briefly and time alongside")
@@ -805,10 +862,12 @@ def main():
     if not args.no_bench:
         bw = copy_bandwidth()
         print(f"device-to-device copy bandwidth: {bw / 1e12:.3f} TB/s (read + write)")
-        rows = bench(lib, bw, args.batch)
-        rows1 = bench(lib, bw, 1, models=("small", "base"), dirs=("fwd",), tag="/b1")
-        for name, vlib in variants:
-            vrows += bench(vlib, bw, args.batch, ops=("deform",), dirs=("fwd",), tag="/" + name)
+        ops = tuple(o for o in args.bench_ops.split(",") if o)
+        dirs = tuple(d for d in args.bench_dirs.split(",") if d)
+        rows = bench(lib, bw, args.batch, ops=ops, dirs=dirs)
+        rows1 = bench(lib, bw, 1, models=("small", "base"), ops=ops, dirs=("fwd",), tag="/b1")
+        if variants:
+            vrows = bench_deform_fwd_compare([("default", lib)] + variants, bw, args.batch)
 
     print("\n================ summary ================")
     print(f"device: {torch.cuda.get_device_name()}")
@@ -824,7 +883,7 @@ def main():
         print("batch 1 (latency; frac is not meaningful at this size):")
         print_rows(rows1, bw)
     if vrows:
-        print("tuning variants (forward):")
+        print("tuning variants (DeformAggregate forward, same data for every build):")
         print_rows(vrows, bw)
     return 1 if rep.failures else 0
 
