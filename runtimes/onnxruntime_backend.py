@@ -40,6 +40,11 @@ class OrtSession(Session):
             raise FileNotFoundError(f"{backend}: ONNX file {self.path} does not exist")
         metadata, domains = read_onnx_metadata(self.path)
         provider = PROVIDERS[backend]
+        if backend == "ort-cuda":
+            try:  # torch's CUDA libraries (cuBLAS, cuDNN) serve ORT's CUDA EP too
+                import torch  # noqa: F401
+            except ImportError:
+                pass
         if provider not in ort.get_available_providers():
             raise BackendUnavailable(f"{backend}: this onnxruntime ({ort.__version__}) has no {provider} "
                                      f"(available: {', '.join(ort.get_available_providers())})")

@@ -1,25 +1,40 @@
 #!/usr/bin/env bash
-# Everything that needs the GPU machine, in one call (run from the repository root):
-#   bash tests/gpu/run_all.sh [--bench]
-# 1. builds the kernel libraries with CMake (CPU + CUDA, sm_90 only to save time) into build-gpu/,
-# 2. runs the standalone CUDA kernel checks (tests/gpu/check_cuda_kernels.py),
-# 3. runs the pytest GPU tests (tests/gpu/test_cuda_ops.py) against the source tree,
-# 4. with --bench, runs benchmarks/bench_ops.py on CUDA and writes $OUT/bench_ops_cuda.json when $OUT is set.
+# Everything that needs the GPU machine (run from the repository root):
+#   bash tests/gpu/run_all.sh [--no-checks] [--bench] [--models]
+#   (default)    build the kernel libraries with CMake (sm_90) into build-gpu/, run the standalone CUDA
+#                kernel checks (check_cuda_kernels.py) and the pytest GPU tests (test_cuda_ops.py)
+#   --no-checks  skip the checks (the build is incremental)
+#   --bench      kernel micro-benchmarks: benchmarks/bench_ops.py -> $OUT/bench_ops_cuda.json
+#   --models     whole-model parity and throughput, ONNX Runtime CUDA EP included (needs onnxruntime-gpu on
+#                PYTHONPATH): benchmarks/bench_models.py -> $OUT/bench_models/ (extra arguments in SSMPOSE_BENCH_ARGS)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1
-if command -v cmake >/dev/null; then
-  cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
-  cmake --build build-gpu -j"$(nproc)" >/dev/null
-else
-  echo "cmake is required on the GPU machine" >&2; exit 1
-fi
+checks=1 bench=0 models=0
+for arg in "$@"; do
+  case "$arg" in
+    --no-checks) checks=0 ;;
+    --bench) bench=1 ;;
+    --models) models=1 ;;
+    *) echo "unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+command -v cmake >/dev/null || { echo "cmake is required on the GPU machine" >&2; exit 1; }
+cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
+cmake --build build-gpu -j"$(nproc)" >/dev/null
 export SSMPOSE_KERNELS_DIR="$PWD/build-gpu/lib"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export SSMPOSE_REQUIRE_CUDA=1
-python3 tests/gpu/check_cuda_kernels.py --lib-dir "$SSMPOSE_KERNELS_DIR"
-python3 -m pytest -q -p no:cacheprovider tests/gpu/test_cuda_ops.py
-if [ "${1:-}" = "--bench" ]; then
+out=${OUT:-/tmp}
+if [ "$checks" = 1 ]; then
+  python3 tests/gpu/check_cuda_kernels.py --lib-dir "$SSMPOSE_KERNELS_DIR" --no-bench
+  python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_cuda_ops.py
+fi
+if [ "$bench" = 1 ]; then
   python3 benchmarks/bench_ops.py --device cuda --batch 1 32 128 --dtype float32 float16 --backward \
-    --reference-max-batch 32 --json "${OUT:-/tmp}/bench_ops_cuda.json"
+    --reference-max-batch 32 --json "$out/bench_ops_cuda.json"
+fi
+if [ "$models" = 1 ]; then
+  python3 -c "import onnxruntime as o; p = o.get_available_providers(); assert 'CUDAExecutionProvider' in p, p"
+  python3 benchmarks/bench_models.py --out "$out/bench_models" ${SSMPOSE_BENCH_ARGS:-}
 fi
