@@ -57,10 +57,37 @@ def convert_command(checkpoint, output, model_name):
 
 @main.command("demo")
 @click.option("--model", "model_name", default="hrvmamba_small", show_default=True)
+@click.option("--output-dir", default="outputs/demo", show_default=True, type=click.Path(file_okay=False),
+              help="Where the exported ONNX files go.")
+@click.option("--backend", "backends", multiple=True, help="Only these backends (default: every one available).")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Also write the report here.")
+def demo_command(model_name, output_dir, backends, json_path):
+    """Main job: export MODEL in both ONNX forms and run it on every backend here; print one parity table."""
+    from ..deploy_demo import run_deploy_demo
+    report = run_deploy_demo(model_name, output_dir, backends=list(backends) or None)
+    click.echo(f"model {report['model']}, weights: {report['weights']}, input {report['input_shape']}")
+    for form, e in report["exports"].items():
+        click.echo(f"exported {form:<8} {e['path']}: {e['nodes']} nodes, {e['bytes'] / 1e6:.1f} MB, {e['seconds']:.0f} s")
+    click.echo(f"\n{'backend':<10} {'form':<20} {'max abs err':>12} {'err/max|ref|':>13} {'argmax agree':>13} "
+               f"{'latency ms':>11}")
+    for r in report["rows"]:
+        if r["status"] != "ok":
+            click.echo(f"{r['backend']:<10} {r['form']:<20} {r['status']}")
+            continue
+        click.echo(f"{r['backend']:<10} {r['form']:<20} {r['max_abs_error']:>12.2e} "
+                   f"{r['max_abs_error_over_max_ref']:>13.2e} {r['argmax_agreement']:>13.3f} {r['latency_ms']:>11.1f}")
+    click.echo("\nreference: torch fp32 eager with the CPU kernels; errors are against its heatmaps.")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+@main.command("figure")
+@click.option("--model", "model_name", default="hrvmamba_small", show_default=True)
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False), help="Official or ssmpose checkpoint.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def demo_command(model_name, checkpoint, seed, as_json):
+def figure_command(model_name, checkpoint, seed, as_json):
     """Run a model on a figure the project draws itself; print shapes, decoded keypoints and latency."""
     from ..demo import run_demo
     report = run_demo(model_name, seed=seed, checkpoint=checkpoint)
@@ -79,6 +106,13 @@ def demo_command(model_name, checkpoint, seed, as_json):
         click.echo("note: seeded random weights, so the keypoints are not meaningful; pass --checkpoint "
                    "with official weights for real predictions.")
 
+
+from .export_cmds import export_command, inspect_command  # noqa: E402
+from .runtime_cmds import bench_command  # noqa: E402
+
+main.add_command(export_command)
+main.add_command(inspect_command)
+main.add_command(bench_command)
 
 if __name__ == "__main__":
     main()

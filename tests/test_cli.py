@@ -40,8 +40,8 @@ def test_convert_errors_are_one_line_and_write_nothing(tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == [src]
 
 
-def test_demo_runs_as_a_console_command():
-    proc = subprocess.run([sys.executable, "-m", "ssmpose.cli.main", "demo", "--model", "hrvmamba_tiny", "--json"],
+def test_figure_runs_as_a_console_command():
+    proc = subprocess.run([sys.executable, "-m", "ssmpose.cli.main", "figure", "--model", "hrvmamba_tiny", "--json"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -49,3 +49,17 @@ def test_demo_runs_as_a_console_command():
     assert len(report["keypoints"]) == 17
     xs, ys = zip(*report["keypoints"])
     assert all(0 <= x <= 192 for x in xs) and all(0 <= y <= 256 for y in ys)
+
+
+def test_demo_exports_and_compares_every_backend(tmp_path):
+    """The README's main job, on the tiny model: both ONNX forms, every backend here, one table."""
+    report_path = tmp_path / "demo.json"
+    result = CliRunner().invoke(main, ["demo", "--model", "hrvmamba_tiny", "--output-dir", str(tmp_path),
+                                       "--json", str(report_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    rows = {(r["backend"], r["form"]): r for r in report["rows"]}
+    for key in [("ort-cpu", "custom"), ("ort-cpu", "portable"), ("torch", "eager, reference ops")]:
+        assert rows[key]["status"] == "ok", rows[key]
+        assert rows[key]["max_abs_error_over_max_ref"] <= 1e-4, rows[key]
+    assert "ort-cpu" in result.output and "portable" in result.output

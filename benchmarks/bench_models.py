@@ -1,0 +1,112 @@
+"""Whole-model throughput and parity on the GPU machine (not a test: prints tables, writes JSON).
+
+For each model: exports the custom and portable forms (fp32 and fp16) with the same seeded weights, then
+  - parity of ort-cuda (custom, portable; fp32, fp16; batch 1 and 64) against PyTorch CUDA fp32, and
+    whether every node runs on the CUDA execution provider,
+  - images/s at batch 1/32/128 for torch-reference, torch (CUDA kernels), ort-cuda custom, ort-cuda portable.
+
+    python benchmarks/bench_models.py --models hrvmamba_small hrvmamba_base --out /tmp/bench
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ssmpose import runtimes
+from ssmpose.deploy_demo import demo_weights
+from ssmpose.export import export_model
+from ssmpose.runtimes import parity
+from ssmpose.runtimes.benchmark import benchmark_session
+
+
+def export_all(model, name, out_dir: Path, forms, dtypes) -> dict:
+    """Export each (form, dtype) unless the file is already in out_dir (e.g. exported on another machine
+    from the same seeded weights)."""
+    files = {}
+    for form in forms:
+        for dtype in dtypes:
+            path = out_dir / f"{name}.{form}.{'fp16' if dtype == 'float16' else 'fp32'}.onnx"
+            if not path.exists():
+                t = time.perf_counter()
+                export_model(model, path, form=form, fp16=dtype == "float16")
+                print(f"exported {path.name} in {time.perf_counter() - t:.1f}s", flush=True)
+            files[(form, dtype)] = path
+    return files
+
+
+def measure(session, label, dtype, name, batches, repeats) -> list:
+    rows = []
+    for batch in batches:
+        try:
+            r = benchmark_session(session, batch, repeats=repeats, on_device=True)
+        except (RuntimeError, MemoryError) as err:  # e.g. out of memory for the reference at batch 128
+            print(f"{name} {label} {dtype} b={batch}: failed: {str(err).splitlines()[0]}", flush=True)
+            torch.cuda.empty_cache()
+            continue
+        rows.append({"model": name, "runtime": label, "dtype": dtype, **r})
+        print(f"throughput {name:<15} {label:<18} {dtype:<7} b={batch:<4} {r['images_per_s']:9.1f} img/s "
+              f"({r['median_s'] * 1e3:.2f} ms)", flush=True)
+    return rows
+
+
+def run_model(model, name, files, batches, repeats, reference_batches, parity_batches=(1, 64)) -> tuple:
+    h, w = model.meta["input_size"]
+    torch.backends.cudnn.allow_tf32 = False   # fp32 reference without TF32 convolutions
+    reference = runtimes.load(model, "torch", device="cuda")
+    inputs = {b: torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(b)).cuda() for b in parity_batches}
+    expected = {b: reference.run(x).float().cpu().numpy() for b, x in inputs.items()}
+    parity_rows, rows = [], []
+    for (form, dtype), path in files.items():
+        session = runtimes.load(str(path), "ort-cuda")
+        placement = session.node_placement()
+        for b, x in inputs.items():
+            row = {"model": name, "form": form, "dtype": dtype, "batch": b, "placement": placement,
+                   **parity.compare(expected[b], session.run(x).float().cpu().numpy(), (h, w))}
+            parity_rows.append(row)
+            print(f"parity {name} {form:<8} {dtype:<7} b={b:<3} max_abs/max_ref {row['max_abs_error_over_max_ref']:.2e}"
+                  f" mean_disp {row['mean_keypoint_displacement_px']:.3f}px argmax {row['argmax_agreement']:.4f}"
+                  f" all_on_cuda={placement['all_on_requested']} {placement['providers']}", flush=True)
+        rows += measure(session, f"ort-cuda {form}", dtype, name, batches, repeats)
+        del session
+    torch.backends.cudnn.allow_tf32 = True    # PyTorch's default for the eager timings
+    rows += measure(reference, "torch", "float32", name, batches, repeats)
+    rows += measure(runtimes.load(model, "torch", device="cuda", dtype="float16"), "torch", "float16", name,
+                    batches, repeats)
+    rows += measure(runtimes.load(model, "torch", device="cuda", reference_ops=True), "torch-reference",
+                    "float32", name, reference_batches, max(3, repeats // 2))
+    return parity_rows, rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["hrvmamba_small", "hrvmamba_base"])
+    parser.add_argument("--batch", nargs="+", type=int, default=[1, 32, 128])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", default="/tmp/bench_models")
+    parser.add_argument("--forms", nargs="+", default=["custom", "portable"])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float16"])
+    parser.add_argument("--reference-batch", nargs="+", type=int, default=[1, 32])
+    args = parser.parse_args()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "parity": [], "throughput": []}
+    import onnxruntime
+    result["onnxruntime"] = onnxruntime.__version__
+    for name in args.models:
+        model = demo_weights(name)
+        files = export_all(model, name, out_dir, args.forms, args.dtypes)
+        parity_rows, rows = run_model(model, name, files, args.batch, args.repeats, args.reference_batch)
+        result["parity"] += parity_rows
+        result["throughput"] += rows
+        with open(out_dir / "bench_models.json", "w") as f:
+            json.dump(result, f, indent=2, default=str)
+    print(json.dumps({"device": result["device"], "onnxruntime": result["onnxruntime"]}))
+
+
+if __name__ == "__main__":
+    main()

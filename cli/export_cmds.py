@@ -1,0 +1,71 @@
+"""`ssmpose export` and `ssmpose inspect`: ONNX export of a registered model, and what an ONNX file holds."""
+from __future__ import annotations
+
+import json
+
+import click
+
+FORMS = ("custom", "portable")
+SCAN_LOWERINGS = ("matrix", "doubling")
+
+
+@click.command("export")
+@click.argument("model_name", metavar="MODEL")
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
+              help="Official (mmpose-style) or ssmpose checkpoint of MODEL. Default: seeded random weights.")
+@click.option("--input-size", default=None, metavar="HxW",
+              help="Input height x width, multiples of 32 (default: the model's, e.g. 256x192).")
+@click.option("--batch", default="dynamic", show_default=True, metavar="N|dynamic",
+              help="Fixed batch size, or 'dynamic' for a symbolic batch dimension.")
+@click.option("--ops", "form", type=click.Choice(FORMS), default="custom", show_default=True,
+              help="custom: ssmpose-domain SelectiveScan/DeformAggregate nodes (needs the ssmpose runtime "
+                   "library); portable: standard ONNX operators only.")
+@click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset: 18 or 19.")
+@click.option("--fp16", is_flag=True, help="float16 weights and activations (float32 I/O; the scan, the "
+                                            "deformable sampling and LayerNorm stay float32).")
+@click.option("--chunk-size", default=None, type=int,
+              help="Portable form: chunk length of the scan lowering (default 32 for matrix, 64 for doubling).")
+@click.option("--scan-lowering", type=click.Choice(SCAN_LOWERINGS), default=None,
+              help="Portable form: within-chunk part of the scan as T x T decay matrices (matrix, default) or "
+                   "by prefix doubling (doubling, faster on CPU).")
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="Output file (default: MODEL_HxW_FORM[_fp16].onnx in the current folder).")
+@click.option("--json", "as_json", is_flag=True, help="Print the export summary as JSON.")
+def export_command(model_name, checkpoint, input_size, batch, form, opset, fp16, chunk_size, scan_lowering, output,
+                   as_json):
+    """Export MODEL (a registered name, see `ssmpose models`) to ONNX."""
+    from ..export import export_model, parse_input_size
+    from ..training.models import model_spec
+    if output is None:
+        size = parse_input_size(input_size) if input_size else model_spec(model_name).default_input_size
+        output = f"{model_name}_{size[0]}x{size[1]}_{form}{'_fp16' if fp16 else ''}.onnx"
+    result = export_model(model_name, output, checkpoint=checkpoint, input_size=input_size, batch=batch, form=form,
+                          opset=opset, fp16=fp16, chunk_size=chunk_size, scan_lowering=scan_lowering)
+    summary = {"path": str(result.path), "model": result.metadata.get("model"), "form": form,
+               "input_size": result.metadata.get("input_size"), "batch": result.metadata.get("batch"),
+               "dtype": result.metadata.get("dtype"), "opset": opset, "nodes": result.node_count,
+               "size_bytes": result.size_bytes, "seconds": round(result.seconds, 2),
+               "stages": {k: round(v, 2) for k, v in result.stages.items()}}
+    if form == "portable":
+        summary.update(chunk_size=result.metadata.get("chunk_size"),
+                       scan_lowering=result.metadata.get("scan_lowering"))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    h, w = summary["input_size"]
+    click.echo(f"wrote {summary['path']}: {summary['model']} {h}x{w}, batch {summary['batch']}, {form} form, "
+               f"{summary['dtype']}, opset {opset}")
+    click.echo(f"{summary['nodes']} nodes, {summary['size_bytes'] / 1e6:.1f} MB, {summary['seconds']:.1f} s")
+
+
+@click.command("inspect")
+@click.argument("onnx_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def inspect_command(onnx_file, as_json):
+    """Show an ONNX file's ssmpose metadata, inputs/outputs, op histogram and whether it is portable."""
+    from ..export import format_report, inspect_model
+    report = inspect_model(onnx_file)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(format_report(report))

@@ -1,0 +1,42 @@
+"""`ssmpose bench`: throughput of a model on one backend."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..runtimes import BACKENDS
+
+
+@click.command("bench")
+@click.argument("model")
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
+@click.option("--batch", "batches", type=int, multiple=True, default=(1,), show_default=True,
+              help="Batch size; repeat the option for several.")
+@click.option("--device", default=None, help="torch backend: cpu or cuda (default: cuda when available).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="torch backend precision (ONNX files carry their own).")
+@click.option("--reference-ops", is_flag=True, help="torch backend: use the reference operators.")
+@click.option("--repeats", default=20, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results here.")
+def bench_command(model, backend, batches, device, dtype, reference_ops, repeats, json_path):
+    """Time MODEL (name or checkpoint for torch, .onnx file otherwise) and print images/s per batch size."""
+    import torch
+
+    from .. import runtimes
+    from ..runtimes.benchmark import benchmark_session
+    options = {}
+    if backend == "torch":
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        options = {"device": device, "dtype": dtype, "reference_ops": reference_ops}
+    session = runtimes.load(model, backend, **options)
+    on_device = backend == "ort-cuda" or (backend == "torch" and device.startswith("cuda"))
+    results = []
+    click.echo(f"{'backend':<10} {'batch':>6} {'median ms':>10} {'images/s':>10}")
+    for batch in batches:
+        r = benchmark_session(session, batch, repeats=repeats, on_device=on_device)
+        results.append({**r, "model": session.metadata.get("model"), "options": options})
+        click.echo(f"{backend:<10} {batch:>6} {r['median_s'] * 1e3:>10.2f} {r['images_per_s']:>10.1f}")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=2)

@@ -1,0 +1,336 @@
+"""Standard-ONNX lowerings of the two ssmpose operators (the portable export form).
+
+`selective_scan_subgraph` and `deform_aggregate_subgraph` emit, through an op builder `op` (onnxscript's
+`opset18` inside torch.onnx, or `IRBuilder` below on an ONNX IR graph), a fixed subgraph of standard ONNX
+operators (opset 18/19) that computes exactly the operator of docs/ops.md. There is no loop over the
+sequence, no Loop/Scan node, and the subgraph has the same nodes whatever the input size: sizes only enter
+as constants (shapes, pads, sampling grids). The batch dimension stays symbolic (reshapes use -1).
+
+- `lower_to_portable(model)` replaces every ssmpose node of an ONNX IR model by its lowering (this is
+  how `ssmpose.export` makes the portable form from the traced custom form).
+- `translation_table()` gives the same lowerings as torch.onnx translation functions.
+
+Everything is computed in float32 (float64 for float64 inputs); float16/bfloat16 inputs are cast up
+first and the result is cast back, so an fp16 export keeps the scan's softplus, cumulative sums,
+exponentials and state products, and the deformable sampling, in float32.
+
+SelectiveScan: a two-level chunked closed form
+----------------------------------------------
+With a_t = dt_t * A (log-decay) and x_t = dt_t * B_t * u_t, every (batch, channel, state) obeys
+h_t = exp(a_t) h_{t-1} + x_t. The sequence is padded to a multiple of the chunk size T with a = 0, x = 0
+(which leaves the states alone) and cut into nc = ceil(L / T) chunks.
+
+1. Within each chunk, the local states (starting from zero) and exp(S_t), S_t the inclusive sum of a
+   inside the chunk, by one of two methods:
+   - "matrix" (default, DESIGN.md section 3): CumSum gives S; the T x T matrix exp(S_t - S_s) has its
+     upper triangle (s > t) replaced by exactly 0 with Trilu, and a MatMul applies it to x. Trilu
+     replaces rather than multiplies, so a large (even infinite) discarded entry can never turn into NaN.
+   - "doubling": log2(T) steps of a parallel prefix scan over pairs (decay product, state),
+     (g_t, h_t) <- (g_t g_{t-k}, h_t + g_t h_{t-k}) for k = 1, 2, 4, ... < T, with identity elements
+     (1, 0) shifted in at the chunk start. It touches each element about 8 log2(T) times instead of
+     4 T times (T x T matrices), about 2.4x faster on CPU (docs/export.md).
+2. Across chunks, the state after chunk k is sum_{j<=k} exp(sum_{j<i<=k} tot_i) e_j, with tot_i the
+   total log-decay of chunk i and e_j the local end-state of chunk j: an nc x nc matrix of the same kind
+   as in 1. Its exponents are segment sums from a CumSum over the strictly-lower-triangular expanded
+   chunk totals, not differences of a cumulative sum over the whole sequence, so they stay accurate
+   however large that sum grows; the upper triangle is exp(0) = 1 before Trilu sets it to 0.
+3. h_t += exp(S_t) * (state after the previous chunk); y = sum_n C h + D u.
+
+DeformAggregate through GridSample
+----------------------------------
+Each group is one GridSample batch entry: value (B*G, C, H, W), grid (B*G, Hout, Wout*K, 2) in the
+normalised coordinates of align_corners=0, g = (2p + 1) / size - 1 for pixel coordinate p. Bilinear
+sampling with zero padding counts corners outside the image as zero, and a location with p <= -1 or
+p >= size then has only zero corners, as the operator requires. The samples are weighted by the masks
+and summed over the K points.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import reference
+
+SCAN_LOWERINGS = ("matrix", "doubling")
+DEFAULT_SCAN_LOWERING = "matrix"
+DEFAULT_CHUNKS = {"matrix": 32, "doubling": 64}   # measured best on 2 CPU cores (docs/export.md)
+DEFAULT_CHUNK = DEFAULT_CHUNKS[DEFAULT_SCAN_LOWERING]
+SOFTPLUS_THRESHOLD = reference.SOFTPLUS_THRESHOLD
+DOMAIN = "ssmpose"
+DEFORM_ATTRIBUTES = ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w", "dilation_h", "dilation_w",
+                     "group", "group_channels", "offset_scale", "remove_center")
+_DEFORM_DEFAULTS = dict(kernel_h=3, kernel_w=3, stride_h=1, stride_w=1, pad_h=1, pad_w=1, dilation_h=1,
+                        dilation_w=1, group=1, group_channels=1, offset_scale=1.0, remove_center=0)
+
+
+def check_scan_options(chunk_size, method: str) -> int:
+    """Validated chunk size (None: the method's default)."""
+    if method not in SCAN_LOWERINGS:
+        raise ValueError(f"scan lowering must be one of {SCAN_LOWERINGS}, got {method!r}")
+    chunk_size = DEFAULT_CHUNKS[method] if chunk_size is None else int(chunk_size)
+    if chunk_size < 2:
+        raise ValueError(f"chunk size must be >= 2, got {chunk_size}")
+    return chunk_size
+
+
+def chunk_count(length: int, chunk_size: int) -> int:
+    return -(-length // chunk_size)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers shared by both builders
+
+def _ir():
+    import onnx_ir
+    return onnx_ir
+
+
+def _static(value, axis: int, what: str) -> int:
+    shape = value.shape
+    dim = shape[axis] if shape is not None else None
+    if not isinstance(dim, int):
+        raise ValueError(f"portable ONNX lowering: {what} (axis {axis} of {value.name}) must be static, got {dim}")
+    return dim
+
+
+def _compute_type(value):
+    ir = _ir()
+    return ir.DataType.DOUBLE if value.dtype == ir.DataType.DOUBLE else ir.DataType.FLOAT
+
+
+def _numpy_dtype(dtype):
+    return np.float64 if dtype == _ir().DataType.DOUBLE else np.float32
+
+
+def _to(op, value, dtype, current=None):
+    """Cast `value` to `dtype` unless its dtype (`current`, or the value's recorded one) already is that."""
+    current = value.dtype if current is None else current
+    return value if current == dtype else op.Cast(value, to=int(dtype))
+
+
+def _scalar(op, number, dtype):
+    return op.Constant(value=_ir().tensor(np.array(number, dtype=_numpy_dtype(dtype)), dtype=dtype))
+
+
+def _int(op, number):
+    ir = _ir()
+    return op.Constant(value=ir.tensor(np.array(number, dtype=np.int64), dtype=ir.DataType.INT64))
+
+
+def _array(op, array, dtype):
+    return op.Constant(value=_ir().tensor(np.ascontiguousarray(array, dtype=_numpy_dtype(dtype)), dtype=dtype))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SelectiveScan
+
+def _carry_across_chunks(op, h, growth, log_total, nc: int, T: int):
+    """h (B,R,nc,T) local states, growth = exp(S_t) inside the chunk, log_total (B,R,nc,1) -> full states."""
+    seg = op.Trilu(op.Expand(log_total, [1, 1, 1, nc]), _int(op, -1), upper=0)     # [k, j] = tot_k if k > j
+    seg = op.CumSum(seg, _int(op, 2))                                              # [k, j] = sum_{j<i<=k} tot_i
+    carry = op.Trilu(op.Exp(seg), upper=0)                                         # (B, R, nc, nc)
+    after = op.MatMul(carry, op.Slice(h, [T - 1], [T], [3]))                       # state after chunk k
+    entering = op.Pad(op.Slice(after, [0], [nc - 1], [2]), [0, 0, 1, 0, 0, 0, 0, 0])
+    return op.Add(h, op.Mul(growth, entering))
+
+
+def linear_recurrence(op, log_a, x, chunk_size: int, length: int, rows: int, dtype, method: str):
+    """States of h_t = exp(log_a_t) h_{t-1} + x_t along the last axis of (B, rows, L) -> (B, rows, nc, T)."""
+    T = chunk_size
+    nc = chunk_count(length, T)
+    pads = [0, 0, 0, 0, 0, nc * T - length]
+    log_a = op.Reshape(op.Pad(log_a, pads), [-1, rows, nc, T])
+    x = op.Reshape(op.Pad(x, pads), [-1, rows, nc, T])
+    if method == "matrix":
+        cum = op.CumSum(log_a, _int(op, 3))                                        # S_t, (B, R, nc, T)
+        pair = op.Sub(op.Unsqueeze(cum, [4]), op.Unsqueeze(cum, [3]))              # [t, s] = S_t - S_s
+        decay = op.Trilu(op.Exp(pair), upper=0)                                    # s > t: exactly 0
+        h = op.Reshape(op.MatMul(decay, op.Unsqueeze(x, [4])), [-1, rows, nc, T])  # local states
+        growth = op.Exp(cum)
+        total = op.Slice(cum, [T - 1], [T], [3])
+    elif method == "doubling":
+        growth, h = op.Exp(log_a), x
+        one, zero = _scalar(op, 1, dtype), _scalar(op, 0, dtype)
+        k = 1
+        while k < T:
+            shift = [0, 0, 0, k, 0, 0, 0, 0]
+            prev_growth = op.Pad(op.Slice(growth, [0], [T - k], [3]), shift, one)
+            prev_h = op.Pad(op.Slice(h, [0], [T - k], [3]), shift, zero)
+            h = op.Add(h, op.Mul(growth, prev_h))
+            growth = op.Mul(growth, prev_growth)
+            k *= 2
+        total = op.ReduceSum(log_a, [3], keepdims=1)
+    else:
+        raise ValueError(f"scan lowering must be one of {SCAN_LOWERINGS}, got {method!r}")
+    return _carry_across_chunks(op, h, growth, total, nc, T)
+
+
+def selective_scan_subgraph(op, u, delta, A, Bs, Cs, Ds=None, delta_bias=None, delta_softplus: int = 1,
+                            chunk_size: int = None, method: str = DEFAULT_SCAN_LOWERING):
+    """Emit SelectiveScan (inputs as in docs/ops.md) through `op`; returns y (type of u)."""
+    chunk_size = check_scan_options(chunk_size, method)
+    channels, length = _static(u, 1, "channels"), _static(u, 2, "sequence length")
+    groups, dstate = _static(Bs, 1, "groups"), _static(Bs, 2, "state size")
+    dim = channels // groups
+    ct = _compute_type(u)
+    out_type = u.dtype
+    u, delta, A, Bs, Cs = (_to(op, t, ct) for t in (u, delta, A, Bs, Cs))
+    dt = delta
+    if delta_bias is not None:
+        dt = op.Add(dt, op.Reshape(_to(op, delta_bias, ct), [channels, 1]))
+    if delta_softplus:  # log(1 + exp(dt)) up to the threshold, identity above (as the kernels do)
+        limit = _scalar(op, SOFTPLUS_THRESHOLD, ct)
+        soft = op.Log(op.Add(op.Exp(op.Min(dt, limit)), _scalar(op, 1, ct)))
+        dt = op.Where(op.LessOrEqual(dt, limit), soft, dt)
+    rows = channels * dstate
+    log_a = op.Mul(op.Reshape(dt, [-1, groups, dim, 1, length]), op.Reshape(A, [groups, dim, dstate, 1]))
+    x = op.Mul(op.Reshape(op.Mul(dt, u), [-1, groups, dim, 1, length]),
+               op.Reshape(Bs, [-1, groups, 1, dstate, length]))
+    h = linear_recurrence(op, op.Reshape(log_a, [-1, rows, length]), op.Reshape(x, [-1, rows, length]),
+                          chunk_size, length, rows, ct, method)
+    padded = chunk_count(length, chunk_size) * chunk_size
+    h = op.Slice(op.Reshape(h, [-1, groups, dim, dstate, padded]), [0], [length], [4])
+    y = op.ReduceSum(op.Mul(h, op.Reshape(Cs, [-1, groups, 1, dstate, length])), [3], keepdims=0)
+    y = op.Reshape(y, [-1, channels, length])
+    if Ds is not None:
+        y = op.Add(y, op.Mul(op.Reshape(_to(op, Ds, ct), [channels, 1]), u))
+    return _to(op, y, out_type, current=ct)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DeformAggregate
+
+def _grid_offsets(out_size: int, in_size: int, stride: int, pad: int, dilation: int, kernel: int, scale: float,
+                  taps) -> np.ndarray:
+    """(out_size, K) normalised coordinate of every output position and tap at zero offset."""
+    half = (dilation * (kernel - 1)) >> 1
+    base = np.arange(out_size, dtype=np.float64) * stride - pad + half - half * scale
+    pixel = base[:, None] + np.asarray(taps, dtype=np.float64)[None, :] * dilation * scale
+    return (pixel * 2.0 + 1.0) / in_size - 1.0
+
+
+def deform_aggregate_subgraph(op, value, offset_mask, kernel_h: int, kernel_w: int, stride_h: int, stride_w: int,
+                              pad_h: int, pad_w: int, dilation_h: int, dilation_w: int, group: int,
+                              group_channels: int, offset_scale: float, remove_center: int):
+    """Emit DeformAggregate (docs/ops.md) through `op` with GridSample; returns the output (type of value)."""
+    height, width = _static(value, 1, "height"), _static(value, 2, "width")
+    out_h, out_w = _static(offset_mask, 1, "output height"), _static(offset_mask, 2, "output width")
+    points = reference.deform_sampling_points(kernel_h, kernel_w, remove_center)
+    k = len(points)
+    ct = _compute_type(value)
+    out_type = value.dtype
+    value, offset_mask = _to(op, value, ct), _to(op, offset_mask, ct)
+
+    om = op.Reshape(op.Slice(offset_mask, [0], [group * k * 3], [3]), [-1, out_h, out_w, group, 3 * k])
+    offsets = op.Reshape(op.Slice(om, [0], [2 * k], [4]), [-1, out_h, out_w, group, k, 2])
+    mask = op.Slice(om, [2 * k], [3 * k], [4])                                      # (B, Ho, Wo, G, K)
+
+    base_x = np.zeros((1, 1, out_w, 1, k, 2))
+    base_x[0, 0, :, 0, :, 0] = _grid_offsets(out_w, width, stride_w, pad_w, dilation_w, kernel_w, offset_scale,
+                                             [i for i, _ in points])
+    base_y = np.zeros((1, out_h, 1, 1, k, 2))
+    base_y[0, :, 0, 0, :, 1] = _grid_offsets(out_h, height, stride_h, pad_h, dilation_h, kernel_h, offset_scale,
+                                             [j for _, j in points])
+    scale = np.array([2.0 * offset_scale / width, 2.0 * offset_scale / height])
+    grid = op.Add(op.Add(op.Mul(offsets, _array(op, scale, ct)), _array(op, base_x, ct)), _array(op, base_y, ct))
+    grid = op.Reshape(op.Transpose(grid, perm=[0, 3, 1, 2, 4, 5]), [-1, out_h, out_w * k, 2])
+
+    planes = op.Transpose(op.Reshape(value, [-1, height, width, group, group_channels]), perm=[0, 3, 4, 1, 2])
+    planes = op.Reshape(planes, [-1, group_channels, height, width])               # (B*G, C, H, W)
+    samples = op.GridSample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=0)
+    samples = op.Reshape(samples, [-1, group, group_channels, out_h, out_w, k])
+    weights = op.Reshape(op.Transpose(mask, perm=[0, 3, 1, 2, 4]), [-1, group, 1, out_h, out_w, k])
+    out = op.ReduceSum(op.Mul(samples, weights), [5], keepdims=0)                   # (B, G, C, Ho, Wo)
+    out = op.Reshape(op.Transpose(out, perm=[0, 3, 4, 1, 2]), [-1, out_h, out_w, group * group_channels])
+    return _to(op, out, out_type, current=ct)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Builders and entry points
+
+class IRBuilder:
+    """`op.X(*inputs, **attributes)` recording nodes on an onnx_ir tape; int lists become INT64 constants."""
+
+    def __init__(self):
+        self.tape = _ir().tape.Tape()
+
+    def _input(self, x):
+        ir = _ir()
+        if x is None or isinstance(x, ir.Value):
+            return x
+        if isinstance(x, (list, tuple)) and all(isinstance(v, int) for v in x):
+            return self.Constant(value=ir.tensor(np.array(x, dtype=np.int64), dtype=ir.DataType.INT64))
+        raise TypeError(f"IRBuilder: unsupported input {x!r}")
+
+    def Constant(self, value):  # noqa: N802  (ONNX op name)
+        return self.tape.op("Constant", [], {"value": value})
+
+    def __getattr__(self, op_type: str):
+        if op_type.startswith("_"):
+            raise AttributeError(op_type)
+
+        def make(*inputs, **attributes):
+            return self.tape.op(op_type, [self._input(x) for x in inputs], attributes or None)
+        return make
+
+
+def _attribute_values(node) -> dict:
+    return {name: attr.value for name, attr in node.attributes.items()}
+
+
+def _lower_node(node, chunk_size: int, method: str):
+    builder = IRBuilder()
+    attrs = _attribute_values(node)
+    inputs = list(node.inputs) + [None] * 7
+    if node.op_type == "SelectiveScan":
+        out = selective_scan_subgraph(builder, *inputs[:7], delta_softplus=int(attrs.get("delta_softplus", 1)),
+                                      chunk_size=chunk_size, method=method)
+    elif node.op_type == "DeformAggregate":
+        values = {name: attrs.get(name, _DEFORM_DEFAULTS[name]) for name in DEFORM_ATTRIBUTES}
+        out = deform_aggregate_subgraph(builder, inputs[0], inputs[1], **values)
+    else:
+        raise ValueError(f"no portable lowering for {DOMAIN}::{node.op_type}")
+    return builder.tape.nodes, out
+
+
+def lower_to_portable(model, chunk_size: int = None, method: str = DEFAULT_SCAN_LOWERING) -> int:
+    """Replace every ssmpose node of the onnx_ir Model `model` (main graph) by its lowering, in place.
+
+    Returns the number of nodes replaced. The replaced nodes' output values keep their names, types and
+    shapes, and the `ssmpose` opset import is dropped.
+    """
+    ir = _ir()
+    chunk_size = check_scan_options(chunk_size, method)
+    graph = model.graph
+    count = 0
+    for node in list(graph):
+        if node.domain != DOMAIN:
+            continue
+        new_nodes, out = _lower_node(node, chunk_size, method)
+        old = node.outputs[0]
+        out.shape, out.type = old.shape, old.type
+        name = old.name
+        ir.convenience.replace_nodes_and_values(graph, node, [node], new_nodes, [old], [out])
+        out.name = name
+        count += 1
+    model.opset_imports.pop(DOMAIN, None)
+    graph.opset_imports.pop(DOMAIN, None)
+    return count
+
+
+def translation_table(chunk_size: int = None, method: str = DEFAULT_SCAN_LOWERING) -> dict:
+    """The same lowerings as torch.onnx (dynamo) translation functions for the two torch ops."""
+    import torch
+    from onnxscript import opset18
+
+    from . import torch_ops  # noqa: F401  (registers torch.ops.ssmpose.*)
+    chunk_size = check_scan_options(chunk_size, method)
+
+    def selective_scan(u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus: int):
+        return selective_scan_subgraph(opset18, u, delta, A, Bs, Cs, Ds, delta_bias, int(delta_softplus),
+                                       chunk_size=chunk_size, method=method)
+
+    def deform_aggregate(value, offset_mask, *attributes):
+        return deform_aggregate_subgraph(opset18, value, offset_mask, *attributes)
+
+    return {torch.ops.ssmpose.selective_scan.default: selective_scan,
+            torch.ops.ssmpose.deform_aggregate.default: deform_aggregate}

@@ -1,0 +1,413 @@
+"""ONNX export of the registered models, in the custom and the portable form.
+
+Pipeline (docs/export.md explains each step):
+
+1. Build the model (registered name [+ checkpoint]; seeded weights without one) or take the given
+   module; eval mode. fp16: a half-precision copy whose LayerNorms stay float32, behind float32
+   input/output casts.
+2. `torch.export.export` (batch dimension symbolic unless a fixed batch is asked for). The two ssmpose
+   ops are torch.library custom ops with fake kernels, so tracing never runs them.
+3. `torch.onnx.export` of that program (the dynamo exporter) with a `custom_translation_table` that
+   turns each op into one `ssmpose`-domain node (export/translations.py): the custom form.
+4. Portable form: every ssmpose node is replaced by its standard-op lowering
+   (`ssmpose.custom_ops.portable.lower_to_portable`). One trace can serve both forms (`export_forms`).
+5. Clean-up (export/optimize.py), normalisation for byte-identical output (no doc strings, stack traces
+   or source paths; fixed producer fields), metadata, `onnx.checker.check_model(full_check=True)`.
+6. The file is written to a temporary name beside the target and renamed, so a failed export never
+   leaves a partial file.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import onnx
+import torch
+import torch.nn as nn
+
+from .metadata import build_metadata, write_metadata
+from .schemas import DOMAIN, DOMAIN_VERSION, register_schemas
+
+FORMS = ("custom", "portable")
+SUPPORTED_OPSETS = (18, 19)
+DEFAULT_OPSET = 18
+INPUT_DIVISOR = 32
+INPUT_NAME = "images"
+BATCH_DIM = "batch"
+PRODUCER_NAME = "ssmpose"
+SEED = 0   # weights of a model exported by name without a checkpoint (as `ssmpose demo`)
+
+
+class ExportError(ValueError):
+    """The export cannot be done as asked (bad option, model, checkpoint or input size); nothing was written."""
+
+
+@dataclass
+class ExportResult:
+    model: onnx.ModelProto
+    path: Optional[Path]
+    metadata: dict
+    seconds: float
+    stages: dict = field(default_factory=dict)
+
+    @property
+    def node_count(self) -> int:
+        return len(self.model.graph.node)
+
+    @property
+    def size_bytes(self) -> int:
+        return self.model.ByteSize() if self.path is None else self.path.stat().st_size
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Options and model resolution
+
+def parse_input_size(value) -> Tuple[int, int]:
+    """'256x192', (256, 192) or [256, 192] -> (256, 192), checked for divisibility by 32."""
+    if isinstance(value, str):
+        parts = value.lower().replace("*", "x").split("x")
+        try:
+            value = tuple(int(p) for p in parts)
+        except ValueError:
+            raise ExportError(f"input size must look like HxW (e.g. 256x192), got {value!r}") from None
+    try:
+        h, w = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ExportError(f"input size must be (H, W), got {value!r}") from None
+    if h <= 0 or w <= 0 or h % INPUT_DIVISOR or w % INPUT_DIVISOR:
+        raise ExportError(f"input size {h}x{w} is not supported: height and width must be positive multiples "
+                          f"of {INPUT_DIVISOR} (e.g. 256x192 or 384x288)")
+    return h, w
+
+
+def parse_batch(value) -> Union[str, int]:
+    if value is None or (isinstance(value, str) and value.lower() == "dynamic"):
+        return "dynamic"
+    try:
+        batch = int(value)
+    except (TypeError, ValueError):
+        raise ExportError(f"batch must be a positive integer or 'dynamic', got {value!r}") from None
+    if batch < 1:
+        raise ExportError(f"batch must be a positive integer or 'dynamic', got {value!r}")
+    return batch
+
+
+def resolve_model(model: Union[str, nn.Module], checkpoint=None, input_size=None) -> Tuple[nn.Module, Tuple[int, int]]:
+    """A registered name (with an optional checkpoint) or a module -> (model in eval mode, input size)."""
+    from ..checkpoint import load_checkpoint
+    from ..training.models import build_model, model_spec
+    if isinstance(model, nn.Module):
+        if checkpoint is not None:
+            raise ExportError("pass either a model name with a checkpoint, or a built module (not both)")
+        size = parse_input_size(input_size if input_size is not None else getattr(model, "input_size", None))
+        if not isinstance(getattr(model, "meta", None), dict):
+            raise ExportError(f"{type(model).__name__} has no `meta` dict; build it with ssmpose.build_model()")
+        return model.eval(), size
+    if not isinstance(model, str):
+        raise ExportError(f"model must be a registered name or an nn.Module, got {type(model).__name__}")
+    try:
+        spec = model_spec(model)
+    except KeyError as err:
+        raise ExportError(err.args[0]) from None
+    size = parse_input_size(input_size if input_size is not None else spec.default_input_size)
+    if checkpoint is not None:
+        built = load_checkpoint(checkpoint, model, input_size=size)   # CheckpointError names the mismatch
+    else:  # seeded, so that exporting a name twice gives the same file
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED)
+            built = build_model(model, input_size=size)
+    return built.eval(), size
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Module preparation
+
+class _ExportWrapper(nn.Module):
+    """Fixes the graph's I/O: float32 images in, float32 out; the wrapped model may run in float16."""
+
+    def __init__(self, model: nn.Module, compute_dtype: torch.dtype):
+        super().__init__()
+        self.model = model
+        self.compute_dtype = compute_dtype
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.model(images.to(self.compute_dtype))
+        return out.to(torch.float32)
+
+
+def _keep_float32(module: nn.Module) -> None:
+    """Run `module` (a normalisation layer) in float32 inside a float16 model."""
+    module.float()
+
+    def to_float(_, args):
+        return tuple(a.float() if torch.is_tensor(a) else a for a in args)
+
+    def back(_, args, output):
+        return output.half()
+
+    module.register_forward_pre_hook(to_float)
+    module.register_forward_hook(back)
+
+
+FP32_MODULES = (nn.LayerNorm, nn.GroupNorm)
+
+
+def prepare_module(model: nn.Module, fp16: bool) -> nn.Module:
+    """The module that is traced. fp16: a half copy (the caller's model is left alone) with float32 norms."""
+    if not fp16:
+        return _ExportWrapper(model, torch.float32).eval()
+    half = copy.deepcopy(model).half().eval()
+    for module in half.modules():
+        if isinstance(module, FP32_MODULES):
+            _keep_float32(module)
+    return _ExportWrapper(half, torch.float16).eval()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Export
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.onnx prints progress lines and warns about things that do not concern the user here."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        import logging
+        loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+        levels = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def _normalise(model: onnx.ModelProto, graph_name: str, form: str, opset: int) -> None:
+    """Strip what varies between runs or machines; fix producer fields and the opset imports."""
+    from .._version import __version__
+
+    def clean_graph(graph):
+        graph.doc_string = ""
+        del graph.metadata_props[:]
+        for seq in (graph.input, graph.output, graph.value_info):
+            for v in seq:
+                v.doc_string = ""
+                del v.metadata_props[:]
+        for init in graph.initializer:
+            init.doc_string = ""
+            del init.metadata_props[:]
+        for node in graph.node:
+            node.doc_string = ""
+            del node.metadata_props[:]
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    clean_graph(attr.g)
+                for g in attr.graphs:
+                    clean_graph(g)
+
+    clean_graph(model.graph)
+    _rename_batch_symbol(model.graph)
+    model.graph.name = graph_name
+    model.producer_name = PRODUCER_NAME
+    model.producer_version = __version__
+    model.domain = "ai.ssmpose"
+    model.model_version = 1
+    model.doc_string = f"{graph_name} exported by ssmpose {__version__} ({form} form)"
+    used = {n.domain for n in model.graph.node}
+    imports = {"": int(opset)}
+    if DOMAIN in used:
+        imports[DOMAIN] = DOMAIN_VERSION
+    for entry in model.opset_import:
+        if entry.domain not in imports and entry.domain in used:
+            imports[entry.domain] = entry.version
+    del model.opset_import[:]
+    for domain in sorted(imports):
+        model.opset_import.add(domain=domain, version=imports[domain])
+
+
+def _rename_batch_symbol(graph) -> None:
+    """torch.export names the symbolic batch size s0, s34, ...; call it "batch" everywhere."""
+    import re
+    dims = graph.input[0].type.tensor_type.shape.dim if graph.input else []
+    if not dims or not dims[0].dim_param:
+        return
+    pattern = re.compile(rf"\b{re.escape(dims[0].dim_param)}\b")
+    for seq in (graph.input, graph.output, graph.value_info):
+        for v in seq:
+            for d in v.type.tensor_type.shape.dim:
+                if d.dim_param:
+                    d.dim_param = pattern.sub(BATCH_DIM, d.dim_param)
+
+
+def _portable_violations(model: onnx.ModelProto):
+    return sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node
+                   if n.domain not in ("", "ai.onnx") or n.op_type in ("Loop", "Scan")})
+
+
+def export_model(model: Union[str, nn.Module], output=None, *, checkpoint=None, input_size=None,
+                 batch: Union[str, int] = "dynamic", form: str = "custom", opset: int = DEFAULT_OPSET,
+                 fp16: bool = False, chunk_size: Optional[int] = None, scan_lowering: Optional[str] = None,
+                 check: bool = True) -> ExportResult:
+    """Export a model to ONNX; returns an ExportResult (the ModelProto, the path written, timings).
+
+    model       registered model name (e.g. "hrvmamba_small") or a module built by ssmpose.build_model
+    output      file to write (written atomically); None: only return the ModelProto
+    checkpoint  official or ssmpose checkpoint for `model` (a name); must belong to that model
+    input_size  (H, W) or "HxW", multiples of 32; default: the model's
+    batch       "dynamic" (symbolic batch dimension) or a fixed batch size
+    form        "custom" (ssmpose-domain SelectiveScan/DeformAggregate nodes) or "portable" (standard ops)
+    opset       ONNX opset of the default domain: 18 (default) or 19
+    fp16        float16 weights and activations (float32 I/O; scan, sampling and LayerNorm in float32)
+    chunk_size  portable form: chunk length of the scan lowering (default: the lowering's, 32 / 64)
+    scan_lowering  portable form: "matrix" (T x T decay matrices, default) or "doubling" (prefix doubling)
+    """
+    if form not in FORMS:
+        raise ExportError(f"export form must be one of {', '.join(FORMS)}, got {form!r}")
+    results = export_forms(model, {form: output}, checkpoint=checkpoint, input_size=input_size, batch=batch,
+                           opset=opset, fp16=fp16, chunk_size=chunk_size, scan_lowering=scan_lowering, check=check)
+    return results[form]
+
+
+def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None, input_size=None,
+                 batch: Union[str, int] = "dynamic", opset: int = DEFAULT_OPSET, fp16: bool = False,
+                 chunk_size: Optional[int] = None, scan_lowering: Optional[str] = None,
+                 check: bool = True) -> dict:
+    """Export several forms from one trace: `outputs` maps form -> file (or None); returns form -> ExportResult.
+
+    The portable form is the traced custom form with every ssmpose node replaced by its standard-op
+    lowering (`ssmpose.custom_ops.portable.lower_to_portable`), so both forms share everything else.
+    Options as in `export_model`.
+    """
+    from ..custom_ops.portable import DEFAULT_SCAN_LOWERING, check_scan_options
+    start = time.perf_counter()
+    forms = list(outputs)
+    for form in forms:
+        if form not in FORMS:
+            raise ExportError(f"export form must be one of {', '.join(FORMS)}, got {form!r}")
+    if not forms:
+        raise ExportError("no export form requested")
+    scan_lowering = DEFAULT_SCAN_LOWERING if scan_lowering is None else scan_lowering
+    try:
+        chunk_size = check_scan_options(chunk_size, scan_lowering)
+    except (TypeError, ValueError) as err:
+        raise ExportError(str(err)) from None
+    _check_opset(opset)
+    batch = parse_batch(batch)
+    paths = {form: (Path(out) if out is not None else None) for form, out in outputs.items()}
+    for path in paths.values():
+        if path is not None and path.is_dir():
+            raise ExportError(f"output {path} is a directory; give a file name")
+    net, size = resolve_model(model, checkpoint, input_size)
+    register_schemas()
+    meta_in = getattr(net, "meta", {})
+    output_name = "heatmaps" if meta_in.get("task", "pose") == "pose" else "logits"
+    name = meta_in.get("model", getattr(net, "name", type(net).__name__))
+
+    stages = {}
+    traced = _trace(net, size, batch, fp16, opset, output_name, stages)
+    shared_s = time.perf_counter() - start
+    results = {}
+    for i, form in enumerate(forms):
+        t0 = time.perf_counter()
+        ir_model = traced if i == len(forms) - 1 else _copy_ir(traced)
+        form_stages = dict(stages)
+        proto = _finish(ir_model, form, chunk_size, scan_lowering, form_stages)
+        _normalise(proto, name, form, opset)
+        if form == "portable" and _portable_violations(proto):
+            raise ExportError(f"portable export produced non-standard nodes: {_portable_violations(proto)}")
+        metadata = build_metadata(meta_in, input_size=size, batch=batch, form=form, opset=opset,
+                                  dtype="float16" if fp16 else "float32", io_dtype="float32",
+                                  chunk_size=chunk_size if form == "portable" else None,
+                                  scan_lowering=scan_lowering if form == "portable" else None,
+                                  input_name=INPUT_NAME, output_name=output_name)
+        write_metadata(proto, metadata)
+        if check:
+            t = time.perf_counter()
+            onnx.checker.check_model(proto, full_check=True)
+            form_stages["check_s"] = time.perf_counter() - t
+        if paths[form] is not None:
+            t = time.perf_counter()
+            _atomic_write(paths[form], proto.SerializeToString(deterministic=True))
+            form_stages["write_s"] = time.perf_counter() - t
+        seconds = shared_s + time.perf_counter() - t0
+        results[form] = ExportResult(proto, paths[form], metadata, seconds, form_stages)
+    return results
+
+
+def _check_opset(opset) -> None:
+    if opset not in SUPPORTED_OPSETS:
+        raise ExportError(f"opset {opset} is not supported; choose one of {SUPPORTED_OPSETS}: torch.onnx's "
+                          f"exporter emits opset >= 18, and GridSample must stay below opset 20 (TensorRT's "
+                          f"parser turns GridSample into nearest-neighbour sampling from opset 20)")
+
+
+def _trace(net: nn.Module, size, batch, fp16: bool, opset: int, output_name: str, stages: dict):
+    """torch.export + torch.onnx translation with ssmpose-domain nodes -> onnx_ir Model (not optimised)."""
+    from .translations import custom_translation_table
+    module = prepare_module(net, fp16)
+    example_batch = 2 if batch == "dynamic" else batch   # 1 would be specialised by torch.export
+    example = torch.zeros(example_batch, 3, *size)
+    dynamic_shapes = {"images": {0: torch.export.Dim(BATCH_DIM)}} if batch == "dynamic" else None
+    t = time.perf_counter()
+    with _quiet(), torch.no_grad():
+        program = torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes, strict=False)
+    stages["torch_export_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    with _quiet():
+        onnx_program = torch.onnx.export(
+            program, (example,), dynamo=True, opset_version=int(opset), optimize=False, verbose=False,
+            input_names=[INPUT_NAME], output_names=[output_name],
+            custom_translation_table=custom_translation_table())
+    stages["translate_s"] = time.perf_counter() - t
+    return onnx_program.model
+
+
+def _copy_ir(model):
+    import onnx_ir as ir
+    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
+
+
+def _finish(ir_model, form: str, chunk_size: int, scan_lowering: str, stages: dict) -> onnx.ModelProto:
+    """Lower (portable form), optimise, and return the ModelProto."""
+    import onnx_ir as ir
+
+    from ..custom_ops.portable import lower_to_portable
+    from .optimize import optimize_model
+    if form == "portable":
+        t = time.perf_counter()
+        lower_to_portable(ir_model, chunk_size, scan_lowering)
+        stages["lower_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    with _quiet():
+        optimize_model(ir_model)
+    stages["optimize_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    # record the shapes of the values the lowering created (the traced ones have them already)
+    proto = onnx.shape_inference.infer_shapes(ir.serde.serialize_model(ir_model))
+    stages["shape_inference_s"] = time.perf_counter() - t
+    return proto
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

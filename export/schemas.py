@@ -1,0 +1,160 @@
+"""ONNX operator schemas of the `ssmpose` domain (version 1), with type and shape inference.
+
+Registering them (`register_schemas()`, done when `ssmpose.export` is imported) lets onnxscript emit the
+nodes, lets `onnx.checker.check_model(full_check=True)` check them and lets
+`onnx.shape_inference.infer_shapes` compute their output shapes. The schemas follow docs/ops.md: inputs
+in the listed order (optional ones may be the empty name), the attributes with their defaults, and the
+TensorRT attributes `plugin_version` / `plugin_namespace` (DESIGN.md section 4), which every exported
+custom node carries.
+
+The registration lives in this process only. An exported file does not depend on it: the exporter also
+writes the shapes of every intermediate value (`graph.value_info`), so a consumer that never imports
+ssmpose still sees the custom nodes' output shapes.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import onnx
+import onnx.defs
+from onnx import helper
+
+DOMAIN = "ssmpose"
+DOMAIN_VERSION = 1
+PLUGIN_VERSION = "1"
+PLUGIN_NAMESPACE = DOMAIN
+
+_FLOAT_TYPES = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)"]
+_Param = onnx.defs.OpSchema.FormalParameter
+_Option = onnx.defs.OpSchema.FormalParameterOption
+
+SCAN_INPUTS = ("u", "delta", "A", "Bs", "Cs", "Ds", "delta_bias")
+DEFORM_INPUTS = ("value", "offset_mask")
+DEFORM_INT_ATTRIBUTES = ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w", "dilation_h",
+                         "dilation_w", "group", "group_channels")
+
+
+def _attribute(name: str, default, doc: str) -> "onnx.defs.OpSchema.Attribute":
+    return onnx.defs.OpSchema.Attribute(name, helper.make_attribute(name, default), doc)
+
+
+def _plugin_attributes():
+    return [_attribute("plugin_version", PLUGIN_VERSION, "TensorRT plugin version (ignored elsewhere)"),
+            _attribute("plugin_namespace", PLUGIN_NAMESPACE, "TensorRT plugin namespace (ignored elsewhere)")]
+
+
+def _dims(type_proto) -> Optional[List[onnx.TensorShapeProto.Dimension]]:
+    tensor = type_proto.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return list(tensor.shape.dim)
+
+
+def _output(elem_type: int, dims) -> onnx.TypeProto:
+    out = onnx.TypeProto()
+    out.tensor_type.elem_type = elem_type
+    if dims is not None:
+        shape = out.tensor_type.shape
+        shape.SetInParent()
+        for d in dims:
+            new = shape.dim.add()
+            if isinstance(d, int):
+                new.dim_value = d
+            elif d is not None:
+                new.CopyFrom(d)
+    return out
+
+
+def _int_attr(ctx, name: str, default: int) -> int:
+    attr = ctx.get_attribute(name)
+    return default if attr is None else attr.i
+
+
+def _float_attr(ctx, name: str, default: float) -> float:
+    attr = ctx.get_attribute(name)
+    return default if attr is None else attr.f
+
+
+def _fail(op: str, message: str):
+    raise onnx.shape_inference.InferenceError(f"[ShapeInferenceError] ssmpose::{op}: {message}")
+
+
+def _check_rank(op: str, name: str, dims, rank: int) -> None:
+    if dims is not None and len(dims) != rank:
+        _fail(op, f"{name} must have rank {rank}, got {len(dims)}")
+
+
+def _infer_selective_scan(ctx) -> None:
+    u = ctx.get_input_type(0)
+    for index, name in enumerate(SCAN_INPUTS[:5]):
+        rank = {"u": 3, "delta": 3, "A": 2, "Bs": 4, "Cs": 4}[name]
+        _check_rank("SelectiveScan", name, _dims(ctx.get_input_type(index)), rank)
+    ctx.set_output_type(0, _output(u.tensor_type.elem_type, _dims(u)))
+
+
+def _infer_deform_aggregate(ctx) -> None:
+    value, offset_mask = ctx.get_input_type(0), ctx.get_input_type(1)
+    vdims, odims = _dims(value), _dims(offset_mask)
+    _check_rank("DeformAggregate", "value", vdims, 4)
+    _check_rank("DeformAggregate", "offset_mask", odims, 4)
+    group, channels = _int_attr(ctx, "group", 1), _int_attr(ctx, "group_channels", 1)
+    dims = None
+    if vdims is not None:
+        batch = vdims[0]
+        if odims is not None:
+            out_h, out_w = odims[1], odims[2]
+        else:  # from the input size and the attributes
+            out_h, out_w = _conv_output(vdims[1], ctx, "h"), _conv_output(vdims[2], ctx, "w")
+        dims = [batch, out_h, out_w, group * channels]
+    ctx.set_output_type(0, _output(value.tensor_type.elem_type, dims))
+
+
+def _conv_output(dim, ctx, axis: str):
+    if not dim.HasField("dim_value"):
+        return None
+    k, s = _int_attr(ctx, f"kernel_{axis}", 3), _int_attr(ctx, f"stride_{axis}", 1)
+    p, d = _int_attr(ctx, f"pad_{axis}", 1), _int_attr(ctx, f"dilation_{axis}", 1)
+    return (dim.dim_value + 2 * p - (d * (k - 1) + 1)) // s + 1
+
+
+def _selective_scan_schema() -> onnx.defs.OpSchema:
+    optional = dict(param_option=_Option.Optional)
+    schema = onnx.defs.OpSchema(
+        "SelectiveScan", DOMAIN, DOMAIN_VERSION,
+        "Mamba S6 selective scan with VMamba grouping (docs/ops.md). y has the shape and type of u.",
+        inputs=[_Param("u", "T", "(B, G*D, L)"), _Param("delta", "T", "(B, G*D, L)"),
+                _Param("A", "T", "(G*D, N)"), _Param("Bs", "T", "(B, G, N, L)"),
+                _Param("Cs", "T", "(B, G, N, L)"), _Param("Ds", "T", "(G*D)", **optional),
+                _Param("delta_bias", "T", "(G*D)", **optional)],
+        outputs=[_Param("y", "T", "(B, G*D, L)")],
+        type_constraints=[("T", _FLOAT_TYPES, "float tensors")],
+        attributes=[_attribute("delta_softplus", 1, "apply softplus to delta + delta_bias")] + _plugin_attributes())
+    schema.set_type_and_shape_inference_function(_infer_selective_scan)
+    return schema
+
+
+def _deform_aggregate_schema() -> onnx.defs.OpSchema:
+    defaults = dict(kernel_h=3, kernel_w=3, stride_h=1, stride_w=1, pad_h=1, pad_w=1, dilation_h=1, dilation_w=1,
+                    group=1, group_channels=1)
+    attributes = [_attribute(name, defaults[name], name) for name in DEFORM_INT_ATTRIBUTES]
+    attributes += [_attribute("offset_scale", 1.0, "scale of the kernel taps and offsets"),
+                   _attribute("remove_center", 0, "skip the centre tap (0/1)")]
+    schema = onnx.defs.OpSchema(
+        "DeformAggregate", DOMAIN, DOMAIN_VERSION,
+        "DCNv4 aggregation without softmax (docs/ops.md). Output (B, Hout, Wout, group*group_channels).",
+        inputs=[_Param("value", "T", "(B, H, W, G*C) channel-last"),
+                _Param("offset_mask", "T", "(B, Hout, Wout, P), P >= G*K*3")],
+        outputs=[_Param("output", "T", "(B, Hout, Wout, G*C)")],
+        type_constraints=[("T", _FLOAT_TYPES, "float tensors")],
+        attributes=attributes + _plugin_attributes())
+    schema.set_type_and_shape_inference_function(_infer_deform_aggregate)
+    return schema
+
+
+def register_schemas() -> None:
+    """Register the ssmpose-domain schemas in this process (idempotent)."""
+    for factory in (_selective_scan_schema, _deform_aggregate_schema):
+        schema = factory()
+        if onnx.defs.has(schema.name, DOMAIN_VERSION, DOMAIN):
+            continue
+        onnx.defs.register_schema(schema)
