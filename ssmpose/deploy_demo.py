@@ -42,18 +42,16 @@ def _timed(session, images, repeats: int) -> tuple:
 
 def run_deploy_demo(model_name: str = "hrvmamba_small", output_dir="outputs/demo", seed: int = 0,
                     repeats: int = 3, backends: Optional[List[str]] = None) -> dict:
-    from .export import export_model
+    from .export import export_forms
     output_dir = Path(output_dir)
     model = demo_weights(model_name, seed)
     input_size = tuple(model.meta["input_size"])
     image, _ = render_figure(input_size)
     images = preprocess(image, model.meta).numpy()
 
-    exports = {}
-    for form in ("custom", "portable"):
-        result = export_model(model, output_dir / f"{model_name}.{form}.onnx", form=form)
-        exports[form] = {"path": str(result.path), "seconds": result.seconds, "nodes": result.node_count,
-                         "bytes": result.size_bytes}
+    results = export_forms(model, {form: output_dir / f"{model_name}.{form}.onnx" for form in ("custom", "portable")})
+    exports = {form: {"path": str(r.path), "seconds": r.seconds, "nodes": r.node_count, "bytes": r.size_bytes}
+               for form, r in results.items()}
 
     available = runtimes.available_backends()
     reference_session = runtimes.load(model, "torch", device="cpu")
