@@ -164,10 +164,12 @@ def prepare_module(model: nn.Module, fp16: bool) -> nn.Module:
     """The module that is traced. fp16: a half copy (the caller's model is left alone) with float32 norms."""
     if not fp16:
         return _ExportWrapper(model, torch.float32).eval()
+    originals = dict(model.named_modules())
     half = copy.deepcopy(model).half().eval()
-    for module in half.modules():
+    for name, module in half.named_modules():
         if isinstance(module, FP32_MODULES):
             _keep_float32(module)
+            module.load_state_dict(originals[name].state_dict())   # the float32 values, not fp16-rounded
     return _ExportWrapper(half, torch.float16).eval()
 
 
