@@ -54,7 +54,12 @@ def measure(session, label, dtype, name, batches, repeats) -> list:
     return rows
 
 
-def run_model(model, name, files, batches, repeats, reference_batches, parity_batches=(1, 64)) -> tuple:
+ORT_VARIANTS = {"default": {}, "nhwc": {"prefer_nhwc": "1"}, "graph": {"enable_cuda_graph": "1"},
+                "nhwc-graph": {"prefer_nhwc": "1", "enable_cuda_graph": "1"}}
+
+
+def run_model(model, name, files, batches, repeats, reference_batches, parity_batches=(1, 64),
+              ort_variants=("default",), variant_files=("custom.fp16",)) -> tuple:
     h, w = model.meta["input_size"]
     torch.backends.cudnn.allow_tf32 = False   # fp32 reference without TF32 convolutions
     reference = runtimes.load(model, "torch", device="cuda")
@@ -62,17 +67,28 @@ def run_model(model, name, files, batches, repeats, reference_batches, parity_ba
     expected = {b: reference.run(x).float().cpu().numpy() for b, x in inputs.items()}
     parity_rows, rows = [], []
     for (form, dtype), path in files.items():
-        session = runtimes.load(str(path), "ort-cuda")
-        placement = session.node_placement()
-        for b, x in inputs.items():
-            row = {"model": name, "form": form, "dtype": dtype, "batch": b, "placement": placement,
-                   **parity.compare(expected[b], session.run(x).float().cpu().numpy(), (h, w))}
-            parity_rows.append(row)
-            print(f"parity {name} {form:<8} {dtype:<7} b={b:<3} max_abs/max_ref {row['max_abs_error_over_max_ref']:.2e}"
-                  f" mean_disp {row['mean_keypoint_displacement_px']:.3f}px argmax {row['argmax_agreement']:.4f}"
-                  f" all_on_cuda={placement['all_on_requested']} {placement['providers']}", flush=True)
-        rows += measure(session, f"ort-cuda {form}", dtype, name, batches, repeats)
-        del session
+        tag = f"{form}.{'fp16' if dtype == 'float16' else 'fp32'}"
+        for variant in ort_variants:
+            if variant != "default" and tag not in variant_files:
+                continue
+            try:
+                session = runtimes.load(str(path), "ort-cuda", cuda_options=ORT_VARIANTS[variant])
+                placement = session.node_placement()
+                for b, x in inputs.items():
+                    row = {"model": name, "form": form, "dtype": dtype, "variant": variant, "batch": b,
+                           "placement": placement,
+                           **parity.compare(expected[b], session.run(x).float().cpu().numpy(), (h, w))}
+                    parity_rows.append(row)
+                    print(f"parity {name} {form:<8} {variant:<10} {dtype:<7} b={b:<3} max_abs/max_ref "
+                          f"{row['max_abs_error_over_max_ref']:.2e} mean_disp "
+                          f"{row['mean_keypoint_displacement_px']:.3f}px argmax {row['argmax_agreement']:.4f}"
+                          f" all_on_cuda={placement['all_on_requested']} {placement['providers']}", flush=True)
+            except Exception as err:  # an EP option this build lacks, a capture failure: report, go on
+                print(f"ort-cuda {form} {dtype} {variant}: failed: {type(err).__name__}: {str(err)[:300]}", flush=True)
+                continue
+            label = f"ort-cuda {form}" + ("" if variant == "default" else f" ({variant})")
+            rows += measure(session, label, dtype, name, batches, repeats)
+            del session
     torch.backends.cudnn.allow_tf32 = True    # PyTorch's default for the eager timings
     rows += measure(reference, "torch", "float32", name, batches, repeats)
     rows += measure(runtimes.load(model, "torch", device="cuda", dtype="float16"), "torch", "float16", name,
@@ -91,6 +107,10 @@ def main():
     parser.add_argument("--forms", nargs="+", default=["custom", "portable"])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float16"])
     parser.add_argument("--reference-batch", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--ort-variants", nargs="+", default=["default"], choices=list(ORT_VARIANTS),
+                        help="CUDA EP option sets to time (parity is checked for each)")
+    parser.add_argument("--ort-variant-files", nargs="+", default=["custom.fp16"],
+                        help="graphs (form.fp32|fp16) that get the non-default variants")
     args = parser.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +120,8 @@ def main():
     for name in args.models:
         model = demo_weights(name)
         files = export_all(model, name, out_dir, args.forms, args.dtypes)
-        parity_rows, rows = run_model(model, name, files, args.batch, args.repeats, args.reference_batch)
+        parity_rows, rows = run_model(model, name, files, args.batch, args.repeats, args.reference_batch,
+                                      ort_variants=args.ort_variants, variant_files=args.ort_variant_files)
         result["parity"] += parity_rows
         result["throughput"] += rows
         with open(out_dir / "bench_models.json", "w") as f:

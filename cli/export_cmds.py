@@ -22,7 +22,8 @@ SCAN_LOWERINGS = ("matrix", "doubling")
                    "library); portable: standard ONNX operators only.")
 @click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset: 18 or 19.")
 @click.option("--fp16", is_flag=True, help="float16 weights and activations (float32 I/O; the scan, the "
-                                            "deformable sampling and LayerNorm stay float32).")
+                                            "deformable sampling and LayerNorm statistics compute in "
+                                            "float32).")
 @click.option("--chunk-size", default=None, type=int,
               help="Portable form: chunk length of the scan lowering (default 32 for matrix, 64 for doubling).")
 @click.option("--scan-lowering", type=click.Choice(SCAN_LOWERINGS), default=None,

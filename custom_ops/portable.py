@@ -23,8 +23,10 @@ h_t = exp(a_t) h_{t-1} + x_t. The sequence is padded to a multiple of the chunk 
 1. Within each chunk, the local states (starting from zero) and exp(S_t), S_t the inclusive sum of a
    inside the chunk, by one of two methods:
    - "matrix" (default, DESIGN.md section 3): CumSum gives S; the T x T matrix exp(S_t - S_s) has its
-     upper triangle (s > t) replaced by exactly 0 with Trilu, and a MatMul applies it to x. Trilu
-     replaces rather than multiplies, so a large (even infinite) discarded entry can never turn into NaN.
+     upper triangle (s > t) replaced by exactly 0 (a Where over a constant T x T lower-triangular mask),
+     and a MatMul applies it to x. Where replaces rather than multiplies, so a large (even infinite)
+     discarded entry can never turn into NaN. (Not Trilu: ONNX Runtime's CUDA Trilu indexes with 32 bits
+     and fails once B x rows x L x T passes 2^31, e.g. hrvmamba_small at batch 128.)
    - "doubling": log2(T) steps of a parallel prefix scan over pairs (decay product, state),
      (g_t, h_t) <- (g_t g_{t-k}, h_t + g_t h_{t-k}) for k = 1, 2, 4, ... < T, with identity elements
      (1, 0) shifted in at the chunk start. It touches each element about 8 log2(T) times instead of
@@ -33,7 +35,7 @@ h_t = exp(a_t) h_{t-1} + x_t. The sequence is padded to a multiple of the chunk 
    total log-decay of chunk i and e_j the local end-state of chunk j: an nc x nc matrix of the same kind
    as in 1. Its exponents are segment sums from a CumSum over the strictly-lower-triangular expanded
    chunk totals, not differences of a cumulative sum over the whole sequence, so they stay accurate
-   however large that sum grows; the upper triangle is exp(0) = 1 before Trilu sets it to 0.
+   however large that sum grows; the upper triangle is exp(0) = 1 before the mask sets it to 0.
 3. h_t += exp(S_t) * (state after the previous chunk); y = sum_n C h + D u.
 
 DeformAggregate through GridSample
@@ -123,11 +125,18 @@ def _array(op, array, dtype):
 # ---------------------------------------------------------------------------------------------------------
 # SelectiveScan
 
-def _carry_across_chunks(op, h, growth, log_total, nc: int, T: int):
+def _lower_triangle(op, x, size: int, dtype, strict: bool = False):
+    """x (..., size, size) with the entries above the diagonal (and on it, if strict) replaced by 0."""
+    ir = _ir()
+    mask = np.tril(np.ones((size, size), dtype=bool), k=-1 if strict else 0)
+    return op.Where(op.Constant(value=ir.tensor(mask, dtype=ir.DataType.BOOL)), x, _scalar(op, 0, dtype))
+
+
+def _carry_across_chunks(op, h, growth, log_total, nc: int, T: int, dtype):
     """h (B,R,nc,T) local states, growth = exp(S_t) inside the chunk, log_total (B,R,nc,1) -> full states."""
-    seg = op.Trilu(op.Expand(log_total, [1, 1, 1, nc]), _int(op, -1), upper=0)     # [k, j] = tot_k if k > j
+    seg = _lower_triangle(op, log_total, nc, dtype, strict=True)                  # [k, j] = tot_k if k > j
     seg = op.CumSum(seg, _int(op, 2))                                              # [k, j] = sum_{j<i<=k} tot_i
-    carry = op.Trilu(op.Exp(seg), upper=0)                                         # (B, R, nc, nc)
+    carry = _lower_triangle(op, op.Exp(seg), nc, dtype)                            # (B, R, nc, nc)
     after = op.MatMul(carry, op.Slice(h, [T - 1], [T], [3]))                       # state after chunk k
     entering = op.Pad(op.Slice(after, [0], [nc - 1], [2]), [0, 0, 1, 0, 0, 0, 0, 0])
     return op.Add(h, op.Mul(growth, entering))
@@ -143,7 +152,7 @@ def linear_recurrence(op, log_a, x, chunk_size: int, length: int, rows: int, dty
     if method == "matrix":
         cum = op.CumSum(log_a, _int(op, 3))                                        # S_t, (B, R, nc, T)
         pair = op.Sub(op.Unsqueeze(cum, [4]), op.Unsqueeze(cum, [3]))              # [t, s] = S_t - S_s
-        decay = op.Trilu(op.Exp(pair), upper=0)                                    # s > t: exactly 0
+        decay = _lower_triangle(op, op.Exp(pair), T, dtype)                        # s > t: exactly 0
         h = op.Reshape(op.MatMul(decay, op.Unsqueeze(x, [4])), [-1, rows, nc, T])  # local states
         growth = op.Exp(cum)
         total = op.Slice(cum, [T - 1], [T], [3])
@@ -161,7 +170,7 @@ def linear_recurrence(op, log_a, x, chunk_size: int, length: int, rows: int, dty
         total = op.ReduceSum(log_a, [3], keepdims=1)
     else:
         raise ValueError(f"scan lowering must be one of {SCAN_LOWERINGS}, got {method!r}")
-    return _carry_across_chunks(op, h, growth, total, nc, T)
+    return _carry_across_chunks(op, h, growth, total, nc, T, dtype)
 
 
 def selective_scan_subgraph(op, u, delta, A, Bs, Cs, Ds=None, delta_bias=None, delta_softplus: int = 1,

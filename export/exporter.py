@@ -3,8 +3,7 @@
 Pipeline (docs/export.md explains each step):
 
 1. Build the model (registered name [+ checkpoint]; seeded weights without one) or take the given
-   module; eval mode. fp16: a half-precision copy whose LayerNorms stay float32, behind float32
-   input/output casts.
+   module; eval mode. fp16: a half-precision copy behind float32 input/output casts.
 2. `torch.export.export` (batch dimension symbolic unless a fixed batch is asked for). The two ssmpose
    ops are torch.library custom ops with fake kernels, so tracing never runs them.
 3. `torch.onnx.export` of that program (the dynamo exporter) with a `custom_translation_table` that
@@ -143,34 +142,15 @@ class _ExportWrapper(nn.Module):
         return out.to(torch.float32)
 
 
-def _keep_float32(module: nn.Module) -> None:
-    """Run `module` (a normalisation layer) in float32 inside a float16 model."""
-    module.float()
-
-    def to_float(_, args):
-        return tuple(a.float() if torch.is_tensor(a) else a for a in args)
-
-    def back(_, args, output):
-        return output.half()
-
-    module.register_forward_pre_hook(to_float)
-    module.register_forward_hook(back)
-
-
-FP32_MODULES = (nn.LayerNorm, nn.GroupNorm)
-
-
 def prepare_module(model: nn.Module, fp16: bool) -> nn.Module:
-    """The module that is traced. fp16: a half copy (the caller's model is left alone) with float32 norms."""
+    """The module that is traced. fp16: a half copy (the caller's model is left alone).
+
+    LayerNorms run in float16 too: ONNX LayerNormalization computes its statistics in float32 (stash_type 1),
+    as PyTorch's half LayerNorm does, so keeping them float32 would only add two Casts (and float32 layout
+    copies) around each of them; on the GPU those cost more time than the LayerNorms themselves."""
     if not fp16:
         return _ExportWrapper(model, torch.float32).eval()
-    originals = dict(model.named_modules())
-    half = copy.deepcopy(model).half().eval()
-    for name, module in half.named_modules():
-        if isinstance(module, FP32_MODULES):
-            _keep_float32(module)
-            module.load_state_dict(originals[name].state_dict())   # the float32 values, not fp16-rounded
-    return _ExportWrapper(half, torch.float16).eval()
+    return _ExportWrapper(copy.deepcopy(model).half().eval(), torch.float16).eval()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -268,7 +248,8 @@ def export_model(model: Union[str, nn.Module], output=None, *, checkpoint=None, 
     batch       "dynamic" (symbolic batch dimension) or a fixed batch size
     form        "custom" (ssmpose-domain SelectiveScan/DeformAggregate nodes) or "portable" (standard ops)
     opset       ONNX opset of the default domain: 18 (default) or 19
-    fp16        float16 weights and activations (float32 I/O; scan, sampling and LayerNorm in float32)
+    fp16        float16 weights and activations (float32 I/O; scan, sampling and LayerNorm statistics
+                computed in float32)
     chunk_size  portable form: chunk length of the scan lowering (default: the lowering's, 32 / 64)
     scan_lowering  portable form: "matrix" (T x T decay matrices, default) or "doubling" (prefix doubling)
     """

@@ -11,6 +11,7 @@ import os
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -32,7 +33,9 @@ def _import_ort():
 
 class OrtSession(Session):
     def __init__(self, path, backend: str = "ort-cpu", device_id: int = 0, threads: int = 0,
-                 optimization: str = "all"):
+                 optimization: str = "all", cuda_options: Optional[Dict[str, str]] = None):
+        """`cuda_options`: extra CUDA execution provider options for ort-cuda, e.g. {"prefer_nhwc": "1"} or
+        {"enable_cuda_graph": "1"} (the session then replays one captured CUDA graph per input shape)."""
         ort = _import_ort()
         self.backend = backend
         self.path = Path(path)
@@ -67,7 +70,12 @@ class OrtSession(Session):
                                          f"to run without it.")
             self.options.register_custom_ops_library(str(library))
             self.custom_ops_library = str(library)
-        self.providers = [(provider, {"device_id": device_id})] if backend == "ort-cuda" else [provider]
+        if cuda_options and backend != "ort-cuda":
+            raise ValueError(f"{backend}: cuda_options apply to ort-cuda only")
+        provider_options = {"device_id": str(device_id), **{k: str(v) for k, v in (cuda_options or {}).items()}}
+        self.cuda_graph = provider_options.get("enable_cuda_graph", "0") in ("1", "True", "true")
+        self._graph_buffers: Dict[tuple, tuple] = {}
+        self.providers = [(provider, provider_options)] if backend == "ort-cuda" else [provider]
         self.session = ort.InferenceSession(str(self.path), self.options, providers=self.providers)
         inp = self.session.get_inputs()[0]
         if inp.type not in _ORT_TYPES:
@@ -78,6 +86,10 @@ class OrtSession(Session):
         super().__init__(metadata, InputSpec(inp.name, shape, _ORT_TYPES[inp.type]))
 
     def _run_numpy(self, images: np.ndarray) -> np.ndarray:
+        if self.cuda_graph:
+            import torch
+            x = torch.from_numpy(images).cuda(self.device_id)
+            return self._run_cuda_graph(x).float().cpu().numpy()
         if self.backend == "ort-cuda":
             ort = _import_ort()
             binding = self.session.io_binding()
@@ -95,10 +107,9 @@ class OrtSession(Session):
             return super()._run_torch(images)
         import torch
         x = images.to(getattr(torch, self.input_spec.dtype)).contiguous()
-        h, w = x.shape[-2:]
-        k = self.session.get_outputs()[0].shape[1]
-        k = k if isinstance(k, int) else self.metadata.get("num_keypoints", 17)
-        out = torch.empty((x.shape[0], k, h // 4, w // 4), dtype=x.dtype, device=x.device)
+        if self.cuda_graph:
+            return self._run_cuda_graph(x)
+        out = torch.empty(self._output_shape(x), dtype=x.dtype, device=x.device)
         np_type = np.float16 if self.input_spec.dtype == "float16" else np.float32
         binding = self.session.io_binding()
         binding.bind_input(self.input_spec.name, "cuda", x.device.index or 0, np_type, tuple(x.shape), x.data_ptr())
@@ -106,6 +117,34 @@ class OrtSession(Session):
         torch.cuda.current_stream(x.device).synchronize()  # ORT reads x on its own stream
         self.session.run_with_iobinding(binding)            # returns after ORT's stream is done
         return out
+
+    def _output_shape(self, x) -> tuple:
+        k = self.session.get_outputs()[0].shape[1]
+        k = k if isinstance(k, int) else self.metadata.get("num_keypoints", 17)
+        return (x.shape[0], k, x.shape[-2] // 4, x.shape[-1] // 4)
+
+    def _run_cuda_graph(self, x):
+        """A captured CUDA graph reads and writes fixed addresses: each input shape gets its own static
+        input/output buffers and graph id (ORT captures on the first runs of that id, then replays)."""
+        import torch
+        key = tuple(x.shape)
+        if key not in self._graph_buffers:
+            ort = _import_ort()
+            static_in = torch.empty_like(x)
+            static_out = torch.empty(self._output_shape(x), dtype=x.dtype, device=x.device)
+            np_type = np.float16 if self.input_spec.dtype == "float16" else np.float32
+            binding = self.session.io_binding()
+            device = x.device.index or 0
+            binding.bind_input(self.input_spec.name, "cuda", device, np_type, key, static_in.data_ptr())
+            binding.bind_output(self.output_name, "cuda", device, np_type, static_out.shape, static_out.data_ptr())
+            run_options = ort.RunOptions()
+            run_options.add_run_config_entry("gpu_graph_id", str(len(self._graph_buffers) + 1))
+            self._graph_buffers[key] = (static_in, static_out, binding, run_options)
+        static_in, static_out, binding, run_options = self._graph_buffers[key]
+        static_in.copy_(x)
+        torch.cuda.current_stream(x.device).synchronize()
+        self.session.run_with_iobinding(binding, run_options)
+        return static_out.clone()
 
     def node_placement(self) -> dict:
         """Run once with profiling and count nodes per execution provider; lists nodes not on the EP asked for."""
@@ -117,7 +156,10 @@ class OrtSession(Session):
         options.enable_profiling = True
         with tempfile.TemporaryDirectory() as tmp:
             options.profile_file_prefix = os.path.join(tmp, "placement")
-            session = ort.InferenceSession(str(self.path), options, providers=self.providers)
+            # placement does not depend on graph capture, which would need device-bound inputs
+            providers = [(p[0], {k: v for k, v in p[1].items() if k != "enable_cuda_graph"})
+                         if isinstance(p, tuple) else p for p in self.providers]
+            session = ort.InferenceSession(str(self.path), options, providers=providers)
             h, w = self.metadata["input_size"]
             batch = self.input_spec.shape[0] or 1
             session.run(None, {self.input_spec.name: np.zeros((batch, 3, h, w), dtype=self.input_spec.dtype)})

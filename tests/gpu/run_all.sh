@@ -6,16 +6,20 @@
 #   --no-checks  skip the checks (the build is incremental)
 #   --bench      kernel micro-benchmarks: benchmarks/bench_ops.py -> $OUT/bench_ops_cuda.json
 #   --models     whole-model parity and throughput, ONNX Runtime CUDA EP included (needs onnxruntime-gpu on
-#                PYTHONPATH): benchmarks/bench_models.py -> $OUT/bench_models/ (extra arguments in SSMPOSE_BENCH_ARGS)
+#                PYTHONPATH): benchmarks/bench_models.py -> $OUT/bench_models.json (extra arguments in
+#                SSMPOSE_BENCH_ARGS). The graphs are exported first, in parallel, into /tmp/bench_models.
+#   --profile    where the GPU time of a forward goes (torch eager, ort-cuda variants; batch 128):
+#                benchmarks/profile_models.py -> $OUT/profile_<model>.json (configurations in SSMPOSE_PROFILE_ARGS)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1
-checks=1 bench=0 models=0
+checks=1 bench=0 models=0 profile=0
 for arg in "$@"; do
   case "$arg" in
     --no-checks) checks=0 ;;
     --bench) bench=1 ;;
     --models) models=1 ;;
+    --profile) profile=1 ;;
     *) echo "unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -34,7 +38,18 @@ if [ "$bench" = 1 ]; then
   python3 benchmarks/bench_ops.py --device cuda --batch 1 32 128 --dtype float32 float16 --backward \
     --reference-max-batch 32 --json "$out/bench_ops_cuda.json"
 fi
-if [ "$models" = 1 ]; then
+models_list=${SSMPOSE_MODELS:-hrvmamba_small hrvmamba_base}
+if [ "$models" = 1 ] || [ "$profile" = 1 ]; then
   python3 -c "import onnxruntime as o; p = o.get_available_providers(); assert 'CUDAExecutionProvider' in p, p"
-  python3 benchmarks/bench_models.py --out "$out/bench_models" ${SSMPOSE_BENCH_ARGS:-}
+  python3 benchmarks/export_parallel.py --models $models_list --out /tmp/bench_models
+fi
+if [ "$profile" = 1 ]; then
+  for m in $models_list; do
+    python3 benchmarks/profile_models.py --model "$m" --onnx-dir /tmp/bench_models --json "$out/profile_$m.json" \
+      ${SSMPOSE_PROFILE_ARGS:-}
+  done
+fi
+if [ "$models" = 1 ]; then
+  python3 benchmarks/bench_models.py --models $models_list --out /tmp/bench_models ${SSMPOSE_BENCH_ARGS:-}
+  cp /tmp/bench_models/bench_models.json "$out/"
 fi

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import DropPath, LayerNorm2d, Mlp, channel_shuffle
+from .layers import DropPath, LayerNorm2d, Mlp, channel_shuffle_channels_last, conv_channels_last
 from .ss2d import SS2D
 
 LPU_KERNELS = (3, 5, 7, 9)
@@ -44,13 +44,26 @@ class HRVMambaBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.lpu_drop_path = DropPath(drop_path) if lpu_drop_path else nn.Identity()
 
-    def lpu(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(channel_shuffle(self.conv2d(self.norm0(x)), 4))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        return self.forward_channels_last(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def lpu(self, x: torch.Tensor) -> torch.Tensor:
+        """Channel-last in and out; the depthwise convolutions see an NCHW view."""
+        x = conv_channels_last(self.conv2d, self.norm0.forward_channels_last(x))
+        return F.gelu(channel_shuffle_channels_last(x, 4))
+
+    def ssm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op.forward_channels_last(self.norm.forward_channels_last(x))
+
+    def channel_mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp.forward_channels_last(self.norm2.forward_channels_last(x))
+
+    def forward_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C): LayerNorms, projections and DCNv4 need no layout copies."""
         x = x + self.lpu_drop_path(self.lpu(x))
-        x = x + self.drop_path(self.op(self.norm(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.ssm(x))
+        return x + self.drop_path(self.channel_mlp(x))
 
 
 class HRVMambaSEBlock(HRVMambaBlock):
@@ -71,12 +84,12 @@ class HRVMambaSEBlock(HRVMambaBlock):
         self.drop_path = DropPath(drop_path)
         self.lpu_drop_path = DropPath(drop_path) if lpu_drop_path else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_channels_last(self, x: torch.Tensor) -> torch.Tensor:
         # The LPU reads the cpe1-enhanced tensor, but its residual is the block input (as in the official code).
-        x = x + self.lpu_drop_path(self.lpu(x + self.cpe1(x)))
-        x = x + self.drop_path(self.op(self.norm(x)))
-        x = x + self.cpe2(x)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.lpu_drop_path(self.lpu(x + conv_channels_last(self.cpe1, x)))
+        x = x + self.drop_path(self.ssm(x))
+        x = x + conv_channels_last(self.cpe2, x)
+        return x + self.drop_path(self.channel_mlp(x))
 
 
 def _upsample_fuse(in_ch: int, out_ch: int, scale: int) -> nn.Sequential:
@@ -92,6 +105,17 @@ def _downsample_step(in_ch: int, out_ch: int, last: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class ChannelsLastBlocks(nn.Sequential):
+    """The blocks of one branch: NCHW in and out, channel-last (B, H, W, C) from the first block to the
+    last, so consecutive blocks pass their activations on without layout copies."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1).contiguous()
+        for block in self:
+            x = block.forward_channels_last(x)
+        return x.permute(0, 3, 1, 2)
+
+
 class HRVMambaModule(nn.Module):
     """One multi-resolution module: per-branch blocks, then HRNet-style fusion (HRVMamba's fuse layers)."""
 
@@ -101,7 +125,7 @@ class HRVMambaModule(nn.Module):
         self.widths = list(widths)
         self.resize_to_target = resize_to_target
         self.branches = nn.ModuleList(
-            nn.Sequential(*(block_factory(w, drop_paths[b]) for b in range(blocks_per_branch))) for w in widths)
+            ChannelsLastBlocks(*(block_factory(w, drop_paths[b]) for b in range(blocks_per_branch))) for w in widths)
         n = len(widths)
         outputs = n if multiscale_output else 1
         self.fuse_layers = nn.ModuleList()

@@ -10,9 +10,11 @@ class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channel dimension of an NCHW tensor."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        return self.forward_channels_last(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """The same norm over the last dimension of a (B, H, W, C) tensor."""
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 class Linear2d(nn.Linear):
@@ -20,6 +22,14 @@ class Linear2d(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight[:, :, None, None], self.bias)
+
+    def forward_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+def conv_channels_last(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply an NCHW convolution module to a (B, H, W, C) tensor; returns (B, H, W, C')."""
+    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 class DropPath(nn.Module):
@@ -51,10 +61,15 @@ class Mlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
+    def forward_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.act(self.fc1.forward_channels_last(x)))
+        return self.drop(self.fc2.forward_channels_last(x))
 
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    b, c, h, w = x.shape
-    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+def channel_shuffle_channels_last(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle of a (B, H, W, C) tensor: channel g*(C/groups)+i moves to i*groups+g."""
+    b, h, w, c = x.shape
+    return x.reshape(b, h, w, groups, c // groups).transpose(3, 4).reshape(b, h, w, c)
 
 
 def conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, relu: bool = True):

@@ -5,6 +5,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ...custom_ops import ops
 from .dcnv4 import DCNv4
@@ -26,21 +27,27 @@ class SEModule(nn.Module):
         scale = self.fc(x.mean(dim=(2, 3)))
         return x * scale[:, :, None, None]
 
+    def forward_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.fc(x.mean(dim=(1, 2)))
+        return x * scale[:, None, None, :]
+
 
 def cross_scan(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, 4, C, L): row-major, column-major, and both reversed."""
+    """(B, C, H, W) -> (B, 4*C, L): row-major, column-major, and both reversed, stacked along channels
+    (direction k holds channels k*C .. k*C+C-1, the grouping SelectiveScan expects)."""
     rows = x.flatten(2)
     cols = x.transpose(2, 3).flatten(2)
-    forward = torch.stack([rows, cols], dim=1)
-    return torch.cat([forward, forward.flip(-1)], dim=1)
+    return torch.cat([rows, cols, rows.flip(-1), cols.flip(-1)], dim=1)
 
 
 def cross_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, 4, C, L) -> (B, C, H, W): the four directions mapped back to row-major and summed."""
-    b, _, c, _ = y.shape
-    y = y[:, 0:2] + y[:, 2:4].flip(-1)
-    cols = y[:, 1].reshape(b, c, width, height).transpose(2, 3)
-    return y[:, 0].reshape(b, c, height, width) + cols
+    """(B, 4*C, L) -> (B, C, H, W): the four directions mapped back to row-major and summed."""
+    b, _, length = y.shape
+    rows, cols, rows_reversed, cols_reversed = y.chunk(NUM_DIRECTIONS, dim=1)
+    rows = rows + rows_reversed.flip(-1)
+    cols = cols + cols_reversed.flip(-1)
+    c = rows.shape[1]
+    return rows.reshape(b, c, height, width) + cols.reshape(b, c, width, height).transpose(2, 3)
 
 
 class SS2D(nn.Module):
@@ -80,25 +87,29 @@ class SS2D(nn.Module):
             self.Ds.fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.in_proj(x)
-        x = self.conv2d(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        x = self.act(x)
-        y = self.scan_core(x)
-        y = self.out_norm(y)
+        return self.forward_channels_last(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C). Only the scan works channel-first, so this order needs two
+        layout changes (into the cross-scan, out of the cross-merge) where an NCHW order needs six."""
+        x = self.act(self.conv2d(self.in_proj.forward_channels_last(x)))
+        y = self.scan_core(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        y = self.out_norm.forward_channels_last(y)
         if self.se is not None:
-            y = self.se(y)
-        return self.dropout(self.out_proj(y))
+            y = self.se.forward_channels_last(y)
+        return self.dropout(self.out_proj.forward_channels_last(y))
 
     def scan_core(self, x: torch.Tensor) -> torch.Tensor:
         b, d, h, w = x.shape
         length = h * w
         k, r, n = NUM_DIRECTIONS, self.dt_rank, self.d_state
-        xs = cross_scan(x)                                                    # (B, K, D, L)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)        # (B, K, R+2N, L)
-        dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)      # (B, K, D, L)
+        xs = cross_scan(x)                                                    # (B, K*D, L)
+        # Per-direction projections as grouped 1x1 convolutions (group k = direction k): the same sums as
+        # einsum("bkdl,kcd->bkcl"), without the layout copies an einsum costs in ONNX Runtime and eager.
+        x_dbl = F.conv1d(xs, self.x_proj_weight.reshape(k * (r + 2 * n), d, 1), groups=k)
+        dts, Bs, Cs = torch.split(x_dbl.view(b, k, r + 2 * n, length), [r, n, n], dim=2)
+        dts = F.conv1d(dts.reshape(b, k * r, length), self.dt_projs_weight.reshape(k * d, r, 1), groups=k)
         A = -torch.exp(self.A_logs.float())
-        ys = ops.selective_scan(xs.reshape(b, k * d, length), dts.reshape(b, k * d, length), A,
-                                Bs.contiguous(), Cs.contiguous(), self.Ds.float(),
+        ys = ops.selective_scan(xs, dts, A, Bs.contiguous(), Cs.contiguous(), self.Ds.float(),
                                 self.dt_projs_bias.float().reshape(-1), True)
-        return cross_merge(ys.reshape(b, k, d, length), h, w).to(x.dtype)
+        return cross_merge(ys, h, w).to(x.dtype)
