@@ -26,12 +26,12 @@ from ssmpose.deploy_demo import demo_weights
 CATEGORIES = [
     ("scan", r"scan_fwd|scan_bwd|selective_scan"),
     ("deform", r"deform_"),
+    ("resize", r"upsample|[Rr]esize|interpolat"),
     ("layout copy", r"[Tt]ranspose|nchwToNhwc|nhwcToNchw|nchw|nhwc|copy_kernel|[Cc]oncat|[Ss]lice|[Ss]plit|"
                     r"[Gg]ather|cat_|CatArray|Memcpy|memcpy|flip"),
     ("convolution", r"conv|cudnn|fprop|implicit|winograd|xmma|depthwise|Conv"),
     ("gemm", r"gemm|Gemm|cublas|cutlass|sm90_|sm80_|ampere_|MatMul|matmul|splitK"),
     ("normalisation", r"[Ll]ayer[Nn]orm|layer_norm|batch_norm|BatchNorm|welford|Normaliz"),
-    ("resize", r"upsample|[Rr]esize|interpolat"),
     ("reduction", r"reduce|Reduce|mean|sum_kernel"),
     ("element-wise", r"elementwise|Elementwise|ElementWise|vectorized|unrolled|Cast|Gelu|Erf|Sigmoid|"
                      r"Silu|Relu|Add|Mul|Div|exp|neg"),

@@ -17,9 +17,11 @@ from ..runtimes import BACKENDS
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="torch backend precision (ONNX files carry their own).")
 @click.option("--reference-ops", is_flag=True, help="torch backend: use the reference operators.")
+@click.option("--cuda-option", "cuda_options", multiple=True, metavar="KEY=VALUE",
+              help="ort-cuda: a CUDA execution provider option, e.g. enable_cuda_graph=1; repeatable.")
 @click.option("--repeats", default=20, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results here.")
-def bench_command(model, backend, batches, device, dtype, reference_ops, repeats, json_path):
+def bench_command(model, backend, batches, device, dtype, reference_ops, cuda_options, repeats, json_path):
     """Time MODEL (name or checkpoint for torch, .onnx file otherwise) and print images/s per batch size."""
     import torch
 
@@ -29,6 +31,14 @@ def bench_command(model, backend, batches, device, dtype, reference_ops, repeats
     if backend == "torch":
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         options = {"device": device, "dtype": dtype, "reference_ops": reference_ops}
+    if cuda_options:
+        if backend != "ort-cuda":
+            raise click.UsageError("--cuda-option applies to --backend ort-cuda only")
+        pairs = [item.split("=", 1) for item in cuda_options]
+        bad = [item for item, pair in zip(cuda_options, pairs) if len(pair) != 2 or not pair[0]]
+        if bad:
+            raise click.UsageError(f"--cuda-option expects KEY=VALUE, got {bad[0]!r}")
+        options["cuda_options"] = dict(pairs)
     session = runtimes.load(model, backend, **options)
     on_device = backend == "ort-cuda" or (backend == "torch" and device.startswith("cuda"))
     results = []

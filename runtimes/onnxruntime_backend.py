@@ -36,6 +36,8 @@ class OrtSession(Session):
                  optimization: str = "all", cuda_options: Optional[Dict[str, str]] = None):
         """`cuda_options`: extra CUDA execution provider options for ort-cuda, e.g. {"prefer_nhwc": "1"} or
         {"enable_cuda_graph": "1"} (the session then replays one captured CUDA graph per input shape)."""
+        if cuda_options and backend != "ort-cuda":
+            raise ValueError(f"{backend}: cuda_options apply to ort-cuda only")
         ort = _import_ort()
         self.backend = backend
         self.path = Path(path)
@@ -70,8 +72,6 @@ class OrtSession(Session):
                                          f"to run without it.")
             self.options.register_custom_ops_library(str(library))
             self.custom_ops_library = str(library)
-        if cuda_options and backend != "ort-cuda":
-            raise ValueError(f"{backend}: cuda_options apply to ort-cuda only")
         provider_options = {"device_id": str(device_id), **{k: str(v) for k, v in (cuda_options or {}).items()}}
         self.cuda_graph = provider_options.get("enable_cuda_graph", "0") in ("1", "True", "true")
         self._graph_buffers: Dict[tuple, tuple] = {}

@@ -63,3 +63,17 @@ def test_demo_exports_and_compares_every_backend(tmp_path):
         assert rows[key]["status"] == "ok", rows[key]
         assert rows[key]["max_abs_error_over_max_ref"] <= 1e-4, rows[key]
     assert "ort-cpu" in result.output and "portable" in result.output
+
+
+def test_bench_command_times_the_torch_backend_and_checks_cuda_options(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "bench.json"
+    result = runner.invoke(main, ["bench", "hrvmamba_tiny", "--device", "cpu", "--batch", "1", "--repeats", "1",
+                                  "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())
+    assert rows[0]["batch"] == 1 and rows[0]["images_per_s"] > 0 and rows[0]["model"] == "hrvmamba_tiny"
+    result = runner.invoke(main, ["bench", "hrvmamba_tiny", "--cuda-option", "enable_cuda_graph=1"])
+    assert result.exit_code == 2 and "--cuda-option applies to --backend ort-cuda only" in result.output
+    result = runner.invoke(main, ["bench", "x.onnx", "--backend", "ort-cuda", "--cuda-option", "enable_cuda_graph"])
+    assert result.exit_code == 2 and "expects KEY=VALUE, got 'enable_cuda_graph'" in result.output

@@ -44,6 +44,8 @@ def test_unknown_and_unavailable_backends():
         with pytest.raises(runtimes.BackendUnavailable, match="no CUDA device"):
             runtimes.load("hrvmamba_tiny", "torch", device="cuda")
     assert "torch" in runtimes.available_backends()
+    with pytest.raises(ValueError, match="ort-cpu: cuda_options apply to ort-cuda only"):
+        runtimes.load("x.onnx", "ort-cpu", cuda_options={"enable_cuda_graph": "1"})
 
 
 def test_parity_measures_against_hand_computed_values():

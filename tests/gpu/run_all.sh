@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU machine (run from the repository root):
 #   bash tests/gpu/run_all.sh [--no-checks] [--bench] [--models]
-#   (default)    build the kernel libraries with CMake (sm_90) into build-gpu/, run the standalone CUDA
+#   (default)    build the kernel libraries with CMake (sm_90) into $SSMPOSE_GPU_BUILD (default
+#                /tmp/ssmpose-build-gpu: outside the checkout, so a warm machine keeps it between calls), run the standalone CUDA
 #                kernel checks (check_cuda_kernels.py) and the pytest GPU tests (test_cuda_ops.py)
 #   --no-checks  skip the checks (the build is incremental)
 #   --bench      kernel micro-benchmarks: benchmarks/bench_ops.py -> $OUT/bench_ops_cuda.json
@@ -24,9 +25,10 @@ for arg in "$@"; do
   esac
 done
 command -v cmake >/dev/null || { echo "cmake is required on the GPU machine" >&2; exit 1; }
-cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
-cmake --build build-gpu -j"$(nproc)" >/dev/null
-export SSMPOSE_KERNELS_DIR="$PWD/build-gpu/lib"
+build_dir=${SSMPOSE_GPU_BUILD:-/tmp/ssmpose-build-gpu}
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
+cmake --build "$build_dir" -j"$(nproc)" >/dev/null
+export SSMPOSE_KERNELS_DIR="$build_dir/lib"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export SSMPOSE_REQUIRE_CUDA=1
 out=${OUT:-/tmp}

@@ -83,23 +83,44 @@ void parallel_for(int64_t n, int num_threads, double work_per_item,
   for (auto& t : pool) t.join();
 }
 
+void span_to_float(int dtype, const void* src, int64_t offset, float* dst, int64_t n) {
+  if (dtype == SSM_FLOAT32) {
+    std::memcpy(dst, static_cast<const float*>(src) + offset, static_cast<size_t>(n) * sizeof(float));
+    return;
+  }
+  const uint16_t* s = static_cast<const uint16_t*>(src) + offset;
+  if (dtype == SSM_FLOAT16) {
+#ifdef SSM_F16C_PATH
+    if (cpu_has_f16c()) return halves_to_floats_f16c(s, dst, n);
+#endif
+    for (int64_t i = 0; i < n; ++i) dst[i] = half_to_float(s[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_float(s[i]);
+  }
+}
+
+void span_from_float(int dtype, const float* src, void* dst, int64_t offset, int64_t n) {
+  if (dtype == SSM_FLOAT32) {
+    std::memcpy(static_cast<float*>(dst) + offset, src, static_cast<size_t>(n) * sizeof(float));
+    return;
+  }
+  uint16_t* d = static_cast<uint16_t*>(dst) + offset;
+  if (dtype == SSM_FLOAT16) {
+#ifdef SSM_F16C_PATH
+    if (cpu_has_f16c()) return floats_to_halves_f16c(src, d, n);
+#endif
+    for (int64_t i = 0; i < n; ++i) d[i] = float_to_half(src[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) d[i] = float_to_bf16(src[i]);
+  }
+}
+
 void convert_to_float(int dtype, const void* src, float* dst, int64_t n, int num_threads) {
   constexpr int64_t kBlock = 16384;
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   parallel_for(blocks, num_threads, 4.0 * kBlock, [&](int64_t b0, int64_t b1) {
     const int64_t i0 = b0 * kBlock, i1 = std::min(n, b1 * kBlock);
-    if (dtype == SSM_FLOAT32) {
-      std::memcpy(dst + i0, static_cast<const float*>(src) + i0, static_cast<size_t>(i1 - i0) * sizeof(float));
-    } else if (dtype == SSM_FLOAT16) {
-      const uint16_t* s = static_cast<const uint16_t*>(src);
-#ifdef SSM_F16C_PATH
-      if (cpu_has_f16c()) return halves_to_floats_f16c(s + i0, dst + i0, i1 - i0);
-#endif
-      for (int64_t i = i0; i < i1; ++i) dst[i] = half_to_float(s[i]);
-    } else {
-      const uint16_t* s = static_cast<const uint16_t*>(src);
-      for (int64_t i = i0; i < i1; ++i) dst[i] = bf16_to_float(s[i]);
-    }
+    span_to_float(dtype, src, i0, dst + i0, i1 - i0);
   });
 }
 
@@ -108,18 +129,7 @@ void convert_from_float(int dtype, const float* src, void* dst, int64_t n, int n
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   parallel_for(blocks, num_threads, 4.0 * kBlock, [&](int64_t b0, int64_t b1) {
     const int64_t i0 = b0 * kBlock, i1 = std::min(n, b1 * kBlock);
-    if (dtype == SSM_FLOAT32) {
-      std::memcpy(static_cast<float*>(dst) + i0, src + i0, static_cast<size_t>(i1 - i0) * sizeof(float));
-    } else if (dtype == SSM_FLOAT16) {
-      uint16_t* d = static_cast<uint16_t*>(dst);
-#ifdef SSM_F16C_PATH
-      if (cpu_has_f16c()) return floats_to_halves_f16c(src + i0, d + i0, i1 - i0);
-#endif
-      for (int64_t i = i0; i < i1; ++i) d[i] = float_to_half(src[i]);
-    } else {
-      uint16_t* d = static_cast<uint16_t*>(dst);
-      for (int64_t i = i0; i < i1; ++i) d[i] = float_to_bf16(src[i]);
-    }
+    span_from_float(dtype, src + i0, dst, i0, i1 - i0);
   });
 }
 

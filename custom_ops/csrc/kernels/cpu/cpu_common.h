@@ -100,6 +100,11 @@ SSM_INLINE uint16_t float_to_bf16(float f) {
 void convert_to_float(int dtype, const void* src, float* dst, int64_t n, int num_threads);
 void convert_from_float(int dtype, const float* src, void* dst, int64_t n, int num_threads);
 
+// Serial conversion of the n elements that start at element `offset` of a `dtype` array (kernels convert
+// small spans as they stream through their inputs, instead of whole float32 copies).
+void span_to_float(int dtype, const void* src, int64_t offset, float* dst, int64_t n);
+void span_from_float(int dtype, const float* src, void* dst, int64_t offset, int64_t n);
+
 inline bool dtype_supported(int32_t dtype) {
   return dtype == SSM_FLOAT32 || dtype == SSM_FLOAT16 || dtype == SSM_BFLOAT16;
 }

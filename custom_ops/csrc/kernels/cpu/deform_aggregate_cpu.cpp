@@ -6,7 +6,9 @@
 // accumulates into a grad_value slab it owns: band 0 writes into grad_value's (b, g) slice directly,
 // other bands into private slabs that are added afterwards in band order. The number of bands comes
 // from the shape only, so results do not depend on the number of threads.
-// float16 / bfloat16 inputs are converted to float32 copies first; accumulation is float32.
+// float16 / bfloat16: value (gathered at random) and, for the backward, every input are converted to
+// float32 copies first; the forward converts offset_mask and the output pixel by pixel as it streams
+// through them. Accumulation is float32.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -20,7 +22,7 @@ namespace {
 
 struct DeformArgs {
   const float* value;
-  const float* om;  // offset_mask
+  const float* om;  // offset_mask as float32 (backward only; the forward streams it)
   int64_t batch, height, width, out_h, out_w, groups, gc, stride_om;
   int64_t channels;  // groups * gc
   int K;
@@ -92,12 +94,20 @@ SSM_INLINE bool footprint(const DeformArgs& a, float px, float py, Footprint& f)
   return true;
 }
 
-SSM_HOT void forward_row(const DeformArgs& a, float* out, int64_t b, int64_t y, int64_t g, float* acc) {
+// `offset_mask` and `out` are in `io_dtype` (float32 values are used in place, others converted through
+// om_buf, which holds 3K floats, and acc).
+SSM_HOT void forward_row(const DeformArgs& a, const void* offset_mask, void* out, int io_dtype, int64_t b,
+                         int64_t y, int64_t g, float* acc, float* om_buf) {
   const int64_t C = a.gc, GC = a.channels, W = a.width, K = a.K;
   const float* vb = a.value + b * a.height * W * GC + g * C;  // value[b, 0, 0, g*C]
   const float by = a.base_y[y];
   for (int64_t x = 0; x < a.out_w; ++x) {
-    const float* om = a.om + ((b * a.out_h + y) * a.out_w + x) * a.stride_om + g * K * 3;
+    const int64_t om_offset = ((b * a.out_h + y) * a.out_w + x) * a.stride_om + g * K * 3;
+    const float* om = static_cast<const float*>(offset_mask) + om_offset;
+    if (io_dtype != SSM_FLOAT32) {
+      span_to_float(io_dtype, offset_mask, om_offset, om_buf, 3 * K);
+      om = om_buf;
+    }
     const float bx = a.base_x[x];
     for (int64_t c = 0; c < C; ++c) acc[c] = 0.0f;
     for (int64_t k = 0; k < K; ++k) {
@@ -127,8 +137,13 @@ SSM_HOT void forward_row(const DeformArgs& a, float* out, int64_t b, int64_t y, 
         for (int64_t c = 0; c < C; ++c) acc[c] += wq * p[c];
       }
     }
-    float* o = out + ((b * a.out_h + y) * a.out_w + x) * GC + g * C;
-    for (int64_t c = 0; c < C; ++c) o[c] = acc[c];
+    const int64_t out_offset = ((b * a.out_h + y) * a.out_w + x) * GC + g * C;
+    if (io_dtype == SSM_FLOAT32) {
+      float* o = static_cast<float*>(out) + out_offset;
+      for (int64_t c = 0; c < C; ++c) o[c] = acc[c];
+    } else {
+      span_from_float(io_dtype, acc, out, out_offset, C);
+    }
   }
 }
 
@@ -223,33 +238,24 @@ int deform_forward(const ssm_deform_shape* sh, const void* value, const void* of
                    int num_threads) {
   const int threads = resolve_threads(num_threads);
   const int64_t n_value = sh->batch * sh->height * sh->width * sh->groups * sh->group_channels;
-  const int64_t n_om = sh->batch * sh->out_height * sh->out_width * sh->offset_stride;
-  const int64_t n_out = sh->batch * sh->out_height * sh->out_width * sh->groups * sh->group_channels;
-  std::vector<float> value_store, om_store, out_store;
-  const DeformArgs a = make_args(sh, as_float(sh->dtype, value, n_value, threads, value_store),
-                                 as_float(sh->dtype, offset_mask, n_om, threads, om_store));
-  float* outf = static_cast<float*>(out);
-  if (sh->dtype != SSM_FLOAT32) {
-    out_store.resize(static_cast<size_t>(n_out));
-    outf = out_store.data();
-  }
+  std::vector<float> value_store;
+  const DeformArgs a = make_args(sh, as_float(sh->dtype, value, n_value, threads, value_store), nullptr);
   const int64_t items = a.batch * a.out_h * a.groups;
   const double work = static_cast<double>(a.out_w) * a.K * (30.0 + 8.0 * a.gc);
   std::atomic<int> failed(0);
   parallel_for(items, threads, work, [&](int64_t i0, int64_t i1) {
     try {
-      std::vector<float> acc(static_cast<size_t>(a.gc));
+      std::vector<float> acc(static_cast<size_t>(a.gc)), om_buf(static_cast<size_t>(3 * a.K));
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t g = i % a.groups;
         const int64_t by = i / a.groups;
-        forward_row(a, outf, by / a.out_h, by % a.out_h, g, acc.data());
+        forward_row(a, offset_mask, out, sh->dtype, by / a.out_h, by % a.out_h, g, acc.data(), om_buf.data());
       }
     } catch (...) {
       failed.store(1);
     }
   });
   if (failed.load()) return SSM_ERR_BAD_SIZE;
-  if (sh->dtype != SSM_FLOAT32) convert_from_float(sh->dtype, outf, out, n_out, threads);
   return SSM_OK;
 }
 

@@ -3,8 +3,9 @@
 // Work is split into items (batch b, group g, tile of up to kTile channels of that group). Inside an
 // item, time is walked in chunks of kChunk steps: each chunk of u / delta / dy is loaded transposed into
 // [t][channel] buffers so that the recurrence, sequential in t, runs vectorised across the tile's channels
-// (the state h is a [dstate][kTile] block). Everything is computed in float32; float16 / bfloat16 tensors
-// are converted to float32 copies first and the outputs converted back.
+// (the state h is a [dstate][kTile] block). Everything is computed in float32. The (B, G*D, L) tensors
+// u, delta, dy, y, du, d_delta stay in their own dtype and are converted chunk by chunk as they are loaded
+// and stored; the small ones (A, Bs, Cs, Ds, delta_bias) are converted to float32 copies first.
 //
 // Backward recomputes the states: a forward pass stores the state at every chunk start, then chunks are
 // visited in reverse, each recomputing its per-step states from its checkpoint before the reverse
@@ -29,8 +30,9 @@ constexpr int kChunk = 64;   // time steps per chunk
 constexpr int kMaxState = 16;
 
 struct ScanArgs {
-  const float* u;
-  const float* delta;
+  const void* u;      // io_dtype
+  const void* delta;  // io_dtype
+  int io_dtype;
   const float* A;
   const float* Bs;
   const float* Cs;
@@ -83,29 +85,38 @@ struct ChunkBuffers {
   void clear() { std::memset(this, 0, sizeof *this); }
 };
 
-// Transposed load of one chunk of a row-major (channel, t) tensor into buf[t][ch].
-SSM_INLINE void load_transposed(const float* src, int64_t row0, int64_t length, int nch, int64_t t0, int tc,
-                                float (*buf)[kTile]) {
+// Transposed load of one chunk of a row-major (channel, t) tensor of `dtype` into buf[t][ch].
+SSM_INLINE void load_transposed(const void* src, int dtype, int64_t row0, int64_t length, int nch, int64_t t0,
+                                int tc, float (*buf)[kTile]) {
+  alignas(64) float converted[kChunk];
   for (int ch = 0; ch < nch; ++ch) {
-    const float* row = src + row0 + ch * length + t0;
+    const int64_t offset = row0 + ch * length + t0;
+    const float* row = static_cast<const float*>(src) + offset;
+    if (dtype != SSM_FLOAT32) {
+      span_to_float(dtype, src, offset, converted, tc);
+      row = converted;
+    }
     for (int t = 0; t < tc; ++t) buf[t][ch] = row[t];
   }
 }
 
-SSM_INLINE void store_transposed(float* dst, int64_t row0, int64_t length, int nch, int64_t t0, int tc,
+SSM_INLINE void store_transposed(void* dst, int dtype, int64_t row0, int64_t length, int nch, int64_t t0, int tc,
                                  const float (*buf)[kTile]) {
+  alignas(64) float converted[kChunk];
   for (int ch = 0; ch < nch; ++ch) {
-    float* row = dst + row0 + ch * length + t0;
+    const int64_t offset = row0 + ch * length + t0;
+    float* row = dtype == SSM_FLOAT32 ? static_cast<float*>(dst) + offset : converted;
     for (int t = 0; t < tc; ++t) row[t] = buf[t][ch];
+    if (dtype != SSM_FLOAT32) span_from_float(dtype, converted, dst, offset, tc);
   }
 }
 
 // Loads z = delta + bias, u (and dy when given) for a chunk and computes dt.
-SSM_INLINE void load_chunk(const ScanArgs& s, const TileParams& p, const float* dy, int64_t t0, int tc,
+SSM_INLINE void load_chunk(const ScanArgs& s, const TileParams& p, const void* dy, int64_t t0, int tc,
                            ChunkBuffers& cb) {
-  load_transposed(s.delta, p.row0, s.length, p.nch, t0, tc, cb.z);
-  load_transposed(s.u, p.row0, s.length, p.nch, t0, tc, cb.u);
-  if (dy) load_transposed(dy, p.row0, s.length, p.nch, t0, tc, cb.dy);
+  load_transposed(s.delta, s.io_dtype, p.row0, s.length, p.nch, t0, tc, cb.z);
+  load_transposed(s.u, s.io_dtype, p.row0, s.length, p.nch, t0, tc, cb.u);
+  if (dy) load_transposed(dy, s.io_dtype, p.row0, s.length, p.nch, t0, tc, cb.dy);
   for (int t = 0; t < tc; ++t) {
     for (int ch = 0; ch < kTile; ++ch) cb.z[t][ch] += p.bias[ch];
   }
@@ -120,7 +131,7 @@ SSM_INLINE void load_chunk(const ScanArgs& s, const TileParams& p, const float* 
 }
 
 // Forward of one item: h = exp(dt*A) * h + (dt*B)*u; y = sum_n C*h + D*u (the operator's order).
-SSM_HOT void scan_forward_item(const ScanArgs& s, float* y, int64_t b, int64_t g, int64_t tile, ChunkBuffers& cb) {
+SSM_HOT void scan_forward_item(const ScanArgs& s, void* y, int64_t b, int64_t g, int64_t tile, ChunkBuffers& cb) {
   const TileParams p = make_tile(s, b, g, tile);
   const int N = static_cast<int>(s.dstate);
   alignas(64) float h[kMaxState][kTile];
@@ -145,7 +156,7 @@ SSM_HOT void scan_forward_item(const ScanArgs& s, float* y, int64_t b, int64_t g
       }
       for (int ch = 0; ch < kTile; ++ch) cb.out[t][ch] = acc[ch] + p.D[ch] * cb.u[t][ch];
     }
-    store_transposed(y, p.row0, s.length, p.nch, t0, tc, cb.out);
+    store_transposed(y, s.io_dtype, p.row0, s.length, p.nch, t0, tc, cb.out);
   }
 }
 
@@ -158,8 +169,8 @@ struct BackwardScratch {
 };
 
 struct BackwardOut {
-  float* du;
-  float* d_delta;
+  void* du;       // io_dtype
+  void* d_delta;  // io_dtype
   float* dB;      // [N][L] accumulator for this item's (b, g, channel range)
   float* dC;
   float* dA;      // per-batch partial [c][n] (already offset to batch b)
@@ -167,7 +178,7 @@ struct BackwardOut {
   float* dbias;   // per-batch partial [c]
 };
 
-SSM_HOT void scan_backward_tile(const ScanArgs& s, const float* dy, const BackwardOut& o, int64_t b, int64_t g,
+SSM_HOT void scan_backward_tile(const ScanArgs& s, const void* dy, const BackwardOut& o, int64_t b, int64_t g,
                         int64_t tile, BackwardScratch& w) {
   const TileParams p = make_tile(s, b, g, tile);
   const int N = static_cast<int>(s.dstate);
@@ -289,8 +300,8 @@ SSM_HOT void scan_backward_tile(const ScanArgs& s, const float* dy, const Backwa
     for (int n = 0; n < N; ++n) {
       for (int ch = 0; ch < kTile; ++ch) dA_tot[n][ch] += dA_c[n][ch];
     }
-    store_transposed(o.du, p.row0, L, p.nch, t0, tc, cb.out);
-    store_transposed(o.d_delta, p.row0, L, p.nch, t0, tc, cb.ddt);
+    store_transposed(o.du, s.io_dtype, p.row0, L, p.nch, t0, tc, cb.out);
+    store_transposed(o.d_delta, s.io_dtype, p.row0, L, p.nch, t0, tc, cb.ddt);
   }
   for (int ch = 0; ch < p.nch; ++ch) {
     const int64_t c = p.c0 + ch;
@@ -324,18 +335,18 @@ const float* as_float(int dtype, const void* p, int64_t n, int threads, std::vec
 }
 
 struct ConvertedInputs {
-  std::vector<float> u, delta, A, Bs, Cs, Ds, bias, dy;
+  std::vector<float> A, Bs, Cs, Ds, bias;
 };
 
 ScanArgs make_args(const ssm_scan_shape* shape, const void* u, const void* delta, const void* A, const void* Bs,
                    const void* Cs, const void* Ds, const void* delta_bias, int threads, ConvertedInputs& cv) {
   const int64_t channels = shape->groups * shape->dim;
-  const int64_t n_x = shape->batch * channels * shape->length;
   const int64_t n_bc = shape->batch * shape->groups * shape->dstate * shape->length;
   const int dt = shape->dtype;
   ScanArgs s;
-  s.u = as_float(dt, u, n_x, threads, cv.u);
-  s.delta = as_float(dt, delta, n_x, threads, cv.delta);
+  s.u = u;
+  s.delta = delta;
+  s.io_dtype = dt;
   s.A = as_float(dt, A, channels * shape->dstate, threads, cv.A);
   s.Bs = as_float(dt, Bs, n_bc, threads, cv.Bs);
   s.Cs = as_float(dt, Cs, n_bc, threads, cv.Cs);
@@ -355,13 +366,6 @@ int scan_forward(const ssm_scan_shape* shape, const void* u, const void* delta, 
   const int threads = resolve_threads(num_threads);
   ConvertedInputs cv;
   const ScanArgs s = make_args(shape, u, delta, A, Bs, Cs, Ds, delta_bias, threads, cv);
-  const int64_t n_x = s.batch * s.groups * s.dim * s.length;
-  std::vector<float> y_store;
-  float* yf = static_cast<float*>(y);
-  if (shape->dtype != SSM_FLOAT32) {
-    y_store.resize(static_cast<size_t>(n_x));
-    yf = y_store.data();
-  }
   const int64_t tiles = (s.dim + kTile - 1) / kTile;
   const int64_t items = s.batch * s.groups * tiles;
   const double work = static_cast<double>(kTile) * static_cast<double>(s.length) * (30.0 * s.dstate + 40.0);
@@ -372,14 +376,13 @@ int scan_forward(const ssm_scan_shape* shape, const void* u, const void* delta, 
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t tile = i % tiles;
         const int64_t bg = i / tiles;
-        scan_forward_item(s, yf, bg / s.groups, bg % s.groups, tile, *cb);
+        scan_forward_item(s, y, bg / s.groups, bg % s.groups, tile, *cb);
       }
     } catch (...) {
       failed.store(1);
     }
   });
   if (failed.load()) return SSM_ERR_BAD_SIZE;
-  if (shape->dtype != SSM_FLOAT32) convert_from_float(shape->dtype, yf, y, n_x, threads);
   return SSM_OK;
 }
 
@@ -391,19 +394,7 @@ int scan_backward(const ssm_scan_shape* shape, const void* u, const void* delta,
   ConvertedInputs cv;
   const ScanArgs s = make_args(shape, u, delta, A, Bs, Cs, Ds, delta_bias, threads, cv);
   const int64_t channels = s.groups * s.dim;
-  const int64_t n_x = s.batch * channels * s.length;
   const int64_t slab = s.dstate * s.length;  // one (b, g) of dBs / dCs
-  const float* dyf = as_float(shape->dtype, dy, n_x, threads, cv.dy);
-
-  std::vector<float> du_store, dd_store;
-  float* duf = static_cast<float*>(du);
-  float* ddf = static_cast<float*>(d_delta);
-  if (shape->dtype != SSM_FLOAT32) {
-    du_store.resize(static_cast<size_t>(n_x));
-    dd_store.resize(static_cast<size_t>(n_x));
-    duf = du_store.data();
-    ddf = dd_store.data();
-  }
 
   // Channel ranges per (b, g): chosen from the shape only (deterministic results), enough to give
   // ~64 items in all, never more than the tiles of a group.
@@ -431,8 +422,8 @@ int scan_backward(const ssm_scan_shape* shape, const void* u, const void* delta,
         const int64_t bg = i / splits, sp = i % splits;
         const int64_t b = bg / s.groups, g = bg % s.groups;
         BackwardOut o;
-        o.du = duf;
-        o.d_delta = ddf;
+        o.du = du;
+        o.d_delta = d_delta;
         if (splits > 1) {
           o.dB = bc_partial.data() + (bg * splits + sp) * 2 * slab;
           o.dC = o.dB + slab;
@@ -446,7 +437,7 @@ int scan_backward(const ssm_scan_shape* shape, const void* u, const void* delta,
         o.dD = pb_dD + b * channels;
         o.dbias = pb_db + b * channels;
         const int64_t tile0 = sp * tiles / splits, tile1 = (sp + 1) * tiles / splits;
-        for (int64_t tile = tile0; tile < tile1; ++tile) scan_backward_tile(s, dyf, o, b, g, tile, w);
+        for (int64_t tile = tile0; tile < tile1; ++tile) scan_backward_tile(s, dy, o, b, g, tile, w);
       }
     } catch (...) {
       failed.store(1);
@@ -484,10 +475,6 @@ int scan_backward(const ssm_scan_shape* shape, const void* u, const void* delta,
     }
     if (dDs) dDs[c] = accD;
     if (d_delta_bias) d_delta_bias[c] = accb;
-  }
-  if (shape->dtype != SSM_FLOAT32) {
-    convert_from_float(shape->dtype, duf, du, n_x, threads);
-    convert_from_float(shape->dtype, ddf, d_delta, n_x, threads);
   }
   return SSM_OK;
 }
