@@ -58,14 +58,16 @@ ORT_VARIANTS = {"default": {}, "nhwc": {"prefer_nhwc": "1"}, "graph": {"enable_c
                 "nhwc-graph": {"prefer_nhwc": "1", "enable_cuda_graph": "1"}}
 
 
-def run_model(model, name, files, batches, repeats, reference_batches, parity_batches=(1, 64),
-              ort_variants=("default",), variant_files=("custom.fp16",)) -> tuple:
+def run_model(model, name, files, batches, repeats, reference_batches, result, save, parity_batches=(1, 64),
+              ort_variants=("default",), variant_files=("custom.fp16",)) -> None:
+    """Appends parity and throughput rows to result["parity"] / result["throughput"], calling save() after
+    each session, so a run cut short still leaves what it measured."""
     h, w = model.meta["input_size"]
     torch.backends.cudnn.allow_tf32 = False   # fp32 reference without TF32 convolutions
     reference = runtimes.load(model, "torch", device="cuda")
     inputs = {b: torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(b)).cuda() for b in parity_batches}
     expected = {b: reference.run(x).float().cpu().numpy() for b, x in inputs.items()}
-    parity_rows, rows = [], []
+    parity_rows, rows = result["parity"], result["throughput"]
     for (form, dtype), path in files.items():
         tag = f"{form}.{'fp16' if dtype == 'float16' else 'fp32'}"
         for variant in ort_variants:
@@ -88,14 +90,16 @@ def run_model(model, name, files, batches, repeats, reference_batches, parity_ba
                 continue
             label = f"ort-cuda {form}" + ("" if variant == "default" else f" ({variant})")
             rows += measure(session, label, dtype, name, batches, repeats)
+            save()
             del session
     torch.backends.cudnn.allow_tf32 = True    # PyTorch's default for the eager timings
     rows += measure(reference, "torch", "float32", name, batches, repeats)
     rows += measure(runtimes.load(model, "torch", device="cuda", dtype="float16"), "torch", "float16", name,
                     batches, repeats)
+    save()
     rows += measure(runtimes.load(model, "torch", device="cuda", reference_ops=True), "torch-reference",
                     "float32", name, reference_batches, max(3, repeats // 2))
-    return parity_rows, rows
+    save()
 
 
 def main():
@@ -103,7 +107,9 @@ def main():
     parser.add_argument("--models", nargs="+", default=["hrvmamba_small", "hrvmamba_base"])
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 32, 128])
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--out", default="/tmp/bench_models")
+    parser.add_argument("--out", default="/tmp/bench_models", help="exported graphs (reused when present)")
+    parser.add_argument("--json", default=None, help="results, rewritten after each session "
+                                                     "(default: OUT/bench_models.json)")
     parser.add_argument("--forms", nargs="+", default=["custom", "portable"])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float16"])
     parser.add_argument("--reference-batch", nargs="+", type=int, default=[1, 32])
@@ -117,15 +123,18 @@ def main():
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "parity": [], "throughput": []}
     import onnxruntime
     result["onnxruntime"] = onnxruntime.__version__
+
+    json_path = Path(args.json) if args.json else out_dir / "bench_models.json"
+
+    def save():
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=2, default=str)
+
     for name in args.models:
         model = demo_weights(name)
         files = export_all(model, name, out_dir, args.forms, args.dtypes)
-        parity_rows, rows = run_model(model, name, files, args.batch, args.repeats, args.reference_batch,
-                                      ort_variants=args.ort_variants, variant_files=args.ort_variant_files)
-        result["parity"] += parity_rows
-        result["throughput"] += rows
-        with open(out_dir / "bench_models.json", "w") as f:
-            json.dump(result, f, indent=2, default=str)
+        run_model(model, name, files, args.batch, args.repeats, args.reference_batch, result, save,
+                  ort_variants=args.ort_variants, variant_files=args.ort_variant_files)
     print(json.dumps({"device": result["device"], "onnxruntime": result["onnxruntime"]}))
 
 

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU machine (run from the repository root):
-#   bash tests/gpu/run_all.sh [--no-checks] [--bench] [--models]
+#   bash tests/gpu/run_all.sh [--no-checks] [--bench] [--models] [--profile]
 #   (default)    build the kernel libraries with CMake (sm_90) into $SSMPOSE_GPU_BUILD (default
-#                /tmp/ssmpose-build-gpu: outside the checkout, so a warm machine keeps it between calls), run the standalone CUDA
-#                kernel checks (check_cuda_kernels.py) and the pytest GPU tests (test_cuda_ops.py)
+#                /tmp/ssmpose-build-gpu: outside the checkout, so a warm machine keeps it between calls),
+#                run the standalone CUDA kernel checks (check_cuda_kernels.py) and the pytest GPU tests
+#                (test_cuda_ops.py)
 #   --no-checks  skip the checks (the build is incremental)
 #   --bench      kernel micro-benchmarks: benchmarks/bench_ops.py -> $OUT/bench_ops_cuda.json
 #   --models     whole-model parity and throughput, ONNX Runtime CUDA EP included (needs onnxruntime-gpu on
-#                PYTHONPATH): benchmarks/bench_models.py -> $OUT/bench_models.json (extra arguments in
+#                PYTHONPATH): benchmarks/bench_models.py -> $OUT/bench_models.json, rewritten after each
+#                session so a run cut short keeps what it measured (extra arguments in
 #                SSMPOSE_BENCH_ARGS). The graphs are exported first, in parallel, into /tmp/bench_models.
 #   --profile    where the GPU time of a forward goes (torch eager, ort-cuda variants; batch 128):
 #                benchmarks/profile_models.py -> $OUT/profile_<model>.json (configurations in SSMPOSE_PROFILE_ARGS)
@@ -52,6 +54,6 @@ if [ "$profile" = 1 ]; then
   done
 fi
 if [ "$models" = 1 ]; then
-  python3 benchmarks/bench_models.py --models $models_list --out /tmp/bench_models ${SSMPOSE_BENCH_ARGS:-}
-  cp /tmp/bench_models/bench_models.json "$out/"
+  python3 benchmarks/bench_models.py --models $models_list --out /tmp/bench_models --json "$out/bench_models.json" \
+    ${SSMPOSE_BENCH_ARGS:-}
 fi
