@@ -136,7 +136,7 @@ SSM_HOT void scan_forward_item(const ScanArgs& s, void* y, int64_t b, int64_t g,
   const int N = static_cast<int>(s.dstate);
   alignas(64) float h[kMaxState][kTile];
   std::memset(h, 0, sizeof h);
-  cb.clear();
+  if (p.nch < kTile) cb.clear();  // padding lanes must read as zero; a full tile overwrites what it reads
   for (int64_t t0 = 0; t0 < s.length; t0 += kChunk) {
     const int tc = static_cast<int>(std::min<int64_t>(kChunk, s.length - t0));
     load_chunk(s, p, nullptr, t0, tc, cb);
@@ -186,7 +186,7 @@ SSM_HOT void scan_backward_tile(const ScanArgs& s, const void* dy, const Backwar
   const int64_t chunks = (L + kChunk - 1) / kChunk;
   const int NT = N * kTile;
   ChunkBuffers& cb = w.cb;
-  cb.clear();
+  if (p.nch < kTile) cb.clear();  // padding lanes must read as zero; a full tile overwrites what it reads
 
   // Pass 1: forward, storing the state entering each chunk.
   {
