@@ -50,8 +50,15 @@ def deform_inputs(batch, h, w, group, gc, p, dtype, device):
 
 
 def timed(fn, device, repeats, warmup=3):
+    """Median seconds per call. Short calls are repeated for at least ~0.2 s (up to 200 times): a median
+    of a few sub-millisecond calls on a shared CPU is mostly noise."""
+    start = time.perf_counter()
     for _ in range(warmup):
         fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    per_call = (time.perf_counter() - start) / warmup
+    repeats = max(repeats, min(200, int(0.2 / max(per_call, 1e-6))))
     times = []
     for _ in range(repeats):
         if device == "cuda":

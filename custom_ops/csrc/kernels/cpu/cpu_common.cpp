@@ -115,10 +115,14 @@ void span_from_float(int dtype, const float* src, void* dst, int64_t offset, int
   }
 }
 
+// Cost of converting one element in parallel_for's work units: conversions stay on the calling thread
+// below ~256k elements, where starting a thread costs more than it saves.
+constexpr double kConvertWorkPerElement = 0.25;
+
 void convert_to_float(int dtype, const void* src, float* dst, int64_t n, int num_threads) {
   constexpr int64_t kBlock = 16384;
   const int64_t blocks = (n + kBlock - 1) / kBlock;
-  parallel_for(blocks, num_threads, 4.0 * kBlock, [&](int64_t b0, int64_t b1) {
+  parallel_for(blocks, num_threads, kConvertWorkPerElement * kBlock, [&](int64_t b0, int64_t b1) {
     const int64_t i0 = b0 * kBlock, i1 = std::min(n, b1 * kBlock);
     span_to_float(dtype, src, i0, dst + i0, i1 - i0);
   });
@@ -127,7 +131,7 @@ void convert_to_float(int dtype, const void* src, float* dst, int64_t n, int num
 void convert_from_float(int dtype, const float* src, void* dst, int64_t n, int num_threads) {
   constexpr int64_t kBlock = 16384;
   const int64_t blocks = (n + kBlock - 1) / kBlock;
-  parallel_for(blocks, num_threads, 4.0 * kBlock, [&](int64_t b0, int64_t b1) {
+  parallel_for(blocks, num_threads, kConvertWorkPerElement * kBlock, [&](int64_t b0, int64_t b1) {
     const int64_t i0 = b0 * kBlock, i1 = std::min(n, b1 * kBlock);
     span_from_float(dtype, src + i0, dst, i0, i1 - i0);
   });
