@@ -410,7 +410,7 @@ def out_size(n, k, s, p, d):
 
 
 def check_deform(lib, rep, B, H, W, G, C, dtype, kh=3, kw=3, sh=1, sw=1, ph=1, pw=1, dh=1, dw=1, rc=0,
-                 scale=1.0, bwd=True, pad8=True, tag="", mscale=1.0):
+                 scale=1.0, bwd=True, pad8=True, tag="", mscale=1.0, ostd=1.5):
     dev = "cuda"
     Ho, Wo = out_size(H, kh, sh, ph, dh), out_size(W, kw, sw, pw, dw)
     K = kh * kw - rc
@@ -420,7 +420,7 @@ def check_deform(lib, rep, B, H, W, G, C, dtype, kh=3, kw=3, sh=1, sw=1, ph=1, p
     value = r(B, H, W, G * C).to(dtype)
     om = r(B, Ho, Wo, Pn)
     offs = om[..., : G * K * 3].reshape(B, Ho, Wo, G, 3 * K).clone()
-    offs[..., : 2 * K] *= 1.5  # offsets ~ N(0, 1.5^2): some samples fall outside the image
+    offs[..., : 2 * K] *= ostd  # offsets ~ N(0, ostd^2): some samples fall outside the image / the tile window
     offs[..., 2 * K:] *= mscale
     om[..., : G * K * 3] = offs.reshape(B, Ho, Wo, G * K * 3)
     om = om.to(dtype)
@@ -517,6 +517,9 @@ def run_checks(lib, rep, quick=False):
     check_scan(lib, rep, 2, 4, 1280, 1, 48, f16, tag="hrv-base-8x6 ")
     check_scan(lib, rep, 1, 4, 40, 2, 520, f32)                                # several chunks + tail, D % 8 != 0
     check_scan(lib, rep, 1, 1, 3, 5, 4096, f32, softplus=1, useD=True, usebias=False)
+    # enough rows for several rows per lane segment (forward vector path, rows of one chunk)
+    check_scan(lib, rep, 64, 4, 256, 1, 48, f16, bwd=False, tag="row-reps ")
+    check_scan(lib, rep, 100, 4, 131, 2, 96, f32, bwd=False, tag="row-reps, partial last rep ")
     run_deform_checks(lib, rep)
 
 
@@ -527,6 +530,10 @@ def run_deform_checks(lib, rep, tag="", bwd=True):
     t = tag
     for dt in (f32, f16, bf16):
         check_deform(lib, rep, 2, 64, 48, 2, 32, dt, tag=t + "hrv-small-64x48 ", bwd=bwd)
+    for dt in (f32, f16):
+        # nearly all samples in the tile windows / nearly all beyond them
+        check_deform(lib, rep, 2, 64, 48, 2, 32, dt, tag=t + "small offsets ", bwd=False, ostd=0.3)
+        check_deform(lib, rep, 2, 64, 48, 2, 32, dt, tag=t + "large offsets ", bwd=False, ostd=6.0)
     check_deform(lib, rep, 2, 8, 6, 40, 32, f32, tag=t + "hrv-base-8x6 ", bwd=bwd)   # G = 40, C = 32
     check_deform(lib, rep, 2, 8, 6, 40, 32, f16, tag=t + "hrv-base-8x6 ", bwd=bwd)
     check_deform(lib, rep, 2, 16, 12, 5, 32, f32, rc=1, tag=t, bwd=bwd)             # G=5, remove_center
@@ -737,6 +744,18 @@ def bench_deform_fwd_compare(libs, bw, batch=128, models=("small", "base"), dtyp
     return rows
 
 
+def bench_scan_fwd_compare(libs, bw, batch=128, models=("small", "base"), dtypes=(torch.float32, torch.float16)):
+    """SelectiveScan forward of several library builds (the short rows: 16x12 and 8x6)."""
+    rows = []
+    for model in models:
+        for C, (H, W) in list(zip(HRV[model], RES))[2:]:
+            for dtype in dtypes:
+                for name, lib in libs:
+                    rows += bench_scan(lib, bw, batch, C, H, W, dtype, ("fwd",), f"{model}/{name}")
+                torch.cuda.empty_cache()
+    return rows
+
+
 def print_rows(rows, bw):
     print(f"{'model':14} {'res':6} {'op':7} {'dir':4} {'dtype':8} {'shape':22} {'ms':>9} {'TB/s':>6} {'frac':>6}")
     for (v, res, op, d, dt, shp, t, frac) in rows:
@@ -773,12 +792,21 @@ VARIANTS = {
     "pixmajor": ["SSM_DEFORM_GROUP_MAJOR=0"],   # tiles of a few pixels x all groups
     "mma": ["SSM_DEFORM_MMA=1"],                # float16 forward on tensor cores
     "direct": ["SSM_DEFORM_FORCE_DIRECT=1"],    # the fallback kernel (per-thread setup, the old design)
+    "nowindow": ["SSM_DEFORM_WINDOW_BYTES=0"],  # tiled forward gathering every corner through L1
+    "margin1": ["SSM_DEFORM_WINDOW_MARGIN=1"],  # smaller tile windows
+    "margin3": ["SSM_DEFORM_WINDOW_MARGIN=3", "SSM_DEFORM_WINDOW_BYTES=49152"],
+    "scanreps1": ["SSM_SCAN_ROW_REPS=1"],       # one row per lane segment in the scan forward
+    "scanreps8": ["SSM_SCAN_ROW_REPS=8"],
 }
 
 
 def run_variant_checks(lib, rep, name):
-    """Variants differ in the DeformAggregate forward only: all forward checks, no backward."""
-    run_deform_checks(lib, rep, tag=f"[{name}] ", bwd=False)
+    """Variants differ in the forwards only: the forward checks that their options change."""
+    if name.startswith("scan"):
+        check_scan(lib, rep, 64, 4, 256, 1, 48, torch.float16, bwd=False, tag=f"[{name}] row-reps ")
+        check_scan(lib, rep, 100, 4, 131, 2, 96, torch.float32, bwd=False, tag=f"[{name}] row-reps ")
+    else:
+        run_deform_checks(lib, rep, tag=f"[{name}] ", bwd=False)
 
 
 class Tee:
@@ -812,6 +840,7 @@ def main():
                     help="extra library build (tuning variant) to check briefly and time alongside")
     ap.add_argument("--build-variants", action="store_true",
                     help="build the tuning variants (see VARIANTS) with nvcc and time them too")
+    ap.add_argument("--variant-names", default=None, help="with --build-variants: only these (comma list)")
     ap.add_argument("--out", default=os.environ.get("OUT"), help="folder for the full log (default $OUT)")
     args = ap.parse_args()
 
@@ -847,8 +876,11 @@ def main():
         name, path = v.split("=", 1)
         variants.append((name, load_library(path)))
     if args.build_variants:
-        for name, defs in VARIANTS.items():
-            variants.append((name, load_library(build_library(args.build_dir, arch, defs, f"lib_{name}.so"))))
+        from concurrent.futures import ThreadPoolExecutor
+        names = [n for n in VARIANTS if args.variant_names in (None, "") or n in args.variant_names.split(",")]
+        with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:  # nvcc runs are independent
+            paths = list(pool.map(lambda n: build_library(args.build_dir, arch, VARIANTS[n], f"lib_{n}.so"), names))
+        variants += [(n, load_library(p)) for n, p in zip(names, paths)]
 
     rep = Report()
     if not args.no_check:
@@ -867,7 +899,12 @@ def main():
         rows = bench(lib, bw, args.batch, ops=ops, dirs=dirs)
         rows1 = bench(lib, bw, 1, models=("small", "base"), ops=ops, dirs=("fwd",), tag="/b1")
         if variants:
-            vrows = bench_deform_fwd_compare([("default", lib)] + variants, bw, args.batch)
+            deform_v = [v for v in variants if not v[0].startswith("scan")]
+            scan_v = [v for v in variants if v[0].startswith("scan")]
+            if deform_v:
+                vrows += bench_deform_fwd_compare([("default", lib)] + deform_v, bw, args.batch)
+            if scan_v:
+                vrows += bench_scan_fwd_compare([("default", lib)] + scan_v, bw, args.batch)
 
     print("\n================ summary ================")
     print(f"device: {torch.cuda.get_device_name()}")
@@ -883,7 +920,7 @@ def main():
         print("batch 1 (latency; frac is not meaningful at this size):")
         print_rows(rows1, bw)
     if vrows:
-        print("tuning variants (DeformAggregate forward, same data for every build):")
+        print("tuning variants (forward, same data for every build of a row group):")
         print_rows(vrows, bw)
     return 1 if rep.failures else 0
 

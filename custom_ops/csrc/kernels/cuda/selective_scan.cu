@@ -76,6 +76,10 @@ struct ScanArgs {
   int dstate, lpr_log2, nchunks, softplus, vec;
   int lpr, rpw;  // forward: lanes per row (1..32, any value) and rows per warp (32 / lpr)
   int lpr_mul;   // ceil(65536 / lpr): lane / lpr == (lane * lpr_mul) >> 16 for lane < 32
+  // Forward, vector path: rows per lane segment, row_stride apart (rows of one chunk are short, and a
+  // segment that moves on to another row can load it while it computes the current one).
+  int row_reps;
+  int64_t row_stride;
   FastDiv fd_channels, fd_dim;  // valid when rows < 2^31
 };
 
@@ -226,7 +230,8 @@ struct RowInfo {
   int sl, lpr, last_lane;
 };
 
-__device__ __forceinline__ RowInfo fwd_row(const ScanArgs& a) {
+// rep: the segment's rep-th row (segments take rows rep * row_stride apart; see ScanArgs::row_reps).
+__device__ __forceinline__ RowInfo fwd_row(const ScanArgs& a, int rep = 0) {
   RowInfo ri;
   const int lane = threadIdx.x & 31;
   const int lpr = a.lpr;
@@ -235,7 +240,7 @@ __device__ __forceinline__ RowInfo fwd_row(const ScanArgs& a) {
   ri.sl = lane - seg * lpr;
   const int seg_base = lane - ri.sl;
   ri.last_lane = seg_base + lpr - 1 < 32 ? seg_base + lpr - 1 : 31;
-  const int64_t row = ((int64_t)blockIdx.x * kFwdWarps + (threadIdx.x >> 5)) * a.rpw + seg;
+  const int64_t row = ((int64_t)blockIdx.x * kFwdWarps + (threadIdx.x >> 5)) * a.rpw + seg + rep * a.row_stride;
   ri.valid = seg < a.rpw && row < a.rows;
   ri.r = ri.valid ? row : 0;
   if (a.rows < (int64_t(1) << 31)) {
@@ -285,9 +290,17 @@ struct Raw8 {
 #ifndef SSM_SCAN_PREFETCH
 #define SSM_SCAN_PREFETCH 1
 #endif
+// Rows per lane segment in the forward vector path when a row is a single chunk (L <= 256), used when
+// the grid still has at least kMinFwdBlocks blocks (a few waves on any GPU) after the division.
+#ifndef SSM_SCAN_ROW_REPS
+#define SSM_SCAN_ROW_REPS 4
+#endif
+constexpr int64_t kMinFwdBlocks = 1024;
 
-// Forward, vector path (L % 8 == 0, 16-byte aligned tensors): the loads of chunk ch+1 are issued
-// before the arithmetic of chunk ch, so every warp keeps a chunk of loads in flight.
+// Forward, vector path (L % 8 == 0, 16-byte aligned tensors): the loads of the next chunk are issued
+// before the arithmetic of the current one, so every warp keeps a chunk of loads in flight. With
+// row_reps > 1 (rows of one chunk) a segment scans row_reps rows, and the next chunk is the first
+// chunk of its next row: per-row parameters are loaded one row ahead as well.
 template <typename T, int kN>
 __global__ void __launch_bounds__(kFwdWarps * 32) scan_fwd_vec_kernel(const ScanArgs a) {
   const T* __restrict__ u = static_cast<const T*>(a.u);
@@ -298,116 +311,119 @@ __global__ void __launch_bounds__(kFwdWarps * 32) scan_fwd_vec_kernel(const Scan
   const T* __restrict__ Ds = static_cast<const T*>(a.Ds);
   const T* __restrict__ dbias = static_cast<const T*>(a.delta_bias);
   T* __restrict__ y = static_cast<T*>(a.y);
-
-  const RowInfo ri = fwd_row(a);
-  const int lpr = ri.lpr;
-  const int sl = ri.sl;
-  const bool rv = ri.valid;
-  const int64_t r = ri.r, b = ri.b, c = ri.c, g = ri.g;
   const int N = a.dstate;
   const int64_t L = a.length;
-
-  float A2[kN];
-#pragma unroll
-  for (int n = 0; n < kN; ++n) A2[n] = (n < N) ? ldf(A + c * N + n) * kLog2e : 0.f;
-  const float Dv = Ds ? ldf(Ds + c) : 0.f;
-  const float bias = dbias ? ldf(dbias + c) : 0.f;
-
-  const T* urow = u + r * L;
-  const T* drow = delta + r * L;
-  T* yrow = y + r * L;
-  const T* Brow = Bs + (b * a.groups + g) * N * L;
-  const T* Crow = Cs + (b * a.groups + g) * N * L;
-
-  float carry[kN];
-#pragma unroll
-  for (int n = 0; n < kN; ++n) carry[n] = 0.f;
-
-  const int64_t chunk_len = int64_t(kItems) * lpr;
   constexpr bool kPfBC = (kN == 1);  // B and C rows are prefetched too when N == 1
+
+  RowInfo ri = fwd_row(a, 0);
+  const int lpr = ri.lpr;
+  const int sl = ri.sl;
+  const int64_t chunk_len = int64_t(kItems) * lpr;
   Raw8<T> pu, pd, pb, pc;
-  {
-    const int64_t t0 = sl * kItems;
-    const bool ok = rv && t0 < L;
-    pu.load(urow + t0, ok);
-    pd.load(drow + t0, ok);
+  float nA2[kN], nDv, nbias;  // parameters of the row whose first chunk is in flight
+  auto issue = [&](const RowInfo& q, int64_t t) {
+    const bool ok = q.valid && t < L;
+    pu.load(u + q.r * L + t, ok);
+    pd.load(delta + q.r * L + t, ok);
     if (kPfBC) {
-      pb.load(Brow + t0, ok);
-      pc.load(Crow + t0, ok);
+      const int64_t bc = (q.b * a.groups + q.g) * N * L + t;
+      pb.load(Bs + bc, ok);
+      pc.load(Cs + bc, ok);
     }
-  }
-  for (int ch = 0; ch < a.nchunks; ++ch) {
-    const int64_t t0 = ch * chunk_len + sl * kItems;
-    const int nval = (rv && t0 < L) ? kItems : 0;
-    float uv[kItems], dt[kItems], yv[kItems], dtu[kItems], Bv0[kItems], Cv0[kItems];
-    pu.unpack(uv);
-    pd.unpack(dt);
-    if (kPfBC) {
-      pb.unpack(Bv0);
-      pc.unpack(Cv0);
-    }
-    if (ch + 1 < a.nchunks) {
-      const int64_t tn = t0 + chunk_len;
-      const bool ok = rv && tn < L;
-      pu.load(urow + tn, ok);
-      pd.load(drow + tn, ok);
+  };
+  auto issue_params = [&](const RowInfo& q) {
+#pragma unroll
+    for (int n = 0; n < kN; ++n) nA2[n] = (n < N) ? ldf(A + q.c * N + n) * kLog2e : 0.f;
+    nDv = Ds ? ldf(Ds + q.c) : 0.f;
+    nbias = dbias ? ldf(dbias + q.c) : 0.f;
+  };
+  issue(ri, sl * kItems);
+  issue_params(ri);
+
+  for (int rep = 0; rep < a.row_reps; ++rep) {
+    const bool rv = ri.valid;
+    float A2[kN];
+#pragma unroll
+    for (int n = 0; n < kN; ++n) A2[n] = nA2[n];
+    const float Dv = nDv, bias = nbias;
+    T* yrow = y + ri.r * L;
+    const T* Brow = Bs + (ri.b * a.groups + ri.g) * N * L;
+    const T* Crow = Cs + (ri.b * a.groups + ri.g) * N * L;
+    float carry[kN];
+#pragma unroll
+    for (int n = 0; n < kN; ++n) carry[n] = 0.f;
+    RowInfo next = ri;
+    for (int ch = 0; ch < a.nchunks; ++ch) {
+      const int64_t t0 = ch * chunk_len + sl * kItems;
+      const int nval = (rv && t0 < L) ? kItems : 0;
+      float uv[kItems], dt[kItems], yv[kItems], dtu[kItems], Bv0[kItems], Cv0[kItems];
+      pu.unpack(uv);
+      pd.unpack(dt);
       if (kPfBC) {
-        pb.load(Brow + tn, ok);
-        pc.load(Crow + tn, ok);
+        pb.unpack(Bv0);
+        pc.unpack(Cv0);
       }
-    }
-    if (a.softplus) {
+      if (ch + 1 < a.nchunks) {
+        issue(ri, t0 + chunk_len);
+      } else if (rep + 1 < a.row_reps) {
+        next = fwd_row(a, rep + 1);
+        issue(next, sl * kItems);
+        issue_params(next);
+      }
+      if (a.softplus) {
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) dt[i] = softplus_f<T>(dt[i] + bias);
-    } else {
+        for (int i = 0; i < kItems; ++i) dt[i] = softplus_f<T>(dt[i] + bias);
+      } else {
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) dt[i] += bias;
-    }
+        for (int i = 0; i < kItems; ++i) dt[i] += bias;
+      }
 #pragma unroll
-    for (int i = 0; i < kItems; ++i) {
-      dt[i] = nval ? dt[i] : 0.f;
-      dtu[i] = dt[i] * uv[i];
-      yv[i] = Dv * uv[i];
-    }
+      for (int i = 0; i < kItems; ++i) {
+        dt[i] = nval ? dt[i] : 0.f;
+        dtu[i] = dt[i] * uv[i];
+        yv[i] = Dv * uv[i];
+      }
 #pragma unroll
-    for (int n = 0; n < kN; ++n) {
-      if (n < N) {
-        float Bv[kItems], Cv[kItems], av[kItems], bv[kItems];
-        if (kPfBC) {
+      for (int n = 0; n < kN; ++n) {
+        if (n < N) {
+          float Bv[kItems], Cv[kItems], av[kItems], bv[kItems];
+          if (kPfBC) {
+#pragma unroll
+            for (int i = 0; i < kItems; ++i) {
+              Bv[i] = Bv0[i];
+              Cv[i] = Cv0[i];
+            }
+          } else {
+            load_items(Brow + n * L, t0, nval, 1, Bv);
+            load_items(Crow + n * L, t0, nval, 1, Cv);
+          }
+          float P = 1.f, S = 0.f;
 #pragma unroll
           for (int i = 0; i < kItems; ++i) {
-            Bv[i] = Bv0[i];
-            Cv[i] = Cv0[i];
+            av[i] = fast_exp2(dt[i] * A2[n]);
+            bv[i] = dtu[i] * Bv[i];
+            P *= av[i];
+            S = fmaf(av[i], S, bv[i]);
           }
-        } else {
-          load_items(Brow + n * L, t0, nval, 1, Bv);
-          load_items(Crow + n * L, t0, nval, 1, Cv);
-        }
-        float P = 1.f, S = 0.f;
+          seg_scan_fwd_any(P, S, sl, lpr);
+          float Pe = __shfl_up_sync(kFullMask, P, 1);
+          float Se = __shfl_up_sync(kFullMask, S, 1);
+          if (sl == 0) {
+            Pe = 1.f;
+            Se = 0.f;
+          }
+          float h = fmaf(Pe, carry[n], Se);
 #pragma unroll
-        for (int i = 0; i < kItems; ++i) {
-          av[i] = fast_exp2(dt[i] * A2[n]);
-          bv[i] = dtu[i] * Bv[i];
-          P *= av[i];
-          S = fmaf(av[i], S, bv[i]);
+          for (int i = 0; i < kItems; ++i) {
+            h = fmaf(av[i], h, bv[i]);
+            yv[i] = fmaf(Cv[i], h, yv[i]);
+          }
+          carry[n] = __shfl_sync(kFullMask, h, ri.last_lane);
         }
-        seg_scan_fwd_any(P, S, sl, lpr);
-        float Pe = __shfl_up_sync(kFullMask, P, 1);
-        float Se = __shfl_up_sync(kFullMask, S, 1);
-        if (sl == 0) {
-          Pe = 1.f;
-          Se = 0.f;
-        }
-        float h = fmaf(Pe, carry[n], Se);
-#pragma unroll
-        for (int i = 0; i < kItems; ++i) {
-          h = fmaf(av[i], h, bv[i]);
-          yv[i] = fmaf(Cv[i], h, yv[i]);
-        }
-        carry[n] = __shfl_sync(kFullMask, h, ri.last_lane);
       }
+      if (nval) store_vec<T, kItems>(yrow + t0, yv);
     }
-    if (nval) store_vec<T, kItems>(yrow + t0, yv);
+    ri = next;
   }
 }
 
@@ -853,7 +869,14 @@ SSM_API int ssm_selective_scan_fwd_cuda(const ssm_scan_shape* shape, const void*
   a.vec = (shape->length % kItems == 0) && aligned(u, 16) && aligned(delta, 16) && aligned(Bs, 16) &&
           aligned(Cs, 16) && aligned(y, 16);
   const int64_t rows_per_block = int64_t(kFwdWarps) * fp.rpw;
-  const int64_t blocks = (a.rows + rows_per_block - 1) / rows_per_block;
+  int64_t blocks = (a.rows + rows_per_block - 1) / rows_per_block;
+  a.row_reps = 1;
+  a.row_stride = 0;
+  if (SSM_SCAN_ROW_REPS > 1 && a.vec && fp.nchunks == 1 && blocks >= int64_t(SSM_SCAN_ROW_REPS) * kMinFwdBlocks) {
+    a.row_reps = SSM_SCAN_ROW_REPS;
+    blocks = (blocks + a.row_reps - 1) / a.row_reps;
+    a.row_stride = blocks * rows_per_block;
+  }
   if (blocks > INT_MAX) return SSM_ERR_UNSUPPORTED;
   return dispatch<FwdLauncher>(shape->dtype, (int)shape->dstate, a, blocks,
                                static_cast<cudaStream_t>(stream));
