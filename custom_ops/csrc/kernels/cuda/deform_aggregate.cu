@@ -41,8 +41,6 @@
 //   Index arithmetic inside an image is 32-bit (the host checks that an image has < 2^31 elements).
 #include <limits.h>
 
-#include <algorithm>
-#include <atomic>
 #include <type_traits>
 
 #include "cuda_common.cuh"
@@ -90,19 +88,6 @@ static_assert(SSM_DEFORM_VEC_BYTES == 16 || SSM_DEFORM_VEC_BYTES == 32 || SSM_DE
 #define SSM_DEFORM_TILE_ROUNDS 2
 #endif
 
-// Input window of the tiled forward: each tile stages, in shared memory, the input pixels its samples
-// reach with offsets of up to SSM_DEFORM_WINDOW_MARGIN pixels (fewer when that does not fit), so that
-// those samples' corners are read from shared memory. Gathers through L1 measured at 86-94% of its
-// throughput on H200 (ncu), above all for 16-bit types, whose 64-byte corners each cost a cache-line
-// lookup; shared memory serves two such corners per access. Samples reaching beyond the window use the
-// global gather. 0 bytes: no window.
-#ifndef SSM_DEFORM_WINDOW_BYTES
-#define SSM_DEFORM_WINDOW_BYTES 32768
-#endif
-#ifndef SSM_DEFORM_WINDOW_MARGIN
-#define SSM_DEFORM_WINDOW_MARGIN 2
-#endif
-
 // Corners outside the image are read from here (zeros) by the direct forward and the backward, so
 // that the four corner loads of a point are unconditional and can all be in flight together.
 __device__ __align__(16) unsigned char g_zero_vec[64] = {0};
@@ -123,7 +108,7 @@ __device__ __forceinline__ const T* ptr_add(const T* base, uint32_t off) {
   return r;
 }
 
-__host__ __device__ FastDiv make_fastdiv(uint32_t d) {
+FastDiv make_fastdiv(uint32_t d) {
   uint32_t s = 0;
   while (s < 32 && (uint64_t(1) << s) < d) ++s;
   FastDiv f;
@@ -159,7 +144,6 @@ struct DeformArgs {
   // group-major tile order: bands of TH output rows (the last one th_last rows), band_sz = TH*Wo
   int TH, th_last, nband, band_sz, npix;
   FastDiv fd_npix, fd_band, fd_th, fd_thl;
-  int win_bytes, win_margin;  // input window of the tiled forward (0 bytes: none)
   int fwd_path, fwd_block, fwd_smem;  // launch plan (host side)
 };
 
@@ -341,15 +325,11 @@ __device__ __forceinline__ PgRec make_pg_rec(const DeformArgs& a, int pg) {
 }
 
 // Setup of sampling point k (0 <= k < K) of a pg. KP: 9 = 3x3, 8 = 3x3 without the centre, 0 = any.
-// w: the four corner weights times mask * mscale, 0 for corners outside the image; rows/cols: the corner
-// rows (h0, h0+1) and columns (w0, w0+1), clamped into the image.
-struct SampleCells {
-  int ra, rb, ca, cb;
-};
-
+// w: the four corner weights times mask * mscale, 0 for corners outside the image; off: element offsets
+// (within an image) of the corners, clamped into the image.
 template <typename T, int KP>
-__device__ __forceinline__ SampleCells sample_cells(const DeformArgs& a, const PgRec& r, const T* __restrict__ omb,
-                                                    int k, float mscale, float (&w)[4]) {
+__device__ __forceinline__ void sample_setup(const DeformArgs& a, const PgRec& r, const T* __restrict__ omb,
+                                             int k, float mscale, float (&w)[4], uint32_t (&off)[4]) {
   const int K = KP > 0 ? KP : a.K;
   int idx = k;  // index in the full window (the centre is skipped with remove_center)
   if (KP == 8) idx += k >= 4 ? 1 : 0;
@@ -384,142 +364,27 @@ __device__ __forceinline__ SampleCells sample_cells(const DeformArgs& a, const P
   w[3] = rb * cb;
   const int h0 = (int)fminf(fmaxf(fh, -1.f), hm1);  // fmaxf(NaN, -1) = -1
   const int w0 = (int)fminf(fmaxf(fw, -1.f), wm1);
-  SampleCells c;
-  c.ra = max(h0, 0);
-  c.rb = min(h0 + 1, a.H - 1);
-  c.ca = max(w0, 0);
-  c.cb = min(w0 + 1, a.W - 1);
-  return c;
-}
-
-// The same, with the element offsets (within an image) of the four corners.
-template <typename T, int KP>
-__device__ __forceinline__ void sample_setup(const DeformArgs& a, const PgRec& r, const T* __restrict__ omb,
-                                             int k, float mscale, float (&w)[4], uint32_t (&off)[4]) {
-  const SampleCells c = sample_cells<T, KP>(a, r, omb, k, mscale, w);
-  const uint32_t rowa = (uint32_t)c.ra * (uint32_t)a.WGC + r.gc;
-  const uint32_t rowb = (uint32_t)c.rb * (uint32_t)a.WGC + r.gc;
-  const uint32_t cola = (uint32_t)c.ca * (uint32_t)a.GC;
-  const uint32_t colb = (uint32_t)c.cb * (uint32_t)a.GC;
+  const uint32_t rowa = (uint32_t)max(h0, 0) * (uint32_t)a.WGC + r.gc;
+  const uint32_t rowb = (uint32_t)min(h0 + 1, a.H - 1) * (uint32_t)a.WGC + r.gc;
+  const uint32_t cola = (uint32_t)max(w0, 0) * (uint32_t)a.GC;
+  const uint32_t colb = (uint32_t)min(w0 + 1, a.W - 1) * (uint32_t)a.GC;
   off[0] = rowa + cola;
   off[1] = rowa + colb;
   off[2] = rowb + cola;
   off[3] = rowb + colb;
 }
 
-// Input window of a tile (see SSM_DEFORM_WINDOW_BYTES): image rows y0..y0+rows-1, columns x0..x0+cols-1 of
-// groups g0..g0+ng-1, staged in shared memory as [group][row][stride][C] with stride = cols | 1 pixels (an
-// odd row stride puts vertically neighbouring corners of 16-bit values in different bank halves).
-// rows == 0: no window (every sample is gathered from global memory).
-struct TileWindow {
-  int y0, x0, rows, cols, stride, g0, ng, n_chunks;
-  FastDiv fd_nvec, fd_cols, fd_rows;
-};
-
-// Samples whose four (clamped) corners lie in the window read them from shared memory; their first
-// offset carries this flag and the offsets are element offsets into the window.
-constexpr uint32_t kInWindow = 0x80000000u;
-
-// Bounding box of the sample locations a tile can have with offsets of at most `margin` pixels, and
-// the window over it if it fits a.win_bytes (the margin shrinks until it does).
-__device__ TileWindow plan_window(const DeformArgs& a, const int (&box)[6], int elem_bytes) {
-  TileWindow w{};
-  const int ng = box[5] - box[4] + 1;
-  for (int margin = a.win_margin; margin >= 0 && a.win_bytes > 0; --margin) {
-    const int y0 = max(box[0] - margin, 0), y1 = min(box[1] + margin, a.H - 1);
-    const int x0 = max(box[2] - margin, 0), x1 = min(box[3] + margin, a.W - 1);
-    if (y1 < y0 || x1 < x0) break;  // the tile samples outside the image only
-    const int rows = y1 - y0 + 1, cols = x1 - x0 + 1, stride = cols | 1;
-    if ((int64_t)ng * rows * stride * a.C * elem_bytes > a.win_bytes) continue;
-    w.y0 = y0;
-    w.x0 = x0;
-    w.rows = rows;
-    w.cols = cols;
-    w.stride = stride;
-    w.g0 = box[4];
-    w.ng = ng;
-    w.n_chunks = ng * rows * cols * a.nvec;
-    w.fd_nvec = make_fastdiv((uint32_t)a.nvec);
-    w.fd_cols = make_fastdiv((uint32_t)cols);
-    w.fd_rows = make_fastdiv((uint32_t)rows);
-    break;
-  }
-  return w;
-}
-
-// Copy VEC elements (16-byte aligned when VEC * sizeof(T) >= 16) from global to shared memory.
-template <typename T, int VEC>
-__device__ __forceinline__ void copy_chunk(T* dst, const T* __restrict__ src) {
-  constexpr int kBytes = VEC * (int)sizeof(T);
-  if constexpr (kBytes % 16 == 0) {
-#pragma unroll
-    for (int k = 0; k < kBytes / 16; ++k)
-      reinterpret_cast<uint4*>(dst)[k] = __ldg(reinterpret_cast<const uint4*>(src) + k);
-  } else if constexpr (kBytes == 8) {
-    *reinterpret_cast<uint2*>(dst) = __ldg(reinterpret_cast<const uint2*>(src));
-  } else if constexpr (kBytes == 4) {
-    *reinterpret_cast<uint32_t*>(dst) = __ldg(reinterpret_cast<const uint32_t*>(src));
-  } else {
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) dst[k] = src[k];
-  }
-}
-
-// acc[0..16/sizeof(T)) += w * the elements packed in r.
-template <typename T>
-__device__ __forceinline__ void fma_words(float w, const uint4& r, float* acc) {
-  constexpr int kw = Words<T>::kPerWord;
-  const uint32_t words[4] = {r.x, r.y, r.z, r.w};
-#pragma unroll
-  for (int q = 0; q < 4; ++q) {
-    float f[kw];
-    Words<T>::unpack(words[q], f);
-#pragma unroll
-    for (int e = 0; e < kw; ++e) acc[q * kw + e] = fmaf(w, f[e], acc[q * kw + e]);
-  }
-}
-
-// Load VEC elements from shared memory as floats (plain loads: load_vec uses the read-only global path).
-template <typename T, int VEC>
-__device__ __forceinline__ void load_vec_shared(const T* p, float* o) {
-  constexpr int kBytes = VEC * (int)sizeof(T);
-  constexpr int kw = Words<T>::kPerWord;
-  if constexpr (kBytes % 16 == 0) {
-    constexpr int kPer16 = 16 / (int)sizeof(T);
-#pragma unroll
-    for (int k = 0; k < kBytes / 16; ++k) {
-      const uint4 r = reinterpret_cast<const uint4*>(p)[k];
-      Words<T>::unpack(r.x, o + k * kPer16 + 0 * kw);
-      Words<T>::unpack(r.y, o + k * kPer16 + 1 * kw);
-      Words<T>::unpack(r.z, o + k * kPer16 + 2 * kw);
-      Words<T>::unpack(r.w, o + k * kPer16 + 3 * kw);
-    }
-  } else if constexpr (kBytes == 8) {
-    const uint2 r = *reinterpret_cast<const uint2*>(p);
-    Words<T>::unpack(r.x, o);
-    Words<T>::unpack(r.y, o + kw);
-  } else if constexpr (kBytes == 4) {
-    Words<T>::unpack(*reinterpret_cast<const uint32_t*>(p), o);
-  } else {
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) o[k] = to_f(p[k]);
-  }
-}
-
-// Shared memory of the FMA kernel: PgRec[npg], float4 weights[npg][kpad], uint4 offsets[npg][kpad], then
-// the input window (a.win_bytes). The block has (npg / rounds) << tpg_log2 threads (rounded up to a warp)
-// and gathers the tile's pgs in `rounds` passes.
+// Shared memory of the FMA kernel: PgRec[npg], float4 weights[npg][kpad], uint4 offsets[npg][kpad].
+// The block has (npg / rounds) << tpg_log2 threads (rounded up to a warp) and gathers the tile's pgs in
+// `rounds` passes.
 template <typename T, int VEC, int KP>
 __global__ void __launch_bounds__(kThreads, SSM_DEFORM_FWD_MIN_BLOCKS) deform_fwd_tiled_kernel(const DeformArgs a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  __shared__ int s_box[6];  // tile: min/max sample row, min/max sample column, min/max group
-  __shared__ TileWindow s_win;
   const int K = KP > 0 ? KP : a.K;
   const int kpad = KP > 0 ? (KP | 1) : a.kpad;
   PgRec* srec = reinterpret_cast<PgRec*>(smem_raw);
   float4* sw = reinterpret_cast<float4*>(srec + a.npg);
   uint4* so = reinterpret_cast<uint4*>(sw + a.npg * kpad);
-  T* swin = reinterpret_cast<T*>(so + a.npg * kpad);
   const T* __restrict__ value = static_cast<const T*>(a.value);
   const T* __restrict__ om = static_cast<const T*>(a.om);
   T* __restrict__ out = static_cast<T*>(a.out);
@@ -529,83 +394,29 @@ __global__ void __launch_bounds__(kThreads, SSM_DEFORM_FWD_MIN_BLOCKS) deform_fw
   const int nthr = blockDim.x;
   const int tpg = 1 << a.tpg_log2;
   const int j = threadIdx.x & (tpg - 1);
-  if (threadIdx.x < 6) s_box[threadIdx.x] = (threadIdx.x & 1) ? INT_MIN : INT_MAX;
-  __syncthreads();
-  {
-    // Nominal sample rows/columns of the tile's pgs (offsets 0) and the groups it spans.
-    const float span_y = (float)((a.kh - 1) * a.dh) * a.scale, span_x = (float)((a.kw - 1) * a.dw) * a.scale;
-    int box[6] = {INT_MAX, INT_MIN, INT_MAX, INT_MIN, INT_MAX, INT_MIN};
-    for (int t = threadIdx.x; t < npg; t += nthr) {
-      const PgRec r = make_pg_rec(a, pg0 + t);
-      srec[t] = r;
-      const int g = (int)(r.gc / (uint32_t)a.C);
-      box[0] = min(box[0], (int)floorf(r.p0y));
-      box[1] = max(box[1], (int)floorf(r.p0y + span_y) + 1);
-      box[2] = min(box[2], (int)floorf(r.p0x));
-      box[3] = max(box[3], (int)floorf(r.p0x + span_x) + 1);
-      box[4] = min(box[4], g);
-      box[5] = max(box[5], g);
-    }
-    if (threadIdx.x < npg) {
-#pragma unroll
-      for (int q = 0; q < 6; q += 2) {
-        atomicMin(&s_box[q], box[q]);
-        atomicMax(&s_box[q + 1], box[q + 1]);
-      }
-    }
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) s_win = plan_window(a, s_box, (int)sizeof(T));
-  __syncthreads();
-  const TileWindow& win = s_win;  // read from shared memory where used: registers are scarce
+  for (int t = threadIdx.x; t < npg; t += nthr) srec[t] = make_pg_rec(a, pg0 + t);
 
   for (int64_t b = blockIdx.y; b < a.B; b += gridDim.y) {
-    __syncthreads();  // the previous image's gather is done
-    const T* vb = value + b * a.img_in;
-    for (int e = threadIdx.x; e < win.n_chunks; e += nthr) {
-      const int ch = (int)fdiv((uint32_t)e, win.fd_nvec);
-      const int v = e - ch * a.nvec;
-      const int col = (int)fdiv((uint32_t)ch, win.fd_cols);
-      const int x = ch - col * win.cols;
-      const int slot = (int)fdiv((uint32_t)col, win.fd_rows);
-      const int y = col - slot * win.rows;
-      const uint32_t src = ((uint32_t)(win.y0 + y) * (uint32_t)a.W + (uint32_t)(win.x0 + x)) * (uint32_t)a.GC +
-                           (uint32_t)((win.g0 + slot) * a.C + v * VEC);
-      const int dst = ((slot * win.rows + y) * win.stride + x) * a.C + v * VEC;
-      copy_chunk<T, VEC>(swin + dst, ptr_add(vb, src));
-    }
+    __syncthreads();  // pg records written; the previous image's gather is done
     const T* omb = om + b * a.img_om;
 #pragma unroll 2
     for (int it = threadIdx.x; it < n_items; it += nthr) {
       const int p = KP > 0 ? (int)((uint32_t)it / (uint32_t)KP) : (int)fdiv((uint32_t)it, a.fd_K);
       const int k = it - p * K;
-      const PgRec r = srec[p];
       float w[4];
-      const SampleCells c = sample_cells<T, KP>(a, r, omb, k, 1.f, w);
-      uint4 o;
-      if (c.ra >= win.y0 && c.rb < win.y0 + win.rows && c.ca >= win.x0 && c.cb < win.x0 + win.cols) {
-        const int slot = (int)(r.gc / (uint32_t)a.C) - win.g0;
-        const uint32_t base = (uint32_t)(((slot * win.rows + c.ra - win.y0) * win.stride + c.ca - win.x0) * a.C);
-        const uint32_t dc = (uint32_t)((c.cb - c.ca) * a.C), dr = (uint32_t)((c.rb - c.ra) * win.stride * a.C);
-        o = make_uint4(base | kInWindow, base + dc, base + dr, base + dr + dc);
-      } else {
-        const uint32_t rowa = (uint32_t)c.ra * (uint32_t)a.WGC + r.gc;
-        const uint32_t rowb = (uint32_t)c.rb * (uint32_t)a.WGC + r.gc;
-        const uint32_t cola = (uint32_t)c.ca * (uint32_t)a.GC;
-        const uint32_t colb = (uint32_t)c.cb * (uint32_t)a.GC;
-        o = make_uint4(rowa + cola, rowa + colb, rowb + cola, rowb + colb);
-      }
+      uint32_t o[4];
+      sample_setup<T, KP>(a, srec[p], omb, k, 1.f, w, o);
       sw[p * kpad + k] = make_float4(w[0], w[1], w[2], w[3]);
-      so[p * kpad + k] = o;
+      so[p * kpad + k] = make_uint4(o[0], o[1], o[2], o[3]);
     }
     __syncthreads();
     for (int pl = threadIdx.x >> a.tpg_log2; pl < npg; pl += nthr >> a.tpg_log2) {
+      const T* vb = value + b * a.img_in;
       T* ob = out + b * a.img_out + srec[pl].out;
       const float4* pw = sw + pl * kpad;
       const uint4* po = so + pl * kpad;
       for (int v = j; v < a.nvec; v += tpg) {
         const T* vt = vb + v * VEC;
-        const T* wt = swin + v * VEC;
         float acc[VEC];
 #pragma unroll
         for (int e = 0; e < VEC; ++e) acc[e] = 0.f;
@@ -614,45 +425,19 @@ __global__ void __launch_bounds__(kThreads, SSM_DEFORM_FWD_MIN_BLOCKS) deform_fw
         for (int k = 0; k < K; ++k) {
           const float4 wq = pw[k];
           const uint4 oq = po[k];
-          if constexpr (VEC * sizeof(T) == 16) {
-            // Keep the corners packed until their FMAs (16-bit types would need 32 registers unpacked).
-            uint4 r[4];
-            if (oq.x & kInWindow) {
-              const uint4* w4 = reinterpret_cast<const uint4*>(wt);
-              r[0] = w4[(oq.x & ~kInWindow) / VEC];
-              r[1] = w4[oq.y / VEC];
-              r[2] = w4[oq.z / VEC];
-              r[3] = w4[oq.w / VEC];
-            } else {
-              r[0] = __ldg(reinterpret_cast<const uint4*>(ptr_add(vt, oq.x)));
-              r[1] = __ldg(reinterpret_cast<const uint4*>(ptr_add(vt, oq.y)));
-              r[2] = __ldg(reinterpret_cast<const uint4*>(ptr_add(vt, oq.z)));
-              r[3] = __ldg(reinterpret_cast<const uint4*>(ptr_add(vt, oq.w)));
-            }
-            fma_words<T>(wq.x, r[0], acc);
-            fma_words<T>(wq.y, r[1], acc);
-            fma_words<T>(wq.z, r[2], acc);
-            fma_words<T>(wq.w, r[3], acc);
-          } else {
-            float vv[4][VEC];
-            if (oq.x & kInWindow) {
-              load_vec_shared<T, VEC>(wt + (oq.x & ~kInWindow), vv[0]);
-              load_vec_shared<T, VEC>(wt + oq.y, vv[1]);
-              load_vec_shared<T, VEC>(wt + oq.z, vv[2]);
-              load_vec_shared<T, VEC>(wt + oq.w, vv[3]);
-            } else {
-              load_vec<T, VEC>(ptr_add(vt, oq.x), vv[0]);
-              load_vec<T, VEC>(ptr_add(vt, oq.y), vv[1]);
-              load_vec<T, VEC>(ptr_add(vt, oq.z), vv[2]);
-              load_vec<T, VEC>(ptr_add(vt, oq.w), vv[3]);
-            }
+          float vv[4][VEC];
+          load_vec<T, VEC>(ptr_add(vt, oq.x), vv[0]);
+          load_vec<T, VEC>(ptr_add(vt, oq.y), vv[1]);
+          load_vec<T, VEC>(ptr_add(vt, oq.z), vv[2]);
+          load_vec<T, VEC>(ptr_add(vt, oq.w), vv[3]);
 #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              const float wk = q == 0 ? wq.x : q == 1 ? wq.y : q == 2 ? wq.z : wq.w;
+          for (int e = 0; e < VEC; ++e) acc[e] = fmaf(wq.x, vv[0][e], acc[e]);
 #pragma unroll
-              for (int e = 0; e < VEC; ++e) acc[e] = fmaf(wk, vv[q][e], acc[e]);
-            }
-          }
+          for (int e = 0; e < VEC; ++e) acc[e] = fmaf(wq.y, vv[1][e], acc[e]);
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) acc[e] = fmaf(wq.z, vv[2][e], acc[e]);
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) acc[e] = fmaf(wq.w, vv[3][e], acc[e]);
         }
         store_vec<T, VEC>(ob + v * VEC, acc);
       }
@@ -1021,34 +806,7 @@ int fill_args(const ssm_deform_shape* s, int64_t K, int vec, DeformArgs& a, dim3
 
 enum { kPathDirect = 0, kPathTiled = 1, kPathMma = 2 };
 // Shared memory of one tiled block (no opt-in needed up to 48 KB).
-constexpr int64_t kFwdSmemLimit = 48 * 1024;         // pg and point records of a tile
-constexpr int64_t kFwdRecordsWithWindow = 24 * 1024;  // ... when the tile also stages an input window
-
-constexpr int kFwdSmemMax = (int)kFwdSmemLimit + SSM_DEFORM_WINDOW_BYTES;
-
-// Dynamic shared memory above 48 KiB must be allowed for each kernel on each device; done once.
-template <typename T, int VEC, int KP>
-int allow_tiled_smem(int bytes) {
-  static std::atomic<uint64_t> done_devices{0};
-  if (bytes <= 48 * 1024) return SSM_OK;
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return SSM_ERR_CUDA;
-  const uint64_t bit = dev < 64 ? uint64_t(1) << dev : 0;
-  if (bit && (done_devices.load() & bit)) return SSM_OK;
-  if (cudaFuncSetAttribute(deform_fwd_tiled_kernel<T, VEC, KP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           kFwdSmemMax) != cudaSuccess)
-    return SSM_ERR_CUDA;
-  done_devices.fetch_or(bit);
-  return SSM_OK;
-}
-
-template <typename T, int VEC, int KP>
-int launch_tiled(const DeformArgs& a, dim3 grid, cudaStream_t st) {
-  const int status = allow_tiled_smem<T, VEC, KP>(a.fwd_smem);
-  if (status != SSM_OK) return status;
-  deform_fwd_tiled_kernel<T, VEC, KP><<<grid, a.fwd_block, a.fwd_smem, st>>>(a);
-  return ssm_cuda_host::launch_status();
-}
+constexpr int64_t kFwdSmemLimit = 48 * 1024;
 
 int device_cc_major() {
   int dev = 0, major = 0;
@@ -1059,7 +817,6 @@ int device_cc_major() {
 
 // Chooses the forward kernel and its launch shape (a.fwd_*, grid); fill_args must have run.
 void plan_fwd(const ssm_deform_shape* s, int vec, DeformArgs& a, dim3& grid) {
-  const int64_t elem = s->dtype == SSM_FLOAT32 ? 4 : 2;
   a.fwd_path = kPathDirect;
   a.fwd_block = kThreads;
   a.fwd_smem = 0;
@@ -1087,8 +844,6 @@ void plan_fwd(const ssm_deform_shape* s, int vec, DeformArgs& a, dim3& grid) {
     const int per_warp = 32 >> a.tpg_log2;          // pgs per warp (>= 1)
     const int64_t per_round = kThreads >> a.tpg_log2;  // pgs per pass of the block
     npg = per_round * rounds;
-    // With an input window, keep the records small enough that four blocks fit an SM.
-    if (SSM_DEFORM_WINDOW_BYTES > 0 && npg > per_round && npg * rec > kFwdRecordsWithWindow) npg = per_round;
     if (npg > kFwdSmemLimit / rec) npg = kFwdSmemLimit / rec;
     if (npg >= per_warp) npg = npg / per_warp * per_warp;
     if (npg < 1) return;  // more than ~1500 points: direct kernel
@@ -1101,14 +856,6 @@ void plan_fwd(const ssm_deform_shape* s, int vec, DeformArgs& a, dim3& grid) {
     const int64_t pgs_block = npg < per_round ? npg : per_round;
     a.fwd_block = (int)(((pgs_block << a.tpg_log2) + 31) / 32 * 32);
     a.fwd_smem = (int)(npg * rec);
-    // Window: at most SSM_DEFORM_WINDOW_BYTES, and no more than the groups a tile can span need when
-    // the whole image fits.
-    const int64_t npix = (int64_t)a.Ho * a.Wo;
-    const int64_t ng = std::min<int64_t>(a.G, (npg + npix - 1) / npix + 1);
-    const int64_t whole = ng * a.H * (a.W | 1) * a.C * elem;
-    a.win_bytes = (int)std::min<int64_t>(SSM_DEFORM_WINDOW_BYTES, whole) & ~15;
-    a.win_margin = SSM_DEFORM_WINDOW_MARGIN;
-    a.fwd_smem += a.win_bytes;
   }
   a.npg = (int)npg;
   // group-major tile order: bands of TH rows, TH ~ sqrt(npg) (a power of two), at most Ho
@@ -1140,9 +887,12 @@ int launch_fwd_t(const DeformArgs& a, dim3 grid, cudaStream_t st) {
     }
   }
   if (a.fwd_path == kPathTiled) {
-    if (k3 && a.K == 9) return launch_tiled<T, VEC, 9>(a, grid, st);
-    if (k3 && a.K == 8) return launch_tiled<T, VEC, 8>(a, grid, st);
-    return launch_tiled<T, VEC, 0>(a, grid, st);
+    if (k3 && a.K == 9)
+      deform_fwd_tiled_kernel<T, VEC, 9><<<grid, a.fwd_block, a.fwd_smem, st>>>(a);
+    else if (k3 && a.K == 8)
+      deform_fwd_tiled_kernel<T, VEC, 8><<<grid, a.fwd_block, a.fwd_smem, st>>>(a);
+    else
+      deform_fwd_tiled_kernel<T, VEC, 0><<<grid, a.fwd_block, a.fwd_smem, st>>>(a);
   } else {
     if (k3)
       deform_fwd_direct_kernel<T, VEC, 3><<<grid, kThreads, 0, st>>>(a);
