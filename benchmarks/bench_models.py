@@ -110,7 +110,8 @@ def main():
     parser.add_argument("--out", default="/tmp/bench_models", help="exported graphs (reused when present)")
     parser.add_argument("--json", default=None, help="results, rewritten after each session "
                                                      "(default: OUT/bench_models.json)")
-    parser.add_argument("--forms", nargs="+", default=["custom", "portable"])
+    parser.add_argument("--forms", nargs="*", default=["custom", "portable"],
+                        help="ONNX forms to run on ort-cuda; none (an empty list): PyTorch rows only")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float16"])
     parser.add_argument("--reference-batch", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--ort-variants", nargs="+", default=["default"], choices=list(ORT_VARIANTS),
@@ -120,9 +121,15 @@ def main():
     args = parser.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from ssmpose.custom_ops import kernel_library
+    if kernel_library.cuda_library() is None:
+        # "torch" would silently mean the reference operators; a throughput table must not mix the two
+        raise SystemExit(f"the CUDA kernel library is not available ({kernel_library.unavailable_reason('cuda')}); "
+                         "set SSMPOSE_KERNELS_DIR to a build of it (tests/gpu/run_all.sh does)")
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "parity": [], "throughput": []}
-    import onnxruntime
-    result["onnxruntime"] = onnxruntime.__version__
+    if args.forms:
+        import onnxruntime
+        result["onnxruntime"] = onnxruntime.__version__
 
     json_path = Path(args.json) if args.json else out_dir / "bench_models.json"
 
@@ -135,7 +142,7 @@ def main():
         files = export_all(model, name, out_dir, args.forms, args.dtypes)
         run_model(model, name, files, args.batch, args.repeats, args.reference_batch, result, save,
                   ort_variants=args.ort_variants, variant_files=args.ort_variant_files)
-    print(json.dumps({"device": result["device"], "onnxruntime": result["onnxruntime"]}))
+    print(json.dumps({"device": result["device"], "onnxruntime": result.get("onnxruntime")}))
 
 
 if __name__ == "__main__":
