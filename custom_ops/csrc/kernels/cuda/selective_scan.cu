@@ -15,7 +15,10 @@
 // Forward: LPR = min(32, ceil(L/8)), any value (L = 48 gives 6 lanes per row and 5 rows per warp).
 //   On the vector path (L % 8 == 0, 16-byte aligned tensors) the loads of chunk c+1 are issued before
 //   the arithmetic of chunk c. softplus is max(x,0) + log1p(exp(-|x|)) with a polynomial log1p on
-//   [0, 1] (degree 8 for fp32 data, degree 5 for 16-bit data) and the hardware exp2.
+//   [0, 1] (degree 8 for fp32 data, degree 5 for 16-bit data) and the hardware exp2. When a row is a
+//   single chunk (L <= 256) and the grid is large, a segment scans SSM_SCAN_ROW_REPS rows in turn and
+//   loads the next row while it computes the current one (short rows otherwise leave each warp idle
+//   on one load-compute-store round trip).
 //
 // Backward (LPR a power of two): one kernel. Phase 1 runs the forward recurrence and stores the state
 //   at every chunk boundary in the workspace (rows x (nchunks-1) x N floats). Phase 2 walks the chunks in
@@ -872,7 +875,9 @@ SSM_API int ssm_selective_scan_fwd_cuda(const ssm_scan_shape* shape, const void*
   int64_t blocks = (a.rows + rows_per_block - 1) / rows_per_block;
   a.row_reps = 1;
   a.row_stride = 0;
-  if (SSM_SCAN_ROW_REPS > 1 && a.vec && fp.nchunks == 1 && blocks >= int64_t(SSM_SCAN_ROW_REPS) * kMinFwdBlocks) {
+  // only the vector kernel (SSM_SCAN_PREFETCH) loops over rows
+  if (SSM_SCAN_ROW_REPS > 1 && SSM_SCAN_PREFETCH && a.vec && fp.nchunks == 1 &&
+      blocks >= int64_t(SSM_SCAN_ROW_REPS) * kMinFwdBlocks) {
     a.row_reps = SSM_SCAN_ROW_REPS;
     blocks = (blocks + a.row_reps - 1) / a.row_reps;
     a.row_stride = blocks * rows_per_block;
