@@ -6,6 +6,10 @@ For each model: exports the custom and portable forms (fp32 and fp16) with the s
   - images/s at batch 1/32/128 for torch-reference, torch (CUDA kernels), ort-cuda custom, ort-cuda portable.
 
     python benchmarks/bench_models.py --models hrvmamba_small hrvmamba_base --out /tmp/bench
+    python benchmarks/bench_models.py --forms          # PyTorch rows only (no onnxruntime-gpu needed)
+
+It stops at once when the CUDA kernel library cannot be loaded: "torch" rows must not silently measure
+the reference operators.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 
 from ssmpose import runtimes
+from ssmpose.custom_ops import kernel_library
 from ssmpose.deploy_demo import demo_weights
 from ssmpose.export import export_model
 from ssmpose.runtimes import parity
@@ -121,7 +126,6 @@ def main():
     args = parser.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from ssmpose.custom_ops import kernel_library
     if kernel_library.cuda_library() is None:
         # "torch" would silently mean the reference operators; a throughput table must not mix the two
         raise SystemExit(f"the CUDA kernel library is not available ({kernel_library.unavailable_reason('cuda')}); "

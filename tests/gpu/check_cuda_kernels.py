@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -873,7 +874,6 @@ def main():
         name, path = v.split("=", 1)
         variants.append((name, load_library(path)))
     if args.build_variants:
-        from concurrent.futures import ThreadPoolExecutor
         names = [n for n in VARIANTS if args.variant_names in (None, "") or n in args.variant_names.split(",")]
         with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:  # nvcc runs are independent
             paths = list(pool.map(lambda n: build_library(args.build_dir, arch, VARIANTS[n], f"lib_{n}.so"), names))
