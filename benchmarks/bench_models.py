@@ -49,8 +49,9 @@ def measure(session, label, dtype, name, batches, repeats) -> list:
     for batch in batches:
         try:
             r = benchmark_session(session, batch, repeats=repeats, on_device=True)
-        except (RuntimeError, MemoryError) as err:  # e.g. out of memory for the reference at batch 128
-            print(f"{name} {label} {dtype} b={batch}: failed: {str(err).splitlines()[0]}", flush=True)
+        except Exception as err:  # e.g. out of memory (torch's RuntimeError, ONNX Runtime's own exceptions)
+            print(f"{name} {label} {dtype} b={batch}: failed: {type(err).__name__}: {str(err).splitlines()[0]}",
+                  flush=True)
             torch.cuda.empty_cache()
             continue
         rows.append({"model": name, "runtime": label, "dtype": dtype, **r})
