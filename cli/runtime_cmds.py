@@ -19,9 +19,13 @@ from ..runtimes import BACKENDS
 @click.option("--reference-ops", is_flag=True, help="torch backend: use the reference operators.")
 @click.option("--cuda-option", "cuda_options", multiple=True, metavar="KEY=VALUE",
               help="ort-cuda: a CUDA execution provider option, e.g. enable_cuda_graph=1; repeatable.")
+@click.option("--max-batch-per-run", type=click.IntRange(min=1), default=None,
+              help="ort-cpu/ort-cuda: run larger batches in slices of this many images (ort-cuda: at most, "
+                   "and by default, the largest batch its 32-bit indexing allows).")
 @click.option("--repeats", default=20, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results here.")
-def bench_command(model, backend, batches, device, dtype, reference_ops, cuda_options, repeats, json_path):
+def bench_command(model, backend, batches, device, dtype, reference_ops, cuda_options, max_batch_per_run, repeats,
+                  json_path):
     """Time MODEL (name or checkpoint for torch, .onnx file otherwise) and print images/s per batch size."""
     import torch
 
@@ -39,6 +43,10 @@ def bench_command(model, backend, batches, device, dtype, reference_ops, cuda_op
         if bad:
             raise click.UsageError(f"--cuda-option expects KEY=VALUE, got {bad[0]!r}")
         options["cuda_options"] = dict(pairs)
+    if max_batch_per_run is not None:
+        if backend not in ("ort-cpu", "ort-cuda"):
+            raise click.UsageError("--max-batch-per-run applies to --backend ort-cpu or ort-cuda only")
+        options["max_batch_per_run"] = max_batch_per_run
     session = runtimes.load(model, backend, **options)
     on_device = backend == "ort-cuda" or (backend == "torch" and device.startswith("cuda"))
     results = []
@@ -46,7 +54,9 @@ def bench_command(model, backend, batches, device, dtype, reference_ops, cuda_op
     for batch in batches:
         r = benchmark_session(session, batch, repeats=repeats, on_device=on_device)
         results.append({**r, "model": session.metadata.get("model"), "options": options})
-        click.echo(f"{backend:<10} {batch:>6} {r['median_s'] * 1e3:>10.2f} {r['images_per_s']:>10.1f}")
+        sliced = r["max_batch_per_run"] is not None and batch > r["max_batch_per_run"]
+        click.echo(f"{backend:<10} {batch:>6} {r['median_s'] * 1e3:>10.2f} {r['images_per_s']:>10.1f}"
+                   + (f"  (run in slices of {r['max_batch_per_run']})" if sliced else ""))
     if json_path:
         with open(json_path, "w") as f:
             json.dump(results, f, indent=2)

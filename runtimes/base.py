@@ -31,12 +31,25 @@ class Session:
 
     backend: str = ""
 
-    def __init__(self, metadata: dict, input_spec: InputSpec):
+    def __init__(self, metadata: dict, input_spec: InputSpec, max_batch_per_run: Optional[int] = None):
+        """`max_batch_per_run`: larger batches are run in consecutive slices of at most this many images
+        (None: no limit), e.g. where a runtime cannot index the graph's largest tensor at a full batch."""
         self.metadata = metadata
         self.input_spec = input_spec
+        self.max_batch_per_run = max_batch_per_run
 
     def run(self, images):
         self.validate(images)
+        limit = self.max_batch_per_run
+        if limit is None or images.shape[0] <= limit:
+            return self._run_one(images)
+        parts = [self._run_one(images[start:start + limit]) for start in range(0, images.shape[0], limit)]
+        if isinstance(images, np.ndarray):
+            return np.concatenate(parts)
+        import torch
+        return torch.cat(parts)
+
+    def _run_one(self, images):
         if isinstance(images, np.ndarray):
             return self._run_numpy(np.ascontiguousarray(images, dtype=self.input_spec.dtype))
         return self._run_torch(images)
@@ -71,4 +84,5 @@ class Session:
     def describe(self) -> dict:
         return {"backend": self.backend, "model": self.metadata.get("model"),
                 "input": {"name": self.input_spec.name, "shape": list(self.input_spec.shape),
-                          "dtype": self.input_spec.dtype}}
+                          "dtype": self.input_spec.dtype},
+                "max_batch_per_run": self.max_batch_per_run}

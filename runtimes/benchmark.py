@@ -33,4 +33,5 @@ def benchmark_session(session, batch: int, repeats: int = 20, warmup: int = 3, o
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
     return {"backend": session.backend, "batch": batch, "repeats": repeats, "median_s": median,
-            "images_per_s": batch / median, "min_s": min(times)}
+            "images_per_s": batch / median, "min_s": min(times),
+            "max_batch_per_run": getattr(session, "max_batch_per_run", None)}

@@ -20,6 +20,47 @@ from .onnx_metadata import read_onnx_metadata
 
 PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider"}
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
+# ONNX Runtime's CUDA kernels index elements with 32-bit integers (CUDA_LONG): a larger tensor makes them
+# read and write out of bounds (an illegal-address error, seen at hrvmamba_small portable batch 128).
+CUDA_MAX_TENSOR_ELEMENTS = 2 ** 31 - 1
+
+
+def cuda_max_batch(per_image_elements: Optional[int]) -> Optional[int]:
+    """The largest batch whose biggest tensor ORT's CUDA kernels can index (None: no limit known)."""
+    return None if not per_image_elements else max(1, CUDA_MAX_TENSOR_ELEMENTS // per_image_elements)
+
+
+def batch_limit(backend: str, requested: Optional[int], per_image: Optional[int], fixed_batch: Optional[int],
+                where: str) -> Optional[int]:
+    """The session's max_batch_per_run: what the caller asked for, checked; on ort-cuda at most (and by
+    default) the CUDA indexing limit. A fixed-batch graph cannot be run in slices."""
+    if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int) or requested < 1):
+        raise ValueError(f"{where}: max_batch_per_run must be a positive integer, got {requested!r}")
+    if requested is not None and fixed_batch is not None:
+        raise ValueError(f"{where}: the graph's batch is fixed at {fixed_batch}, so it cannot be run in "
+                         f"slices (max_batch_per_run={requested}); export it with a dynamic batch")
+    if backend != "ort-cuda":
+        return requested
+    limit = cuda_max_batch(per_image)
+    if limit is not None and fixed_batch is not None and fixed_batch > limit:
+        raise ValueError(f"{where}: at its fixed batch {fixed_batch} the graph's largest tensor has "
+                         f"{fixed_batch * per_image:,} elements, more than ONNX Runtime's CUDA kernels can index "
+                         f"(2^31 - 1); export it with a batch of at most {limit}, or a dynamic batch")
+    if requested is not None and limit is not None and requested > limit:
+        raise ValueError(f"{where}: max_batch_per_run={requested} is above {limit}, the largest batch whose "
+                         f"biggest tensor ({per_image:,} elements per image) ONNX Runtime's CUDA kernels can "
+                         f"index (2^31 - 1 elements)")
+    if fixed_batch is not None:
+        return None
+    return requested if requested is not None else limit
+
+
+def default_cuda_options(compute_dtype: str) -> Dict[str, str]:
+    """CUDA EP options ssmpose sets unless the caller does. For float32 graphs cuDNN's heuristic
+    convolution choice: on an H200 the exhaustive search (ORT's default) picked engines that wrap the
+    convolutions in transposes and ran hrvmamba_small at 301 img/s against 707 (batch 128); for float16
+    the exhaustive search was 8 % faster (docs/benchmarks.md)."""
+    return {"cudnn_conv_algo_search": "HEURISTIC"} if compute_dtype == "float32" else {}
 
 
 def _import_ort():
@@ -33,9 +74,12 @@ def _import_ort():
 
 class OrtSession(Session):
     def __init__(self, path, backend: str = "ort-cpu", device_id: int = 0, threads: int = 0,
-                 optimization: str = "all", cuda_options: Optional[Dict[str, str]] = None):
+                 optimization: str = "all", cuda_options: Optional[Dict[str, str]] = None,
+                 max_batch_per_run: Optional[int] = None):
         """`cuda_options`: extra CUDA execution provider options for ort-cuda, e.g. {"prefer_nhwc": "1"} or
-        {"enable_cuda_graph": "1"} (the session then replays one captured CUDA graph per input shape)."""
+        {"enable_cuda_graph": "1"} (the session then replays one captured CUDA graph per input shape).
+        `max_batch_per_run`: run larger batches in slices of this many images; on ort-cuda it defaults to
+        (and may not exceed) the largest batch whose tensors ORT's 32-bit CUDA indexing can address."""
         if cuda_options and backend != "ort-cuda":
             raise ValueError(f"{backend}: cuda_options apply to ort-cuda only")
         ort = _import_ort()
@@ -43,7 +87,7 @@ class OrtSession(Session):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{backend}: ONNX file {self.path} does not exist")
-        metadata, domains = read_onnx_metadata(self.path)
+        metadata, domains, per_image = read_onnx_metadata(self.path)
         provider = PROVIDERS[backend]
         if backend == "ort-cuda":
             try:  # torch's CUDA libraries (cuBLAS, cuDNN) serve ORT's CUDA EP too
@@ -72,7 +116,9 @@ class OrtSession(Session):
                                          f"to run without it.")
             self.options.register_custom_ops_library(str(library))
             self.custom_ops_library = str(library)
-        provider_options = {"device_id": str(device_id), **{k: str(v) for k, v in (cuda_options or {}).items()}}
+        provider_options = {"device_id": str(device_id),
+                            **(default_cuda_options(metadata.get("dtype")) if backend == "ort-cuda" else {}),
+                            **{k: str(v) for k, v in (cuda_options or {}).items()}}
         self.cuda_graph = provider_options.get("enable_cuda_graph", "0") in ("1", "True", "true")
         self._graph_buffers: Dict[tuple, tuple] = {}
         self.providers = [(provider, provider_options)] if backend == "ort-cuda" else [provider]
@@ -83,7 +129,14 @@ class OrtSession(Session):
                              f"float or float16 images")
         shape = [d if isinstance(d, int) else None for d in inp.shape]
         self.output_name = self.session.get_outputs()[0].name
-        super().__init__(metadata, InputSpec(inp.name, shape, _ORT_TYPES[inp.type]))
+        super().__init__(metadata, InputSpec(inp.name, shape, _ORT_TYPES[inp.type]),
+                         batch_limit(backend, max_batch_per_run, per_image, shape[0] if shape else None,
+                                     f"{backend}: {self.path.name}"))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "file": str(self.path),
+                "providers": [p if isinstance(p, str) else {p[0]: p[1]} for p in self.providers],
+                "custom_ops_library": self.custom_ops_library}
 
     def _run_numpy(self, images: np.ndarray) -> np.ndarray:
         if self.cuda_graph:

@@ -31,7 +31,7 @@ class OpenVinoSession(Session):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"openvino: ONNX file {self.path} does not exist")
-        metadata, domains = read_onnx_metadata(self.path)
+        metadata, domains, _ = read_onnx_metadata(self.path)
         if "ssmpose" in domains:
             raise BackendUnavailable(f"openvino: {self.path.name} is a custom-form graph (ssmpose domain ops) and "
                                      f"ssmpose has no OpenVINO extension yet; export with --ops portable")

@@ -77,3 +77,5 @@ def test_bench_command_times_the_torch_backend_and_checks_cuda_options(tmp_path)
     assert result.exit_code == 2 and "--cuda-option applies to --backend ort-cuda only" in result.output
     result = runner.invoke(main, ["bench", "x.onnx", "--backend", "ort-cuda", "--cuda-option", "enable_cuda_graph"])
     assert result.exit_code == 2 and "expects KEY=VALUE, got 'enable_cuda_graph'" in result.output
+    result = runner.invoke(main, ["bench", "hrvmamba_tiny", "--max-batch-per-run", "2"])
+    assert result.exit_code == 2 and "--max-batch-per-run applies to --backend ort-cpu or ort-cuda only" in result.output
