@@ -27,7 +27,7 @@ CUDA_MAX_TENSOR_ELEMENTS = 2 ** 31 - 1
 
 def cuda_max_batch(per_image_elements: Optional[int]) -> Optional[int]:
     """The largest batch whose biggest tensor ORT's CUDA kernels can index (None: no limit known)."""
-    return None if not per_image_elements else max(1, CUDA_MAX_TENSOR_ELEMENTS // per_image_elements)
+    return None if not per_image_elements else CUDA_MAX_TENSOR_ELEMENTS // per_image_elements
 
 
 def batch_limit(backend: str, requested: Optional[int], per_image: Optional[int], fixed_batch: Optional[int],
@@ -41,6 +41,9 @@ def batch_limit(backend: str, requested: Optional[int], per_image: Optional[int]
                          f"slices (max_batch_per_run={requested}); export it with a dynamic batch")
     if backend != "ort-cuda":
         return requested
+    if per_image is not None and per_image > CUDA_MAX_TENSOR_ELEMENTS:
+        raise ValueError(f"{where}: the graph's largest tensor has {per_image:,} elements for a single image, "
+                         f"more than ONNX Runtime's CUDA kernels can index (2^31 - 1)")
     limit = cuda_max_batch(per_image)
     if limit is not None and fixed_batch is not None and fixed_batch > limit:
         raise ValueError(f"{where}: at its fixed batch {fixed_batch} the graph's largest tensor has "

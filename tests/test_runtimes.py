@@ -141,3 +141,5 @@ def test_cuda_batch_limit_from_the_largest_activation():
         batch_limit("ort-cuda", 128, per_image, None, "g")
     with pytest.raises(ValueError, match=r"fixed batch 128 .*3,221,225,472 elements.*at most 85"):
         batch_limit("ort-cuda", None, per_image, 128, "g")
+    with pytest.raises(ValueError, match=r"2,147,483,648 elements for a single image"):
+        batch_limit("ort-cuda", None, 2 ** 31, None, "g")
