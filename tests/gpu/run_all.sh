@@ -14,7 +14,7 @@
 #   --profile    where the GPU time of a forward goes (torch eager, ort-cuda variants; batch 128):
 #                benchmarks/profile_models.py -> $OUT/profile_<model>.json (configurations in SSMPOSE_PROFILE_ARGS)
 # --models for both models takes longer than one 10-minute call of the lent GPU machine: start it detached,
-#   OUT=/tmp/res setsid nohup bash tests/gpu/run_all.sh --no-checks --models > /tmp/res.log 2>&1 < /dev/null &
+#   mkdir -p /tmp/res; OUT=/tmp/res setsid nohup bash tests/gpu/run_all.sh --no-checks --models > /tmp/res.log 2>&1 < /dev/null &
 # and collect /tmp/res from later calls while the machine stays warm (the JSON is rewritten after each session).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
