@@ -21,7 +21,8 @@ from .onnx_metadata import read_onnx_metadata
 PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider"}
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 # ONNX Runtime's CUDA kernels index elements with 32-bit integers (CUDA_LONG): a larger tensor makes them
-# read and write out of bounds (an illegal-address error, seen at hrvmamba_small portable batch 128).
+# read and write out of bounds, an illegal-address error (seen at hrvmamba_small portable batch 128) or a
+# silently wrong output (microsoft/onnxruntime issues 28385, 32299).
 CUDA_MAX_TENSOR_ELEMENTS = 2 ** 31 - 1
 
 
