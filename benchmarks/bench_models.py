@@ -55,9 +55,8 @@ def measure(session, label, dtype, name, batches, repeats) -> list:
             torch.cuda.empty_cache()
             continue
         rows.append({"model": name, "runtime": label, "dtype": dtype, **r})
-        sliced = r["max_batch_per_run"] is not None and batch > r["max_batch_per_run"]
         print(f"throughput {name:<15} {label:<18} {dtype:<7} b={batch:<4} {r['images_per_s']:9.1f} img/s "
-              f"({r['median_s'] * 1e3:.2f} ms)" + (f", in slices of {r['max_batch_per_run']}" if sliced else ""),
+              f"({r['median_s'] * 1e3:.2f} ms)" + (f", in {r['slices']} slices" if r["slices"] > 1 else ""),
               flush=True)
     return rows
 

@@ -54,9 +54,9 @@ def bench_command(model, backend, batches, device, dtype, reference_ops, cuda_op
     for batch in batches:
         r = benchmark_session(session, batch, repeats=repeats, on_device=on_device)
         results.append({**r, "model": session.metadata.get("model"), "options": options})
-        sliced = r["max_batch_per_run"] is not None and batch > r["max_batch_per_run"]
         click.echo(f"{backend:<10} {batch:>6} {r['median_s'] * 1e3:>10.2f} {r['images_per_s']:>10.1f}"
-                   + (f"  (run in slices of {r['max_batch_per_run']})" if sliced else ""))
+                   + (f"  (run in {r['slices']} slices of at most {session.max_batch_per_run})"
+                      if r["slices"] > 1 else ""))
     if json_path:
         with open(json_path, "w") as f:
             json.dump(results, f, indent=2)

@@ -33,5 +33,10 @@ def benchmark_session(session, batch: int, repeats: int = 20, warmup: int = 3, o
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
     return {"backend": session.backend, "batch": batch, "repeats": repeats, "median_s": median,
-            "images_per_s": batch / median, "min_s": min(times),
-            "max_batch_per_run": getattr(session, "max_batch_per_run", None)}
+            "images_per_s": batch / median, "min_s": min(times), "slices": _slices(session, batch)}
+
+
+def _slices(session, batch: int) -> int:
+    """How many runs `session.run` splits a batch into (sessions with a max_batch_per_run)."""
+    limit = getattr(session, "max_batch_per_run", None)
+    return 1 if not limit else max(1, -(-batch // limit))
