@@ -14,9 +14,10 @@ class _CleanErrors(click.Group):
 
     def invoke(self, ctx):
         from ..checkpoint import CheckpointError
+        from ..runtimes import BackendUnavailable
         try:
             return super().invoke(ctx)
-        except (CheckpointError, ValueError, KeyError, TypeError, FileNotFoundError) as err:
+        except (CheckpointError, ValueError, KeyError, TypeError, FileNotFoundError, BackendUnavailable) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             click.echo(f"error: {message}", err=True)
             sys.exit(2)
@@ -108,11 +109,15 @@ def figure_command(model_name, checkpoint, seed, as_json):
 
 
 from .export_cmds import export_command, inspect_command  # noqa: E402
+from .pose_cmds import eval_command, infer_command, parity_command  # noqa: E402
 from .runtime_cmds import bench_command  # noqa: E402
 
 main.add_command(export_command)
 main.add_command(inspect_command)
 main.add_command(bench_command)
+main.add_command(infer_command)
+main.add_command(eval_command)
+main.add_command(parity_command)
 
 if __name__ == "__main__":
     main()
