@@ -5,6 +5,7 @@ Exit codes: 0 success; 1 infer: some inputs failed (listed), parity: a backend b
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import warnings
@@ -16,19 +17,25 @@ from ..runtimes import BACKENDS
 MODEL_HELP = "registered model name (seeded weights), checkpoint, or exported .onnx file"
 
 
+@contextlib.contextmanager
+def _warnings_as_notes():
+    """Library warnings (e.g. seeded random weights) as one 'note:' line each on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        yield
+    for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
+        click.echo(f"note: {message}", err=True)
+
+
 def _estimator(model, backend, form, fp16, flip_test, batch, export_dir=None):
     from ..model_source import open_session
     from ..runtimes import BackendUnavailable
     from ..training.topdown import TopDownEstimator
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with _warnings_as_notes():
         try:
             session = open_session(model, backend, form=form, fp16=fp16, export_dir=export_dir)
         except BackendUnavailable as err:
             raise ValueError(f"backend {backend or 'default'} is not available here: {err}") from None
-    for w in caught:
-        if "seeded random weights" in str(w.message):
-            click.echo(f"note: {w.message}", err=True)
     return TopDownEstimator(session, flip_test=flip_test, batch_size=batch)
 
 
@@ -57,13 +64,15 @@ def _model_options(function):
                    "(image ids -> names from --ann, else COCO's 000000000785.jpg naming).")
 @click.option("--ann", "ann_file", type=click.Path(dir_okay=False), default=None,
               help="COCO-format annotation file: its ground-truth boxes and image ids (matched by file name).")
+@click.option("--box-thr", type=float, default=0.0, show_default=True,
+              help="--boxes: ignore detections scoring below this.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="outputs/infer", show_default=True)
 @click.option("--flip-test", is_flag=True, help="Average with the horizontally flipped crop (official test setting).")
 @click.option("--score-thr", type=float, default=0.3, show_default=True,
               help="Keypoints scoring at or below this are not drawn.")
 @click.option("--no-draw", is_flag=True, help="Write results.json only, no overlays.")
-def infer_command(model, source, backend, form, fp16, batch, boxes_file, ann_file, out_dir, flip_test, score_thr,
-                  no_draw):
+def infer_command(model, source, backend, form, fp16, batch, boxes_file, ann_file, box_thr, out_dir, flip_test,
+                  score_thr, no_draw):
     """Estimate poses in SOURCE (an image, a folder of images or a video) with MODEL (""" + MODEL_HELP + """).
 
     Without --boxes or --ann the whole image is one box. Writes OUT/results.json (COCO keypoint results) and
@@ -71,7 +80,7 @@ def infer_command(model, source, backend, form, fp16, batch, boxes_file, ann_fil
     from ..infer import collect_images, run_infer
     collect_images(source)  # argument errors before the model is loaded (and perhaps exported)
     estimator = _estimator(model, backend, form, fp16, flip_test, batch)
-    report = run_infer(estimator, source, out_dir, boxes_file=boxes_file, ann_file=ann_file,
+    report = run_infer(estimator, source, out_dir, boxes_file=boxes_file, ann_file=ann_file, box_threshold=box_thr,
                        score_threshold=score_thr, draw=not no_draw)
     click.echo(f"{report.processed} {'frame' if report.kind == 'video' else 'image'}(s), {len(report.results)} "
                f"instance(s) -> {report.outputs[0]}")
@@ -162,10 +171,11 @@ def _print_metrics(metrics: dict) -> None:
               help="Override a tolerance: fp32_max_abs_error_over_max_ref (default 1e-4) or "
                    "fp16_mean_keypoint_displacement_px (default 0.5).")
 @click.option("--device", default=None, help="Device of the torch candidate rows (default: cuda when available).")
-@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True, help="Random crops to use.")
+@click.option("--crops", type=click.IntRange(min=1), default=None,
+              help="Crops to compare: random ones to draw (default 4), or at most this many image crops (default 64).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report here.")
 def parity_command(model, backends, forms, fp16, inputs, ann_file, onnx_files, export_dir, save_io, load_io, localize,
-                   tolerances, device, batch, json_path):
+                   tolerances, device, crops, json_path):
     """Run the same crops through each backend and report DESIGN.md §7's measures against torch fp32.
 
     MODEL: registered name or checkpoint (the reference). Exit code 1 names each backend and measure that
@@ -180,11 +190,12 @@ def parity_command(model, backends, forms, fp16, inputs, ann_file, onnx_files, e
             overrides[key] = float(value)
         except ValueError:
             raise click.UsageError(f"--tolerance {item!r}: {value!r} is not a number") from None
-    report = run_parity(model, [b.strip() for b in backends.split(",") if b.strip()],
-                        [f.strip() for f in forms.split(",") if f.strip()], fp16=fp16, inputs=inputs,
-                        ann_file=ann_file, onnx_files=onnx_files, export_dir=export_dir, save_io=save_io,
-                        load_io=load_io, localize=localize, tolerances=overrides, device=device, batch=batch,
-                        log=lambda m: click.echo(m, err=True))
+    with _warnings_as_notes():
+        report = run_parity(model, [b.strip() for b in backends.split(",") if b.strip()],
+                            [f.strip() for f in forms.split(",") if f.strip()], fp16=fp16, inputs=inputs,
+                            ann_file=ann_file, onnx_files=onnx_files, export_dir=export_dir, save_io=save_io,
+                            load_io=load_io, localize=localize, tolerances=overrides, device=device, crops=crops,
+                            log=lambda m: click.echo(m, err=True))
     _print_parity(report)
     if json_path:
         with open(json_path, "w") as f:

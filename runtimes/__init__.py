@@ -48,6 +48,21 @@ def load(model, backend: str = "torch", **options) -> Session:
     return _LOADERS[backend](model, **options)
 
 
+def require_backend(backend: str) -> None:
+    """Raise BackendUnavailable (saying what is missing) when `backend` cannot run on this machine; checks the
+    runtime package and device only, so callers can refuse before exporting or loading a model."""
+    if backend not in _LOADERS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend in available_backends():
+        return
+    missing = {"ort-cpu": "onnxruntime is not installed (pip install onnxruntime)",
+               "ort-cuda": "this machine's onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu, "
+                           "and a CUDA device)",
+               "openvino": "the openvino package is not installed (pip install openvino)",
+               "tensorrt": "the TensorRT Python package is not installed"}
+    raise BackendUnavailable(f"{backend}: {missing[backend]}")
+
+
 def available_backends() -> List[str]:
     """Backends whose runtime package (and device) is present on this machine."""
     found = ["torch"]
@@ -71,4 +86,4 @@ def available_backends() -> List[str]:
     return found
 
 
-__all__ = ["load", "available_backends", "BACKENDS", "BackendUnavailable", "Session", "InputSpec"]
+__all__ = ["load", "available_backends", "require_backend", "BACKENDS", "BackendUnavailable", "Session", "InputSpec"]

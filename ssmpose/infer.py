@@ -58,11 +58,11 @@ def collect_images(source) -> Tuple[str, List[Path]]:
 class BoxLookup:
     """Boxes for an image file: detections (--boxes), ground-truth boxes (--ann), or the whole image."""
 
-    def __init__(self, boxes_file=None, ann_file=None):
+    def __init__(self, boxes_file=None, ann_file=None, box_threshold: float = 0.0):
         self.annotations = CocoKeypoints(ann_file) if ann_file else None
         self.detections: Optional[Dict[str, object]] = None
         if boxes_file:
-            per_image = read_detections(boxes_file, self.annotations)
+            per_image = read_detections(boxes_file, self.annotations, score_threshold=box_threshold)
             self.detections = {Path(b.file_name).name: b for b in per_image.values()}
             self.boxes_file = boxes_file
 
@@ -95,7 +95,7 @@ def _image_id(path: Path):
     return int(path.stem) if path.stem.isdigit() else path.stem
 
 
-def run_infer(estimator: TopDownEstimator, source, out_dir, boxes_file=None, ann_file=None,
+def run_infer(estimator: TopDownEstimator, source, out_dir, boxes_file=None, ann_file=None, box_threshold: float = 0.0,
               score_threshold: float = 0.3, draw: bool = True, progress: bool = True) -> InferReport:
     kind, files = collect_images(source)
     out_dir = Path(out_dir)
@@ -107,8 +107,8 @@ def run_infer(estimator: TopDownEstimator, source, out_dir, boxes_file=None, ann
                              f"run without them (each frame is one box) or on the extracted frames")
         _infer_video(estimator, files[0], out_dir, report, score_threshold, draw, progress)
     else:
-        _infer_images(estimator, files, out_dir, report, BoxLookup(boxes_file, ann_file), score_threshold, draw,
-                      progress)
+        boxes = BoxLookup(boxes_file, ann_file, box_threshold)
+        _infer_images(estimator, files, out_dir, report, boxes, score_threshold, draw, progress)
     _write_json(out_dir / "results.json", report.results)
     report.outputs.insert(0, str(out_dir / "results.json"))
     return report

@@ -48,8 +48,7 @@ def open_session(model, backend: Optional[str] = None, *, form: str = "custom", 
     For an ONNX backend and a PyTorch model, the model is exported in `form` (fp16 if asked) into
     `export_dir` (default: a temporary folder kept for the life of the process)."""
     backend = backend or default_backend(model)
-    if backend not in runtimes.BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(runtimes.BACKENDS)}")
+    runtimes.require_backend(backend)
     if is_onnx_file(model):
         if backend == "torch":
             raise ValueError(f"{model} is an ONNX file; the torch backend needs a model name or checkpoint "

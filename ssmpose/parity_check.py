@@ -18,7 +18,7 @@ import numpy as np
 from . import runtimes
 from .model_source import is_onnx_file, load_torch_model
 from .runtimes import parity
-from .training.topdown import PipelineConfig, TopDownEstimator, box_to_center_scale, crop, to_image_coordinates
+from .training.topdown import PipelineConfig, box_to_center_scale, crop, to_image_coordinates
 
 ONNX_BACKENDS = ("ort-cpu", "ort-cuda", "openvino", "tensorrt")
 DEFAULT_TOLERANCES = {"fp32_max_abs_error_over_max_ref": 1e-4, "fp16_mean_keypoint_displacement_px": 0.5}
@@ -44,7 +44,7 @@ def random_inputs(config: PipelineConfig, count: int = 4, seed: int = 0) -> Pari
     return ParityInputs(images, f"random normal, seed {seed}")
 
 
-def image_inputs(config: PipelineConfig, image_dir, ann_file=None, max_crops: int = 32) -> ParityInputs:
+def image_inputs(config: PipelineConfig, image_dir, ann_file=None, max_crops: int = 64) -> ParityInputs:
     """Crops of the images in `image_dir`: one per annotated person when `ann_file` is given (its boxes,
     as eval uses them), else the whole image."""
     import cv2
@@ -184,7 +184,7 @@ def heatmaps_to_results(heatmaps: np.ndarray, inputs: ParityInputs, config: Pipe
 def run_parity(model, backends: Sequence[str], forms: Sequence[str] = ("custom", "portable"), fp16: bool = False,
                inputs: str = "random", ann_file=None, onnx_files: Sequence[str] = (), export_dir=None,
                save_io=None, load_io=None, localize: bool = False, tolerances: Optional[dict] = None,
-               device: Optional[str] = None, batch: int = 4, log=print) -> dict:
+               device: Optional[str] = None, crops: Optional[int] = None, log=print) -> dict:
     """Run every candidate on the same crops and compare with PyTorch fp32 on the CPU; returns the report
     (rows with measures and checks, `failures` naming each backend and measure that broke its tolerance)."""
     import tempfile
@@ -202,9 +202,9 @@ def run_parity(model, backends: Sequence[str], forms: Sequence[str] = ("custom",
         log(f"replaying {parity_inputs.source} and the torch fp32 reference from {load_io}")
     else:
         if inputs == "random":
-            parity_inputs = random_inputs(config, batch)
+            parity_inputs = random_inputs(config, crops or 4)
         else:
-            parity_inputs = image_inputs(config, inputs, ann_file)
+            parity_inputs = image_inputs(config, inputs, ann_file, max_crops=crops or 64)
         reference = reference_session.run(parity_inputs.images)
     if ann_file and not parity_inputs.image_ids:
         raise ValueError("--ann needs --inputs IMAGE_DIR (crops of the annotated images)")
@@ -247,6 +247,9 @@ def run_parity(model, backends: Sequence[str], forms: Sequence[str] = ("custom",
 
     if save_io:
         save_io_files(Path(save_io), parity_inputs, reference, outputs)
+    if temporary is not None:
+        temporary.cleanup()
+        exports = {key: f"{path} (temporary, removed)" for key, path in exports.items()}
     failures = [f"{r['label']}: {ch['measure']} = {ch['value']:.3g} > {ch['limit']:.3g}"
                 if r["measures"]["finite"] else f"{r['label']}: non-finite outputs"
                 for r in rows if r["status"] == "failed" for ch in r["checks"] if not ch["ok"]]

@@ -4,7 +4,8 @@ Every model gets non-trivial weights: the zero-initialised DCNv4 offset/mask pro
 that the deformable path really samples off the grid (and out of the image). The weights go through an
 ssmpose checkpoint, so the export path with --checkpoint is the one tested.
 
-Each (model, input size) is traced once (module-scoped cache) and gives both forms (`export_forms`).
+Each (model, input size) is traced once per test session (the `exported` fixture of conftest.py, shared
+with the pipeline tests) and gives both forms (`export_forms`).
 Cost on the 2-core CI machine: about 60-90 s per traced model; tiny at 256x192, the fp16 export and the
 CLI re-export run by default, the other five models are marked `slow` (see docs/export.md).
 """
@@ -20,6 +21,7 @@ ort = pytest.importorskip("onnxruntime")
 
 import ssmpose  # noqa: E402
 from ssmpose.checkpoint import CheckpointError, save_checkpoint  # noqa: E402
+from conftest import perturb  # noqa: E402
 from ssmpose.cli.main import main  # noqa: E402
 from ssmpose.export import ExportError, export_forms, export_model, inspect_model, read_metadata  # noqa: E402
 from ssmpose.training.codec import decode_heatmaps  # noqa: E402
@@ -31,20 +33,6 @@ FAST = {("hrvmamba_tiny", (256, 192))}
 CASES = [pytest.param(name, size, id=f"{name}-{size[0]}x{size[1]}",
                       marks=() if (name, size) in FAST else pytest.mark.slow)
          for name in ("hrvmamba_tiny", "hrvmamba_small", "hrvmamba_base") for size in ((256, 192), (384, 288))]
-
-
-def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-zero offset/mask projections (offsets of a few pixels, masks around +-1) and non-default SSM params."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, DCNv4):
-                m.offset_mask.weight.copy_(torch.randn(m.offset_mask.weight.shape, generator=g) * 0.05)
-                m.offset_mask.bias.copy_(torch.rand(m.offset_mask.bias.shape, generator=g) * 3 - 1.5)
-            if isinstance(m, SS2D):
-                m.A_logs.copy_(torch.randn(m.A_logs.shape, generator=g) * 0.5)
-                m.Ds.copy_(torch.randn(m.Ds.shape, generator=g))
-    return model
 
 
 def _session(path, library=None):
@@ -63,36 +51,6 @@ def _ort_library():
     except Exception:  # noqa: BLE001  (not built here)
         return None
     return str(path) if path else None
-
-
-class Exported:
-    """One traced model: checkpoint, reference model, both exported files."""
-
-    def __init__(self, root, name, size, **options):
-        self.name, self.size, self.options = name, size, options
-        torch.manual_seed(1)
-        model = perturb(ssmpose.build_model(name, input_size=size))
-        self.checkpoint = save_checkpoint(model, root / f"{name}.safetensors")
-        self.paths = {form: root / f"{name}_{form}.onnx" for form in ("custom", "portable")}
-        self.results = export_forms(name, self.paths, checkpoint=self.checkpoint, input_size=size, **options)
-        self.model = ssmpose.load_checkpoint(self.checkpoint, input_size=size)
-
-    def torch_heatmaps(self, images):
-        with torch.no_grad():
-            return self.model(images).numpy()
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    cache = {}
-
-    def get(name, size, **options):
-        key = (name, size, tuple(sorted(options.items())))
-        if key not in cache:
-            root = tmp_path_factory.mktemp(f"{name}_{size[0]}x{size[1]}")
-            cache[key] = Exported(root, name, size, **options)
-        return cache[key]
-    return get
 
 
 def _images(batch, size, seed=0):

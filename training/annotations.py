@@ -44,8 +44,9 @@ class CocoKeypoints:
     """A COCO-format keypoint annotation file (COCO, AP-10K, CrowdPose, AIC, OCHuman, PoseTrack18 frames)."""
 
     def __init__(self, source, name: str = None):
-        data = read_json(source) if not isinstance(source, dict) else source
-        self.name = name or (str(source) if not isinstance(source, dict) else "annotations")
+        from_file = isinstance(source, (str, Path))
+        data = read_json(source) if from_file else source
+        self.name = name or (str(source) if from_file else "annotations")
         problem = coco_format_problem(data)
         if problem:
             raise ValueError(f"{self.name} is not a COCO keypoint annotation file: {problem}")
