@@ -171,16 +171,19 @@ def _print_metrics(metrics: dict) -> None:
               help="Override a tolerance: fp32_max_abs_error_over_max_ref (default 1e-4) or "
                    "fp16_mean_keypoint_displacement_px (default 0.5).")
 @click.option("--device", default=None, help="Device of the torch candidate rows (default: cuda when available).")
+@click.option("--cuda-option", "cuda_options", multiple=True, metavar="KEY=VALUE",
+              help="ort-cuda: a CUDA execution provider option, e.g. use_tf32=0; repeatable.")
 @click.option("--crops", type=click.IntRange(min=1), default=None,
               help="Crops to compare: random ones to draw (default 4), or at most this many image crops (default 64).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report here.")
 def parity_command(model, backends, forms, fp16, inputs, ann_file, onnx_files, export_dir, save_io, load_io, localize,
-                   tolerances, device, crops, json_path):
+                   tolerances, device, cuda_options, crops, json_path):
     """Run the same crops through each backend and report DESIGN.md §7's measures against torch fp32.
 
     MODEL: registered name or checkpoint (the reference). Exit code 1 names each backend and measure that
     broke its tolerance."""
     from ..parity_check import DEFAULT_TOLERANCES, report_json, run_parity
+    from .runtime_cmds import parse_cuda_options
     overrides = {}
     for item in tolerances:
         key, _, value = item.partition("=")
@@ -195,6 +198,7 @@ def parity_command(model, backends, forms, fp16, inputs, ann_file, onnx_files, e
                             [f.strip() for f in forms.split(",") if f.strip()], fp16=fp16, inputs=inputs,
                             ann_file=ann_file, onnx_files=onnx_files, export_dir=export_dir, save_io=save_io,
                             load_io=load_io, localize=localize, tolerances=overrides, device=device, crops=crops,
+                            cuda_options=parse_cuda_options(cuda_options),
                             log=lambda m: click.echo(m, err=True))
     _print_parity(report)
     if json_path:

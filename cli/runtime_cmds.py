@@ -8,6 +8,15 @@ import click
 from ..runtimes import BACKENDS
 
 
+def parse_cuda_options(items) -> dict:
+    """--cuda-option KEY=VALUE items -> {KEY: VALUE}."""
+    pairs = [item.split("=", 1) for item in items]
+    bad = [item for item, pair in zip(items, pairs) if len(pair) != 2 or not pair[0]]
+    if bad:
+        raise click.UsageError(f"--cuda-option expects KEY=VALUE, got {bad[0]!r}")
+    return dict(pairs)
+
+
 @click.command("bench")
 @click.argument("model")
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
@@ -38,11 +47,7 @@ def bench_command(model, backend, batches, device, dtype, reference_ops, cuda_op
     if cuda_options:
         if backend != "ort-cuda":
             raise click.UsageError("--cuda-option applies to --backend ort-cuda only")
-        pairs = [item.split("=", 1) for item in cuda_options]
-        bad = [item for item, pair in zip(cuda_options, pairs) if len(pair) != 2 or not pair[0]]
-        if bad:
-            raise click.UsageError(f"--cuda-option expects KEY=VALUE, got {bad[0]!r}")
-        options["cuda_options"] = dict(pairs)
+        options["cuda_options"] = parse_cuda_options(cuda_options)
     if max_batch_per_run is not None:
         if backend not in ("ort-cpu", "ort-cuda"):
             raise click.UsageError("--max-batch-per-run applies to --backend ort-cpu or ort-cuda only")

@@ -146,10 +146,11 @@ def ensure_exports(module, candidates: list, export_dir: Path, log=print) -> Dic
     return paths
 
 
-def open_candidate(candidate: Candidate, module, device: Optional[str]):
+def open_candidate(candidate: Candidate, module, device: Optional[str], cuda_options: Optional[dict] = None):
     if candidate.backend == "torch":
         return runtimes.load(module, "torch", device=device or _default_device(), dtype=candidate.dtype)
-    return runtimes.load(candidate.path, candidate.backend)
+    options = {"cuda_options": cuda_options} if cuda_options and candidate.backend == "ort-cuda" else {}
+    return runtimes.load(candidate.path, candidate.backend, **options)
 
 
 def _default_device() -> str:
@@ -184,7 +185,8 @@ def heatmaps_to_results(heatmaps: np.ndarray, inputs: ParityInputs, config: Pipe
 def run_parity(model, backends: Sequence[str], forms: Sequence[str] = ("custom", "portable"), fp16: bool = False,
                inputs: str = "random", ann_file=None, onnx_files: Sequence[str] = (), export_dir=None,
                save_io=None, load_io=None, localize: bool = False, tolerances: Optional[dict] = None,
-               device: Optional[str] = None, crops: Optional[int] = None, log=print) -> dict:
+               device: Optional[str] = None, crops: Optional[int] = None, cuda_options: Optional[dict] = None,
+               log=print) -> dict:
     """Run every candidate on the same crops and compare with PyTorch fp32 on the CPU; returns the report
     (rows with measures and checks, `failures` naming each backend and measure that broke its tolerance)."""
     import tempfile
@@ -226,7 +228,7 @@ def run_parity(model, backends: Sequence[str], forms: Sequence[str] = ("custom",
     for c in candidates:
         row = {"backend": c.backend, "form": c.form, "dtype": c.dtype, "file": c.path, "label": c.label}
         try:
-            session = open_candidate(c, module, device)
+            session = open_candidate(c, module, device, cuda_options)
             start = time.perf_counter()
             out = session.run(parity_inputs.images)
             row["seconds"] = time.perf_counter() - start
@@ -241,7 +243,9 @@ def run_parity(model, backends: Sequence[str], forms: Sequence[str] = ("custom",
             row["AP"], row["AP_delta"] = ap, ap - reference_ap
         if row["status"] == "failed" and localize and c.backend in ONNX_BACKENDS:
             reference_graph = exports.get((c.form, c.dtype), c.path)
-            row["localized"] = _localize(c, reference_graph, parity_inputs.images)
+            row["localized"] = _localize(c, reference_graph, parity_inputs.images,
+                                         {"cuda_options": cuda_options} if cuda_options and c.backend == "ort-cuda"
+                                         else None)
         outputs[c.label] = out
         rows.append(row)
 
@@ -253,16 +257,16 @@ def run_parity(model, backends: Sequence[str], forms: Sequence[str] = ("custom",
     failures = [f"{r['label']}: {ch['measure']} = {ch['value']:.3g} > {ch['limit']:.3g}"
                 if r["measures"]["finite"] else f"{r['label']}: non-finite outputs"
                 for r in rows if r["status"] == "failed" for ch in r["checks"] if not ch["ok"]]
-    return {"model": module.meta["model"], "inputs": parity_inputs.source,
+    return {"model": module.meta["model"], "inputs": parity_inputs.source, "cuda_options": cuda_options or {},
             "input_shape": list(parity_inputs.images.shape), "reference": "torch float32, CPU",
             "reference_AP": reference_ap, "tolerances": tolerances, "rows": rows, "failures": failures,
             "exports": {f"{f} {d}": p for (f, d), p in exports.items()}}
 
 
-def _localize(candidate: Candidate, reference_graph: str, images: np.ndarray) -> dict:
+def _localize(candidate: Candidate, reference_graph: str, images: np.ndarray, options: Optional[dict]) -> dict:
     from .runtimes.localize import localize
     return localize(candidate.path, candidate.backend, images, LOCALIZE_TOLERANCE[candidate.dtype],
-                    reference_file=reference_graph)
+                    reference_file=reference_graph, candidate_options=options)
 
 
 def _average_precision(heatmaps, inputs: ParityInputs, config: PipelineConfig, ann_file) -> float:
