@@ -66,7 +66,8 @@ def demo_command(model_name, output_dir, backends, json_path):
     """Main job: export MODEL in both ONNX forms and run it on every backend here; print one parity table."""
     from ..deploy_demo import run_deploy_demo
     report = run_deploy_demo(model_name, output_dir, backends=list(backends) or None)
-    click.echo(f"model {report['model']}, weights: {report['weights']}, input {report['input_shape']}")
+    click.echo(f"model {report['model']}, weights: {report['weights']}")
+    click.echo(f"inputs: {report['inputs']}, shape {report['input_shape']}")
     for form, e in report["exports"].items():
         click.echo(f"exported {form:<8} {e['path']}: {e['nodes']} nodes, {e['bytes'] / 1e6:.1f} MB, {e['seconds']:.0f} s")
     click.echo(f"\n{'backend':<10} {'form':<20} {'max abs err':>12} {'err/max|ref|':>13} {'argmax agree':>13} "
@@ -78,6 +79,8 @@ def demo_command(model_name, output_dir, backends, json_path):
         click.echo(f"{r['backend']:<10} {r['form']:<20} {r['max_abs_error']:>12.2e} "
                    f"{r['max_abs_error_over_max_ref']:>13.2e} {r['argmax_agreement']:>13.3f} {r['latency_ms']:>11.1f}")
     click.echo("\nreference: torch fp32 eager with the CPU kernels; errors are against its heatmaps.")
+    if report["overlay"]:
+        click.echo(f"overlay (whole pipeline, flip test, seeded weights: the keypoints mean nothing): {report['overlay']}")
     if json_path:
         with open(json_path, "w") as f:
             json.dump(report, f, indent=2)

@@ -4,7 +4,7 @@ Pure arithmetic on arrays: no printing, no I/O, so reports can be saved, compare
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -30,8 +30,10 @@ def tensor_errors(reference: np.ndarray, candidate: np.ndarray) -> dict:
 
 
 def keypoint_agreement(reference: np.ndarray, candidate: np.ndarray, input_size: Sequence[int],
-                       sigmas: Sequence[float] = COCO_SIGMAS) -> dict:
-    """Decoded keypoints: argmax agreement, displacement in input pixels, OKS of candidate vs reference."""
+                       sigmas: Optional[Sequence[float]] = None) -> dict:
+    """Decoded keypoints: argmax agreement, displacement in input pixels, OKS of candidate vs reference
+    (`sigmas`: the dataset's OKS sigmas, one per keypoint; default COCO's for 17 keypoints, else the mean
+    COCO sigma for every keypoint)."""
     import torch
     ref_kp, _ = decode_heatmaps(torch.from_numpy(np.asarray(reference, dtype=np.float32)), input_size)
     got_kp, _ = decode_heatmaps(torch.from_numpy(np.asarray(candidate, dtype=np.float32)), input_size)
@@ -40,7 +42,12 @@ def keypoint_agreement(reference: np.ndarray, candidate: np.ndarray, input_size:
     displacement = np.linalg.norm(got_kp - ref_kp, axis=-1)
     # OKS with the whole input box as the object area (top-down crops are the person box).
     area = float(input_size[0] * input_size[1])
-    k = np.asarray(sigmas[: ref_kp.shape[1]]) * 2
+    count = ref_kp.shape[1]
+    if sigmas is None:
+        sigmas = COCO_SIGMAS if count == len(COCO_SIGMAS) else [float(np.mean(COCO_SIGMAS))] * count
+    if len(sigmas) != count:
+        raise ValueError(f"parity: {len(sigmas)} OKS sigmas for {count} keypoints")
+    k = np.asarray(sigmas) * 2
     oks = np.exp(-(displacement ** 2) / (2 * area * k ** 2)).mean(-1)
     return {"argmax_agreement": float((ref_idx == got_idx).mean()),
             "mean_keypoint_displacement_px": float(displacement.mean()),
@@ -48,5 +55,6 @@ def keypoint_agreement(reference: np.ndarray, candidate: np.ndarray, input_size:
             "mean_oks": float(oks.mean()), "min_oks": float(oks.min())}
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, input_size: Sequence[int]) -> dict:
-    return {**tensor_errors(reference, candidate), **keypoint_agreement(reference, candidate, input_size)}
+def compare(reference: np.ndarray, candidate: np.ndarray, input_size: Sequence[int],
+            sigmas: Optional[Sequence[float]] = None) -> dict:
+    return {**tensor_errors(reference, candidate), **keypoint_agreement(reference, candidate, input_size, sigmas)}

@@ -1,11 +1,15 @@
 """The built-in main job: export a model in both ONNX forms and run it on every backend available here.
 
-Prints (via the CLI) one table: backend, form, error against torch fp32, latency. The weights are seeded
-random ones, with the zero-initialised offset/mask projections perturbed so that the deformable
-sampling really moves (otherwise every runtime samples the plain 3x3 grid and the check is weaker).
+Prints (via the CLI) one table: backend, form, error against torch fp32, latency. The inputs are person crops
+of the real COCO samples (../shared/data/coco, or $SSMPOSE_SHARED/data/coco) cut by the top-down pipeline,
+or the figure the project draws when the samples are not there; an overlay of one sample image is written
+beside the exports. The weights are seeded random ones, with the zero-initialised offset/mask projections
+perturbed so that the deformable sampling really moves (otherwise every runtime samples the plain 3x3 grid
+and the check is weaker).
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -30,6 +34,50 @@ def demo_weights(name: str, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+SAMPLE_CROPS = 2
+
+
+def find_coco_samples() -> Optional[Path]:
+    """The COCO sample folder (images + test_coco.json): $SSMPOSE_SHARED/data/coco, else ../shared/data/coco
+    from the current folder or from the source checkout."""
+    roots = [os.environ.get("SSMPOSE_SHARED"), Path.cwd().parent / "shared",
+             Path(__file__).resolve().parents[2] / "shared"]
+    for root in roots:
+        if root and (Path(root) / "data" / "coco" / "test_coco.json").is_file():
+            return Path(root) / "data" / "coco"
+    return None
+
+
+def demo_inputs(model, samples: Optional[Path]) -> tuple:
+    """(normalised crops, description): COCO sample persons when available, else the drawn figure."""
+    if samples is not None:
+        from .parity_check import image_inputs
+        from .training.topdown import PipelineConfig
+        crops = image_inputs(PipelineConfig.from_metadata(model.meta), samples, samples / "test_coco.json",
+                             max_crops=SAMPLE_CROPS)
+        return crops.images, f"{len(crops.images)} person crops of the COCO samples in {samples}"
+    image, _ = render_figure(tuple(model.meta["input_size"]))
+    return preprocess(image, model.meta).numpy(), "the figure ssmpose draws (COCO samples not found)"
+
+
+def write_overlay(session, samples: Path, output: Path) -> Path:
+    """The whole pipeline on the first COCO sample image (ground-truth boxes), drawn."""
+    import cv2
+
+    from .draw import draw_instances
+    from .training.annotations import CocoKeypoints
+    from .training.topdown import TopDownEstimator
+    annotations = CocoKeypoints(samples / "test_coco.json")
+    image_info = next(img for img in annotations.images.values() if (samples / img["file_name"]).is_file())
+    image = cv2.imread(str(samples / image_info["file_name"]), cv2.IMREAD_COLOR)
+    boxes = annotations.ground_truth_boxes(image_info)
+    estimator = TopDownEstimator(session, flip_test=True)
+    instances = estimator.estimate(image, boxes.boxes, boxes.scores)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(output), draw_instances(image, instances, estimator.config.skeleton, score_threshold=0.0))
+    return output
+
+
 def _timed(session, images, repeats: int) -> tuple:
     out = session.run(images)  # warm-up (and the output we compare)
     times = []
@@ -46,8 +94,8 @@ def run_deploy_demo(model_name: str = "hrvmamba_small", output_dir="outputs/demo
     output_dir = Path(output_dir)
     model = demo_weights(model_name, seed)
     input_size = tuple(model.meta["input_size"])
-    image, _ = render_figure(input_size)
-    images = preprocess(image, model.meta).numpy()
+    samples = find_coco_samples()
+    images, inputs = demo_inputs(model, samples)
 
     results = export_forms(model, {form: output_dir / f"{model_name}.{form}.onnx" for form in ("custom", "portable")})
     exports = {form: {"path": str(r.path), "seconds": r.seconds, "nodes": r.node_count, "bytes": r.size_bytes}
@@ -56,6 +104,7 @@ def run_deploy_demo(model_name: str = "hrvmamba_small", output_dir="outputs/demo
     available = runtimes.available_backends()
     reference_session = runtimes.load(model, "torch", device="cpu")
     reference, ref_latency = _timed(reference_session, images, repeats)
+    overlay = str(write_overlay(reference_session, samples, output_dir / f"{model_name}_overlay.jpg")) if samples else None
     candidates = [("torch", "eager, reference ops", dict(model=model, device="cpu", reference_ops=True))]
     if torch.cuda.is_available():
         candidates.append(("torch", "eager, CUDA", dict(model=model, device="cuda")))
@@ -79,5 +128,6 @@ def run_deploy_demo(model_name: str = "hrvmamba_small", output_dir="outputs/demo
             rows.append({**row, "status": f"unavailable: {err}"})
             continue
         rows.append({**row, "status": "ok", "latency_ms": latency * 1e3, **parity.compare(reference, out, input_size)})
-    return {"model": model_name, "input_shape": list(images.shape), "exports": exports, "rows": rows,
+    return {"model": model_name, "input_shape": list(images.shape), "inputs": inputs, "overlay": overlay,
+            "exports": exports, "rows": rows,
             "weights": f"seeded random (seed {seed}), offset/mask projections perturbed"}

@@ -124,6 +124,9 @@ def _infer_images(estimator, files, out_dir, report, boxes: BoxLookup, score_thr
         report.without_boxes = [str(p) for p in files if p not in covered]
         files = covered
     category_id = boxes.annotations.category.get("id", 1) if boxes.annotations else 1
+    if boxes.annotations is not None and len(boxes.annotations.keypoint_names) != estimator.config.num_keypoints:
+        raise ValueError(f"the model predicts {estimator.config.num_keypoints} keypoints, {boxes.annotations.name} "
+                         f"annotates {len(boxes.annotations.keypoint_names)}")
 
     def items() -> Iterator[tuple]:
         for path in files:

@@ -18,6 +18,7 @@ import numpy as np
 from . import runtimes
 from .model_source import is_onnx_file, load_torch_model
 from .runtimes import parity
+from .training.datasets import match_dataset
 from .training.topdown import PipelineConfig, box_to_center_scale, crop, to_image_coordinates
 
 ONNX_BACKENDS = ("ort-cpu", "ort-cuda", "openvino", "tensorrt")
@@ -224,6 +225,8 @@ def run_parity(model, backends: Sequence[str], forms: Sequence[str] = ("custom",
             c.path = exports[(c.form, c.dtype)]
 
     reference_ap = _average_precision(reference, parity_inputs, config, ann_file) if ann_file else None
+    known = match_dataset(config.keypoint_names) if config.keypoint_names else None
+    sigmas = known.sigmas if known is not None else None
     rows, outputs = [], {}
     for c in candidates:
         row = {"backend": c.backend, "form": c.form, "dtype": c.dtype, "file": c.path, "label": c.label}
@@ -235,7 +238,7 @@ def run_parity(model, backends: Sequence[str], forms: Sequence[str] = ("custom",
         except runtimes.BackendUnavailable as err:
             rows.append({**row, "status": "unavailable", "reason": str(err)})
             continue
-        measures = parity.compare(reference, out, config.input_size)
+        measures = parity.compare(reference, out, config.input_size, sigmas)
         checks = check_tolerances(measures, c.dtype, tolerances)
         row.update(status="ok" if all(ch["ok"] for ch in checks) else "failed", measures=measures, checks=checks)
         if ann_file:

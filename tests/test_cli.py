@@ -3,7 +3,9 @@ import json
 import subprocess
 import sys
 
+import cv2
 from click.testing import CliRunner
+from conftest import DATA
 
 import ssmpose
 from ssmpose.checkpoint import save_official_checkpoint
@@ -47,8 +49,11 @@ def test_figure_runs_as_a_console_command():
     report = json.loads(proc.stdout)
     assert report["heatmap_shape"] == [1, 17, 64, 48]
     assert len(report["keypoints"]) == 17
-    xs, ys = zip(*report["keypoints"])
-    assert all(0 <= x <= 192 for x in xs) and all(0 <= y <= 256 for y in ys)
+    for (x, y), score in zip(report["keypoints"], report["scores"]):
+        if score > 0:
+            assert 0 <= x <= 192 and 0 <= y <= 256
+        else:                     # no positive heatmap value: location -1 heatmap px (mmpose's decode)
+            assert (x, y) == (-4, -4)
 
 
 def test_demo_exports_and_compares_every_backend(tmp_path):
@@ -63,6 +68,10 @@ def test_demo_exports_and_compares_every_backend(tmp_path):
         assert rows[key]["status"] == "ok", rows[key]
         assert rows[key]["max_abs_error_over_max_ref"] <= 1e-4, rows[key]
     assert "ort-cpu" in result.output and "portable" in result.output
+    # the real COCO samples are the inputs, and the whole pipeline is drawn on one of them
+    assert report["inputs"].startswith("2 person crops of the COCO samples") and report["input_shape"][0] == 2
+    overlay = cv2.imread(report["overlay"])
+    assert overlay is not None and overlay.shape == cv2.imread(str(DATA / "coco" / "000000000785.jpg")).shape
 
 
 def test_bench_command_times_the_torch_backend_and_checks_cuda_options(tmp_path):
