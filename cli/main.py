@@ -114,6 +114,8 @@ def figure_command(model_name, checkpoint, seed, as_json):
 from .export_cmds import export_command, inspect_command  # noqa: E402
 from .pose_cmds import eval_command, infer_command, parity_command  # noqa: E402
 from .runtime_cmds import bench_command  # noqa: E402
+from .synth_cmds import synth_data_command  # noqa: E402
+from .train_cmds import train_command  # noqa: E402
 
 main.add_command(export_command)
 main.add_command(inspect_command)
@@ -121,6 +123,8 @@ main.add_command(bench_command)
 main.add_command(infer_command)
 main.add_command(eval_command)
 main.add_command(parity_command)
+main.add_command(train_command)
+main.add_command(synth_data_command)
 
 if __name__ == "__main__":
     main()
