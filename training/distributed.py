@@ -10,7 +10,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,9 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
             unbiased = var * total / (total - 1).clamp(min=1)
             self.running_mean.lerp_(mean.detach(), self.momentum)
             self.running_var.lerp_(unbiased.detach(), self.momentum)
-        return F.batch_norm(x, mean, var, self.weight, self.bias, training=False, eps=self.eps)
+        shape = (1, c, 1, 1)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
 
 
 def convert_sync_batchnorm(model: nn.Module, device_type: str) -> nn.Module:
