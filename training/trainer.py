@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -112,6 +113,7 @@ class Trainer:
                                      use_buffers=True)
         self.epoch, self.iteration, self.epoch_step, self.best_ap = 0, 0, 0, None
         self.log_file = None
+        self.tensorboard = None
 
     # -----------------------------------------------------------------------------------------------------
     # state
@@ -185,16 +187,29 @@ class Trainer:
     # loop
 
     def log(self, record: dict) -> None:
+        """One JSON line in log.jsonl, and the numbers to TensorBoard when it is installed (rank 0)."""
         if not self.dist.is_main:
             return
         if self.log_file is None:
             self.log_file = open(self.work_dir / "log.jsonl", "a")
+            self.tensorboard = _tensorboard_writer(self.work_dir / "tensorboard")
         self.log_file.write(json.dumps(record) + "\n")
         self.log_file.flush()
+        if self.tensorboard is not None:
+            scalars = {**{k: v for k, v in record.items() if k in ("loss", "lr")},
+                       **{f"eval/{k}": v for k, v in record.get("eval", {}).items() if isinstance(v, float)}}
+            for name, value in scalars.items():
+                self.tensorboard.add_scalar(name, value, record["iter"])
 
     def train(self) -> dict:
         from tqdm import tqdm
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.train_set.problems and self.iteration == 0:
+            self.log({"iter": 0, "epoch": 0, "data_problems": len(self.train_set.problems),
+                      "examples": self.train_set.problems[:20]})
+            if self.dist.is_main:
+                print(f"note: {len(self.train_set.problems)} training annotation(s) skipped, e.g. "
+                      f"{self.train_set.problems[0]} (all counted in log.jsonl)", file=sys.stderr)
         epochs = int(self.train_cfg["epochs"])
         total = epochs * self.iters_per_epoch
         if self.max_iters is not None:
@@ -236,6 +251,8 @@ class Trainer:
         if self.log_file:
             self.log_file.close()
             self.log_file = None
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         return {"iterations": self.iteration, "epochs": self.epoch, "best_ap": self.best_ap,
                 "work_dir": str(self.work_dir)}
 
@@ -291,6 +308,14 @@ class Trainer:
             self.best_ap = score
             save_checkpoint(model, self.work_dir / "best.safetensors")
         return metrics
+
+
+def _tensorboard_writer(directory: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(directory))
 
 
 def run_training(config: dict, work_dir, data_root=None, resume=None, max_iters=None, device=None,
