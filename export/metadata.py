@@ -7,8 +7,8 @@ model, family, variant, task, dcn_variant      which model, e.g. "hrvmamba_small
 input_size, batch                              [H, W]; "dynamic" or the fixed batch size
 input_name, output_name, io_dtype              graph input/output names and their element type
 mean, std, color_order                         input normalisation (RGB, 0..255 scale)
-num_keypoints, keypoint_names, skeleton,       pose models: the keypoint conventions
-flip_pairs, codec                              codec: {"type", "sigma", "heatmap_size"}
+dataset, num_keypoints, keypoint_names,        pose models: the keypoint conventions (dataset: registry name);
+skeleton, flip_pairs, codec                    codec: {"type", "sigma", "heatmap_size"}
 num_classes                                    classification models
 export_form, opset, dtype                      "custom"/"portable", ONNX opset, compute dtype
 chunk_size, scan_lowering                      portable form: the scan lowering's chunk and method
@@ -24,8 +24,8 @@ from typing import Union
 import onnx
 
 METADATA_VERSION = 1
-_MODEL_KEYS = ("model", "task", "input_size", "dcn_variant", "num_keypoints", "keypoint_names", "skeleton",
-               "flip_pairs", "mean", "std", "color_order", "codec", "num_classes")
+_MODEL_KEYS = ("model", "task", "input_size", "dcn_variant", "dataset", "num_keypoints", "keypoint_names",
+               "skeleton", "flip_pairs", "mean", "std", "color_order", "codec", "num_classes")
 
 
 def build_metadata(model_meta: dict, *, input_size, batch, form: str, opset: int, dtype: str, io_dtype: str,

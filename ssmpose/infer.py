@@ -64,7 +64,6 @@ class BoxLookup:
         if boxes_file:
             per_image = read_detections(boxes_file, self.annotations, score_threshold=box_threshold)
             self.detections = {Path(b.file_name).name: b for b in per_image.values()}
-            self.boxes_file = boxes_file
 
     @property
     def given(self) -> bool:
@@ -76,7 +75,7 @@ class BoxLookup:
                                                self.annotations.image_for_file(name) is not None)
         return self.annotations is None or self.annotations.image_for_file(name) is not None
 
-    def lookup(self, path: Path, image: np.ndarray):
+    def lookup(self, path: Path):
         """(image_id, boxes or None, scores or None) for one image."""
         name = path.name
         if self.detections is not None:
@@ -134,7 +133,7 @@ def _infer_images(estimator, files, out_dir, report, boxes: BoxLookup, score_thr
             if image is None:
                 report.failed.append((str(path), "could not be read as an image"))
                 continue
-            image_id, box_array, scores = boxes.lookup(path, image)
+            image_id, box_array, scores = boxes.lookup(path)
             yield (path, image, image_id), image, box_array, scores
 
     bar = tqdm(total=len(files), desc="images", unit="img", disable=not progress or len(files) < 2)

@@ -63,7 +63,7 @@ def image_inputs(config: PipelineConfig, image_dir, ann_file=None, max_crops: in
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             raise ValueError(f"--inputs: {path} could not be read as an image")
-        image_id, box_array, box_scores = boxes.lookup(path, image)
+        image_id, box_array, box_scores = boxes.lookup(path)
         if box_array is None:
             box_array, box_scores = np.array([[0, 0, image.shape[1], image.shape[0]]]), np.ones(1)
         for box, score in zip(box_array, box_scores):
@@ -132,8 +132,7 @@ def ensure_exports(module, candidates: list, export_dir: Path, log=print) -> Dic
     """Export (once, cached in `export_dir` by weights fingerprint) every (form, dtype) the candidates need."""
     from .export import export_forms
     weights_id = weights_fingerprint(module)
-    needed = sorted({(c.form, c.dtype) for c in candidates if c.backend != "torch"} |
-                    {("custom", "float32")})
+    needed = sorted({(c.form, c.dtype) for c in candidates if c.backend != "torch"})
     export_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for dtype in ("float32", "float16"):

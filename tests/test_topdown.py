@@ -126,3 +126,16 @@ def test_pipeline_config_refuses_what_it_cannot_preprocess():
     del meta["mean"]
     with pytest.raises(ValueError, match="lacks mean"):
         PipelineConfig.from_metadata(meta)
+
+
+def test_models_carry_their_datasets_conventions(tmp_path):
+    """A model built for MPII has 16 heatmaps and MPII's names and flip pairs, through a checkpoint too."""
+    mpii = dataset_info("mpii")
+    model = ssmpose.build_model("hrvmamba_tiny", dataset="mpii")
+    assert model.head.final_layer.out_channels == 16 and model.meta["dataset"] == "mpii"
+    assert tuple(model.meta["keypoint_names"]) == mpii.keypoint_names
+    loaded = ssmpose.load_checkpoint(ssmpose.save_checkpoint(model, tmp_path / "mpii.safetensors"))
+    config = PipelineConfig.from_metadata(loaded.meta)
+    assert config.num_keypoints == 16 and list(config.flip_indices) == mpii.flip_indices
+    with pytest.raises(ValueError, match="dataset mpii has 16 keypoints, the model was asked for 17"):
+        ssmpose.build_model("hrvmamba_tiny", dataset="mpii", num_keypoints=17)

@@ -76,9 +76,10 @@ class Trainer:
             std=meta["std"], color_order=meta["color_order"],
             augment=AugmentConfig() if self.train_cfg["augment"] else None, seed=seed,
             dataset=config["data"]["dataset"] or None)
-        if self.train_set.num_keypoints != meta["num_keypoints"]:
-            raise ValueError(f"{model_cfg['name']} predicts {meta['num_keypoints']} keypoints, the training set "
-                             f"has {self.train_set.num_keypoints} (set model.options.num_keypoints)")
+        if self.train_set.info.keypoint_names != tuple(meta["keypoint_names"]):
+            raise ValueError(f"{model_cfg['name']} is built for the {meta.get('dataset')} keypoints "
+                             f"({meta['num_keypoints']}); the training set has {self.train_set.num_keypoints} "
+                             f"({self.train_set.info.name}): set model.options = {{dataset = \"<name>\"}}")
         self.val_ann = data_path(config, "val_ann", data_root)
         self.val_images = data_path(config, "val_images", data_root)
         self.val_boxes = data_path(config, "val_boxes", data_root)

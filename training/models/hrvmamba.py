@@ -130,7 +130,7 @@ class HRVMambaPose(nn.Module):
     """Top-down heatmap pose model; eval-mode `model(images)` returns heatmaps (B, K, H/4, W/4)."""
 
     def __init__(self, name: str, cfg: HRVMambaConfig, input_size: Tuple[int, int], sigma: float,
-                 num_keypoints: int = 17, dcn_variant: str = "as_run"):
+                 num_keypoints: int = 17, dcn_variant: str = "as_run", dataset: str = "coco"):
         super().__init__()
         self.name = name
         self.input_size = tuple(input_size)
@@ -138,7 +138,7 @@ class HRVMambaPose(nn.Module):
         self.backbone = HRVMambaBackbone(cfg, multiscale_output=False, lpu_drop_path=cfg.se_blocks,
                                          resize_fused=False, dcn_variant=dcn_variant)
         self.head = HeatmapHead(cfg.widths[0], num_keypoints)
-        self.meta = pose_metadata(name, self.input_size, sigma, num_keypoints, dcn_variant)
+        self.meta = pose_metadata(name, self.input_size, sigma, num_keypoints, dcn_variant, dataset)
         init_weights(self)
         nn.init.normal_(self.head.final_layer.weight, std=0.001)
         nn.init.zeros_(self.head.final_layer.bias)
@@ -226,12 +226,19 @@ def init_weights(model: nn.Module) -> None:
             m.reset_parameters() if isinstance(m, DCNv4) else m.reset_ssm_parameters()
 
 
-def pose_metadata(name: str, input_size, sigma: float, num_keypoints: int, dcn_variant: str) -> dict:
+def pose_metadata(name: str, input_size, sigma: float, num_keypoints: int, dcn_variant: str,
+                  dataset: str = "coco") -> dict:
+    """The conventions a pose model carries (and its exports): those of `dataset` in the registry."""
+    from ..datasets import dataset_info
+    info = dataset_info(dataset)
+    if info.num_keypoints != num_keypoints:
+        raise ValueError(f"{name}: dataset {dataset} has {info.num_keypoints} keypoints, the model was asked for "
+                         f"{num_keypoints}")
     h, w = input_size
     return {
-        "model": name, "task": "pose", "input_size": [h, w], "dcn_variant": dcn_variant,
-        "num_keypoints": num_keypoints, "keypoint_names": list(kp.COCO_KEYPOINTS[:num_keypoints]),
-        "skeleton": [list(p) for p in kp.COCO_SKELETON], "flip_pairs": [list(p) for p in kp.COCO_FLIP_PAIRS],
+        "model": name, "task": "pose", "input_size": [h, w], "dcn_variant": dcn_variant, "dataset": info.name,
+        "num_keypoints": num_keypoints, "keypoint_names": list(info.keypoint_names),
+        "skeleton": [list(p) for p in info.skeleton], "flip_pairs": [list(p) for p in info.flip_pairs],
         "mean": list(kp.IMAGENET_MEAN_RGB), "std": list(kp.IMAGENET_STD_RGB), "color_order": "RGB",
         "codec": {"type": "MSRAHeatmap", "sigma": sigma, "heatmap_size": [h // 4, w // 4]},
     }
@@ -257,7 +264,9 @@ HEATMAP_SIGMA = {(256, 192): 2.0, (384, 288): 3.0}
 
 
 def _build_pose(variant: str, input_size=(256, 192), dcn_variant: str = "as_run",
-                drop_path_rate: Optional[float] = None, num_keypoints: int = 17) -> HRVMambaPose:
+                drop_path_rate: Optional[float] = None, num_keypoints: Optional[int] = None,
+                dataset: str = "coco") -> HRVMambaPose:
+    """`dataset` (a registry name) sets the keypoint conventions and, unless given, the keypoint count."""
     widths, stage1, se, rates = POSE_CONFIGS[variant]
     input_size = tuple(int(v) for v in input_size)
     if len(input_size) != 2 or input_size[0] % INPUT_DIVISOR or input_size[1] % INPUT_DIVISOR:
@@ -267,7 +276,10 @@ def _build_pose(variant: str, input_size=(256, 192), dcn_variant: str = "as_run"
     cfg = HRVMambaConfig(widths, stage1, se, drop if drop_path_rate is None else drop_path_rate,
                          ssm_drop, mlp_drop)
     sigma = HEATMAP_SIGMA.get(input_size, 2.0 * input_size[0] / 256)
-    return HRVMambaPose(f"hrvmamba_{variant}", cfg, input_size, sigma, num_keypoints, dcn_variant)
+    if num_keypoints is None:
+        from ..datasets import dataset_info
+        num_keypoints = dataset_info(dataset).num_keypoints
+    return HRVMambaPose(f"hrvmamba_{variant}", cfg, input_size, sigma, num_keypoints, dcn_variant, dataset)
 
 
 def _build_classifier(variant: str, dcn_variant: str = "as_run", drop_path_rate: float = 0.1,
