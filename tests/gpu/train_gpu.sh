@@ -19,7 +19,7 @@ python3 benchmarks/bench_training.py --model hrvmamba_small --batch 64 --amp bf1
 python3 -m ssmpose.cli.main synth-data /tmp/synth --n 500 --val-fraction 0.2
 python3 -m ssmpose.cli.main train configs/hrvmamba_tiny_synth.toml --data-root /tmp/synth --work-dir /tmp/train_synth \
   --max-iters "$iters" --set train.batch_size=32 --set data.workers=8 --set train.warmup_iters=100 \
-  --set train.milestones=[1000,1000] --set eval.interval=20 2>&1 | tail -3 | tee "$out/train_synth.log"
+  --set eval.interval=20 2>&1 | tail -3 | tee "$out/train_synth.log"
 cp /tmp/train_synth/log.jsonl "$out/train_synth_log.jsonl"
 python3 -m ssmpose.cli.main eval /tmp/train_synth/best.safetensors --ann /tmp/synth/annotations/val.json \
   --images /tmp/synth/images/val --json "$out/eval_synth.json"
