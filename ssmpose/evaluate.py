@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from .training.annotations import CocoKeypoints, ImageBoxes, is_mpii_format, mpii_boxes, read_detections, read_json
-from .training.datasets import DatasetInfo, dataset_info
+from .training.datasets import DatasetInfo, dataset_info, match_dataset
 from .training.metrics import coco_keypoint_ap, mpii_pckh, oks_nms
 
 NMS_THRESHOLD = 0.9
@@ -37,6 +37,9 @@ def dataset_for(annotations: CocoKeypoints, dataset: Optional[str] = None) -> Da
             raise ValueError(f"--dataset {dataset} has {info.num_keypoints} keypoints, {annotations.name} has "
                              f"{len(annotations.keypoint_names)}")
         return info
+    known = match_dataset(annotations.keypoint_names)
+    if known is not None:
+        return known
     try:
         return DatasetInfo.from_coco_category(annotations.category)
     except ValueError as err:
