@@ -37,11 +37,10 @@ def render_figure(input_size: Tuple[int, int] = (256, 192)) -> Tuple[np.ndarray,
 
 
 def preprocess(image_rgb: np.ndarray, meta: dict) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> normalised float tensor (1, 3, H, W) with the model's mean/std."""
-    mean = torch.tensor(meta["mean"], dtype=torch.float32)[:, None, None]
-    std = torch.tensor(meta["std"], dtype=torch.float32)[:, None, None]
-    x = torch.from_numpy(np.ascontiguousarray(image_rgb)).permute(2, 0, 1).float()
-    return ((x - mean) / std).unsqueeze(0)
+    """RGB uint8 (H, W, 3) -> normalised float tensor (1, 3, H, W), through the pose pipeline's normalisation."""
+    from .training.topdown import PipelineConfig
+    bgr = np.ascontiguousarray(image_rgb[..., ::-1])
+    return torch.from_numpy(PipelineConfig.from_metadata(meta).normalize([bgr]))
 
 
 def run_demo(model_name: str = "hrvmamba_small", seed: int = 0, repeats: int = 3,
