@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from .training.annotations import CocoKeypoints, ImageBoxes, is_mpii_format, mpii_boxes, read_detections, read_json
-from .training.datasets import DatasetInfo, dataset_info, match_dataset
+from .training.datasets import DatasetInfo, dataset_for_category
 from .training.metrics import coco_keypoint_ap, mpii_pckh, oks_nms
 
 NMS_THRESHOLD = 0.9
@@ -31,19 +31,7 @@ def annotation_kind(ann_file) -> str:
 def dataset_for(annotations: CocoKeypoints, dataset: Optional[str] = None) -> DatasetInfo:
     """The dataset conventions (sigmas) of an annotation file: named with --dataset, else found from the
     category's keypoint names."""
-    if dataset:
-        info = dataset_info(dataset)
-        if info.num_keypoints != len(annotations.keypoint_names):
-            raise ValueError(f"--dataset {dataset} has {info.num_keypoints} keypoints, {annotations.name} has "
-                             f"{len(annotations.keypoint_names)}")
-        return info
-    known = match_dataset(annotations.keypoint_names)
-    if known is not None:
-        return known
-    try:
-        return DatasetInfo.from_coco_category(annotations.category)
-    except ValueError as err:
-        raise ValueError(f"{annotations.name}: {err}; name the dataset with --dataset") from None
+    return dataset_for_category(annotations.category, dataset, annotations.name)
 
 
 def nms_per_image(results: Sequence[dict], sigmas: Sequence[float], threshold: float = NMS_THRESHOLD) -> List[dict]:

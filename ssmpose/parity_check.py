@@ -280,11 +280,11 @@ def _localize(candidate: Candidate, reference_graph: str, images: np.ndarray, op
 
 
 def _average_precision(heatmaps, inputs: ParityInputs, config: PipelineConfig, ann_file) -> float:
+    from .evaluate import dataset_for
     from .training.annotations import CocoKeypoints
-    from .training.datasets import DatasetInfo
     from .training.metrics import coco_keypoint_ap
     annotations = CocoKeypoints(ann_file)
-    info = DatasetInfo.from_coco_category(annotations.category)
+    info = dataset_for(annotations)
     results = heatmaps_to_results(heatmaps, inputs, config, annotations.category.get("id", 1))
     return coco_keypoint_ap(annotations.data, results, info.sigmas)["AP"]
 

@@ -73,15 +73,23 @@ class CocoKeypoints:
         for ann in self.annotations.get(image["id"], []):
             if ann.get("iscrowd", 0) or "bbox" not in ann:
                 continue
-            x, y, w, h = ann["bbox"]
-            if w_img and h_img:
-                x1, y1 = np.clip(x, 0, w_img - 1), np.clip(y, 0, h_img - 1)
-                x2, y2 = np.clip(x + w, 0, w_img - 1), np.clip(y + h, 0, h_img - 1)
-                x, y, w, h = x1, y1, x2 - x1, y2 - y1
-            if w > 0 and h > 0:
-                boxes.append((x, y, w, h))
+            corners = clip_box(ann["bbox"], w_img, h_img)
+            if corners is not None:
+                x1, y1, x2, y2 = corners
+                boxes.append((x1, y1, x2 - x1, y2 - y1))
         array = np.array(boxes, dtype=np.float64).reshape(-1, 4)
         return ImageBoxes(image["id"], image["file_name"], array, np.ones(len(array)), w_img, h_img)
+
+
+def clip_box(box_xywh, width: Optional[int], height: Optional[int]) -> Optional[tuple]:
+    """(x, y, w, h) -> corners (x1, y1, x2, y2) clipped to the image as mmpose's CocoDataset does ([0, W-1],
+    [0, H-1]; unclipped when the size is unknown); None when nothing of positive area remains."""
+    x, y, w, h = (float(v) for v in box_xywh)
+    x1, y1, x2, y2 = x, y, x + w, y + h
+    if width and height:
+        x1, x2 = np.clip([x1, x2], 0, width - 1)
+        y1, y2 = np.clip([y1, y2], 0, height - 1)
+    return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
 
 
 def coco_format_problem(data) -> Optional[str]:

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .annotations import coco_format_problem, mpii_boxes, read_json
+from .annotations import clip_box, coco_format_problem, mpii_boxes, read_json
 from .codec import encode_heatmaps
-from .datasets import DatasetInfo, dataset_info, match_dataset
+from .datasets import DatasetInfo, dataset_for_category, dataset_info, match_dataset
 from .keypoints import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from .topdown import BOX_PADDING, PipelineConfig
 from .transforms import (AugmentConfig, affine_sample, fix_aspect_ratio, random_box_transform, random_flip,
@@ -222,18 +222,15 @@ class TopDownDataset(Dataset):
             count = "non-numeric values" if values is None else f"{len(values)} values"
             self._skip("malformed", ann_id, f"keypoints hold {count}, expected {3 * k} ({k} keypoints x 3)")
             return None
-        x, y, w, h = box
-        if w <= 0 or h <= 0:
+        if box[2] <= 0 or box[3] <= 0:
             self._skip("box", ann_id, f"zero-area bbox {box.tolist()}")
             return None
-        x1, y1, x2, y2 = x, y, x + w, y + h
         width, height = image.get("width"), image.get("height")
-        if width and height:  # clipped to the image as mmpose does
-            x1, x2 = np.clip([x1, x2], 0, width - 1)
-            y1, y2 = np.clip([y1, y2], 0, height - 1)
-            if x2 <= x1 or y2 <= y1:
-                self._skip("box", ann_id, f"bbox {box.tolist()} lies outside the {width}x{height} image")
-                return None
+        corners = clip_box(box, width, height)
+        if corners is None:
+            self._skip("box", ann_id, f"bbox {box.tolist()} lies outside the {width}x{height} image")
+            return None
+        x1, y1, x2, y2 = corners
         keypoints = values.reshape(k, 3)
         visible = np.minimum(keypoints[:, 2], 1.0) > 0
         if ann.get("num_keypoints", 1) == 0 or not visible.any() or keypoints[:, :2].max() <= 0:
@@ -295,25 +292,12 @@ def _pairs(values) -> Optional[np.ndarray]:
 
 
 def _resolve_info(dataset, default: Optional[str], category: Optional[dict], ann_file: Path) -> DatasetInfo:
-    """The dataset description: given (name or DatasetInfo), else the registered dataset with the category's
-    keypoint names, else the category's own description (which needs a registered match for its sigmas)."""
-    if isinstance(dataset, DatasetInfo):
-        info = dataset
-    elif isinstance(dataset, str):
-        info = dataset_info(dataset)
-    elif dataset is not None:
+    """The dataset description: of the COCO category (datasets.dataset_for_category), or for MPII JSON (no
+    category) the given dataset, else `default`."""
+    if dataset is not None and not isinstance(dataset, (str, DatasetInfo)):
         raise TypeError(f"dataset must be a name, a DatasetInfo or None, got {type(dataset).__name__}")
-    elif category is None:
-        info = dataset_info(default)
-    else:
-        info = match_dataset(category["keypoints"])
-        if info is None:
-            try:
-                info = DatasetInfo.from_coco_category(category)
-            except ValueError as err:
-                raise ValueError(f"{ann_file}: {err}; pass dataset=DatasetInfo.from_coco_category(category, "
-                                 f"sigmas=...) or a registered dataset name") from None
-    if category is not None and len(category["keypoints"]) != info.num_keypoints:
-        raise ValueError(f"{ann_file}: the annotation has {len(category['keypoints'])} keypoints, dataset "
-                         f"{info.name!r} has {info.num_keypoints}")
-    return info
+    if category is not None:
+        return dataset_for_category(category, dataset, str(ann_file))
+    if isinstance(dataset, DatasetInfo):
+        return dataset
+    return dataset_info(dataset or default)

@@ -45,10 +45,8 @@ class DatasetInfo:
     @property
     def flip_indices(self) -> List[int]:
         """Index i -> index of the keypoint that i becomes in a horizontally mirrored image."""
-        indices = list(range(self.num_keypoints))
-        for left, right in self.flip_pairs:
-            indices[left], indices[right] = right, left
-        return indices
+        from .codec import flip_indices_from_pairs
+        return flip_indices_from_pairs(self.flip_pairs, self.num_keypoints)
 
     @classmethod
     def from_coco_category(cls, category: dict, sigmas: Optional[Sequence[float]] = None) -> "DatasetInfo":
@@ -210,3 +208,25 @@ def match_dataset(keypoint_names: Optional[Sequence[str]] = None,
     if found and all(_same_conventions(found[0], other) for other in found[1:]):
         return found[0]
     return None
+
+
+def dataset_for_category(category: dict, dataset=None, source: str = "the annotation file") -> DatasetInfo:
+    """The conventions of a COCO-format keypoint category: `dataset` when given (a registry name or a
+    DatasetInfo), else the registered dataset with the category's keypoint names, else the category's own
+    description (which needs a registered match for its sigmas). The keypoint count must agree."""
+    names = list(category.get("keypoints") or ())
+    if isinstance(dataset, DatasetInfo):
+        info = dataset
+    elif dataset:
+        info = dataset_info(dataset)
+    else:
+        info = match_dataset(names)
+        if info is None:
+            try:
+                info = DatasetInfo.from_coco_category(category)
+            except ValueError as err:
+                raise ValueError(f"{source}: {err}; name a registered dataset or give its sigmas") from None
+    if len(names) != info.num_keypoints:
+        raise ValueError(f"{source} annotates {len(names)} keypoints, dataset {info.name!r} has "
+                         f"{info.num_keypoints}")
+    return info
