@@ -34,9 +34,8 @@ def keypoint_agreement(reference: np.ndarray, candidate: np.ndarray, input_size:
     """Decoded keypoints: argmax agreement, displacement in input pixels, OKS of candidate vs reference
     (`sigmas`: the dataset's OKS sigmas, one per keypoint; default COCO's for 17 keypoints, else the mean
     COCO sigma for every keypoint)."""
-    import torch
-    ref_kp, _ = decode_heatmaps(torch.from_numpy(np.asarray(reference, dtype=np.float32)), input_size)
-    got_kp, _ = decode_heatmaps(torch.from_numpy(np.asarray(candidate, dtype=np.float32)), input_size)
+    ref_kp, _ = decode_heatmaps(reference, input_size)
+    got_kp, _ = decode_heatmaps(candidate, input_size)
     ref_idx = np.asarray(reference).reshape(*np.shape(reference)[:2], -1).argmax(-1)
     got_idx = np.asarray(candidate).reshape(*np.shape(candidate)[:2], -1).argmax(-1)
     displacement = np.linalg.norm(got_kp - ref_kp, axis=-1)

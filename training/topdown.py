@@ -52,10 +52,11 @@ def warp_matrix(center: np.ndarray, scale: np.ndarray, output_size: Tuple[int, i
     return cv2.getAffineTransform(src.astype(np.float32), dst.astype(np.float32))
 
 
-def crop(image: np.ndarray, center: np.ndarray, scale: np.ndarray, input_size: Tuple[int, int]) -> np.ndarray:
-    """The model-input crop (H, W, 3) of `image` for one box, bilinear, zero outside the image."""
+def crop(image: np.ndarray, center: np.ndarray, scale: np.ndarray, input_size: Tuple[int, int],
+         rotation: float = 0.0) -> np.ndarray:
+    """The model-input crop (H, W, 3) of `image` for one (rotated) box, bilinear, zero outside the image."""
     h, w = input_size
-    return cv2.warpAffine(image, warp_matrix(center, scale, (w, h)), (w, h), flags=cv2.INTER_LINEAR)
+    return cv2.warpAffine(image, warp_matrix(center, scale, (w, h), rotation), (w, h), flags=cv2.INTER_LINEAR)
 
 
 def to_image_coordinates(keypoints: np.ndarray, center: np.ndarray, scale: np.ndarray,

@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 
-from .topdown import warp_matrix
+from .topdown import crop, warp_matrix
 
 
 @dataclass(frozen=True)
@@ -152,7 +151,7 @@ def affine_sample(image: np.ndarray, keypoints: np.ndarray, visible: np.ndarray,
     (bilinear, zero outside the image). Visibility is returned unchanged, as in mmpose: a keypoint that leaves
     the crop gets weight 0 from the heatmap encoder. input_size is (H, W). Returns (crop, keypoints, visible)."""
     h, w = input_size
-    matrix = warp_matrix(np.asarray(center, dtype=np.float64), fix_aspect_ratio(scale, w / h), (w, h), rotation)
-    crop = cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR)
+    center, scale = np.asarray(center, dtype=np.float64), fix_aspect_ratio(scale, w / h)
+    matrix = warp_matrix(center, scale, (w, h), rotation)
     moved = np.asarray(keypoints, dtype=np.float64) @ matrix[:, :2].T + matrix[:, 2]
-    return crop, moved, np.asarray(visible).copy()
+    return crop(image, center, scale, input_size, rotation), moved, np.asarray(visible).copy()
