@@ -14,8 +14,6 @@ import click
 
 from ..runtimes import BACKENDS
 
-MODEL_HELP = "registered model name (seeded weights), checkpoint, or exported .onnx file"
-
 
 @contextlib.contextmanager
 def _warnings_as_notes():
@@ -74,7 +72,8 @@ def _model_options(function):
 @click.option("--no-draw", is_flag=True, help="Write results.json only, no overlays.")
 def infer_command(model, source, backend, form, fp16, batch, boxes_file, ann_file, box_thr, out_dir, flip_test,
                   score_thr, no_draw):
-    """Estimate poses in SOURCE (an image, a folder of images or a video) with MODEL (""" + MODEL_HELP + """).
+    """Estimate poses in SOURCE (an image, a folder of images or a video) with MODEL (a registered model name
+    with seeded weights, a checkpoint, or an exported .onnx file).
 
     Without --boxes or --ann the whole image is one box. Writes OUT/results.json (COCO keypoint results) and
     overlays (OUT/<name>.jpg, or OUT/<name>.mp4 for a video). Exit code 1 when some inputs failed."""
@@ -117,7 +116,8 @@ def eval_command(model, ann_file, results_file, image_dir, boxes_file, backend, 
                  save_results, json_path):
     """Score keypoints against --ann: COCO keypoint AP through pycocotools, or PCKh@0.5 for MPII.
 
-    Either --results RES.json, or MODEL (""" + MODEL_HELP + """) with --images DIR."""
+    Either --results RES.json, or MODEL (a registered model name with seeded weights, a checkpoint, or an
+    exported .onnx file) with --images DIR."""
     from ..evaluate import annotation_kind, evaluate, read_results
     if (results_file is None) == (model is None):
         raise click.UsageError("give either --results RES.json or a MODEL with --images DIR (not both)")

@@ -88,3 +88,8 @@ def test_bench_command_times_the_torch_backend_and_checks_cuda_options(tmp_path)
     assert result.exit_code == 2 and "expects KEY=VALUE, got 'enable_cuda_graph'" in result.output
     result = runner.invoke(main, ["bench", "hrvmamba_tiny", "--max-batch-per-run", "2"])
     assert result.exit_code == 2 and "--max-batch-per-run applies to --backend ort-cpu or ort-cuda only" in result.output
+
+
+def test_every_command_has_help_text():
+    for name, command in main.commands.items():
+        assert command.help and len(command.help.split()) >= 4, name
