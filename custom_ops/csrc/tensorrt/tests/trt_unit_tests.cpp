@@ -1,0 +1,1066 @@
+// Stand-in unit tests of the ssmpose TensorRT plugins: everything that does not need TensorRT's runtime.
+//
+// The plugin sources are compiled into this program as they are into libssmpose_trt.so. TensorRT's side is played
+// by small fakes written against the public headers: an IExprBuilder / IDimensionExpr pair (their inline methods
+// forward to the apiv::VExprBuilder / VDimensionExpr interfaces, implemented here with constant folding and
+// symbolic dimensions that can be evaluated), PluginFieldCollections, and tensor descriptors. Nothing here links
+// libnvinfer. Driven by tests/test_tensorrt_plugins.py.
+//
+// Usage:
+//   ssmpose_trt_unit_tests                 run every check; prints "ok <name>" / "FAIL <name>: <why>" lines,
+//                                          "fields <Plugin> <name>:<type> ..." lines, and a summary; exit 1 on failure
+//   ssmpose_trt_unit_tests outsize H W kernel_h kernel_w stride_h stride_w pad_h pad_w dilation_h dilation_w
+//                                          prints "<Hout> <Wout> <Hout_symbolic> <Wout_symbolic>": the plugin's output
+//                                          size from constant input dims, then from its symbolic expression evaluated
+//                                          at H, W ("error: ..." when the plugin refuses the shape)
+//   ssmpose_trt_unit_tests gpu             (built with the CUDA runtime) enqueue on a GPU through the real CUDA kernels,
+//                                          compared with the CPU kernels; needs libssmpose_kernels{,_cuda}.so on the
+//                                          loader path
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "plugins.h"
+
+#if defined(SSMPOSE_TRT_TEST_CUDA)
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+#include <dlfcn.h>
+#endif
+
+using namespace ssmpose_trt;
+using nvinfer1::DataType;
+using nvinfer1::DimensionOperation;
+using nvinfer1::PluginField;
+using nvinfer1::PluginFieldCollection;
+using nvinfer1::PluginFieldType;
+
+namespace {
+
+// ------------------------------------------------------------------------------------------------
+// Fake IExprBuilder / IDimensionExpr
+
+class FakeExpr : public nvinfer1::IDimensionExpr {
+ public:
+  enum class Kind { kConstant, kSymbol, kOperation };
+
+  explicit FakeExpr(int64_t value) : kind_(Kind::kConstant), value_(value) { mImpl = &impl_; }
+  explicit FakeExpr(std::string symbol) : kind_(Kind::kSymbol), symbol_(std::move(symbol)) { mImpl = &impl_; }
+  FakeExpr(DimensionOperation op, const FakeExpr* a, const FakeExpr* b)
+      : kind_(Kind::kOperation), op_(op), a_(a), b_(b) {
+    mImpl = &impl_;
+  }
+  ~FakeExpr() override = default;
+
+  // Value with the symbols bound; false if a symbol is unbound or the operation is undefined.
+  bool eval(const std::map<std::string, int64_t>& env, int64_t* out) const {
+    switch (kind_) {
+      case Kind::kConstant: *out = value_; return true;
+      case Kind::kSymbol: {
+        auto it = env.find(symbol_);
+        if (it == env.end()) return false;
+        *out = it->second;
+        return true;
+      }
+      case Kind::kOperation: {
+        int64_t x = 0, y = 0;
+        if (!a_->eval(env, &x) || !b_->eval(env, &y)) return false;
+        return apply(op_, x, y, out);
+      }
+    }
+    return false;
+  }
+
+  static bool apply(DimensionOperation op, int64_t x, int64_t y, int64_t* out) {
+    switch (op) {
+      case DimensionOperation::kSUM: *out = x + y; return true;
+      case DimensionOperation::kPROD: *out = x * y; return true;
+      case DimensionOperation::kMAX: *out = x > y ? x : y; return true;
+      case DimensionOperation::kMIN: *out = x < y ? x : y; return true;
+      case DimensionOperation::kSUB: *out = x - y; return true;
+      case DimensionOperation::kEQUAL: *out = x == y; return true;
+      case DimensionOperation::kLESS: *out = x < y; return true;
+      case DimensionOperation::kFLOOR_DIV:
+        if (y == 0) return false;
+        *out = x / y - ((x % y != 0) && ((x < 0) != (y < 0)));
+        return true;
+      case DimensionOperation::kCEIL_DIV:
+        if (y == 0) return false;
+        *out = x / y + ((x % y != 0) && ((x < 0) == (y < 0)));
+        return true;
+    }
+    return false;
+  }
+
+  std::string str() const {
+    static const char* names[] = {"+", "*", "max", "min", "-", "==", "<", "//", "ceildiv"};
+    switch (kind_) {
+      case Kind::kConstant: return std::to_string(value_);
+      case Kind::kSymbol: return symbol_;
+      case Kind::kOperation:
+        return "(" + a_->str() + " " + names[static_cast<int>(op_)] + " " + b_->str() + ")";
+    }
+    return "?";
+  }
+
+  Kind kind() const { return kind_; }
+
+ private:
+  struct Impl : nvinfer1::apiv::VDimensionExpr {
+    explicit Impl(const FakeExpr* owner) : owner(owner) {}
+    bool isConstant() const override { return owner->kind_ == Kind::kConstant; }
+    int64_t getConstantValue() const override {
+      return owner->kind_ == Kind::kConstant ? owner->value_ : std::numeric_limits<int64_t>::min();
+    }
+    bool isSizeTensor() const override { return false; }
+    const FakeExpr* owner;
+  };
+
+  Kind kind_;
+  int64_t value_ = 0;
+  std::string symbol_;
+  DimensionOperation op_ = DimensionOperation::kSUM;
+  const FakeExpr* a_ = nullptr;
+  const FakeExpr* b_ = nullptr;
+  Impl impl_{this};
+};
+
+class FakeBuilder : public nvinfer1::IExprBuilder {
+ public:
+  FakeBuilder() { mImpl = &impl_; }
+  ~FakeBuilder() override = default;
+
+  const FakeExpr* sym(const std::string& name) { return keep(new FakeExpr(name)); }
+  const FakeExpr* cst(int64_t v) { return keep(new FakeExpr(v)); }
+  // Dims of constants, with -1 entries replaced by the symbols names[i].
+  nvinfer1::DimsExprs dims(const std::vector<int64_t>& values, const std::vector<std::string>& names = {}) {
+    nvinfer1::DimsExprs d{};
+    d.nbDims = static_cast<int32_t>(values.size());
+    for (size_t i = 0; i < values.size(); ++i) {
+      d.d[i] = values[i] >= 0 ? cst(values[i]) : sym(i < names.size() ? names[i] : "s" + std::to_string(i));
+    }
+    return d;
+  }
+  size_t operations() const { return operations_; }
+
+ private:
+  const FakeExpr* keep(FakeExpr* e) {
+    pool_.emplace_back(e);
+    return e;
+  }
+
+  struct Impl : nvinfer1::apiv::VExprBuilder {
+    explicit Impl(FakeBuilder* owner) : owner(owner) {}
+    const nvinfer1::IDimensionExpr* constant(int64_t value) override { return owner->cst(value); }
+    const nvinfer1::IDimensionExpr* operation(DimensionOperation op, const nvinfer1::IDimensionExpr& first,
+                                              const nvinfer1::IDimensionExpr& second) override {
+      const auto* a = dynamic_cast<const FakeExpr*>(&first);
+      const auto* b = dynamic_cast<const FakeExpr*>(&second);
+      if (a == nullptr || b == nullptr) return nullptr;
+      ++owner->operations_;
+      int64_t x = 0, y = 0, r = 0;
+      // TensorRT folds operations on constants; so does the fake.
+      if (a->kind() == FakeExpr::Kind::kConstant && b->kind() == FakeExpr::Kind::kConstant && a->eval({}, &x) &&
+          b->eval({}, &y)) {
+        if (!FakeExpr::apply(op, x, y, &r)) return nullptr;
+        return owner->cst(r);
+      }
+      return owner->keep(new FakeExpr(op, a, b));
+    }
+    const nvinfer1::IDimensionExpr* declareSizeTensor(int32_t, const nvinfer1::IDimensionExpr&,
+                                                      const nvinfer1::IDimensionExpr&) override {
+      return nullptr;
+    }
+    FakeBuilder* owner;
+  };
+
+  Impl impl_{this};
+  std::vector<std::unique_ptr<FakeExpr>> pool_;
+  size_t operations_ = 0;
+};
+
+// ------------------------------------------------------------------------------------------------
+// Checks
+
+int g_passed = 0, g_failed = 0;
+
+void check(bool ok, const std::string& name, const std::string& detail = "") {
+  if (ok) {
+    ++g_passed;
+    std::printf("ok %s\n", name.c_str());
+  } else {
+    ++g_failed;
+    std::printf("FAIL %s: %s\n", name.c_str(), detail.c_str());
+  }
+}
+
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+// Checks that the last reported error contains every part.
+void check_error(const std::string& name, const std::vector<std::string>& parts) {
+  const std::string& e = last_error();
+  bool ok = !e.empty();
+  for (const std::string& p : parts) ok = ok && contains(e, p);
+  check(ok, name, "error was '" + e + "'");
+}
+
+// Owns the values of a PluginFieldCollection.
+class Fields {
+ public:
+  Fields& i32(const char* name, int32_t v) { return add(name, PluginFieldType::kINT32, &v, sizeof v); }
+  Fields& i64(const char* name, int64_t v) { return add(name, PluginFieldType::kINT64, &v, sizeof v); }
+  Fields& i8(const char* name, int8_t v) { return add(name, PluginFieldType::kINT8, &v, sizeof v); }
+  Fields& f32(const char* name, float v) { return add(name, PluginFieldType::kFLOAT32, &v, sizeof v); }
+  Fields& f64(const char* name, double v) { return add(name, PluginFieldType::kFLOAT64, &v, sizeof v); }
+  Fields& str(const char* name, const char* v) {
+    return add(name, PluginFieldType::kCHAR, v, std::strlen(v), static_cast<int32_t>(std::strlen(v)));
+  }
+  Fields& i32s(const char* name, std::vector<int32_t> v) {
+    return add(name, PluginFieldType::kINT32, v.data(), v.size() * sizeof(int32_t), static_cast<int32_t>(v.size()));
+  }
+  Fields& without(const char* name) {
+    for (size_t i = 0; i < names_.size(); ++i) {
+      if (names_[i] == name) {
+        names_.erase(names_.begin() + i);
+        data_.erase(data_.begin() + i);
+        types_.erase(types_.begin() + i);
+        lengths_.erase(lengths_.begin() + i);
+        break;
+      }
+    }
+    return *this;
+  }
+  Fields& set_i32(const char* name, int32_t v) { return without(name).i32(name, v); }
+  const PluginFieldCollection* fc() {
+    fields_.clear();
+    for (size_t i = 0; i < names_.size(); ++i) {
+      fields_.emplace_back(names_[i].c_str(), data_[i].data(), types_[i], lengths_[i]);
+    }
+    fc_.nbFields = static_cast<int32_t>(fields_.size());
+    fc_.fields = fields_.data();
+    return &fc_;
+  }
+
+ private:
+  Fields& add(const char* name, PluginFieldType t, const void* p, size_t bytes, int32_t length = 1) {
+    names_.emplace_back(name);
+    data_.emplace_back(static_cast<const char*>(p), static_cast<const char*>(p) + bytes);
+    data_.back().resize(bytes + 8);  // alignment slack; contents are copied
+    types_.push_back(t);
+    lengths_.push_back(length);
+    return *this;
+  }
+  std::vector<std::string> names_;
+  std::vector<std::vector<char>> data_;
+  std::vector<PluginFieldType> types_;
+  std::vector<int32_t> lengths_;
+  std::vector<PluginField> fields_;
+  PluginFieldCollection fc_{};
+};
+
+Fields deform_fields(int kh = 3, int kw = 3, int sh = 1, int sw = 1, int ph = 1, int pw = 1, int dh = 1, int dw = 1,
+                     int group = 4, int gc = 16, float scale = 1.0f, int remove_center = 0) {
+  Fields f;
+  f.i32("kernel_h", kh).i32("kernel_w", kw).i32("stride_h", sh).i32("stride_w", sw).i32("pad_h", ph);
+  f.i32("pad_w", pw).i32("dilation_h", dh).i32("dilation_w", dw).i32("group", group).i32("group_channels", gc);
+  f.f32("offset_scale", scale).i32("remove_center", remove_center);
+  f.str("plugin_version", "1").str("plugin_namespace", "ssmpose");  // as an ONNX node carries them: ignored
+  return f;
+}
+
+template <typename P>
+std::unique_ptr<P> as_plugin(nvinfer1::IPluginV3* p) {
+  return std::unique_ptr<P>(dynamic_cast<P*>(p));
+}
+
+nvinfer1::DynamicPluginTensorDesc desc(std::vector<int64_t> dims, DataType t = DataType::kFLOAT,
+                                       nvinfer1::TensorFormat f = nvinfer1::TensorFormat::kLINEAR) {
+  nvinfer1::DynamicPluginTensorDesc d{};
+  d.desc.dims.nbDims = static_cast<int32_t>(dims.size());
+  for (size_t i = 0; i < dims.size(); ++i) {
+    d.desc.dims.d[i] = dims[i];
+    d.min.d[i] = dims[i] < 0 ? 1 : dims[i];
+    d.max.d[i] = dims[i] < 0 ? 64 : dims[i];
+    d.opt.d[i] = d.max.d[i];
+  }
+  d.min.nbDims = d.max.nbDims = d.opt.nbDims = d.desc.dims.nbDims;
+  d.desc.type = t;
+  d.desc.format = f;
+  d.desc.scale = 1.0f;
+  return d;
+}
+
+nvinfer1::PluginTensorDesc tdesc(std::vector<int64_t> dims, DataType t = DataType::kFLOAT) { return desc(dims, t).desc; }
+
+std::vector<int64_t> const_dims(const nvinfer1::DimsExprs& d) {
+  std::vector<int64_t> v;
+  for (int32_t i = 0; i < d.nbDims; ++i) v.push_back(d.d[i]->isConstant() ? d.d[i]->getConstantValue() : -1);
+  return v;
+}
+
+// ------------------------------------------------------------------------------------------------
+
+SelectiveScanCreator& scan_creator() {
+  int32_t n = 0;
+  return *dynamic_cast<SelectiveScanCreator*>(plugin_creators(&n)[0]);
+}
+DeformAggregateCreator& deform_creator() {
+  int32_t n = 0;
+  return *dynamic_cast<DeformAggregateCreator*>(plugin_creators(&n)[1]);
+}
+
+const char* field_type(PluginFieldType t) {
+  return t == PluginFieldType::kINT32 ? "int32" : t == PluginFieldType::kFLOAT32 ? "float32" : "other";
+}
+
+void test_creators() {
+  int32_t n = 0;
+  nvinfer1::IPluginCreatorInterface* const* list = plugin_creators(&n);
+  check(n == 2 && list[0] != nullptr && list[1] != nullptr, "creators.count");
+  const char* expected[] = {"SelectiveScan", "DeformAggregate"};
+  for (int32_t i = 0; i < n && i < 2; ++i) {
+    auto* c = dynamic_cast<nvinfer1::IPluginCreatorV3One*>(list[i]);
+    const std::string tag = std::string("creators.") + expected[i];
+    check(c != nullptr, tag + ".is_v3one");
+    if (c == nullptr) continue;
+    check(std::strcmp(c->getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE") == 0 && c->getInterfaceInfo().major == 1,
+          tag + ".interface_info", c->getInterfaceInfo().kind);
+    check(std::strcmp(c->getPluginName(), expected[i]) == 0, tag + ".name", c->getPluginName());
+    check(std::strcmp(c->getPluginVersion(), "1") == 0, tag + ".version", c->getPluginVersion());
+    check(std::strcmp(c->getPluginNamespace(), "ssmpose") == 0, tag + ".namespace", c->getPluginNamespace());
+    const PluginFieldCollection* fc = c->getFieldNames();
+    std::string line = std::string("fields ") + expected[i];
+    for (int32_t k = 0; k < fc->nbFields; ++k) {
+      line += std::string(" ") + fc->fields[k].name + ":" + field_type(fc->fields[k].type);
+    }
+    std::printf("%s\n", line.c_str());
+  }
+}
+
+void test_scan_fields() {
+  ScanAttrs a;
+  std::string err;
+  Fields none;
+  check(SelectiveScanCreator::parse(none.fc(), &a, &err) && a.delta_softplus == 1, "scan.fields.default", err);
+  Fields zero;
+  zero.i32("delta_softplus", 0).str("plugin_version", "1").str("plugin_namespace", "ssmpose");
+  check(SelectiveScanCreator::parse(zero.fc(), &a, &err) && a.delta_softplus == 0, "scan.fields.int32", err);
+  Fields i64;
+  i64.i64("delta_softplus", 1);
+  check(SelectiveScanCreator::parse(i64.fc(), &a, &err) && a.delta_softplus == 1, "scan.fields.int64", err);
+  Fields i8;
+  i8.i8("delta_softplus", 0);
+  check(SelectiveScanCreator::parse(i8.fc(), &a, &err) && a.delta_softplus == 0, "scan.fields.int8", err);
+  Fields two;
+  two.i32("delta_softplus", 2);
+  err.clear();
+  check(!SelectiveScanCreator::parse(two.fc(), &a, &err) &&
+            contains(err, "SelectiveScan: field delta_softplus must be in [0, 1], got 2"),
+        "scan.fields.range", err);
+  Fields flt;
+  flt.f32("delta_softplus", 1.0f);
+  check(!SelectiveScanCreator::parse(flt.fc(), &a, &err) && contains(err, "must be an integer, got float32"),
+        "scan.fields.wrong_type", err);
+  Fields many;
+  many.i32s("delta_softplus", {1, 1});
+  check(!SelectiveScanCreator::parse(many.fc(), &a, &err) && contains(err, "must hold one value, got 2 values"),
+        "scan.fields.length", err);
+
+  clear_last_error();
+  nvinfer1::IPluginV3* p = scan_creator().createPlugin("scan_node", two.fc(), nvinfer1::TensorRTPhase::kBUILD);
+  check(p == nullptr, "scan.create.refused");
+  check_error("scan.create.message", {"SelectiveScan (layer 'scan_node'): field delta_softplus must be in [0, 1]"});
+  delete p;
+}
+
+void test_deform_fields() {
+  DeformAttrs a;
+  std::string err;
+  Fields f = deform_fields(3, 5, 2, 1, 1, 2, 1, 2, 4, 16, 0.5f, 1);
+  bool ok = DeformAggregateCreator::parse(f.fc(), &a, &err);
+  check(ok && a.kernel_h == 3 && a.kernel_w == 5 && a.stride_h == 2 && a.stride_w == 1 && a.pad_h == 1 &&
+            a.pad_w == 2 && a.dilation_h == 1 && a.dilation_w == 2 && a.group == 4 && a.group_channels == 16 &&
+            a.offset_scale == 0.5f && a.remove_center == 1,
+        "deform.fields.all", err);
+
+  Fields missing = deform_fields();
+  missing.without("kernel_h");
+  check(!DeformAggregateCreator::parse(missing.fc(), &a, &err) &&
+            contains(err, "DeformAggregate: missing required field 'kernel_h' (int)"),
+        "deform.fields.missing_int", err);
+  Fields missing_scale = deform_fields();
+  missing_scale.without("offset_scale");
+  check(!DeformAggregateCreator::parse(missing_scale.fc(), &a, &err) &&
+            contains(err, "missing required field 'offset_scale' (float)"),
+        "deform.fields.missing_float", err);
+
+  struct Bad {
+    const char* field;
+    int32_t value;
+    const char* message;
+  };
+  const Bad bad[] = {
+      {"stride_h", 0, "field stride_h must be in [1, 2147483647], got 0"},
+      {"pad_w", -1, "field pad_w must be in [0, 2147483647], got -1"},
+      {"dilation_w", 0, "field dilation_w must be in [1, 2147483647], got 0"},
+      {"group", 0, "field group must be in [1, 2147483647], got 0"},
+      {"group_channels", -4, "field group_channels must be in [1, 2147483647], got -4"},
+      {"remove_center", 2, "field remove_center must be in [0, 1], got 2"},
+      {"kernel_w", 0, "field kernel_w must be in [1, 2147483647], got 0"},
+  };
+  for (const Bad& b : bad) {
+    Fields g = deform_fields();
+    g.set_i32(b.field, b.value);
+    check(!DeformAggregateCreator::parse(g.fc(), &a, &err) && contains(err, b.message),
+          std::string("deform.fields.range.") + b.field, err);
+  }
+  Fields big = deform_fields();
+  big.without("kernel_h").i64("kernel_h", int64_t(1) << 32);
+  check(!DeformAggregateCreator::parse(big.fc(), &a, &err) && contains(err, "field kernel_h must be in"),
+        "deform.fields.int64_overflow", err);
+
+  Fields int_scale = deform_fields();
+  int_scale.without("offset_scale").i32("offset_scale", 2);
+  check(DeformAggregateCreator::parse(int_scale.fc(), &a, &err) && a.offset_scale == 2.0f,
+        "deform.fields.int_offset_scale", err);
+  Fields f64_scale = deform_fields();
+  f64_scale.without("offset_scale").f64("offset_scale", 0.25);
+  check(DeformAggregateCreator::parse(f64_scale.fc(), &a, &err) && a.offset_scale == 0.25f,
+        "deform.fields.float64_offset_scale", err);
+  Fields str_scale = deform_fields();
+  str_scale.without("offset_scale").str("offset_scale", "1");
+  check(!DeformAggregateCreator::parse(str_scale.fc(), &a, &err) && contains(err, "must be a float, got char"),
+        "deform.fields.string_offset_scale", err);
+
+  Fields no_points = deform_fields(1, 1, 1, 1, 0, 0, 1, 1, 4, 16, 1.0f, 1);
+  check(!DeformAggregateCreator::parse(no_points.fc(), &a, &err) &&
+            contains(err, "kernel 1x1 with remove_center has no sampling points"),
+        "deform.fields.no_points", err);
+  Fields huge = deform_fields(2048, 1024);
+  check(!DeformAggregateCreator::parse(huge.fc(), &a, &err) &&
+            contains(err, "kernel_h*kernel_w = 2097152 exceeds the supported 1048576"),
+        "deform.fields.too_many_points", err);
+
+  clear_last_error();
+  nvinfer1::IPluginV3* p = deform_creator().createPlugin("dcn", missing.fc(), nvinfer1::TensorRTPhase::kBUILD);
+  check(p == nullptr, "deform.create.refused");
+  check_error("deform.create.message", {"DeformAggregate (layer 'dcn'): missing required field 'kernel_h'"});
+  delete p;
+}
+
+void test_capabilities() {
+  Fields f;
+  auto p = as_plugin<SelectiveScanPlugin>(scan_creator().createPlugin("s", f.fc(), nvinfer1::TensorRTPhase::kBUILD));
+  check(p != nullptr, "plugin.created");
+  if (!p) return;
+  auto* core = dynamic_cast<nvinfer1::IPluginV3OneCore*>(
+      p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE));
+  auto* build = dynamic_cast<nvinfer1::IPluginV3OneBuild*>(
+      p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
+  auto* runtime = dynamic_cast<nvinfer1::IPluginV3OneRuntime*>(
+      p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+  check(core != nullptr && build != nullptr && runtime != nullptr, "plugin.capabilities");
+  if (core && build && runtime) {
+    check(std::strcmp(core->getInterfaceInfo().kind, "PLUGIN_V3ONE_CORE") == 0 &&
+              std::strcmp(build->getInterfaceInfo().kind, "PLUGIN_V3ONE_BUILD") == 0 &&
+              std::strcmp(runtime->getInterfaceInfo().kind, "PLUGIN_V3ONE_RUNTIME") == 0 &&
+              std::strcmp(static_cast<nvinfer1::IPluginV3*>(p.get())->getInterfaceInfo().kind, "PLUGIN") == 0,
+          "plugin.interface_kinds");
+    check(std::strcmp(core->getPluginName(), "SelectiveScan") == 0 && std::strcmp(core->getPluginVersion(), "1") == 0 &&
+              std::strcmp(core->getPluginNamespace(), "ssmpose") == 0,
+          "plugin.core_identity");
+    check(build->getNbOutputs() == 1 && build->getWorkspaceSize(nullptr, 0, nullptr, 0) == 0, "plugin.outputs");
+  }
+}
+
+void test_formats() {
+  Fields f;
+  auto p = as_plugin<SelectiveScanPlugin>(scan_creator().createPlugin("s", f.fc(), nvinfer1::TensorRTPhase::kBUILD));
+  if (!p) return check(false, "formats.plugin");
+  auto io = [](std::vector<DataType> types, nvinfer1::TensorFormat fmt = nvinfer1::TensorFormat::kLINEAR) {
+    std::vector<nvinfer1::DynamicPluginTensorDesc> v;
+    for (DataType t : types) v.push_back(desc({2, 8, 16}, t, fmt));
+    return v;
+  };
+  const DataType F = DataType::kFLOAT, H = DataType::kHALF;
+  auto all_ok = [&](std::vector<nvinfer1::DynamicPluginTensorDesc> v, int32_t nin) {
+    for (int32_t pos = 0; pos < static_cast<int32_t>(v.size()); ++pos) {
+      if (!p->supportsFormatCombination(pos, v.data(), nin, 1)) return false;
+    }
+    return true;
+  };
+  check(all_ok(io({F, F, F, F, F, F, F, F}), 7), "formats.float32_all");
+  check(all_ok(io({H, H, H, H, H, H}), 5), "formats.float16_all");
+  check(!p->supportsFormatCombination(0, io({DataType::kINT32}).data(), 5, 1), "formats.int32_refused");
+  check(!p->supportsFormatCombination(0, io({DataType::kBF16}).data(), 5, 1), "formats.bfloat16_refused");
+  check(!p->supportsFormatCombination(0, io({DataType::kINT8}).data(), 5, 1), "formats.int8_refused");
+  auto mixed = io({H, F, H, H, H, H});
+  check(!p->supportsFormatCombination(1, mixed.data(), 5, 1), "formats.mixed_input_refused");
+  auto mixed_out = io({F, F, F, F, F, H});
+  check(!p->supportsFormatCombination(5, mixed_out.data(), 5, 1), "formats.output_type_follows_input0");
+  check(!p->supportsFormatCombination(0, io({F}, nvinfer1::TensorFormat::kHWC8).data(), 5, 1),
+        "formats.non_linear_refused");
+  check(!p->supportsFormatCombination(0, io({F}, nvinfer1::TensorFormat::kCHW32).data(), 5, 1),
+        "formats.chw32_refused");
+  check(!p->supportsFormatCombination(6, io({F, F, F, F, F, F}).data(), 5, 1), "formats.position_out_of_range");
+
+  DataType out = DataType::kINT32;
+  DataType in_f[] = {F, F, F, F, F, F, F};
+  check(p->getOutputDataTypes(&out, 1, in_f, 7) == 0 && out == F, "types.float32");
+  DataType in_h[] = {H, H, H, H, H};
+  check(p->getOutputDataTypes(&out, 1, in_h, 5) == 0 && out == H, "types.float16");
+  DataType in_mixed[] = {F, F, H, F, F};
+  clear_last_error();
+  check(p->getOutputDataTypes(&out, 1, in_mixed, 5) != 0, "types.mixed_refused");
+  check_error("types.mixed_message", {"SelectiveScan (layer 's')", "input 'A' has element type float16",
+                                      "'u' has float32"});
+  DataType in_int[] = {DataType::kINT32, DataType::kINT32, DataType::kINT32, DataType::kINT32, DataType::kINT32};
+  check(p->getOutputDataTypes(&out, 1, in_int, 5) != 0, "types.int32_refused");
+  check_error("types.int32_message", {"u has element type int32; supported: float32, float16"});
+  check(p->getOutputDataTypes(&out, 1, in_f, 4) != 0, "types.too_few_inputs");
+  check_error("types.too_few_message", {"takes 5 to 7 inputs, got 4"});
+  check(p->getOutputDataTypes(&out, 2, in_f, 5) != 0, "types.two_outputs_refused");
+
+  Fields df = deform_fields();
+  auto d = as_plugin<DeformAggregatePlugin>(deform_creator().createPlugin("d", df.fc(), nvinfer1::TensorRTPhase::kBUILD));
+  if (!d) return check(false, "formats.deform_plugin");
+  auto dio = io({H, H, H});
+  check(d->supportsFormatCombination(0, dio.data(), 2, 1) && d->supportsFormatCombination(1, dio.data(), 2, 1) &&
+            d->supportsFormatCombination(2, dio.data(), 2, 1),
+        "formats.deform_float16");
+  check(d->getOutputDataTypes(&out, 1, in_f, 3) != 0, "types.deform_three_inputs_refused");
+  check_error("types.deform_count_message", {"DeformAggregate (layer 'd'): takes 2 inputs, got 3"});
+}
+
+void test_scan_shapes() {
+  Fields f;
+  auto p = as_plugin<SelectiveScanPlugin>(scan_creator().createPlugin("s", f.fc(), nvinfer1::TensorRTPhase::kBUILD));
+  if (!p) return check(false, "scan.shapes.plugin");
+  FakeBuilder b;
+  // Constant dims: B=2, G*D=8 (G=4, D=2), L=12, N=3.
+  std::vector<nvinfer1::DimsExprs> in = {b.dims({2, 8, 12}), b.dims({2, 8, 12}), b.dims({8, 3}),
+                                         b.dims({2, 4, 3, 12}), b.dims({2, 4, 3, 12}), b.dims({8}), b.dims({8})};
+  nvinfer1::DimsExprs out{};
+  for (int32_t n = 5; n <= 7; ++n) {
+    out = nvinfer1::DimsExprs{};
+    const int32_t rc = p->getOutputShapes(in.data(), n, nullptr, 0, &out, 1, b);
+    check(rc == 0 && const_dims(out) == std::vector<int64_t>{2, 8, 12}, "scan.shapes.constant_" + std::to_string(n),
+          last_error());
+  }
+  // Symbolic B and L: the output is u's expressions.
+  std::vector<nvinfer1::DimsExprs> sym = {b.dims({-1, 8, -1}, {"B", "", "L"}), b.dims({-1, 8, -1}, {"B", "", "L"}),
+                                          b.dims({8, 3}), b.dims({-1, 4, 3, -1}, {"B", "", "", "L"}),
+                                          b.dims({-1, 4, 3, -1}, {"B", "", "", "L"}), b.dims({8}), b.dims({8})};
+  out = nvinfer1::DimsExprs{};
+  check(p->getOutputShapes(sym.data(), 7, nullptr, 0, &out, 1, b) == 0 && out.nbDims == 3 &&
+            out.d[0] == sym[0].d[0] && out.d[1] == sym[0].d[1] && out.d[2] == sym[0].d[2],
+        "scan.shapes.symbolic_is_u", last_error());
+
+  struct Case {
+    const char* name;
+    int index;
+    std::vector<int64_t> dims;
+    const char* message;
+  };
+  const Case bad[] = {
+      {"u_rank", 0, {2, 8}, "u must be (B, G*D, L), got shape (2, 8)"},
+      {"delta", 1, {2, 8, 11}, "delta shape (2, 8, 11) != u shape (2, 8, 12)"},
+      {"A", 2, {8, 4}, "A must be (8, 3), got (8, 4)"},
+      {"Bs_rank", 3, {2, 4, 3}, "Bs must be (B, G, N, L), got shape (2, 4, 3)"},
+      {"Bs_length", 3, {2, 4, 3, 10}, "does not match u (B=2, L=12)"},
+      {"Cs", 4, {2, 4, 2, 12}, "Cs shape (2, 4, 2, 12) != Bs shape (2, 4, 3, 12)"},
+      {"Ds", 5, {4}, "Ds must be (8,), got (4,)"},
+      {"delta_bias", 6, {8, 1}, "delta_bias must be (8,), got (8, 1)"},
+  };
+  for (const Case& c : bad) {
+    std::vector<nvinfer1::DimsExprs> v = in;
+    v[c.index] = b.dims(c.dims);
+    clear_last_error();
+    out = nvinfer1::DimsExprs{};
+    check(p->getOutputShapes(v.data(), 7, nullptr, 0, &out, 1, b) != 0, std::string("scan.shapes.bad_") + c.name);
+    check_error(std::string("scan.shapes.bad_") + c.name + "_message", {"SelectiveScan (layer 's'): ", c.message});
+  }
+  std::vector<nvinfer1::DimsExprs> three = in;
+  three[3] = three[4] = b.dims({2, 3, 3, 12});
+  check(p->getOutputShapes(three.data(), 7, nullptr, 0, &out, 1, b) != 0, "scan.shapes.bad_groups");
+  check_error("scan.shapes.bad_groups_message", {"channels 8 of u are not divisible by the 3 groups of Bs"});
+  // dstate limit (N = 17) with A and Cs consistent.
+  std::vector<nvinfer1::DimsExprs> big = {b.dims({2, 8, 12}), b.dims({2, 8, 12}), b.dims({8, 17}),
+                                          b.dims({2, 4, 17, 12}), b.dims({2, 4, 17, 12})};
+  check(p->getOutputShapes(big.data(), 5, nullptr, 0, &out, 1, b) != 0, "scan.shapes.dstate_limit");
+  check_error("scan.shapes.dstate_limit_message", {"dstate N = Bs.shape[2] must be in 1..16, got 17"});
+  // A mismatch is still caught when u's channels are symbolic (A carries them).
+  std::vector<nvinfer1::DimsExprs> partial = {b.dims({2, -1, 12}, {"", "C"}), b.dims({2, -1, 12}, {"", "C"}),
+                                              b.dims({8, 3}), b.dims({2, 4, 3, 12}), b.dims({2, 4, 3, 12}),
+                                              b.dims({6})};
+  check(p->getOutputShapes(partial.data(), 6, nullptr, 0, &out, 1, b) != 0, "scan.shapes.channels_from_A");
+  check_error("scan.shapes.channels_from_A_message", {"Ds must be (8,), got (6,)"});
+  check(p->getOutputShapes(in.data(), 7, in.data(), 1, &out, 1, b) != 0, "scan.shapes.shape_inputs_refused");
+}
+
+void test_deform_shapes() {
+  FakeBuilder b;
+  {
+    Fields f = deform_fields();  // 3x3, stride 1, pad 1, dilation 1, G=4, C=16: K=9, P >= 108
+    auto p = as_plugin<DeformAggregatePlugin>(deform_creator().createPlugin("d", f.fc(), nvinfer1::TensorRTPhase::kBUILD));
+    if (!p) return check(false, "deform.shapes.plugin");
+    std::vector<nvinfer1::DimsExprs> in = {b.dims({2, 64, 48, 64}), b.dims({2, 64, 48, 112})};
+    nvinfer1::DimsExprs out{};
+    check(p->getOutputShapes(in.data(), 2, nullptr, 0, &out, 1, b) == 0 &&
+              const_dims(out) == std::vector<int64_t>{2, 64, 48, 64},
+          "deform.shapes.constant", last_error());
+    // Symbolic B, H, W: Hout/Wout are expressions built with kFLOOR_DIV; G*C is a constant.
+    std::vector<nvinfer1::DimsExprs> sym = {b.dims({-1, -1, -1, 64}, {"B", "H", "W"}),
+                                            b.dims({-1, -1, -1, 112}, {"B", "Ho", "Wo"})};
+    out = nvinfer1::DimsExprs{};
+    const bool ok = p->getOutputShapes(sym.data(), 2, nullptr, 0, &out, 1, b) == 0;
+    check(ok && out.d[0] == sym[0].d[0] && !out.d[1]->isConstant() && out.d[3]->isConstant() &&
+              out.d[3]->getConstantValue() == 64,
+          "deform.shapes.symbolic", last_error());
+    if (ok) {
+      const auto* eh = dynamic_cast<const FakeExpr*>(out.d[1]);
+      std::printf("expr Hout = %s\n", eh->str().c_str());
+      check(contains(eh->str(), "//"), "deform.shapes.uses_floor_div", eh->str());
+      bool all = true;
+      for (int64_t h : {1, 2, 3, 7, 64, 255}) {
+        int64_t v = -1;
+        all = all && eh->eval({{"H", h}}, &v) && v == deform_out_size(h, 3, 1, 1, 1);
+      }
+      check(all, "deform.shapes.symbolic_eval");
+    }
+    struct Case {
+      const char* name;
+      std::vector<int64_t> value, om;
+      const char* message;
+    };
+    const Case bad[] = {
+        {"value_rank", {2, 64, 48}, {2, 64, 48, 108}, "value must be (B, H, W, G*C), got shape (2, 64, 48)"},
+        {"om_rank", {2, 64, 48, 64}, {2, 64, 48}, "offset_mask must be (B, Hout, Wout, P), got shape (2, 64, 48)"},
+        {"channels", {2, 64, 48, 60}, {2, 64, 48, 108}, "value has 60 channels, expected group*group_channels = 4*16"},
+        {"lead", {2, 64, 48, 64}, {2, 32, 48, 108}, "offset_mask leading dims (2, 32, 48) != (B, Hout, Wout) = (2, 64, 48)"},
+        {"batch", {2, 64, 48, 64}, {3, 64, 48, 108}, "offset_mask leading dims (3, 64, 48)"},
+        {"columns", {2, 64, 48, 64}, {2, 64, 48, 107}, "offset_mask has 107 columns, needs >= group*K*3 = 108"},
+    };
+    for (const Case& c : bad) {
+      std::vector<nvinfer1::DimsExprs> v = {b.dims(c.value), b.dims(c.om)};
+      clear_last_error();
+      out = nvinfer1::DimsExprs{};
+      check(p->getOutputShapes(v.data(), 2, nullptr, 0, &out, 1, b) != 0, std::string("deform.shapes.bad_") + c.name);
+      check_error(std::string("deform.shapes.bad_") + c.name + "_message", {"DeformAggregate (layer 'd'): ", c.message});
+    }
+    // Mismatch with offset_mask's known dims while value's H is symbolic is left to run time.
+    std::vector<nvinfer1::DimsExprs> half = {b.dims({2, -1, 48, 64}, {"", "H"}), b.dims({2, 17, 48, 108})};
+    check(p->getOutputShapes(half.data(), 2, nullptr, 0, &out, 1, b) == 0, "deform.shapes.partially_known");
+  }
+  {
+    // 5x3 kernel, stride 2/3, pad 0/2, dilation 2/1, remove_center: K = 14, P >= 2*14*3 = 84.
+    Fields f = deform_fields(5, 3, 2, 3, 0, 2, 2, 1, 2, 8, 1.0f, 1);
+    auto p = as_plugin<DeformAggregatePlugin>(deform_creator().createPlugin("d2", f.fc(), nvinfer1::TensorRTPhase::kBUILD));
+    if (!p) return check(false, "deform.shapes.plugin2");
+    const int64_t ho = deform_out_size(31, 5, 2, 0, 2), wo = deform_out_size(20, 3, 3, 2, 1);
+    std::vector<nvinfer1::DimsExprs> in = {b.dims({1, 31, 20, 16}), b.dims({1, ho, wo, 84})};
+    nvinfer1::DimsExprs out{};
+    check(p->getOutputShapes(in.data(), 2, nullptr, 0, &out, 1, b) == 0 &&
+              const_dims(out) == std::vector<int64_t>{1, ho, wo, 16} && ho == 12 && wo == 8,
+          "deform.shapes.strided_constant", last_error());
+    std::vector<nvinfer1::DimsExprs> small = {b.dims({1, 6, 20, 16}), b.dims({1, 0, wo, 84})};
+    check(p->getOutputShapes(small.data(), 2, nullptr, 0, &out, 1, b) != 0, "deform.shapes.too_small");
+    check_error("deform.shapes.too_small_message", {"smaller than the dilated kernel", "(Hout, Wout) = (-1, 8)"});
+  }
+}
+
+void test_configure_and_runtime() {
+  Fields f;
+  f.i32("delta_softplus", 0);
+  auto p = as_plugin<SelectiveScanPlugin>(scan_creator().createPlugin("s", f.fc(), nvinfer1::TensorRTPhase::kBUILD));
+  if (!p) return check(false, "configure.plugin");
+  const DataType H = DataType::kHALF;
+  std::vector<nvinfer1::DynamicPluginTensorDesc> in = {desc({-1, 8, -1}, H), desc({-1, 8, -1}, H), desc({8, 3}, H),
+                                                       desc({-1, 4, 3, -1}, H), desc({-1, 4, 3, -1}, H),
+                                                       desc({8}, H)};
+  std::vector<nvinfer1::DynamicPluginTensorDesc> out = {desc({-1, 8, -1}, H)};
+  check(p->configurePlugin(in.data(), 6, out.data(), 1) == 0 && p->configured_inputs() == 6, "configure.dynamic",
+        last_error());
+  auto bad = in;
+  bad[2] = desc({8, 5}, H);
+  check(p->configurePlugin(bad.data(), 6, out.data(), 1) != 0, "configure.bad_A");
+  check_error("configure.bad_A_message", {"A must be (8, 3), got (8, 5)"});
+  auto mixed = in;
+  mixed[3] = desc({-1, 4, 3, -1}, DataType::kFLOAT);
+  check(p->configurePlugin(mixed.data(), 6, out.data(), 1) != 0, "configure.mixed_types");
+  check_error("configure.mixed_types_message", {"input 'Bs' has element type float32"});
+  std::vector<nvinfer1::DynamicPluginTensorDesc> out_f = {desc({-1, 8, -1}, DataType::kFLOAT)};
+  check(p->configurePlugin(in.data(), 6, out_f.data(), 1) != 0, "configure.output_type");
+
+  // Run time: concrete shapes -> kernel shape.
+  std::vector<nvinfer1::PluginTensorDesc> rin = {tdesc({3, 8, 20}, H), tdesc({3, 8, 20}, H), tdesc({8, 3}, H),
+                                                 tdesc({3, 4, 3, 20}, H), tdesc({3, 4, 3, 20}, H), tdesc({8}, H),
+                                                 tdesc({8}, H)};
+  std::vector<nvinfer1::PluginTensorDesc> rout = {tdesc({3, 8, 20}, H)};
+  const bool ok = p->onShapeChange(rin.data(), 7, rout.data(), 1) == 0;
+  const ssm_scan_shape& s = p->kernel_shape();
+  check(ok && s.batch == 3 && s.groups == 4 && s.dim == 2 && s.dstate == 3 && s.length == 20 &&
+            s.delta_softplus == 0 && s.dtype == SSM_FLOAT16 && p->configured_inputs() == 7,
+        "runtime.scan_kernel_shape", last_error());
+  std::vector<nvinfer1::PluginTensorDesc> wrong_out = {tdesc({3, 8, 21}, H)};
+  check(p->onShapeChange(rin.data(), 7, wrong_out.data(), 1) != 0, "runtime.wrong_output");
+  check_error("runtime.wrong_output_message", {"output shape (3, 8, 21) != expected (3, 8, 20)"});
+  auto unresolved = rin;
+  unresolved[0] = tdesc({-1, 8, 20}, H);
+  check(p->onShapeChange(unresolved.data(), 7, rout.data(), 1) != 0, "runtime.unresolved");
+  check_error("runtime.unresolved_message", {"input 'u' has unresolved shape (?, 8, 20) at run time"});
+
+  // enqueue: an empty batch needs no kernels; otherwise a missing kernel library is a clear error.
+  std::vector<nvinfer1::PluginTensorDesc> ein = {tdesc({0, 8, 20}, H), tdesc({0, 8, 20}, H), tdesc({8, 3}, H),
+                                                 tdesc({0, 4, 3, 20}, H), tdesc({0, 4, 3, 20}, H)};
+  std::vector<nvinfer1::PluginTensorDesc> eout = {tdesc({0, 8, 20}, H)};
+  check(p->onShapeChange(ein.data(), 5, eout.data(), 1) == 0 &&
+            p->enqueue(ein.data(), eout.data(), nullptr, nullptr, nullptr, nullptr) == 0,
+        "runtime.empty_batch", last_error());
+  std::string why;
+  if (cuda_kernels(&why) == nullptr) {
+    check(p->onShapeChange(rin.data(), 7, rout.data(), 1) == 0, "runtime.reshape");
+    const void* ins[7] = {};
+    void* outs[1] = {};
+    clear_last_error();
+    check(p->enqueue(rin.data(), rout.data(), ins, outs, nullptr, nullptr) != 0, "runtime.no_kernels");
+    check_error("runtime.no_kernels_message", {"SelectiveScan (layer 's'): cannot load the CUDA kernel library",
+                                               "libssmpose_kernels_cuda.so"});
+  } else {
+    std::printf("skip runtime.no_kernels: libssmpose_kernels_cuda.so is loadable here\n");
+  }
+
+  // DeformAggregate at run time.
+  Fields df = deform_fields(3, 3, 2, 2, 1, 1, 1, 1, 4, 16, 0.5f, 0);
+  auto d = as_plugin<DeformAggregatePlugin>(deform_creator().createPlugin("d", df.fc(), nvinfer1::TensorRTPhase::kRUNTIME));
+  if (!d) return check(false, "runtime.deform_plugin");
+  std::vector<nvinfer1::PluginTensorDesc> din = {tdesc({2, 15, 10, 64}), tdesc({2, 8, 5, 112})};
+  std::vector<nvinfer1::PluginTensorDesc> dout = {tdesc({2, 8, 5, 64})};
+  const bool dok = d->onShapeChange(din.data(), 2, dout.data(), 1) == 0;
+  const ssm_deform_shape& k = d->kernel_shape();
+  check(dok && k.batch == 2 && k.height == 15 && k.width == 10 && k.out_height == 8 && k.out_width == 5 &&
+            k.groups == 4 && k.group_channels == 16 && k.offset_stride == 112 && k.kernel_h == 3 && k.stride_w == 2 &&
+            k.pad_h == 1 && k.dilation_w == 1 && k.remove_center == 0 && k.offset_scale == 0.5f &&
+            k.dtype == SSM_FLOAT32,
+        "runtime.deform_kernel_shape", last_error());
+  std::vector<nvinfer1::PluginTensorDesc> empty_img = {tdesc({2, 0, 10, 64}), tdesc({2, 8, 5, 112})};
+  Fields pad = deform_fields(3, 3, 2, 2, 9, 1, 1, 1, 4, 16, 0.5f, 0);  // pad_h 9: H = 0 still gives Hout = 8
+  auto dp = as_plugin<DeformAggregatePlugin>(deform_creator().createPlugin("dp", pad.fc(), nvinfer1::TensorRTPhase::kRUNTIME));
+  check(dp && dp->onShapeChange(empty_img.data(), 2, dout.data(), 1) != 0, "runtime.deform_empty_image");
+  check_error("runtime.deform_empty_image_message", {"value has an empty image (H, W) = (0, 10)"});
+}
+
+void test_serialization() {
+  // SelectiveScan with a non-default field.
+  Fields f;
+  f.i32("delta_softplus", 0);
+  auto p = as_plugin<SelectiveScanPlugin>(scan_creator().createPlugin("s", f.fc(), nvinfer1::TensorRTPhase::kBUILD));
+  if (!p) return check(false, "serialize.plugin");
+  const PluginFieldCollection* fc = p->getFieldsToSerialize();
+  check(fc != nullptr && fc->nbFields == 1 && std::strcmp(fc->fields[0].name, "delta_softplus") == 0 &&
+            fc->fields[0].type == PluginFieldType::kINT32 && fc->fields[0].length == 1,
+        "serialize.scan_fields");
+  auto q = as_plugin<SelectiveScanPlugin>(scan_creator().createPlugin("s", fc, nvinfer1::TensorRTPhase::kRUNTIME));
+  check(q && q->attrs().delta_softplus == 0, "serialize.scan_round_trip");
+  auto c = as_plugin<SelectiveScanPlugin>(p->clone());
+  check(c && c->attrs().delta_softplus == 0 && c->layer_name() == "s", "serialize.scan_clone");
+  auto attached = as_plugin<SelectiveScanPlugin>(p->attachToContext(nullptr));
+  check(attached && attached.get() != p.get() && attached->attrs().delta_softplus == 0, "serialize.scan_attach");
+
+  // DeformAggregate: every field non-default, and the round trip through TensorRT's serialised form.
+  Fields df = deform_fields(5, 3, 2, 3, 0, 2, 2, 1, 6, 12, 0.375f, 1);
+  auto d = as_plugin<DeformAggregatePlugin>(deform_creator().createPlugin("d", df.fc(), nvinfer1::TensorRTPhase::kBUILD));
+  if (!d) return check(false, "serialize.deform_plugin");
+  const PluginFieldCollection* dfc = d->getFieldsToSerialize();
+  // The serialised fields are exactly the creator's field names (what the ONNX parser passes) with their types.
+  const PluginFieldCollection* names = deform_creator().getFieldNames();
+  bool same = dfc != nullptr && dfc->nbFields == names->nbFields;
+  for (int32_t i = 0; same && i < dfc->nbFields; ++i) {
+    bool found = false;
+    for (int32_t j = 0; j < names->nbFields; ++j) {
+      found = found || (std::strcmp(dfc->fields[i].name, names->fields[j].name) == 0 &&
+                        dfc->fields[i].type == names->fields[j].type);
+    }
+    same = same && found;
+  }
+  check(same, "serialize.deform_fields_match_creator");
+  // A copy of the collection (as TensorRT stores it in the plan) must recreate the same plugin.
+  Fields copy;
+  for (int32_t i = 0; dfc && i < dfc->nbFields; ++i) {
+    if (dfc->fields[i].type == PluginFieldType::kINT32) copy.i32(dfc->fields[i].name, *static_cast<const int32_t*>(dfc->fields[i].data));
+    if (dfc->fields[i].type == PluginFieldType::kFLOAT32) copy.f32(dfc->fields[i].name, *static_cast<const float*>(dfc->fields[i].data));
+  }
+  d.reset();  // the original is gone, as after serialisation
+  auto e = as_plugin<DeformAggregatePlugin>(deform_creator().createPlugin("d", copy.fc(), nvinfer1::TensorRTPhase::kRUNTIME));
+  const DeformAttrs* a = e ? &e->attrs() : nullptr;
+  check(a && a->kernel_h == 5 && a->kernel_w == 3 && a->stride_h == 2 && a->stride_w == 3 && a->pad_h == 0 &&
+            a->pad_w == 2 && a->dilation_h == 2 && a->dilation_w == 1 && a->group == 6 && a->group_channels == 12 &&
+            a->offset_scale == 0.375f && a->remove_center == 1,
+        "serialize.deform_round_trip");
+  // getFieldsToSerialize may be called again; the collection stays valid and equal.
+  if (e) {
+    const PluginFieldCollection* one = e->getFieldsToSerialize();
+    const int32_t n1 = one->nbFields;
+    const PluginFieldCollection* two = e->getFieldsToSerialize();
+    check(n1 == 12 && two->nbFields == 12 && *static_cast<const float*>(two->fields[10].data) == 0.375f,
+          "serialize.repeatable");
+  }
+}
+
+int outsize(int argc, char** argv) {
+  if (argc != 12) {
+    std::fprintf(stderr, "usage: %s outsize H W kernel_h kernel_w stride_h stride_w pad_h pad_w dilation_h dilation_w\n",
+                 argv[0]);
+    return 2;
+  }
+  const int64_t h = std::atoll(argv[2]), w = std::atoll(argv[3]);
+  Fields f = deform_fields(std::atoi(argv[4]), std::atoi(argv[5]), std::atoi(argv[6]), std::atoi(argv[7]),
+                           std::atoi(argv[8]), std::atoi(argv[9]), std::atoi(argv[10]), std::atoi(argv[11]), 1, 4);
+  auto p = as_plugin<DeformAggregatePlugin>(deform_creator().createPlugin("o", f.fc(), nvinfer1::TensorRTPhase::kBUILD));
+  if (!p) {
+    std::printf("error: %s\n", last_error().c_str());
+    return 0;
+  }
+  FakeBuilder b;
+  std::vector<nvinfer1::DimsExprs> in = {b.dims({1, h, w, 4}), b.dims({1, -1, -1, -1}, {"", "Ho", "Wo", "P"})};
+  nvinfer1::DimsExprs out{};
+  if (p->getOutputShapes(in.data(), 2, nullptr, 0, &out, 1, b) != 0) {
+    std::printf("error: %s\n", last_error().c_str());
+    return 0;
+  }
+  std::vector<nvinfer1::DimsExprs> sym = {b.dims({1, -1, -1, 4}, {"", "H", "W"}),
+                                          b.dims({1, -1, -1, -1}, {"", "Ho", "Wo", "P"})};
+  nvinfer1::DimsExprs sout{};
+  if (p->getOutputShapes(sym.data(), 2, nullptr, 0, &sout, 1, b) != 0) {
+    std::printf("error: %s\n", last_error().c_str());
+    return 0;
+  }
+  int64_t sh = 0, sw = 0;
+  const bool ok = dynamic_cast<const FakeExpr*>(sout.d[1])->eval({{"H", h}}, &sh) &&
+                  dynamic_cast<const FakeExpr*>(sout.d[2])->eval({{"W", w}}, &sw);
+  if (!ok) {
+    std::printf("error: the symbolic output size cannot be evaluated\n");
+    return 0;
+  }
+  std::printf("%lld %lld %lld %lld\n", static_cast<long long>(out.d[1]->getConstantValue()),
+              static_cast<long long>(out.d[2]->getConstantValue()), static_cast<long long>(sh),
+              static_cast<long long>(sw));
+  return 0;
+}
+
+
+#if defined(SSMPOSE_TRT_TEST_CUDA)
+// ------------------------------------------------------------------------------------------------
+// GPU mode: the plugins' enqueue on real device buffers (the CUDA kernels dlopen()ed by the plugin code), compared
+// with the CPU kernels of libssmpose_kernels.so. Exercises onShapeChange -> enqueue as TensorRT would, without
+// TensorRT. Both libraries are found through the loader path (LD_LIBRARY_PATH=<build>/lib).
+
+struct CpuKernels {
+  int (*scan)(const ssm_scan_shape*, const void*, const void*, const void*, const void*, const void*, const void*,
+              const void*, void*, int) = nullptr;
+  int (*deform)(const ssm_deform_shape*, const void*, const void*, void*, int) = nullptr;
+};
+
+bool cpu_kernels(CpuKernels* k) {
+  void* h = dlopen("libssmpose_kernels.so", RTLD_NOW | RTLD_LOCAL);
+  if (h == nullptr) return false;
+  k->scan = reinterpret_cast<decltype(k->scan)>(dlsym(h, "ssm_selective_scan_fwd_cpu"));
+  k->deform = reinterpret_cast<decltype(k->deform)>(dlsym(h, "ssm_deform_aggregate_fwd_cpu"));
+  return k->scan != nullptr && k->deform != nullptr;
+}
+
+// Host buffers of one dtype (float32, or float16 stored as __half).
+struct Buffer {
+  std::vector<float> f;
+  std::vector<__half> h;
+  bool half = false;
+  const void* host() const { return half ? static_cast<const void*>(h.data()) : f.data(); }
+  size_t bytes() const { return half ? h.size() * sizeof(__half) : f.size() * sizeof(float); }
+  float at(size_t i) const { return half ? __half2float(h[i]) : f[i]; }
+};
+
+Buffer random_buffer(size_t n, bool half, uint32_t* seed, float scale, float shift = 0.0f) {
+  Buffer b;
+  b.half = half;
+  for (size_t i = 0; i < n; ++i) {
+    *seed = *seed * 1664525u + 1013904223u;
+    const float v = shift + scale * (static_cast<float>(*seed >> 8) / 16777216.0f * 2.0f - 1.0f);
+    if (half) b.h.push_back(__float2half(v)); else b.f.push_back(v);
+  }
+  return b;
+}
+
+Buffer zeros(size_t n, bool half) {
+  Buffer b;
+  b.half = half;
+  if (half) b.h.assign(n, __float2half(0.0f)); else b.f.assign(n, 0.0f);
+  return b;
+}
+
+size_t numel(const std::vector<int64_t>& d) {
+  size_t n = 1;
+  for (int64_t v : d) n *= static_cast<size_t>(v);
+  return n;
+}
+
+// Runs `plugin` on device copies of `inputs` and returns the output (host, as float).
+bool run_on_gpu(PluginBase* plugin, const std::vector<std::vector<int64_t>>& dims, const std::vector<Buffer>& inputs,
+                const std::vector<int64_t>& out_dims, bool half, std::vector<float>* out, std::string* err) {
+  const DataType t = half ? DataType::kHALF : DataType::kFLOAT;
+  std::vector<nvinfer1::PluginTensorDesc> in_desc;
+  for (const auto& d : dims) in_desc.push_back(tdesc(d, t));
+  std::vector<nvinfer1::PluginTensorDesc> out_desc = {tdesc(out_dims, t)};
+  if (plugin->onShapeChange(in_desc.data(), static_cast<int32_t>(dims.size()), out_desc.data(), 1) != 0) {
+    *err = last_error();
+    return false;
+  }
+  std::vector<void*> dev(inputs.size(), nullptr);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    cudaMalloc(&dev[i], inputs[i].bytes());
+    cudaMemcpy(dev[i], inputs[i].host(), inputs[i].bytes(), cudaMemcpyHostToDevice);
+  }
+  Buffer result = zeros(numel(out_dims), half);
+  void* dout = nullptr;
+  cudaMalloc(&dout, result.bytes());
+  cudaMemset(dout, 0xff, result.bytes());  // NaN pattern: unwritten elements show
+  cudaStream_t stream = nullptr;
+  cudaStreamCreate(&stream);
+  const int rc = plugin->enqueue(in_desc.data(), out_desc.data(), const_cast<const void* const*>(dev.data()), &dout,
+                                 nullptr, stream);
+  const cudaError_t sync = cudaStreamSynchronize(stream);
+  cudaMemcpy(half ? static_cast<void*>(result.h.data()) : result.f.data(), dout, result.bytes(),
+             cudaMemcpyDeviceToHost);
+  cudaStreamDestroy(stream);
+  for (void* p : dev) cudaFree(p);
+  cudaFree(dout);
+  if (rc != 0 || sync != cudaSuccess) {
+    *err = rc != 0 ? last_error() : std::string(cudaGetErrorString(sync));
+    return false;
+  }
+  out->clear();
+  for (size_t i = 0; i < numel(out_dims); ++i) out->push_back(result.at(i));
+  return true;
+}
+
+void compare(const std::string& name, const std::vector<float>& got, const Buffer& want, double tol) {
+  double max_err = 0, max_ref = 0;
+  bool finite = got.size() == (want.half ? want.h.size() : want.f.size());
+  for (size_t i = 0; finite && i < got.size(); ++i) {
+    finite = std::isfinite(got[i]);
+    max_err = std::max(max_err, std::fabs(double(got[i]) - want.at(i)));
+    max_ref = std::max(max_ref, std::fabs(double(want.at(i))));
+  }
+  check(finite && max_err <= tol * (max_ref + 1e-6), name,
+        "max abs error " + std::to_string(max_err) + ", max |ref| " + std::to_string(max_ref));
+}
+
+int gpu_mode() {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("skip gpu: no CUDA device\n");
+    return 0;
+  }
+  CpuKernels cpu;
+  if (!cpu_kernels(&cpu)) {
+    std::printf("FAIL gpu.cpu_kernels: libssmpose_kernels.so not loadable (%s)\n", dlerror());
+    return 1;
+  }
+  std::string why;
+  check(cuda_kernels(&why) != nullptr, "gpu.cuda_kernels_loaded", why);
+  for (bool half : {false, true}) {
+    for (int32_t nin = 5; nin <= 7; ++nin) {
+      const int64_t B = 2, G = 2, D = 3, N = 4, L = 37;
+      uint32_t seed = 7u + nin;
+      std::vector<Buffer> in = {random_buffer(B * G * D * L, half, &seed, 1.0f),
+                                random_buffer(B * G * D * L, half, &seed, 0.5f),
+                                random_buffer(G * D * N, half, &seed, 0.5f, -0.6f),
+                                random_buffer(B * G * N * L, half, &seed, 1.0f),
+                                random_buffer(B * G * N * L, half, &seed, 1.0f),
+                                random_buffer(G * D, half, &seed, 1.0f), random_buffer(G * D, half, &seed, 0.1f)};
+      in.resize(nin);
+      std::vector<std::vector<int64_t>> dims = {{B, G * D, L}, {B, G * D, L}, {G * D, N}, {B, G, N, L},
+                                                {B, G, N, L}, {G * D}, {G * D}};
+      dims.resize(nin);
+      Fields f;
+      f.i32("delta_softplus", nin == 6 ? 0 : 1);
+      auto p = as_plugin<SelectiveScanPlugin>(scan_creator().createPlugin("g", f.fc(), nvinfer1::TensorRTPhase::kRUNTIME));
+      std::vector<float> got;
+      const std::string name = std::string("gpu.scan_") + (half ? "f16_" : "f32_") + std::to_string(nin);
+      if (!run_on_gpu(p.get(), dims, in, {B, G * D, L}, half, &got, &why)) {
+        check(false, name, why);
+        continue;
+      }
+      ssm_scan_shape s{B, G, D, N, L, nin == 6 ? 0 : 1, half ? SSM_FLOAT16 : SSM_FLOAT32};
+      Buffer want = zeros(B * G * D * L, half);
+      const int rc = cpu.scan(&s, in[0].host(), in[1].host(), in[2].host(), in[3].host(), in[4].host(),
+                              nin > 5 ? in[5].host() : nullptr, nin > 6 ? in[6].host() : nullptr,
+                              half ? static_cast<void*>(want.h.data()) : want.f.data(), 1);
+      if (rc != 0) {
+        check(false, name, "CPU kernel failed");
+        continue;
+      }
+      compare(name, got, want, half ? 2e-3 : 1e-5);
+    }
+    // DeformAggregate: 3x3, stride 2, pad 1, dilation 1, G=2, C=8, P padded to 56 (>= 2*9*3 = 54), scale 0.75.
+    const int64_t B = 2, H = 9, W = 7, G = 2, C = 8, P = 56;
+    const int64_t Ho = deform_out_size(H, 3, 2, 1, 1), Wo = deform_out_size(W, 3, 2, 1, 1);
+    uint32_t seed = 99u;
+    std::vector<Buffer> in = {random_buffer(B * H * W * G * C, half, &seed, 1.0f),
+                              random_buffer(B * Ho * Wo * P, half, &seed, 1.5f)};
+    Fields f = deform_fields(3, 3, 2, 2, 1, 1, 1, 1, G, C, 0.75f, 0);
+    auto p = as_plugin<DeformAggregatePlugin>(deform_creator().createPlugin("g", f.fc(), nvinfer1::TensorRTPhase::kRUNTIME));
+    std::vector<float> got;
+    const std::string name = std::string("gpu.deform_") + (half ? "f16" : "f32");
+    if (!run_on_gpu(p.get(), {{B, H, W, G * C}, {B, Ho, Wo, P}}, in, {B, Ho, Wo, G * C}, half, &got, &why)) {
+      check(false, name, why);
+      continue;
+    }
+    ssm_deform_shape s{};
+    s.batch = B; s.height = H; s.width = W; s.out_height = Ho; s.out_width = Wo; s.groups = G; s.group_channels = C;
+    s.offset_stride = P; s.kernel_h = 3; s.kernel_w = 3; s.stride_h = 2; s.stride_w = 2; s.pad_h = 1; s.pad_w = 1;
+    s.dilation_h = 1; s.dilation_w = 1; s.remove_center = 0; s.offset_scale = 0.75f;
+    s.dtype = half ? SSM_FLOAT16 : SSM_FLOAT32;
+    Buffer want = zeros(B * Ho * Wo * G * C, half);
+    if (cpu.deform(&s, in[0].host(), in[1].host(), half ? static_cast<void*>(want.h.data()) : want.f.data(), 1) != 0) {
+      check(false, name, "CPU kernel failed");
+      continue;
+    }
+    compare(name, got, want, half ? 2e-3 : 1e-5);
+  }
+  std::printf("passed %d failed %d\n", g_passed, g_failed);
+  return g_failed == 0 ? 0 : 1;
+}
+#endif  // SSMPOSE_TRT_TEST_CUDA
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  set_quiet(true);
+  if (argc > 1 && std::strcmp(argv[1], "outsize") == 0) return outsize(argc, argv);
+  if (argc > 1 && std::strcmp(argv[1], "gpu") == 0) {
+#if defined(SSMPOSE_TRT_TEST_CUDA)
+    return gpu_mode();
+#else
+    std::printf("skip gpu: built without the CUDA runtime\n");
+    return 0;
+#endif
+  }
+  test_creators();
+  test_scan_fields();
+  test_deform_fields();
+  test_capabilities();
+  test_formats();
+  test_scan_shapes();
+  test_deform_shapes();
+  test_configure_and_runtime();
+  test_serialization();
+  std::printf("passed %d failed %d\n", g_passed, g_failed);
+  return g_failed == 0 ? 0 : 1;
+}

@@ -1,0 +1,406 @@
+"""TensorRT plugins (custom_ops/csrc/tensorrt) and the `tensorrt` backend (runtimes/tensorrt_backend.py).
+
+Three layers, each skipping with its reason where what it needs is absent:
+
+1. Stand-in unit tests (need TensorRT's public headers, a C++ compiler, CMake and the CUDA headers; no TensorRT
+   runtime, no GPU): the plugin folder is configured on its own into a temporary build, which compiles
+   libssmpose_trt.so and ssmpose_trt_unit_tests (the real plugin sources against fakes of IExprBuilder /
+   IDimensionExpr and hand-made field collections and tensor descriptors). The program's checks are asserted here,
+   its output-size expressions are compared with the Python reference, its field names with the ONNX schemas, and
+   the library's exported symbols and dependencies are inspected. Headers are looked up in
+   $SSMPOSE_TENSORRT_INCLUDE_DIR, $TENSORRT_ROOT/include, the project build's CMake cache, an installed kernel_lens
+   package and <repo>/build/third_party/kernel_lens (docs/tensorrt.md). With SSMPOSE_REQUIRE_TRT_PLUGINS=1 (CI)
+   their absence is a failure, not a skip.
+2. Backend helpers that need no TensorRT (cache key, file digest, batch range, error messages).
+3. Engine tests (need the tensorrt package, a CUDA device and the project build's libssmpose_trt.so with
+   libssmpose_kernels_cuda.so): single-node custom-form graphs built into engines and compared with the reference.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssmpose import runtimes
+from ssmpose.custom_ops import reference as ref
+from ssmpose.runtimes import tensorrt_backend as trt_backend
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN_DIR = REPO / "custom_ops" / "csrc" / "tensorrt"
+REQUIRED = os.environ.get("SSMPOSE_REQUIRE_TRT_PLUGINS") == "1"
+EXPORTED = {"getCreators", "setLoggerFinder", "ssmpose_trt_version", "ssmpose_trt_kernels_abi_version",
+            "ssmpose_trt_tensorrt_version", "ssmpose_trt_load_kernels"}
+
+
+def _skip_or_fail(reason: str):
+    if REQUIRED:
+        pytest.fail(f"SSMPOSE_REQUIRE_TRT_PLUGINS=1 but {reason}")
+    pytest.skip(reason)
+
+
+def _has_headers(folder) -> bool:
+    return folder is not None and (Path(folder) / "NvInferRuntime.h").is_file()
+
+
+def find_tensorrt_headers():
+    """(folder with TensorRT's headers or None, where it was looked for)."""
+    tried = []
+    candidates = []
+    if os.environ.get("SSMPOSE_TENSORRT_INCLUDE_DIR"):
+        candidates.append(Path(os.environ["SSMPOSE_TENSORRT_INCLUDE_DIR"]))
+    if os.environ.get("TENSORRT_ROOT"):
+        candidates.append(Path(os.environ["TENSORRT_ROOT"]) / "include")
+    build = REPO / "build"
+    if build.is_dir():
+        for cache in sorted(build.glob("*/CMakeCache.txt")) + sorted(build.glob("CMakeCache.txt")):
+            m = re.search(r"^SSMPOSE_TENSORRT_INCLUDE_DIR:\w+=(.+)$", cache.read_text(errors="replace"), re.M)
+            if m and m.group(1).strip():
+                candidates.append(Path(m.group(1).strip()))
+    spec = importlib.util.find_spec("kernel_lens")  # finds the package without importing it
+    if spec is not None and spec.origin:
+        candidates.append(Path(spec.origin).parent / "include" / "tensorrt")
+    candidates.append(build / "third_party" / "kernel_lens" / "kernel_lens" / "include" / "tensorrt")
+    for c in candidates:
+        tried.append(str(c))
+        if _has_headers(c):
+            return c, tried
+    return None, tried
+
+
+@pytest.fixture(scope="module")
+def unit_build(tmp_path_factory):
+    """Standalone CMake build of the plugin folder: (unit-test program, libssmpose_trt.so)."""
+    headers, tried = find_tensorrt_headers()
+    if headers is None:
+        _skip_or_fail("no TensorRT headers (NvInferRuntime.h) found; looked in: " + ", ".join(tried) +
+                      " (set SSMPOSE_TENSORRT_INCLUDE_DIR; docs/tensorrt.md)")
+    if shutil.which("cmake") is None:
+        _skip_or_fail("cmake is not installed")
+    out = tmp_path_factory.mktemp("trt_build")
+    configure = subprocess.run(["cmake", "-S", str(PLUGIN_DIR), "-B", str(out), "-DCMAKE_BUILD_TYPE=Release",
+                                f"-DSSMPOSE_TENSORRT_INCLUDE_DIR={headers}"], capture_output=True, text=True)
+    if configure.returncode != 0:
+        pytest.fail(f"configuring {PLUGIN_DIR} failed:\n{configure.stdout}\n{configure.stderr}")
+    skipped = re.search(r"libssmpose_trt\) not built: (.*)", configure.stdout)
+    if skipped:
+        _skip_or_fail(f"the plugin folder configured to nothing: {skipped.group(1)}")
+    build = subprocess.run(["cmake", "--build", str(out), "-j2"], capture_output=True, text=True)
+    if build.returncode != 0:
+        pytest.fail(f"building the TensorRT plugins failed:\n{build.stdout[-6000:]}\n{build.stderr[-6000:]}")
+    assert "warning" not in (build.stdout + build.stderr).lower(), build.stdout + build.stderr
+    program, library = out / "ssmpose_trt_unit_tests", out / "lib" / "libssmpose_trt.so"
+    assert program.is_file() and library.is_file()
+    return program, library
+
+
+@pytest.fixture(scope="module")
+def unit_results(unit_build):
+    program, _ = unit_build
+    run = subprocess.run([str(program)], capture_output=True, text=True, timeout=60)
+    results, fields = {}, {}
+    for line in run.stdout.splitlines():
+        if line.startswith("ok "):
+            results[line[3:]] = None
+        elif line.startswith("FAIL "):
+            name, _, why = line[5:].partition(": ")
+            results[name] = why
+        elif line.startswith("fields "):
+            parts = line.split()
+            fields[parts[1]] = [tuple(p.split(":")) for p in parts[2:]]
+    return {"returncode": run.returncode, "stdout": run.stdout, "stderr": run.stderr, "results": results,
+            "fields": fields}
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Stand-in unit tests
+
+
+def test_unit_program_passes(unit_results):
+    failed = {k: v for k, v in unit_results["results"].items() if v is not None}
+    assert not failed, failed
+    assert unit_results["returncode"] == 0, unit_results["stdout"][-3000:] + unit_results["stderr"]
+    assert re.search(r"^passed (\d+) failed 0$", unit_results["stdout"], re.M)
+    assert len(unit_results["results"]) >= 120
+
+
+@pytest.mark.parametrize("group", ["creators.", "scan.fields.", "scan.create.", "deform.fields.", "deform.create.",
+                                   "plugin.", "formats.", "types.", "scan.shapes.", "deform.shapes.", "configure.",
+                                   "runtime.", "serialize."])
+def test_unit_group(unit_results, group):
+    """Each area is covered by at least one check, and none of its checks failed."""
+    checks = {k: v for k, v in unit_results["results"].items() if k.startswith(group)}
+    assert checks, f"no checks named {group}*"
+    failed = {k: v for k, v in checks.items() if v is not None}
+    assert not failed, failed
+
+
+def test_plugin_fields_are_the_onnx_attributes(unit_results):
+    """The creators' field names (what TensorRT's ONNX parser looks up on the node) are the operators' ONNX
+    attributes, minus the TensorRT-only plugin_version / plugin_namespace, with matching types."""
+    import onnx
+    from onnx import AttributeProto
+
+    from ssmpose.export import schemas
+    schemas.register_schemas()
+    kinds = {AttributeProto.INT: "int32", AttributeProto.FLOAT: "float32"}
+    for op in ("SelectiveScan", "DeformAggregate"):
+        schema = onnx.defs.get_schema(op, schemas.DOMAIN_VERSION, schemas.DOMAIN)
+        expected = {name: kinds.get(attr.type, "other") for name, attr in schema.attributes.items()
+                    if name not in ("plugin_version", "plugin_namespace")}
+        assert dict(unit_results["fields"][op]) == expected
+
+
+OUTSIZE_CASES = [
+    # H, W, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
+    (64, 48, 3, 3, 1, 1, 1, 1, 1, 1),
+    (64, 48, 3, 3, 2, 2, 1, 1, 1, 1),
+    (63, 47, 3, 3, 2, 2, 1, 1, 1, 1),
+    (17, 9, 5, 3, 3, 2, 0, 2, 2, 1),
+    (1, 1, 1, 1, 1, 1, 0, 0, 1, 1),
+    (2, 3, 3, 3, 1, 1, 0, 0, 1, 1),   # Hout = 0: an empty output
+    (1, 5, 3, 3, 1, 1, 0, 0, 1, 1),   # Hout = -1: refused
+    (7, 7, 7, 1, 4, 1, 3, 0, 3, 1),
+    (100, 33, 4, 2, 3, 5, 2, 1, 2, 3),
+    (5, 5, 2, 2, 7, 7, 9, 9, 1, 1),
+]
+
+
+@pytest.mark.parametrize("case", OUTSIZE_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_output_size_expression_matches_reference(unit_build, case):
+    """The plugin's output size, from constant dims and from its IExprBuilder expression (kFLOOR_DIV) evaluated at
+    H, W, equals reference.deform_output_size; a negative size is refused with a message."""
+    program, _ = unit_build
+    run = subprocess.run([str(program), "outsize", *map(str, case)], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    out_h, out_w = ref.deform_output_size(*case)
+    if out_h < 0 or out_w < 0:
+        assert run.stdout.startswith("error: DeformAggregate (layer 'o'): value's image (H, W)"), run.stdout
+    else:
+        assert [int(v) for v in run.stdout.split()] == [out_h, out_w, out_h, out_w]
+
+
+def test_library_exports_only_the_entry_points(unit_build):
+    _, library = unit_build
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm (binutils) is not installed")
+    defined = subprocess.run([nm, "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True)
+    symbols = {line.split()[-1] for line in defined.stdout.splitlines() if line.strip()}
+    assert symbols == EXPORTED
+    undefined = subprocess.run([nm, "-D", "--undefined-only", str(library)], capture_output=True, text=True,
+                               check=True).stdout
+    assert "nvinfer" not in undefined.lower() and "cuda" not in undefined.lower(), undefined
+    readelf = shutil.which("readelf")
+    if readelf:
+        needed = subprocess.run([readelf, "-d", str(library)], capture_output=True, text=True, check=True).stdout
+        assert "libnvinfer" not in needed and "libcudart" not in needed, needed
+
+
+def test_version_queries(unit_build):
+    """In a fresh process (so that no libssmpose_kernels_cuda.so is already loaded): the versions, and a clear
+    message when the CUDA kernel library is not next to the plugin library."""
+    _, library = unit_build
+    code = ("import json, sys; from ssmpose.runtimes import tensorrt_backend as t; "
+            "print(json.dumps(t.query_plugin_library(sys.argv[1])))")
+    run = subprocess.run([sys.executable, "-c", code, str(library)], capture_output=True, text=True, timeout=120,
+                         cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr
+    import json
+    info = json.loads(run.stdout.strip().splitlines()[-1])
+    assert info["version"] == trt_backend.PLUGIN_LIBRARY_VERSION
+    assert info["kernels_abi_version"] == 1
+    assert int(info["tensorrt_version"].split(".")[0]) >= 10
+    if info["kernels_error"] is not None:
+        assert "cannot load the CUDA kernel library" in info["kernels_error"]
+        assert "libssmpose_kernels_cuda.so" in info["kernels_error"]
+
+
+def test_plugin_folder_configures_to_nothing_without_headers(tmp_path):
+    """No headers (or too old ones): a STATUS message, never a configure error."""
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "NvInferVersion.h").write_text("#define NV_TENSORRT_MAJOR 8\n#define NV_TENSORRT_MINOR 6\n"
+                                          "#define NV_TENSORRT_PATCH 1\n")
+    (old / "NvInferRuntime.h").write_text("// TensorRT 8\n")
+    for args, reason in (([], "no TensorRT headers given"),
+                         ([f"-DSSMPOSE_TENSORRT_INCLUDE_DIR={tmp_path / 'none'}"], "no NvInferRuntime.h"),
+                         ([f"-DSSMPOSE_TENSORRT_INCLUDE_DIR={old}"], "TensorRT 8.6.1; the plugins implement "
+                                                                     "IPluginV3 (TensorRT >= 10)")):
+        env = {k: v for k, v in os.environ.items() if k != "TENSORRT_ROOT"}
+        run = subprocess.run(["cmake", "-S", str(PLUGIN_DIR), "-B", str(tmp_path / f"b{len(reason)}"), *args],
+                             capture_output=True, text=True, env=env)
+        assert run.returncode == 0, run.stderr
+        assert "libssmpose_trt) not built: " in run.stdout and reason in run.stdout, run.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. Backend helpers (no TensorRT needed)
+
+
+def test_backend_unavailable_without_tensorrt(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt raises ImportError
+    with pytest.raises(runtimes.BackendUnavailable, match="TensorRT Python package is not installed"):
+        runtimes.load("missing.onnx", "tensorrt")
+
+
+def test_backend_refuses_old_tensorrt(monkeypatch):
+    fake = type(sys)("tensorrt")
+    fake.__version__ = "8.6.1"
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    with pytest.raises(runtimes.BackendUnavailable, match=r"TensorRT 8\.6\.1 is installed; ssmpose needs TensorRT >= 10"):
+        runtimes.load("missing.onnx", "tensorrt")
+
+
+def test_engine_cache_key():
+    base = dict(onnx_sha256="ab" * 32, tensorrt_version="10.14.1", gpu="NVIDIA H100 (sm_90)", precision="fp32",
+                batch_range=(1, 32, 128), input_shape=(3, 256, 192), plugin_version=1, options={"tf32": False})
+    key = trt_backend.engine_cache_key(**base)
+    assert re.fullmatch(r"[0-9a-f]{64}", key)
+    assert trt_backend.engine_cache_key(**base) == key
+    changes = dict(onnx_sha256="cd" * 32, tensorrt_version="10.15.0", gpu="NVIDIA H200 (sm_90)", precision="fp16",
+                   batch_range=(1, 32, 64), input_shape=(3, 384, 288), plugin_version=2, options={"tf32": True})
+    for name, value in changes.items():
+        assert trt_backend.engine_cache_key(**{**base, name: value}) != key, name
+
+
+def test_onnx_file_digest(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.arange(4096, dtype=np.float32).reshape(64, 64), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [weight])
+    model = helper.make_model(graph)
+    inline = tmp_path / "inline.onnx"
+    onnx.save(model, str(inline))
+    assert trt_backend.onnx_file_digest(inline) == hashlib.sha256(inline.read_bytes()).hexdigest()
+    external = tmp_path / "external.onnx"
+    onnx.save(model, str(external), save_as_external_data=True, location="external.data", size_threshold=0)
+    digest = trt_backend.onnx_file_digest(external)
+    assert digest != hashlib.sha256(external.read_bytes()).hexdigest()  # the weights count
+    data = tmp_path / "external.data"
+    data.write_bytes(data.read_bytes()[:-4] + b"\0\0\0\1")
+    assert trt_backend.onnx_file_digest(external) != digest
+
+
+def test_check_batch_range():
+    check = trt_backend.check_batch_range
+    assert check(None, None, "w") == trt_backend.DEFAULT_BATCH_RANGE
+    assert check((1, 4, 8), None, "w") == (1, 4, 8)
+    assert check(None, 16, "w") == (16, 16, 16)
+    with pytest.raises(ValueError, match="batch is fixed at 16"):
+        check((1, 4, 8), 16, "w")
+    for bad in ((0, 1, 2), (4, 2, 8), (1, 2), (1, 2.0, 4), (True, 1, 1)):
+        with pytest.raises(ValueError, match="batch_range must be three integers"):
+            check(bad, None, "w")
+
+
+def test_plugin_library_reasons(monkeypatch, tmp_path):
+    not_a_library = tmp_path / "libssmpose_trt.so"
+    not_a_library.write_text("not an ELF file")
+    monkeypatch.setenv("SSMPOSE_TRT_PLUGIN", str(not_a_library))
+    path, reason, _ = trt_backend.plugin_library()
+    assert path is None and reason.startswith(f"cannot load {not_a_library}")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("SSMPOSE_TRT_PLUGIN", str(empty / "libssmpose_trt.so"))
+    monkeypatch.setenv("SSMPOSE_KERNELS_DIR", str(empty))
+    found, dirs = trt_backend._find_plugin_library()
+    if found is None:  # unless this checkout's build/ has one
+        path, reason, _ = trt_backend.plugin_library()
+        assert path is None and "libssmpose_trt.so not found in [" in reason and "docs/tensorrt.md" in reason
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("SSMPOSE_TRT_CACHE", str(tmp_path / "c"))
+    assert trt_backend.default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("SSMPOSE_TRT_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert trt_backend.default_cache_dir() == tmp_path / "ssmpose" / "trt"
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Engines (TensorRT runtime and a GPU)
+
+
+def _tensorrt_or_skip():
+    try:
+        import tensorrt
+    except ImportError:
+        pytest.skip("the TensorRT Python package is not installed (the full TensorRT libraries are not on any "
+                    "registry reachable from this project's machines; docs/tensorrt.md)")
+    import torch
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    library, reason, _ = trt_backend.plugin_library()
+    if library is None:
+        pytest.skip(f"libssmpose_trt.so with its CUDA kernels is unavailable: {reason}")
+    return tensorrt, library
+
+
+def _engine_for(tmp_path, node, inputs, output, shapes):
+    """Build an engine of a one-node ssmpose graph through the backend's helpers."""
+    import torch
+    from onnx import TensorProto, helper
+    import onnx
+
+    trt, library = _tensorrt_or_skip()
+    graph = helper.make_graph([node], "one", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                                              for n in inputs],
+                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ssmpose", 1)])
+    path = tmp_path / "one.onnx"
+    onnx.save(model, str(path))
+    logger = trt_backend._make_logger(trt)
+    trt_backend.load_plugins(trt, library)
+    profiles = {n: (s, s, s) for n, s in shapes.items()}
+    engine = trt_backend.build_serialized_engine(trt, logger, path, profiles)
+    return trt_backend.TrtEngine(trt, logger, engine, torch.device("cuda", 0))
+
+
+def test_engine_selective_scan(tmp_path):
+    import torch
+    from onnx import helper
+
+    b, g, d, n, l = 2, 2, 3, 4, 9
+    gen = torch.Generator().manual_seed(0)
+    arrays = {"u": torch.randn(b, g * d, l, generator=gen), "delta": torch.randn(b, g * d, l, generator=gen) * 0.5,
+              "A": -torch.rand(g * d, n, generator=gen), "Bs": torch.randn(b, g, n, l, generator=gen),
+              "Cs": torch.randn(b, g, n, l, generator=gen), "Ds": torch.randn(g * d, generator=gen),
+              "delta_bias": torch.randn(g * d, generator=gen) * 0.1}
+    names = list(arrays)
+    node = helper.make_node("SelectiveScan", names, ["y"], domain="ssmpose", delta_softplus=1, plugin_version="1",
+                            plugin_namespace="ssmpose")
+    engine = _engine_for(tmp_path, node, names, "y", {k: tuple(v.shape) for k, v in arrays.items()})
+    y = engine.run({k: v.cuda() for k, v in arrays.items()})["y"].cpu()
+    expected = ref.selective_scan_reference(*(arrays[k].double() for k in names), delta_softplus=True)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_engine_deform_aggregate(tmp_path):
+    import torch
+    from onnx import helper
+
+    attrs = dict(kernel_h=3, kernel_w=3, stride_h=1, stride_w=1, pad_h=1, pad_w=1, dilation_h=1, dilation_w=1,
+                 group=2, group_channels=8, offset_scale=1.0, remove_center=0)
+    gen = torch.Generator().manual_seed(0)
+    value = torch.randn(2, 7, 5, 16, generator=gen)
+    om = torch.randn(2, 7, 5, 56, generator=gen)
+    node = helper.make_node("DeformAggregate", ["value", "offset_mask"], ["out"], domain="ssmpose",
+                            plugin_version="1", plugin_namespace="ssmpose", **attrs)
+    engine = _engine_for(tmp_path, node, ["value", "offset_mask"], "out",
+                         {"value": tuple(value.shape), "offset_mask": tuple(om.shape)})
+    out = engine.run({"value": value.cuda(), "offset_mask": om.cuda()})["out"].cpu()
+    expected = ref.deform_aggregate_reference(value.double(), om.double(), *attrs.values())
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
