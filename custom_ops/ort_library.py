@@ -47,15 +47,16 @@ def search_dirs() -> List[Path]:
     return dirs
 
 
-def _find() -> Tuple[Optional[Path], List[Path]]:
+def find_library(name: str) -> Tuple[Optional[Path], List[Path]]:
+    """First `name` in the search folders (and the folders searched); also used for the OpenVINO extension."""
     dirs = search_dirs()
     for d in dirs:
-        candidate = d / LIBRARY_NAME
+        candidate = d / name
         if candidate.is_file():
             return candidate, dirs
         if d.name == "build" and d.is_dir():
             for depth in range(1, 5):  # build/<a>/..., e.g. build/<wheel tag>/lib or build/custom_ops/csrc/...
-                hits = sorted(d.glob("/".join(["*"] * depth) + "/" + LIBRARY_NAME))
+                hits = sorted(d.glob("/".join(["*"] * depth) + "/" + name))
                 if hits:
                     return hits[0], dirs
     return None, dirs
@@ -87,7 +88,7 @@ _cache: Dict[str, Tuple[Optional[Path], Optional[str], Dict[str, int]]] = {}
 def _lookup() -> Tuple[Optional[Path], Optional[str], Dict[str, int]]:
     with _lock:
         if "ort" not in _cache:
-            path, dirs = _find()
+            path, dirs = find_library(LIBRARY_NAME)
             if path is None:
                 _cache["ort"] = (None, f"{LIBRARY_NAME} not found in [{', '.join(str(d) for d in dirs)}]", {})
             else:

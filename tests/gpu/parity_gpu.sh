@@ -12,10 +12,13 @@ data=${1:?usage: parity_gpu.sh DATA_DIR [MODEL]}
 model=${2:-hrvmamba_small}
 out=${OUT:-/tmp}
 export PYTHONUNBUFFERED=1
-build_dir=${SSMPOSE_GPU_BUILD:-/tmp/ssmpose-build-gpu}
-cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
-cmake --build "$build_dir" -j"$(nproc)" >/dev/null
-export SSMPOSE_KERNELS_DIR="$build_dir/lib" SSMPOSE_REQUIRE_CUDA=1
+if [ -z "${SSMPOSE_KERNELS_DIR:-}" ]; then   # libraries prebuilt elsewhere (for sm_90) may be given instead
+  build_dir=${SSMPOSE_GPU_BUILD:-/tmp/ssmpose-build-gpu}
+  cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
+  cmake --build "$build_dir" -j"$(nproc)" >/dev/null
+  export SSMPOSE_KERNELS_DIR="$build_dir/lib"
+fi
+export SSMPOSE_REQUIRE_CUDA=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 checkpoint=/tmp/parity_${model}.safetensors
 python3 -c "

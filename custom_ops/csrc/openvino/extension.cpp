@@ -1,0 +1,105 @@
+// Entry points of libssmpose_ov.so: the OpenVINO extension list (the two ops, for models read from IR, and
+// their ONNX frontend conversions from `ssmpose` domain nodes) and the version queries the Python loader
+// checks before handing the library to OpenVINO.
+#include <string>
+
+#include "openvino/core/extension.hpp"
+#include "openvino/core/op_extension.hpp"
+#include "openvino/core/version.hpp"
+#include "openvino/frontend/onnx/extension/conversion.hpp"
+#include "ops.hpp"
+#include "ssmpose_kernels.h"
+
+// Bumped whenever the ops' attributes, inputs or semantics change (custom_ops/openvino_library.py checks it).
+#define SSMPOSE_OV_LIBRARY_VERSION 1
+#define SSMPOSE_OV_STR2(x) #x
+#define SSMPOSE_OV_STR(x) SSMPOSE_OV_STR2(x)
+
+namespace ssmpose_ov {
+
+namespace {
+
+// An optional ONNX input that the node leaves out (empty name) reaches a converter as the ONNX frontend's
+// placeholder node, which has no public type; it is recognised by its type name.
+bool omitted(const ov::frontend::NodeContext& node, size_t index) {
+  if (index >= node.get_input_size()) return true;
+  const ov::Output<ov::Node> input = node.get_input(static_cast<int>(index));
+  return input.get_node() == nullptr || std::string(input.get_node()->get_type_name()) == "NullNode";
+}
+
+int64_t required_int(const ov::frontend::NodeContext& node, const char* op, const char* name) {
+  if (!node.has_attribute(name)) {
+    OPENVINO_THROW("ssmpose ", op, " node '", node.get_name(), "': missing required attribute ", name);
+  }
+  return node.get_attribute<int64_t>(name);
+}
+
+ov::OutputVector convert_selective_scan(const ov::frontend::NodeContext& node) {
+  const size_t count = node.get_input_size();
+  if (count < 5 || count > 7) {
+    OPENVINO_THROW("ssmpose SelectiveScan node '", node.get_name(), "': expects 5 to 7 inputs (u, delta, A, Bs, Cs",
+                   "[, Ds][, delta_bias]), got ", count);
+  }
+  ov::OutputVector inputs;
+  for (size_t i = 0; i < 5; ++i) {
+    if (omitted(node, i)) {
+      OPENVINO_THROW("ssmpose SelectiveScan node '", node.get_name(), "': required input ", i, " is missing");
+    }
+    inputs.push_back(node.get_input(static_cast<int>(i)));
+  }
+  const bool has_ds = !omitted(node, 5), has_bias = !omitted(node, 6);
+  if (has_ds) inputs.push_back(node.get_input(5));
+  if (has_bias) inputs.push_back(node.get_input(6));
+  const int64_t softplus = node.get_attribute<int64_t>("delta_softplus", 1);
+  auto op = std::make_shared<SelectiveScan>(inputs, softplus, has_ds, has_bias);
+  return {node.mark_node(op)->output(0)};
+}
+
+ov::OutputVector convert_deform_aggregate(const ov::frontend::NodeContext& node) {
+  constexpr const char* kOp = "DeformAggregate";
+  if (node.get_input_size() != 2 || omitted(node, 0) || omitted(node, 1)) {
+    OPENVINO_THROW("ssmpose DeformAggregate node '", node.get_name(),
+                   "': expects 2 inputs (value, offset_mask), got ", node.get_input_size());
+  }
+  DeformAttributes a;
+  a.kernel_h = required_int(node, kOp, "kernel_h");
+  a.kernel_w = required_int(node, kOp, "kernel_w");
+  a.stride_h = required_int(node, kOp, "stride_h");
+  a.stride_w = required_int(node, kOp, "stride_w");
+  a.pad_h = required_int(node, kOp, "pad_h");
+  a.pad_w = required_int(node, kOp, "pad_w");
+  a.dilation_h = required_int(node, kOp, "dilation_h");
+  a.dilation_w = required_int(node, kOp, "dilation_w");
+  a.group = required_int(node, kOp, "group");
+  a.group_channels = required_int(node, kOp, "group_channels");
+  a.remove_center = required_int(node, kOp, "remove_center");
+  if (!node.has_attribute("offset_scale")) {
+    OPENVINO_THROW("ssmpose DeformAggregate node '", node.get_name(), "': missing required attribute offset_scale");
+  }
+  a.offset_scale = node.get_attribute<float>("offset_scale");
+  auto op = std::make_shared<DeformAggregate>(ov::OutputVector{node.get_input(0), node.get_input(1)}, a);
+  return {node.mark_node(op)->output(0)};
+}
+
+}  // namespace
+
+}  // namespace ssmpose_ov
+
+extern "C" {
+OPENVINO_EXTENSION_C_API int ssmpose_ov_version() { return SSMPOSE_OV_LIBRARY_VERSION; }
+OPENVINO_EXTENSION_C_API int ssmpose_ov_kernels_abi_version() { return ssm_abi_version(); }
+// The OpenVINO release the library was compiled against ("2026.4.1"); extensions must run on that release.
+OPENVINO_EXTENSION_C_API const char* ssmpose_ov_openvino_version() {
+  return SSMPOSE_OV_STR(OPENVINO_VERSION_MAJOR) "." SSMPOSE_OV_STR(OPENVINO_VERSION_MINOR) "." SSMPOSE_OV_STR(
+      OPENVINO_VERSION_PATCH);
+}
+}
+
+OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({
+    std::make_shared<ov::OpExtension<ssmpose_ov::SelectiveScan>>(),
+    std::make_shared<ov::OpExtension<ssmpose_ov::DeformAggregate>>(),
+    std::make_shared<ov::frontend::onnx::ConversionExtension>("SelectiveScan", "ssmpose",
+                                                              ssmpose_ov::convert_selective_scan),
+    std::make_shared<ov::frontend::onnx::ConversionExtension>("DeformAggregate", "ssmpose",
+                                                              ssmpose_ov::convert_deform_aggregate),
+}));

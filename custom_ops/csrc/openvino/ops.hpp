@@ -1,0 +1,57 @@
+// ssmpose operators as OpenVINO ops (opset "ssmpose"): shape and type inference, and a CPU `evaluate` that
+// calls the CPU kernels of libssmpose_kernels. Semantics and layouts: docs/ops.md.
+//
+// Shapes are checked twice with the same rules (shape_rules.hpp): in validate_and_infer_types on what is
+// known when the model is read (dynamic dimensions pass), and in evaluate on the actual tensors.
+#ifndef SSMPOSE_OV_OPS_HPP
+#define SSMPOSE_OV_OPS_HPP
+
+#include <cstdint>
+
+#include "openvino/op/op.hpp"
+#include "shape_rules.hpp"
+
+namespace ssmpose_ov {
+
+// SelectiveScan: inputs u, delta, A, Bs, Cs, then Ds and delta_bias when has_ds / has_delta_bias say they
+// are present (an ONNX node may omit either optional input).
+class SelectiveScan : public ov::op::Op {
+public:
+  OPENVINO_OP("SelectiveScan", "ssmpose");
+
+  SelectiveScan() = default;
+  SelectiveScan(const ov::OutputVector& inputs, int64_t delta_softplus, bool has_ds, bool has_delta_bias);
+
+  void validate_and_infer_types() override;
+  std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& inputs) const override;
+  bool visit_attributes(ov::AttributeVisitor& visitor) override;
+  bool has_evaluate() const override;
+  bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
+
+private:
+  int64_t m_delta_softplus = 1;
+  bool m_has_ds = true;
+  bool m_has_delta_bias = true;
+};
+
+// DeformAggregate: inputs value (B, H, W, G*C) and offset_mask (B, Hout, Wout, P).
+class DeformAggregate : public ov::op::Op {
+public:
+  OPENVINO_OP("DeformAggregate", "ssmpose");
+
+  DeformAggregate() = default;
+  DeformAggregate(const ov::OutputVector& inputs, const DeformAttributes& attributes);
+
+  void validate_and_infer_types() override;
+  std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& inputs) const override;
+  bool visit_attributes(ov::AttributeVisitor& visitor) override;
+  bool has_evaluate() const override;
+  bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
+
+private:
+  DeformAttributes m_attrs;
+};
+
+}  // namespace ssmpose_ov
+
+#endif  // SSMPOSE_OV_OPS_HPP

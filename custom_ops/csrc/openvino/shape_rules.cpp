@@ -1,0 +1,173 @@
+#include "shape_rules.hpp"
+
+#include <climits>
+#include <cmath>
+
+namespace ssmpose_ov {
+
+namespace {
+
+bool known(int64_t d) { return d != kUnknown; }
+
+// Two dimensions that may still be equal (either unknown, or the same).
+bool compatible(int64_t a, int64_t b) { return !known(a) || !known(b) || a == b; }
+
+bool compatible(const std::vector<int64_t>& a, const std::vector<int64_t>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!compatible(a[i], b[i])) return false;
+  }
+  return true;
+}
+
+// Python-style floor division (b > 0), so that the output size matches reference.deform_output_size.
+int64_t floor_div(int64_t a, int64_t b) {
+  const int64_t q = a / b;
+  return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+std::string rank_error(const std::string& name, const char* layout, const Shape& s) {
+  return name + " must be " + layout + ", got shape " + shape_str(s.dims);
+}
+
+}  // namespace
+
+std::string shape_str(const std::vector<int64_t>& dims) {
+  std::string s = "(";
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (i) s += ", ";
+    s += known(dims[i]) ? std::to_string(dims[i]) : "?";
+  }
+  return s + (dims.size() == 1 ? ",)" : ")");
+}
+
+std::string check_selective_scan(const std::vector<Shape>& shapes, const std::vector<std::string>& names) {
+  const Shape &u = shapes[0], &delta = shapes[1], &A = shapes[2], &Bs = shapes[3], &Cs = shapes[4];
+  if (u.rank_known && u.dims.size() != 3) return rank_error(names[0], "(B, G*D, L)", u);
+  if (delta.rank_known && delta.dims.size() != 3) return rank_error(names[1], "(B, G*D, L)", delta);
+  if (A.rank_known && A.dims.size() != 2) return rank_error(names[2], "(G*D, N)", A);
+  if (Bs.rank_known && Bs.dims.size() != 4) return rank_error(names[3], "(B, G, N, L)", Bs);
+  if (Cs.rank_known && Cs.dims.size() != 4) return rank_error(names[4], "(B, G, N, L)", Cs);
+  for (size_t i = 5; i < shapes.size(); ++i) {
+    if (shapes[i].rank_known && shapes[i].dims.size() != 1) return rank_error(names[i], "(G*D,)", shapes[i]);
+  }
+  if (u.rank_known && delta.rank_known && !compatible(u.dims, delta.dims)) {
+    return "delta shape " + shape_str(delta.dims) + " != u shape " + shape_str(u.dims);
+  }
+  if (Bs.rank_known && Cs.rank_known && !compatible(Bs.dims, Cs.dims)) {
+    return "Cs shape " + shape_str(Cs.dims) + " != Bs shape " + shape_str(Bs.dims);
+  }
+  const int64_t batch = u.rank_known ? u.dims[0] : kUnknown, channels = u.rank_known ? u.dims[1] : kUnknown,
+                length = u.rank_known ? u.dims[2] : kUnknown;
+  const int64_t groups = Bs.rank_known ? Bs.dims[1] : kUnknown, dstate = Bs.rank_known ? Bs.dims[2] : kUnknown;
+  if (Bs.rank_known && (!compatible(Bs.dims[0], batch) || !compatible(Bs.dims[3], length))) {
+    return "Bs shape " + shape_str(Bs.dims) + " does not match u (B=" + std::to_string(batch) +
+           ", L=" + std::to_string(length) + ")";
+  }
+  if (known(groups) && groups < 1) return "Bs has " + std::to_string(groups) + " groups; needs >= 1";
+  if (known(groups) && known(channels) && channels % groups != 0) {
+    return "channels " + std::to_string(channels) + " of u are not divisible by the " + std::to_string(groups) +
+           " groups of Bs";
+  }
+  if (A.rank_known && (!compatible(A.dims[0], channels) || !compatible(A.dims[1], dstate))) {
+    return "A must be (G*D, N) = " + shape_str({channels, dstate}) + ", got " + shape_str(A.dims);
+  }
+  for (size_t i = 5; i < shapes.size(); ++i) {
+    if (shapes[i].rank_known && !compatible(shapes[i].dims[0], channels)) {
+      return names[i] + " must be " + shape_str({channels}) + ", got " + shape_str(shapes[i].dims);
+    }
+  }
+  const int64_t n = known(dstate) ? dstate : (A.rank_known ? A.dims[1] : kUnknown);
+  if (known(n) && (n < 1 || n > kMaxState)) {
+    return "dstate N = Bs.shape[2] must be in 1.." + std::to_string(kMaxState) + ", got " + std::to_string(n);
+  }
+  return std::string();
+}
+
+std::string check_deform_attributes(const DeformAttributes& a, int64_t* om_cols) {
+  struct Range {
+    const char* name;
+    int64_t value, lo, hi;
+  };
+  const Range ranges[] = {
+      {"kernel_h", a.kernel_h, 1, INT32_MAX},     {"kernel_w", a.kernel_w, 1, INT32_MAX},
+      {"stride_h", a.stride_h, 1, INT32_MAX},     {"stride_w", a.stride_w, 1, INT32_MAX},
+      {"pad_h", a.pad_h, 0, INT32_MAX},           {"pad_w", a.pad_w, 0, INT32_MAX},
+      {"dilation_h", a.dilation_h, 1, INT32_MAX}, {"dilation_w", a.dilation_w, 1, INT32_MAX},
+      {"group", a.group, 1, INT32_MAX},           {"group_channels", a.group_channels, 1, INT32_MAX},
+      {"remove_center", a.remove_center, 0, 1},
+  };
+  for (const Range& r : ranges) {
+    if (r.value < r.lo || r.value > r.hi) {
+      return "attribute " + std::string(r.name) + " = " + std::to_string(r.value) + " is out of range [" +
+             std::to_string(r.lo) + ", " + std::to_string(r.hi) + "]";
+    }
+  }
+  if (!std::isfinite(a.offset_scale)) return "attribute offset_scale is not finite";
+  const int64_t kernel_points = a.kernel_h * a.kernel_w;  // no overflow: both < 2^31
+  const int64_t points = kernel_points - a.remove_center;
+  if (points < 1) {
+    return "kernel " + std::to_string(a.kernel_h) + "x" + std::to_string(a.kernel_w) +
+           " with remove_center has no sampling points";
+  }
+  if (kernel_points > kMaxPoints) {
+    return "kernel_h*kernel_w = " + std::to_string(kernel_points) + " exceeds the supported " +
+           std::to_string(kMaxPoints);
+  }
+  if (a.group > INT64_MAX / (points * 3)) {
+    return "group*K*3 overflows (group=" + std::to_string(a.group) + ", K=" + std::to_string(points) + ")";
+  }
+  *om_cols = a.group * points * 3;
+  return std::string();
+}
+
+std::string check_deform_aggregate(const DeformAttributes& a, const Shape& value, const Shape& offset_mask,
+                                   std::vector<int64_t>* out) {
+  int64_t om_cols = 0;
+  const std::string attr_error = check_deform_attributes(a, &om_cols);
+  if (!attr_error.empty()) return attr_error;
+  const int64_t channels = a.group * a.group_channels;  // no overflow: both < 2^31
+  *out = {kUnknown, kUnknown, kUnknown, channels};
+  if (value.rank_known && value.dims.size() != 4) return rank_error("value", "(B, H, W, G*C)", value);
+  if (offset_mask.rank_known && offset_mask.dims.size() != 4) {
+    return rank_error("offset_mask", "(B, Hout, Wout, P)", offset_mask);
+  }
+  if (value.rank_known) {
+    const int64_t height = value.dims[1], width = value.dims[2];
+    if (!compatible(value.dims[3], channels)) {
+      return "value has " + std::to_string(value.dims[3]) + " channels, expected group*group_channels = " +
+             std::to_string(a.group) + "*" + std::to_string(a.group_channels);
+    }
+    (*out)[0] = value.dims[0];
+    // Hout = (H + 2*pad_h - (dilation_h*(kernel_h-1)+1)) // stride_h + 1; no overflow: attributes < 2^31.
+    if (known(height)) {
+      (*out)[1] = floor_div(height + 2 * a.pad_h - (a.dilation_h * (a.kernel_h - 1) + 1), a.stride_h) + 1;
+    }
+    if (known(width)) {
+      (*out)[2] = floor_div(width + 2 * a.pad_w - (a.dilation_w * (a.kernel_w - 1) + 1), a.stride_w) + 1;
+    }
+    for (int i = 1; i <= 2; ++i) {
+      if (known((*out)[i]) && (*out)[i] < 0) {
+        return "the kernel does not fit the value image " + shape_str({height, width}) + " (output size " +
+               std::to_string((*out)[i]) + ")";
+      }
+    }
+  }
+  if (offset_mask.rank_known) {
+    const std::vector<int64_t> lead{offset_mask.dims[0], offset_mask.dims[1], offset_mask.dims[2]};
+    const std::vector<int64_t> expected{(*out)[0], (*out)[1], (*out)[2]};
+    if (!compatible(lead, expected)) {
+      return "offset_mask leading dims " + shape_str(lead) + " != (B, Hout, Wout) = " + shape_str(expected);
+    }
+    for (int i = 0; i < 3; ++i) {
+      if (!known((*out)[i])) (*out)[i] = lead[i];
+    }
+    if (known(offset_mask.dims[3]) && offset_mask.dims[3] < om_cols) {
+      return "offset_mask has " + std::to_string(offset_mask.dims[3]) + " columns, needs >= group*K*3 = " +
+             std::to_string(om_cols);
+    }
+  }
+  return std::string();
+}
+
+}  // namespace ssmpose_ov
