@@ -25,13 +25,14 @@ def _warnings_as_notes():
         click.echo(f"note: {message}", err=True)
 
 
-def _estimator(model, backend, form, fp16, flip_test, batch, export_dir=None):
+def _estimator(model, backend, form, fp16, flip_test, batch, device=None, export_dir=None):
     from ..model_source import open_session
     from ..runtimes import BackendUnavailable
     from ..training.topdown import TopDownEstimator
+    options = {"device": device} if device else {}
     with _warnings_as_notes():
         try:
-            session = open_session(model, backend, form=form, fp16=fp16, export_dir=export_dir)
+            session = open_session(model, backend, form=form, fp16=fp16, export_dir=export_dir, **options)
         except BackendUnavailable as err:
             raise ValueError(f"backend {backend or 'default'} is not available here: {err}") from None
     return TopDownEstimator(session, flip_test=flip_test, batch_size=batch)
@@ -48,6 +49,9 @@ def _model_options(function):
         click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True,
                      help="Crops per model run (memory grows with it: the portable form of hrvmamba_small on "
                           "ONNX Runtime CPU takes about 0.6 GiB a crop)."),
+        click.option("--device", default=None,
+                     help="torch backend: cpu, cuda or cuda:N (default: cuda when available). ONNX backends choose "
+                          "their device by name (ort-cpu, ort-cuda)."),
     ]
     for option in reversed(options):
         function = option(function)
@@ -70,7 +74,7 @@ def _model_options(function):
 @click.option("--score-thr", type=float, default=0.3, show_default=True,
               help="Keypoints scoring at or below this are not drawn.")
 @click.option("--no-draw", is_flag=True, help="Write results.json only, no overlays.")
-def infer_command(model, source, backend, form, fp16, batch, boxes_file, ann_file, box_thr, out_dir, flip_test,
+def infer_command(model, source, backend, form, fp16, batch, device, boxes_file, ann_file, box_thr, out_dir, flip_test,
                   score_thr, no_draw):
     """Estimate poses in SOURCE (an image, a folder of images or a video) with MODEL (a registered model name
     with seeded weights, a checkpoint, or an exported .onnx file).
@@ -79,7 +83,7 @@ def infer_command(model, source, backend, form, fp16, batch, boxes_file, ann_fil
     overlays (OUT/<name>.jpg, or OUT/<name>.mp4 for a video). Exit code 1 when some inputs failed."""
     from ..infer import collect_images, run_infer
     collect_images(source)  # argument errors before the model is loaded (and perhaps exported)
-    estimator = _estimator(model, backend, form, fp16, flip_test, batch)
+    estimator = _estimator(model, backend, form, fp16, flip_test, batch, device)
     report = run_infer(estimator, source, out_dir, boxes_file=boxes_file, ann_file=ann_file, box_threshold=box_thr,
                        score_threshold=score_thr, draw=not no_draw)
     click.echo(f"{report.processed} {'frame' if report.kind == 'video' else 'image'}(s), {len(report.results)} "
@@ -112,8 +116,8 @@ def infer_command(model, source, backend, form, fp16, batch, boxes_file, ann_fil
                                               "identify them: coco, mpii, ap10k, crowdpose, aic, ochuman.")
 @click.option("--save-results", type=click.Path(dir_okay=False), default=None, help="Write the evaluated results.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the metrics here.")
-def eval_command(model, ann_file, results_file, image_dir, boxes_file, backend, form, fp16, batch, flip_test, dataset,
-                 save_results, json_path):
+def eval_command(model, ann_file, results_file, image_dir, boxes_file, backend, form, fp16, batch, device, flip_test,
+                 dataset, save_results, json_path):
     """Score keypoints against --ann: COCO keypoint AP through pycocotools, or PCKh@0.5 for MPII.
 
     Either --results RES.json, or MODEL (a registered model name with seeded weights, a checkpoint, or an
@@ -125,7 +129,7 @@ def eval_command(model, ann_file, results_file, image_dir, boxes_file, backend, 
         raise click.UsageError("MODEL needs --images DIR (the folder of the annotated images)")
     annotation_kind(ann_file)
     results = read_results(results_file) if results_file else None
-    estimator = _estimator(model, backend, form, fp16, flip_test, batch) if model else None
+    estimator = _estimator(model, backend, form, fp16, flip_test, batch, device) if model else None
     metrics, evaluated = evaluate(ann_file, results=results, estimator=estimator, image_dir=image_dir,
                                   boxes_file=boxes_file, dataset=dataset)
     _print_metrics(metrics)

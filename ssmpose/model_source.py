@@ -46,8 +46,12 @@ def open_session(model, backend: Optional[str] = None, *, form: str = "custom", 
     """A session of `model` on `backend` (default: torch for PyTorch models, ort-cpu for .onnx files).
 
     For an ONNX backend and a PyTorch model, the model is exported in `form` (fp16 if asked) into
-    `export_dir` (default: a temporary folder kept for the life of the process)."""
+    `export_dir` (default: a temporary folder kept for the life of the process). The torch backend runs on
+    CUDA when torch sees a device, unless `device` says otherwise; ONNX backends take no device."""
     backend = backend or default_backend(model)
+    if backend != "torch" and options.get("device"):
+        raise ValueError(f"--device applies to the torch backend; {backend} chooses its device by name "
+                         f"(ort-cpu, ort-cuda)")
     runtimes.require_backend(backend)
     if is_onnx_file(model):
         if backend == "torch":
@@ -58,6 +62,7 @@ def open_session(model, backend: Optional[str] = None, *, form: str = "custom", 
         return runtimes.load(str(model), backend, **options)
     module = load_torch_model(model)
     if backend == "torch":
+        options.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
         if fp16:
             options.setdefault("dtype", "float16")
         return runtimes.load(module, "torch", **options)

@@ -10,6 +10,7 @@ from conftest import DATA
 import ssmpose
 from ssmpose.checkpoint import save_official_checkpoint
 from ssmpose.cli.main import main
+from ssmpose.custom_ops import openvino_library
 
 
 def test_version_and_models():
@@ -64,7 +65,10 @@ def test_demo_exports_and_compares_every_backend(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
     rows = {(r["backend"], r["form"]): r for r in report["rows"]}
-    for key in [("ort-cpu", "custom"), ("ort-cpu", "portable"), ("torch", "eager, reference ops")]:
+    expected = [("ort-cpu", "custom"), ("ort-cpu", "portable"), ("torch", "eager, reference ops")]
+    if openvino_library.openvino_library_path() is not None:
+        expected += [("openvino", "custom"), ("openvino", "portable")]
+    for key in expected:
         assert rows[key]["status"] == "ok", rows[key]
         assert rows[key]["max_abs_error_over_max_ref"] <= 1e-4, rows[key]
     assert "ort-cpu" in result.output and "portable" in result.output

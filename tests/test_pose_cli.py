@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import DATA
 from pycocotools.coco import COCO
@@ -172,6 +173,13 @@ def test_parity_of_torch_ort_and_openvino_passes(tiny, tmp_path):
     assert replay.exit_code == 0, replay.output
     again = json.loads((tmp_path / "replay.json").read_text())["rows"][0]["measures"]
     assert again == pytest.approx(rows["ort-cpu portable fp32"]["measures"])
+    # the custom form on OpenVINO, through the ssmpose extension
+    custom = invoke("parity", tiny.checkpoint, "--backends", "openvino", "--onnx", tiny.paths["custom"],
+                    "--load-io", tmp_path / "io", "--json", tmp_path / "custom.json")
+    assert custom.exit_code == 0, custom.output
+    row = json.loads((tmp_path / "custom.json").read_text())["rows"][0]
+    assert row["label"] == "openvino custom fp32" and row["status"] == "ok"
+    assert row["measures"]["max_abs_error_over_max_ref"] <= 1e-4
 
 
 def test_parity_fails_on_a_perturbed_weight_and_localizes_it(tiny, tmp_path):
@@ -235,3 +243,7 @@ def test_bad_inputs_get_one_clear_line(tiny, tmp_path):
     _one_line_error(invoke("eval", tiny.checkpoint, "--ann", DATA / "mpii" / "test_mpii.json", "--images",
                            DATA / "mpii"), "the model predicts 17 keypoints", "annotates 16")
     _one_line_error(invoke("parity", tiny.paths["custom"]), "parity needs the PyTorch model")
+    _one_line_error(invoke("infer", tiny.paths["custom"], DATA / "coco", "--device", "cpu"),
+                    "--device applies to the torch backend; ort-cpu chooses its device by name")
+    if not torch.cuda.is_available():
+        _one_line_error(invoke("infer", ckpt, DATA / "coco", "--device", "cuda"), "torch sees no CUDA device")
