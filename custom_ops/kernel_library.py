@@ -296,6 +296,7 @@ def _scan_prepare(op, u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus, dy=No
         _check_shape(op, "dy", dy, u.shape)
     shape = ScanShape(batch, groups, channels // groups if groups else 0, dstate, length,
                       1 if delta_softplus else 0, _DTYPE_CODES[dtype])
+    _raise_on_limit(op, scan_limit_error(batch, groups, shape.dim, dstate, length, device.type))
     return shape, dtype, device
 
 
@@ -367,6 +368,96 @@ def selective_scan_bwd(u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus, dy):
     return du, d_delta, cast(dA), cast(dBs), cast(dCs), cast(dDs), cast(d_bias)
 
 
+# ------------------------------------------------------------------------------------------------
+# Shape limits of the kernels (docs/ops.md, "Limits"). The C entry points enforce them (SSM_ERR_BAD_SIZE
+# before any memory access); these mirrors turn them into a ValueError that names the limit.
+
+CPU_MAX_ELEMENTS = (1 << 60) - 1  # every tensor and scratch buffer (float32 byte counts stay in int64)
+CUDA_MAX_DIM = (1 << 31) - 1      # SelectiveScan: B, G, D, L each
+CUDA_MAX_ELEMENTS = (1 << 60) - 1  # SelectiveScan on CUDA: every tensor
+CUDA_MAX_BLOCKS = (1 << 31) - 1   # gridDim.x
+CUDA_DEFORM_MAX_DIM = (1 << 30) - 1  # DeformAggregate on CUDA: H, W, Hout, Wout, G, C, G*C, P, B, strides, pads
+CUDA_DEFORM_MAX_IMAGE = (1 << 31) - 1  # elements of one image of value / output / offset_mask (32-bit offsets)
+MAX_DEFORM_POINTS = 1 << 20      # K on the CPU
+
+
+def scan_limit_error(batch, groups, dim, dstate, length, device_type) -> Optional[str]:
+    """Why the `device_type` ('cpu' or 'cuda') kernels refuse this SelectiveScan shape, or None."""
+    if min(batch, groups, dim, length) < 1:
+        return None  # nothing to scan: the kernels are not called
+    if not 1 <= dstate <= MAX_DSTATE:
+        return f"dstate {dstate} is outside 1..{MAX_DSTATE}"
+    rows = batch * groups * dim
+    if device_type == "cpu":
+        biggest = max(rows * length, batch * groups * dstate * length, rows * dstate)
+        if biggest > CPU_MAX_ELEMENTS:
+            return f"a tensor of {biggest} elements exceeds the CPU kernels' limit of 2^60 - 1"
+        return None
+    for name, v in (("batch", batch), ("groups", groups), ("dim", dim), ("length", length)):
+        if v > CUDA_MAX_DIM:
+            return f"{name} = {v} exceeds the CUDA kernels' limit of 2^31 - 1"
+    biggest = max(rows * length, batch * groups * 16 * length)
+    if biggest > CUDA_MAX_ELEMENTS:
+        return f"{biggest} elements (B*G*D*L or B*G*16*L) exceed the CUDA kernels' limit of 2^60 - 1"
+    need = -(-length // 8)
+    lpr = min(32, need)
+    fwd_rows = 4 * (32 // lpr)
+    bwd_rows = 8 * (32 >> min(5, max(0, (need - 1).bit_length())))
+    blocks = max(-(-rows // fwd_rows), batch * groups * -(-dim // bwd_rows))
+    if blocks > CUDA_MAX_BLOCKS:
+        return f"B*G*D = {rows} needs a launch grid of {blocks} blocks, more than the 2^31 - 1 CUDA allows"
+    return None
+
+
+def deform_limit_error(batch, height, width, out_h, out_w, group, group_channels, stride_om, kernel_h, kernel_w,
+                       stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, remove_center,
+                       device_type, element_size=4) -> Optional[str]:
+    """Why the `device_type` kernels refuse this DeformAggregate shape, or None. On CUDA the threads per
+    (pixel, group) depend on the channel vector width (element_size, pointer alignment); this assumes
+    aligned tensors, the C check is exact."""
+    if min(batch, height, width, out_h, out_w, group, group_channels) < 1:
+        return None
+    points = kernel_h * kernel_w - remove_center
+    channels = group * group_channels
+    if device_type == "cpu":
+        if points > MAX_DEFORM_POINTS:
+            return f"{points} sampling points exceed the CPU kernels' limit of 2^20"
+        biggest = max(batch * height * width * channels, batch * out_h * out_w * max(stride_om, channels))
+        if biggest > CPU_MAX_ELEMENTS:
+            return f"a tensor of {biggest} elements exceeds the CPU kernels' limit of 2^60 - 1"
+        return None
+    dims = dict(batch=batch, height=height, width=width, out_height=out_h, out_width=out_w, group=group,
+                group_channels=group_channels, channels=channels, offset_columns=stride_om, stride_h=stride_h,
+                stride_w=stride_w, pad_h=abs(pad_h), pad_w=abs(pad_w))
+    for name, v in dims.items():
+        if v > CUDA_DEFORM_MAX_DIM:
+            return f"{name} = {v} exceeds the CUDA kernels' limit of 2^30 - 1"
+    if kernel_h >= 4096 or kernel_w >= 4096 or dilation_h >= 65536 or dilation_w >= 65536:
+        return "kernel size must be < 4096 and dilation < 65536 on CUDA"
+    span_x = (out_w - 1) * stride_w + dilation_w * (kernel_w - 1) + abs(pad_w)
+    span_y = (out_h - 1) * stride_h + dilation_h * (kernel_h - 1) + abs(pad_h)
+    if max(span_x, span_y) > CUDA_DEFORM_MAX_DIM:
+        return f"the sampling window spans {max(span_x, span_y)} pixels, more than the 2^30 - 1 CUDA allows"
+    per_image = max(height * width * channels, out_h * out_w * channels, out_h * out_w * stride_om)
+    if per_image > CUDA_DEFORM_MAX_IMAGE:
+        return (f"one image of a tensor has {per_image} elements, more than the 2^31 - 1 the CUDA kernels "
+                f"index with 32-bit offsets")
+    vec = 16 // element_size
+    while vec > 1 and group_channels % vec:
+        vec //= 2
+    nvec = group_channels // vec
+    tpg = 1 << min(5, max(0, (nvec - 1).bit_length()))
+    if out_h * out_w * group * tpg >= (1 << 31) - 256:
+        return (f"Hout*Wout*G = {out_h * out_w * group} needs {out_h * out_w * group * tpg} threads per image, "
+                f"more than the 2^31 - 257 the CUDA kernels index with 32-bit ints")
+    return None
+
+
+def _raise_on_limit(op: str, error: Optional[str]) -> None:
+    if error is not None:
+        raise ValueError(f"{op}: shape beyond the kernels' limits: {error} (see docs/ops.md, Limits)")
+
+
 def deform_output_size(height, width, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
                        dilation_w) -> Tuple[int, int]:
     out_h = (height + 2 * pad_h - (dilation_h * (kernel_h - 1) + 1)) // stride_h + 1
@@ -410,6 +501,9 @@ def _deform_prepare(op, value, offset_mask, kernel_h, kernel_w, stride_h, stride
     shape = DeformShape(batch, height, width, out_h, out_w, group, group_channels, stride_om, kernel_h, kernel_w,
                         stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, int(remove_center),
                         float(offset_scale), _DTYPE_CODES[dtype])
+    _raise_on_limit(op, deform_limit_error(batch, height, width, out_h, out_w, group, group_channels, stride_om,
+                                           kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                                           dilation_w, int(remove_center), device.type, value.element_size()))
     return shape, dtype, device, (batch, out_h, out_w, channels)
 
 

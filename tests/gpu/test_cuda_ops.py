@@ -85,18 +85,33 @@ def test_full_model_forward_backward_cuda_vs_reference(name):
     out_k, grads_k = run()
     with ops.force_reference():
         out_r, grads_r = run()
+        # float64 ground truth: the float32 reference's own gradient error reaches ~1e-3 on hrvmamba_base
+        # (docs/benchmarks.md, "Gradient accuracy of the kernels"), so the kernels are held to 3x of it
+        # rather than to a fixed distance from it.
+        model.double()
+        x, target = x.double(), target.double()
+        _, grads_64 = run()
     assert (out_k - out_r).abs().max() <= 1e-3 * out_r.abs().max()
-    flat_k = torch.cat([g.flatten() for g in grads_k.values()])
-    flat_r = torch.cat([grads_r[n].flatten() for n in grads_k])
-    assert ((flat_k - flat_r).norm() / flat_r.norm()).item() <= 1e-3
+    flat_k = torch.cat([g.flatten() for g in grads_k.values()]).double()
+    flat_r = torch.cat([grads_r[n].flatten() for n in grads_k]).double()
+    flat_64 = torch.cat([grads_64[n].flatten() for n in grads_k])
+    err_k = ((flat_k - flat_64).norm() / flat_64.norm()).item()
+    err_r = ((flat_r - flat_64).norm() / flat_64.norm()).item()
+    print(f"{name}: gradient rel. error vs float64: kernels {err_k:.2e}, float32 reference {err_r:.2e}")
+    assert err_k <= 3 * err_r + 1e-5, (err_k, err_r)
     # Per tensor: the offset/mask projections see the bilinear weights' derivative, which jumps where a
-    # sample crosses a pixel boundary; float32 rounding of the sample position differs between the
-    # kernels and the reference, so a few of those tensors differ more. Bound the typical tensor tightly.
+    # sample crosses a pixel boundary; float32 rounding of the sample position decides the side, so a few
+    # of those tensors are off more. Bound the typical tensor against the float32 reference's own error.
     names = list(grads_r)
-    per_tensor = torch.tensor([((grads_k[n] - grads_r[n]).norm() / (grads_r[n].norm() + 1e-12)).item()
-                               for n in names])
+
+    def rel_errors(grads):
+        return torch.tensor([((grads[n].double() - grads_64[n]).norm() / (grads_64[n].norm() + 1e-300)).item()
+                             for n in names])
+
+    per_tensor_r = rel_errors(grads_r)
+    per_tensor = rel_errors(grads_k)
     worst = names[int(per_tensor.argmax())]
-    print(f"{name}: gradient rel. error median {per_tensor.median().item():.2e}, worst "
-          f"{per_tensor.max().item():.2e} ({worst})")
-    assert per_tensor.median().item() <= 1e-3, per_tensor.median().item()
+    print(f"{name}: gradient rel. error vs float64, median {per_tensor.median().item():.2e} (float32 reference "
+          f"{per_tensor_r.median().item():.2e}), worst {per_tensor.max().item():.2e} ({worst})")
+    assert per_tensor.median().item() <= 3 * per_tensor_r.median().item() + 1e-6, per_tensor.median().item()
     assert per_tensor.max().item() <= 0.1, (worst, per_tensor.max().item())

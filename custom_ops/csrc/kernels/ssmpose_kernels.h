@@ -12,6 +12,10 @@
  *  - Functions return SSM_OK or an error code; ssm_status_string() names it. The functions check only
  *    what they need to stay memory-safe (null pointers, non-positive sizes, unsupported dtype); the
  *    adapters validate shapes against their framework's tensors and report them by name.
+ *  - Shapes beyond a kernel's limits (docs/ops.md, "Limits": index widths, launch grids) return
+ *    SSM_ERR_BAD_SIZE before any memory is touched. The shape and dtype are checked before the data
+ *    pointers, so a call with NULL data pointers answers SSM_ERR_NULL_POINTER for a shape within the
+ *    limits and SSM_ERR_BAD_SIZE for one beyond them (a limits query that allocates nothing).
  *  - CUDA functions take the stream as `void*` (a cudaStream_t), enqueue work on it and never
  *    synchronise the host. Launch errors are returned as SSM_ERR_CUDA.
  *  - Pointers of CUDA functions are device pointers; `workspace` (when asked for) is a device buffer of

@@ -335,9 +335,10 @@ extern "C" {
 
 SSM_API int ssm_deform_aggregate_fwd_cpu(const ssm_deform_shape* shape, const void* value,
                                          const void* offset_mask, void* out, int num_threads) {
-  if (!shape || !value || !offset_mask || !out) return SSM_ERR_NULL_POINTER;
+  if (!shape) return SSM_ERR_NULL_POINTER;
   const int st = ssm::cpu::validate(shape);
   if (st != SSM_OK) return st;
+  if (!value || !offset_mask || !out) return SSM_ERR_NULL_POINTER;
   try {
     return ssm::cpu::deform_forward(shape, value, offset_mask, out, num_threads);
   } catch (...) {
@@ -348,10 +349,10 @@ SSM_API int ssm_deform_aggregate_fwd_cpu(const ssm_deform_shape* shape, const vo
 SSM_API int ssm_deform_aggregate_bwd_cpu(const ssm_deform_shape* shape, const void* value,
                                          const void* offset_mask, const void* grad_out,
                                          float* grad_value, float* grad_offset_mask, int num_threads) {
-  if (!shape || !value || !offset_mask || !grad_out || !grad_value || !grad_offset_mask)
-    return SSM_ERR_NULL_POINTER;
+  if (!shape) return SSM_ERR_NULL_POINTER;
   const int st = ssm::cpu::validate(shape);
   if (st != SSM_OK) return st;
+  if (!value || !offset_mask || !grad_out || !grad_value || !grad_offset_mask) return SSM_ERR_NULL_POINTER;
   try {
     return ssm::cpu::deform_backward(shape, value, offset_mask, grad_out, grad_value, grad_offset_mask,
                                      num_threads);

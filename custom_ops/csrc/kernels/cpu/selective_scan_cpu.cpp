@@ -488,9 +488,10 @@ extern "C" {
 SSM_API int ssm_selective_scan_fwd_cpu(const ssm_scan_shape* shape, const void* u, const void* delta,
                                        const void* A, const void* Bs, const void* Cs, const void* Ds,
                                        const void* delta_bias, void* y, int num_threads) {
-  if (!shape || !u || !delta || !A || !Bs || !Cs || !y) return SSM_ERR_NULL_POINTER;
+  if (!shape) return SSM_ERR_NULL_POINTER;
   const int st = ssm::cpu::validate_shape(shape);
   if (st != SSM_OK) return st;
+  if (!u || !delta || !A || !Bs || !Cs || !y) return SSM_ERR_NULL_POINTER;
   try {
     return ssm::cpu::scan_forward(shape, u, delta, A, Bs, Cs, Ds, delta_bias, y, num_threads);
   } catch (...) {
@@ -505,10 +506,11 @@ SSM_API int ssm_selective_scan_bwd_cpu(const ssm_scan_shape* shape, const void* 
                                        const void* delta_bias, const void* dy, void* du,
                                        void* d_delta, float* dA, float* dBs, float* dCs, float* dDs,
                                        float* d_delta_bias, int num_threads) {
-  if (!shape || !u || !delta || !A || !Bs || !Cs || !dy || !du || !d_delta || !dA || !dBs || !dCs)
-    return SSM_ERR_NULL_POINTER;
+  if (!shape) return SSM_ERR_NULL_POINTER;
   const int st = ssm::cpu::validate_shape(shape);
   if (st != SSM_OK) return st;
+  if (!u || !delta || !A || !Bs || !Cs || !dy || !du || !d_delta || !dA || !dBs || !dCs)
+    return SSM_ERR_NULL_POINTER;
   try {
     return ssm::cpu::scan_backward(shape, u, delta, A, Bs, Cs, Ds, delta_bias, dy, du, d_delta, dA, dBs, dCs,
                                    dDs, d_delta_bias, num_threads);

@@ -794,7 +794,7 @@ int fill_args(const ssm_deform_shape* s, int64_t K, int vec, DeformArgs& a, dim3
   // 32-bit index arithmetic inside one image
   if (n_img >= (int64_t(1) << 31) - kThreads || a.img_in >= (int64_t(1) << 31) ||
       a.img_out >= (int64_t(1) << 31) || a.img_om >= (int64_t(1) << 31))
-    return SSM_ERR_UNSUPPORTED;
+    return SSM_ERR_BAD_SIZE;
   a.n_img = (int)n_img;
   grid = dim3((unsigned)((n_img + kThreads - 1) / kThreads), (unsigned)(s->batch < 65535 ? s->batch : 65535));
   return SSM_OK;
@@ -962,16 +962,16 @@ SSM_API int ssm_deform_aggregate_fwd_cuda(const ssm_deform_shape* shape, const v
   int64_t K = 0;
   const int st = check_shape(shape, &K);
   if (st != SSM_OK) return st;
-  if (!value || !offset_mask || !out) return SSM_ERR_NULL_POINTER;
   const void* ptrs[2] = {value, out};
   const int vec = pick_vec(shape, ptrs, 2, elem_size(shape->dtype));
   DeformArgs a{};
+  dim3 grid;
+  const int fs = fill_args(shape, K, vec, a, grid);  // size limits first, as the other entry points
+  if (fs != SSM_OK) return fs;
+  if (!value || !offset_mask || !out) return SSM_ERR_NULL_POINTER;
   a.value = value;
   a.om = offset_mask;
   a.out = out;
-  dim3 grid;
-  const int fs = fill_args(shape, K, vec, a, grid);
-  if (fs != SSM_OK) return fs;
   plan_fwd(shape, vec, a, grid);
   return launch<true>(shape->dtype, vec, a, grid, static_cast<cudaStream_t>(stream));
 }
@@ -982,20 +982,20 @@ SSM_API int ssm_deform_aggregate_bwd_cuda(const ssm_deform_shape* shape, const v
   int64_t K = 0;
   const int st = check_shape(shape, &K);
   if (st != SSM_OK) return st;
-  if (!value || !offset_mask || !grad_out || !grad_value || !grad_offset_mask)
-    return SSM_ERR_NULL_POINTER;
   const void* ptrs[2] = {value, grad_out};
   const int vec = pick_vec(shape, ptrs, 2, elem_size(shape->dtype));
   DeformArgs a{};
+  dim3 grid;
+  const int fs = fill_args(shape, K, vec, a, grid);  // size limits first, as the other entry points
+  if (fs != SSM_OK) return fs;
+  if (!value || !offset_mask || !grad_out || !grad_value || !grad_offset_mask)
+    return SSM_ERR_NULL_POINTER;
   a.value = value;
   a.om = offset_mask;
   a.gout = grad_out;
   a.gval = grad_value;
   a.gom = grad_offset_mask;
   a.vec_atomic = (vec % 4 == 0) && ssm_cuda_host::aligned(grad_value, 16);
-  dim3 grid;
-  const int fs = fill_args(shape, K, vec, a, grid);
-  if (fs != SSM_OK) return fs;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const size_t nval = (size_t)(shape->batch * shape->height * shape->width * shape->groups *
                                shape->group_channels);

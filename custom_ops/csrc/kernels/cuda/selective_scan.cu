@@ -31,6 +31,8 @@
 //   gradient buffers are zeroed with cudaMemsetAsync on the same stream first.
 #include <limits.h>
 
+#include <initializer_list>
+
 #include "cuda_common.cuh"
 
 namespace {
@@ -764,6 +766,20 @@ __global__ void __launch_bounds__(kBwdWarps * 32) scan_bwd_kernel(const ScanArgs
 // ------------------------------------------------------------------------------------------------
 // Host side
 
+// Limits (docs/ops.md, "Limits"): every dimension below 2^31; every tensor below 2^60 elements (offsets
+// are 64-bit; row coordinates use the 32-bit FastDiv only while B*G*D < 2^31); and both launch grids
+// within gridDim.x (2^31 - 1 blocks). Beyond them: SSM_ERR_BAD_SIZE, before any device work.
+// Whether the product of the factors (each >= 1) is below 2^60, without overflow.
+bool product_below(std::initializer_list<int64_t> factors) {
+  constexpr int64_t kLimit = int64_t(1) << 60;
+  int64_t p = 1;
+  for (int64_t f : factors) {
+    if (f > kLimit / p) return false;
+    p *= f;
+  }
+  return p < kLimit;
+}
+
 int check_shape(const ssm_scan_shape* s) {
   if (s == nullptr) return SSM_ERR_NULL_POINTER;
   if (s->dtype != SSM_FLOAT32 && s->dtype != SSM_FLOAT16 && s->dtype != SSM_BFLOAT16)
@@ -773,11 +789,18 @@ int check_shape(const ssm_scan_shape* s) {
     return SSM_ERR_BAD_SIZE;
   const int64_t lim = int64_t(1) << 31;
   if (s->batch >= lim || s->groups >= lim || s->dim >= lim || s->length >= lim) return SSM_ERR_BAD_SIZE;
-  // Every tensor must have fewer than 2^60 elements.
-  const double rows = double(s->batch) * double(s->groups) * double(s->dim);
-  if (rows * double(s->length) >= 1.1529215e18 ||
-      double(s->batch) * double(s->groups) * 16.0 * double(s->length) >= 1.1529215e18)
+  // Every tensor must have fewer than 2^60 elements (Bs/Cs counted with N = 16, the largest bucket).
+  if (!product_below({s->batch, s->groups, s->dim, s->length}) ||
+      !product_below({s->batch, s->groups, 16, s->length}))
     return SSM_ERR_BAD_SIZE;
+  // launch grids (the forward may divide its grid further, see row_reps)
+  const FwdPlan fp = make_fwd_plan(s->length);
+  const int64_t fwd_rows_per_block = int64_t(kFwdWarps) * fp.rpw;
+  if ((s->batch * s->groups * s->dim + fwd_rows_per_block - 1) / fwd_rows_per_block > INT_MAX)
+    return SSM_ERR_BAD_SIZE;
+  const int64_t bwd_rows_per_block = int64_t(kBwdWarps) * (32 >> make_plan(s->length).lpr_log2);
+  const int64_t blocks_per_group = (s->dim + bwd_rows_per_block - 1) / bwd_rows_per_block;
+  if (s->batch * s->groups > INT_MAX / blocks_per_group) return SSM_ERR_BAD_SIZE;
   return SSM_OK;
 }
 
@@ -854,7 +877,6 @@ SSM_API int ssm_selective_scan_fwd_cuda(const ssm_scan_shape* shape, const void*
   if (!u || !delta || !A || !Bs || !Cs || !y) return SSM_ERR_NULL_POINTER;
   const ScanPlan pl = make_plan(shape->length);
   const FwdPlan fp = make_fwd_plan(shape->length);
-  if (fp.nchunks > INT_MAX) return SSM_ERR_BAD_SIZE;
   ScanArgs a = base_args(shape, pl);
   a.lpr = fp.lpr;
   a.rpw = fp.rpw;
@@ -882,7 +904,7 @@ SSM_API int ssm_selective_scan_fwd_cuda(const ssm_scan_shape* shape, const void*
     blocks = (blocks + a.row_reps - 1) / a.row_reps;
     a.row_stride = blocks * rows_per_block;
   }
-  if (blocks > INT_MAX) return SSM_ERR_UNSUPPORTED;
+  if (blocks > INT_MAX) return SSM_ERR_BAD_SIZE;  // excluded by check_shape
   return dispatch<FwdLauncher>(shape->dtype, (int)shape->dstate, a, blocks,
                                static_cast<cudaStream_t>(stream));
 }
@@ -904,7 +926,6 @@ SSM_API int ssm_selective_scan_bwd_cuda(const ssm_scan_shape* shape, const void*
   if (!u || !delta || !A || !Bs || !Cs || !dy || !du || !d_delta || !dA || !dBs || !dCs)
     return SSM_ERR_NULL_POINTER;
   const ScanPlan pl = make_plan(shape->length);
-  if (pl.nchunks > INT_MAX) return SSM_ERR_BAD_SIZE;
   if (pl.nchunks > 1 && workspace == nullptr) return SSM_ERR_NULL_POINTER;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   ScanArgs a = base_args(shape, pl);
@@ -930,7 +951,7 @@ SSM_API int ssm_selective_scan_bwd_cuda(const ssm_scan_shape* shape, const void*
   const int rpw = 32 >> pl.lpr_log2;
   a.blocks_per_group = (shape->dim + int64_t(kBwdWarps) * rpw - 1) / (int64_t(kBwdWarps) * rpw);
   const int64_t blocks = shape->batch * shape->groups * a.blocks_per_group;
-  if (blocks > INT_MAX) return SSM_ERR_UNSUPPORTED;
+  if (blocks > INT_MAX) return SSM_ERR_BAD_SIZE;  // excluded by check_shape
 
   const size_t nBC = (size_t)(shape->batch * shape->groups * shape->dstate * shape->length);
   const size_t nc = (size_t)a.channels;
