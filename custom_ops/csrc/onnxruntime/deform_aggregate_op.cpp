@@ -5,6 +5,7 @@
 // dilation_h, dilation_w, group, group_channels, remove_center (ints) and offset_scale (float), all required.
 // Both inputs and the output share one type T (float32 or float16). Semantics: docs/ops.md.
 #include <climits>
+#include <cmath>
 
 #include "ort_common.h"
 #include "ssmpose_kernels.h"
@@ -81,14 +82,18 @@ struct DeformAggregateKernel : Kernel {
                                   std::to_string(om_cols));
     }
 
+    // Before allocating: an empty image with a non-empty output (found by fuzzing: with group_channels near
+    // 2^31 the output was allocated first, terabytes, and the allocation failure was the error).
+    const bool empty_output = batch == 0 || out_h == 0 || out_w == 0 || channels == 0;
+    if (!empty_output && (height == 0 || width == 0)) {
+      return shape_error(api, "value has an empty image (H, W) = (" + std::to_string(height) + ", " +
+                                  std::to_string(width) + ") but the output is not empty");
+    }
+
     const std::vector<int64_t> out_dims{batch, out_h, out_w, channels};
     void* out = nullptr;
     if (OrtStatus* st = alloc_output(api, ctx, 0, out_dims, kOp, &out)) return st;
     if (out == nullptr) return nullptr;  // empty output: nothing to compute
-    if (height == 0 || width == 0) {
-      return shape_error(api, "value has an empty image (H, W) = (" + std::to_string(height) + ", " +
-                                  std::to_string(width) + ") but the output is not empty");
-    }
 
     ssm_deform_shape shape{};
     shape.batch = batch;
@@ -156,6 +161,10 @@ OrtStatus* create(const OpDef& def, const Api& api, const OrtKernelInfo* info, K
     if (OrtStatus* st = check_attr_range(api, kOp, attr.name, *attr.dst, attr.lo, hi)) return st;
   }
   if (OrtStatus* st = read_float_attr(api, info, kOp, "offset_scale", &a.offset_scale)) return st;
+  if (!std::isfinite(a.offset_scale)) {  // as the OpenVINO extension; NaN/Inf would reach every sample location
+    return make_error(api, ORT_INVALID_ARGUMENT, "%s: attribute offset_scale must be finite, got %g", kOp,
+                      static_cast<double>(a.offset_scale));
+  }
   // Plugin attributes of the TensorRT form (plugin_version, plugin_namespace) and any others are ignored.
 
   const int64_t points = a.kernel_h * a.kernel_w - a.remove_center;  // no overflow: both < 2^31

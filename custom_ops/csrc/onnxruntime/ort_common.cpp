@@ -167,14 +167,25 @@ OrtStatus* read_input(const Api& api, const OrtKernelContext* ctx, size_t count,
 OrtStatus* alloc_output(const Api& api, OrtKernelContext* ctx, size_t index, const std::vector<int64_t>& dims,
                         const char* op, void** data) {
   *data = nullptr;
+  int64_t n = 1;
+  for (int64_t d : dims) {
+    if (d < 0 || !checked_mul(n, d, &n)) {
+      return make_error(api, ORT_INVALID_ARGUMENT, "%s: output shape %s is invalid or has too many elements", op,
+                        shape_str(dims).c_str());
+    }
+  }
   OrtValue* value = nullptr;
-  if (OrtStatus* st = api.KernelContext_GetOutput(ctx, index, dims.data(), dims.size(), &value)) return st;
+  if (OrtStatus* st = api.KernelContext_GetOutput(ctx, index, dims.data(), dims.size(), &value)) {
+    // e.g. the allocation failed: say which op and which output shape
+    const OrtErrorCode code = api.GetErrorCode(st);
+    const std::string message = take_message(api, st);
+    return make_error(api, code, "%s: cannot allocate the output of shape %s: %s", op, shape_str(dims).c_str(),
+                      message.c_str());
+  }
   if (value == nullptr) {
     return make_error(api, ORT_FAIL, "%s: ONNX Runtime returned no output tensor for shape %s", op,
                       shape_str(dims).c_str());
   }
-  int64_t n = 1;
-  for (int64_t d : dims) n *= d;
   if (n == 0) return nullptr;
   return api.GetTensorMutableData(value, data);
 }

@@ -27,11 +27,22 @@ bool omitted(const ov::frontend::NodeContext& node, size_t index) {
   return input.get_node() == nullptr || std::string(input.get_node()->get_type_name()) == "NullNode";
 }
 
+// The attribute's value, which must be an int (as the ONNX Runtime library: the frontend would otherwise turn a
+// float such as pad_h=2.5 into 2 silently, and a string into an error that does not name the attribute; found by
+// fuzzing).
+int64_t int_attribute(const ov::frontend::NodeContext& node, const char* op, const char* name) {
+  const ov::Any value = node.get_attribute_as_any(name);
+  if (!value.is<int64_t>()) {
+    OPENVINO_THROW("ssmpose ", op, " node '", node.get_name(), "': attribute ", name, " must be an int");
+  }
+  return value.as<int64_t>();
+}
+
 int64_t required_int(const ov::frontend::NodeContext& node, const char* op, const char* name) {
   if (!node.has_attribute(name)) {
     OPENVINO_THROW("ssmpose ", op, " node '", node.get_name(), "': missing required attribute ", name);
   }
-  return node.get_attribute<int64_t>(name);
+  return int_attribute(node, op, name);
 }
 
 ov::OutputVector convert_selective_scan(const ov::frontend::NodeContext& node) {
@@ -50,7 +61,8 @@ ov::OutputVector convert_selective_scan(const ov::frontend::NodeContext& node) {
   const bool has_ds = !omitted(node, 5), has_bias = !omitted(node, 6);
   if (has_ds) inputs.push_back(node.get_input(5));
   if (has_bias) inputs.push_back(node.get_input(6));
-  const int64_t softplus = node.get_attribute<int64_t>("delta_softplus", 1);
+  const int64_t softplus =
+      node.has_attribute("delta_softplus") ? int_attribute(node, "SelectiveScan", "delta_softplus") : 1;
   auto op = std::make_shared<SelectiveScan>(inputs, softplus, has_ds, has_bias);
   return {node.mark_node(op)->output(0)};
 }
@@ -76,7 +88,17 @@ ov::OutputVector convert_deform_aggregate(const ov::frontend::NodeContext& node)
   if (!node.has_attribute("offset_scale")) {
     OPENVINO_THROW("ssmpose DeformAggregate node '", node.get_name(), "': missing required attribute offset_scale");
   }
-  a.offset_scale = node.get_attribute<float>("offset_scale");
+  const ov::Any scale = node.get_attribute_as_any("offset_scale");
+  if (scale.is<float>()) {
+    a.offset_scale = scale.as<float>();
+  } else if (scale.is<double>()) {
+    a.offset_scale = static_cast<float>(scale.as<double>());
+  } else if (scale.is<int64_t>()) {  // an exporter wrote e.g. offset_scale=1 as an int (accepted as by ORT)
+    a.offset_scale = static_cast<float>(scale.as<int64_t>());
+  } else {
+    OPENVINO_THROW("ssmpose DeformAggregate node '", node.get_name(), "': attribute offset_scale must be a float, "
+                   "got ", scale.type_info().name());
+  }
   auto op = std::make_shared<DeformAggregate>(ov::OutputVector{node.get_input(0), node.get_input(1)}, a);
   return {node.mark_node(op)->output(0)};
 }

@@ -1,6 +1,7 @@
 #include "ops.hpp"
 
 #include <cstdlib>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -71,6 +72,16 @@ int cpu_threads() {
                  " failed with status ", status, " (", ssm_status_string(status), ")");
 }
 
+// Sizes (allocates) an output tensor; an allocation failure names the op and the shape.
+void set_output_shape(const ov::Node* node, ov::Tensor& output, const ov::Shape& shape) {
+  try {
+    output.set_shape(shape);
+  } catch (const std::bad_alloc&) {
+    OPENVINO_THROW("ssmpose ", node->get_type_name(), " node '", node->get_friendly_name(),
+                   "': cannot allocate the output of shape ", shape);
+  }
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------
@@ -133,7 +144,7 @@ bool SelectiveScan::evaluate(ov::TensorVector& outputs, const ov::TensorVector& 
     OPENVINO_THROW("ssmpose SelectiveScan node '", get_friendly_name(), "': element type ",
                    inputs[0].get_element_type(), " is not supported; supported: f32, f16");
   }
-  outputs[0].set_shape(inputs[0].get_shape());
+  set_output_shape(this, outputs[0], inputs[0].get_shape());
   if (outputs[0].get_size() == 0) return true;  // B, G*D or L is 0: nothing to compute
 
   const std::vector<int64_t>& u = shapes[0].dims;
@@ -210,7 +221,7 @@ bool DeformAggregate::evaluate(ov::TensorVector& outputs, const ov::TensorVector
     OPENVINO_THROW("ssmpose DeformAggregate node '", get_friendly_name(), "': element type ",
                    inputs[0].get_element_type(), " is not supported; supported: f32, f16");
   }
-  outputs[0].set_shape(ov::Shape(out.begin(), out.end()));
+  set_output_shape(this, outputs[0], ov::Shape(out.begin(), out.end()));
   if (outputs[0].get_size() == 0) return true;
   if (value.dims[1] == 0 || value.dims[2] == 0) {
     OPENVINO_THROW("ssmpose DeformAggregate node '", get_friendly_name(), "': value has an empty image (H, W) = ",

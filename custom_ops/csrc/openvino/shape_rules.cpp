@@ -159,12 +159,24 @@ std::string check_deform_aggregate(const DeformAttributes& a, const Shape& value
     if (!compatible(lead, expected)) {
       return "offset_mask leading dims " + shape_str(lead) + " != (B, Hout, Wout) = " + shape_str(expected);
     }
-    for (int i = 0; i < 3; ++i) {
-      if (!known((*out)[i])) (*out)[i] = lead[i];
-    }
+    // The batch may come from offset_mask; Hout and Wout only from the value image. Were they taken from
+    // offset_mask while H or W is unknown, the output could be static (and be allocated before any evaluate)
+    // although the image turns out empty: found by fuzzing, value (1, ?, 3, 2^31-1) with offset_mask
+    // (?, 22, 25, 3) made a static 4.7 TB output that the CPU plugin tried to allocate.
+    if (!known((*out)[0])) (*out)[0] = lead[0];
     if (known(offset_mask.dims[3]) && offset_mask.dims[3] < om_cols) {
       return "offset_mask has " + std::to_string(offset_mask.dims[3]) + " columns, needs >= group*K*3 = " +
              std::to_string(om_cols);
+    }
+  }
+  // An empty image with a non-empty output, refused here so that neither the model's output shape nor the
+  // evaluate's output tensor is ever sized (found by fuzzing: with group_channels near 2^31 that is terabytes).
+  if (value.rank_known && (value.dims[1] == 0 || value.dims[2] == 0)) {
+    bool output_empty_or_unknown = false;
+    for (int i = 0; i < 4; ++i) output_empty_or_unknown |= !known((*out)[i]) || (*out)[i] == 0;
+    if (!output_empty_or_unknown) {
+      return "value has an empty image (H, W) = " + shape_str({value.dims[1], value.dims[2]}) +
+             " but the output is not empty";
     }
   }
   return std::string();
