@@ -709,11 +709,6 @@ def compare(case: Case, out: np.ndarray) -> Optional[str]:
     if out.size == 0:
         return None
     got = out.astype(np.float64)
-    if case.op == "SelectiveScan" and "Ds" not in case.inputs and case.feeds["u"].dtype.kind == "f":
-        # Known kernel divergence (docs/reliability.md): with Ds omitted the CPU kernel adds 0 * u, so an
-        # infinite u gives NaN where the reference (no Ds term) gives +-Inf. Accepted at exactly those places.
-        known = np.isinf(case.feeds["u"]) & np.isinf(expected) & np.isnan(got)
-        expected = np.where(known, np.nan, expected)
     for what, mask_fn in (("NaN", np.isnan), ("+Inf", lambda x: np.isposinf(x)), ("-Inf", np.isneginf)):
         e, g = mask_fn(expected), mask_fn(got)
         if (e != g).any():

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from custom_ops import kernel_library as kl
-from custom_ops import reference, torch_ops
+from ssmpose.custom_ops import kernel_library as kl
+from ssmpose.custom_ops import reference, torch_ops
 
 pytestmark = pytest.mark.skipif(kl.cpu_library() is None, reason="CPU kernel library not built")
 

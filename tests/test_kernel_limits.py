@@ -13,7 +13,7 @@ import ctypes
 import pytest
 import torch
 
-from custom_ops import kernel_library as kl
+from ssmpose.custom_ops import kernel_library as kl
 
 SSM_ERR_NULL_POINTER, SSM_ERR_BAD_SIZE = 1, 2
 IN, OUT = SSM_ERR_NULL_POINTER, SSM_ERR_BAD_SIZE  # answer to a NULL-pointer call within / beyond the limits
@@ -196,7 +196,7 @@ def test_deform_python_refuses_before_allocating():
 def test_scan_cpu_runs_at_a_long_length():
     """A real run on a long sequence (the limits themselves, 2^60 elements, are out of reach of any memory:
     the CPU kernels index in 64 bits throughout)."""
-    from custom_ops import reference
+    from ssmpose.custom_ops import reference
 
     g = torch.Generator().manual_seed(0)
     L = 1 << 15

@@ -154,7 +154,12 @@ SSM_HOT void scan_forward_item(const ScanArgs& s, void* y, int64_t b, int64_t g,
           acc[ch] += hn * cc;
         }
       }
-      for (int ch = 0; ch < kTile; ++ch) cb.out[t][ch] = acc[ch] + p.D[ch] * cb.u[t][ch];
+      // Without Ds there is no D term at all: adding 0 * u would turn an infinite u into NaN.
+      if (s.Ds) {
+        for (int ch = 0; ch < kTile; ++ch) cb.out[t][ch] = acc[ch] + p.D[ch] * cb.u[t][ch];
+      } else {
+        for (int ch = 0; ch < kTile; ++ch) cb.out[t][ch] = acc[ch];
+      }
     }
     store_transposed(y, s.io_dtype, p.row0, s.length, p.nch, t0, tc, cb.out);
   }

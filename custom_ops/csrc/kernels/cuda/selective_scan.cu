@@ -386,7 +386,7 @@ __global__ void __launch_bounds__(kFwdWarps * 32) scan_fwd_vec_kernel(const Scan
       for (int i = 0; i < kItems; ++i) {
         dt[i] = nval ? dt[i] : 0.f;
         dtu[i] = dt[i] * uv[i];
-        yv[i] = Dv * uv[i];
+        yv[i] = Ds ? Dv * uv[i] : 0.f;  // no D term without Ds (0 * inf is NaN)
       }
 #pragma unroll
       for (int n = 0; n < kN; ++n) {
@@ -482,7 +482,7 @@ __global__ void __launch_bounds__(kFwdWarps * 32) scan_fwd_kernel(const ScanArgs
       const float d = a.softplus ? softplus_f<T>(x) : x;
       dt[i] = (i < nval) ? d : 0.f;
       dtu[i] = dt[i] * uv[i];
-      yv[i] = Dv * uv[i];
+      yv[i] = Ds ? Dv * uv[i] : 0.f;
     }
 #pragma unroll
     for (int n = 0; n < kN; ++n) {
