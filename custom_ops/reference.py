@@ -155,13 +155,15 @@ def deform_aggregate_reference(value, offset_mask, kernel_h, kernel_w, stride_h,
     group_index = torch.arange(group, device=value.device).view(1, 1, 1, group, 1)
     for cy, cx, weight in ((y0, x0, (1 - fy) * (1 - fx)), (y0, x0 + 1, (1 - fy) * fx),
                            (y0 + 1, x0, fy * (1 - fx)), (y0 + 1, x0 + 1, fy * fx)):
-        valid = inside & (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
-        flat = (cy.clamp(0, height - 1) * width + cx.clamp(0, width - 1)).long()
+        valid = inside & (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)  # False for a NaN location
+        # Invalid corners read pixel 0 and are then dropped with `where`, not multiplied by 0: "contributes
+        # nothing" holds for NaN/Inf masks and values there too (docs/ops.md), as in the kernels.
+        flat = torch.where(valid, cy * width + cx, 0).long()
         # gather value[b, flat, g, :] for every (b, y, x, g, k)
         index = (flat * group + group_index).reshape(batch, -1)
         picked = val.reshape(batch, height * width * group, group_channels).gather(
             1, index.unsqueeze(-1).expand(-1, -1, group_channels))
         picked = picked.reshape(batch, out_h, out_w, group, k, group_channels)
-        w = (weight * valid.to(ct) * mask).unsqueeze(-1)
-        result = result + (w * picked).sum(-2)
+        term = (weight * mask).unsqueeze(-1) * picked
+        result = result + torch.where(valid.unsqueeze(-1), term, 0).sum(-2)
     return result.reshape(batch, out_h, out_w, group * group_channels).to(value.dtype)

@@ -4,7 +4,7 @@ tests/fuzz_cases.py generates seeded single-node graphs with bad (and valid edge
 in an error naming the op and the problem, or in the reference's result (see that module). Here they run:
 
 - under AddressSanitizer + UBSan: a sanitizer build of the kernel library, the ORT library and the OpenVINO
-  extension (CMake option SSMPOSE_SANITIZE, built by the `sanitizer_build` fixture into build/sanitize, reused
+  extension (CMake option SSMPOSE_SANITIZE, built by the `sanitizer_build` fixture into build-sanitize/ (outside build/, where the kernel loaders look), reused
   while the sources are unchanged), loaded into a Python subprocess with libasan preloaded. The subprocess must
   exit 0 with no sanitizer report; a crash, a sanitizer report or a hang names the case that was running.
 - in process, against the libraries found as in production (a normal build), for the same cases.
@@ -76,7 +76,7 @@ def _libasan():
 
 @pytest.fixture(scope="session")
 def sanitizer_build():
-    """build/sanitize/lib with the sanitized libssmpose_kernels, libssmpose_ort and (when OpenVINO's CMake config
+    """build-sanitize/lib with the sanitized libssmpose_kernels, libssmpose_ort and (when OpenVINO's CMake config
     is found) libssmpose_ov; the environment that runs Python on them."""
     cmake = shutil.which("cmake")
     if cmake is None:
@@ -86,7 +86,7 @@ def sanitizer_build():
         _skip_or_fail("no C++ compiler: no sanitizer build")
     if preload is None:
         _skip_or_fail(f"{cxx} has no libasan (install libasan / gcc's sanitizer runtime)")
-    build = Path(os.environ.get("SSMPOSE_SANITIZE_BUILD_DIR", REPO / "build" / "sanitize"))
+    build = Path(os.environ.get("SSMPOSE_SANITIZE_BUILD_DIR", REPO / "build-sanitize"))
     stamp = build / "ssmpose_sources.sha256"
     digest = _sources_digest()
     lib = build / "lib"

@@ -117,6 +117,25 @@ def test_deform_samples_far_outside_contribute_nothing():
     assert deform_aggregate_reference(value, offset_mask, *attrs).abs().max() == 0
 
 
+def test_deform_nan_locations_and_points_outside_contribute_nothing_whatever_their_mask():
+    """docs/ops.md: such points are skipped, so a NaN offset or an infinite mask there does not reach the
+    output (a zero weight times inf would be NaN)."""
+    value, offset_mask, attrs = deform_inputs(DEFORM_CASES[1])  # G = 3, K = 9
+    g, k = attrs[8], 9
+    per_group = offset_mask[..., : g * k * 3].view(*offset_mask.shape[:3], g, 3 * k)
+    per_group[..., 0] = float("nan")          # point 0: x offset NaN -> NaN location
+    per_group[..., 2] = 1000.0                # point 1: far outside the image ...
+    per_group[..., 2 * k + 1] = float("inf")  # ... with an infinite mask
+    silenced = offset_mask.clone()
+    silenced_groups = silenced[..., : g * k * 3].view(*silenced.shape[:3], g, 3 * k)
+    silenced_groups[..., 0] = 0.0
+    silenced_groups[..., 2 * k + 0] = 0.0     # point 0 without weight
+    silenced_groups[..., 2 * k + 1] = 0.0     # point 1 without weight
+    got = deform_aggregate_reference(value, offset_mask, *attrs)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, deform_aggregate_reference(value, silenced, *attrs), rtol=0, atol=0)
+
+
 def test_deform_gradcheck():
     value, offset_mask, attrs = deform_inputs(DEFORM_CASES[1])
     value = value[:, :3, :4].contiguous().requires_grad_()
