@@ -32,10 +32,14 @@ def _add_extension(core, path: Path):
 
 
 def read_ir_metadata(path: Path):
-    """(metadata, uses ssmpose ops) of an OpenVINO IR .xml saved from an ssmpose export: the export's metadata
-    travels in the IR's rt_info under `ssmpose_metadata` (see save_ir)."""
+    """(metadata, uses ssmpose ops) of an OpenVINO IR .xml made from an ssmpose export: by save_ir (the metadata
+    under rt_info/ssmpose_metadata), or by OpenVINO's own conversion (ovc, convert_model + save_model), which keeps
+    the ONNX metadata_props under rt_info/framework."""
     import json
     import xml.etree.ElementTree as ET
+    from types import SimpleNamespace
+
+    from ..export.metadata import decode_props
 
     try:
         root = ET.parse(path).getroot()
@@ -43,10 +47,17 @@ def read_ir_metadata(path: Path):
         raise ValueError(f"openvino: {path} is not a readable OpenVINO IR file: {err}") from None
     custom = any(layer.get("version") == "ssmpose" for layer in root.iter("layer"))
     node = root.find("rt_info/ssmpose_metadata")
-    if node is None or node.get("value") is None:
-        raise ValueError(f"openvino: {path} carries no ssmpose metadata (rt_info/ssmpose_metadata); save it with "
+    if node is not None and node.get("value") is not None:
+        return json.loads(node.get("value")), custom
+    framework = root.find("rt_info/framework")
+    children = list(framework) if framework is not None else []
+    props = [SimpleNamespace(key=child.tag, value=child.get("value")) for child in children]
+    metadata = decode_props(p for p in props if p.value is not None)
+    if "ssmpose_version" not in metadata:
+        raise ValueError(f"openvino: {path} carries no ssmpose metadata (neither rt_info/ssmpose_metadata nor the "
+                         f"export's metadata under rt_info/framework): convert an ssmpose export, e.g. with "
                          f"ssmpose.runtimes.openvino_backend.save_ir")
-    return json.loads(node.get("value")), custom
+    return metadata, custom
 
 
 def save_ir(onnx_path, xml_path, compress_to_fp16: bool = False) -> Path:

@@ -276,6 +276,12 @@ def test_whole_model_matches_pytorch_in_both_forms_and_after_ir(exported, name, 
     session = runtimes.load(xml, "openvino")
     assert session.extension is not None and session.metadata["model"] == name
     assert np.abs(session.run(images) - expected).max() <= 1e-4 * scale, "IR"
+    # an IR made by OpenVINO's own conversion (as ovc does): the metadata comes from its rt_info/framework
+    converted = ov.convert_model(str(e.paths["custom"]), extension=str(LIB))
+    ov.save_model(converted, str(tmp_path / "ovc.xml"), compress_to_fp16=False)
+    session = runtimes.load(tmp_path / "ovc.xml", "openvino")
+    assert session.metadata["model"] == name and session.metadata["input_size"] == [256, 192]
+    assert np.abs(session.run(images) - expected).max() <= 1e-4 * scale, "IR from convert_model"
 
 
 @needs_lib
