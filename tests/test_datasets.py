@@ -9,7 +9,8 @@ from ssmpose.training import keypoints
 from ssmpose.training.datasets import DatasetInfo, dataset_info, list_datasets, match_dataset
 
 DATA = SHARED / "data"
-EXPECTED_COUNTS = {"coco": 17, "mpii": 16, "ap10k": 17, "crowdpose": 14, "aic": 14, "ochuman": 17}
+EXPECTED_COUNTS = {"coco": 17, "mpii": 16, "ap10k": 17, "crowdpose": 14, "aic": 14, "ochuman": 17,
+                   "posetrack18": 17}
 
 
 def _category(path):
@@ -72,6 +73,22 @@ def test_ap10k_entry_is_the_ap10k_annotation():
     for cat in cats:
         assert list(info.keypoint_names) == cat["keypoints"]
         assert [list(link) for link in info.skeleton] == [[a - 1, b - 1] for a, b in cat["skeleton"]]
+
+
+def test_posetrack18_entry_is_the_posetrack18_annotation():
+    info = dataset_info("posetrack18")
+    (cat,) = _category(DATA / "posetrack18" / "annotations" / "test_posetrack18_val.json")
+    assert list(info.keypoint_names) == cat["keypoints"]
+    assert match_dataset(cat["keypoints"]) is info
+    names = info.keypoint_names
+    assert (names[1], names[2]) == ("head_bottom", "head_top")     # where COCO has the eyes
+    assert [names[i] for i, j in info.flip_pairs] == ["left_ear", "left_shoulder", "left_elbow", "left_wrist",
+                                                      "left_hip", "left_knee", "left_ankle"]
+    # mmpose's posetrack18 metainfo: the head links replace COCO's eye/ear links
+    assert {(names[a], names[b]) for a, b in info.skeleton} >= {("nose", "head_bottom"), ("nose", "head_top"),
+                                                               ("head_bottom", "left_shoulder")}
+    assert len(info.skeleton) == 16
+    assert info.sigmas[:3] == (0.026, 0.025, 0.025) and info.sigmas[5:] == dataset_info("coco").sigmas[5:]
 
 
 def test_match_dataset_by_names_then_by_count():

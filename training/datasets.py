@@ -100,6 +100,12 @@ _AP10K = (
     "right_shoulder", "right_elbow", "right_front_paw", "left_hip", "left_knee", "left_back_paw", "right_hip",
     "right_knee", "right_back_paw",
 )
+# PoseTrack18: COCO's body keypoints with the eyes replaced by the bottom and the top of the head.
+_POSETRACK18 = (
+    "nose", "head_bottom", "head_top", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
+    "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
+    "right_ankle",
+)
 _CROWDPOSE = (
     "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip",
     "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "top_head", "neck",
@@ -172,6 +178,21 @@ _REGISTRY: Dict[str, DatasetInfo] = {
          0.01981803, 0.03843971, 0.03412318, 0.02415081, 0.01291456, 0.01236173),
     ),
     "ochuman": DatasetInfo("ochuman", COCO_KEYPOINTS, COCO_FLIP_PAIRS, COCO_SKELETON, COCO_SIGMAS),
+    "posetrack18": DatasetInfo(
+        "posetrack18", _POSETRACK18,
+        _pairs(_POSETRACK18, [("left_ear", "right_ear"), ("left_shoulder", "right_shoulder"),
+                              ("left_elbow", "right_elbow"), ("left_wrist", "right_wrist"), ("left_hip", "right_hip"),
+                              ("left_knee", "right_knee"), ("left_ankle", "right_ankle")]),
+        _pairs(_POSETRACK18, [("left_ankle", "left_knee"), ("left_knee", "left_hip"), ("right_ankle", "right_knee"),
+                              ("right_knee", "right_hip"), ("left_hip", "right_hip"), ("left_shoulder", "left_hip"),
+                              ("right_shoulder", "right_hip"), ("left_shoulder", "right_shoulder"),
+                              ("left_shoulder", "left_elbow"), ("right_shoulder", "right_elbow"),
+                              ("left_elbow", "left_wrist"), ("right_elbow", "right_wrist"), ("nose", "head_bottom"),
+                              ("nose", "head_top"), ("head_bottom", "left_shoulder"),
+                              ("head_bottom", "right_shoulder")]),
+        (0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107, 0.087, 0.087,
+         0.089, 0.089),
+    ),
 }
 
 
