@@ -101,7 +101,7 @@ def _make_transition(prev: Sequence[int], cur: Sequence[int]) -> nn.ModuleList:
     return layers
 
 
-def check_images(images: torch.Tensor, model_name: str) -> None:
+def check_images(images: torch.Tensor, model_name: str, divisor: int = INPUT_DIVISOR) -> None:
     """Clear errors for input the model cannot take (the official models need H, W divisible by 32)."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{model_name}: expected a torch.Tensor of images, got {type(images).__name__}")
@@ -110,8 +110,8 @@ def check_images(images: torch.Tensor, model_name: str) -> None:
     if not images.is_floating_point():
         raise TypeError(f"{model_name}: expected floating-point images (normalised), got dtype {images.dtype}")
     h, w = images.shape[-2:]
-    if h % INPUT_DIVISOR or w % INPUT_DIVISOR:
-        raise ValueError(f"{model_name}: input height and width must be divisible by {INPUT_DIVISOR}, "
+    if h % divisor or w % divisor:
+        raise ValueError(f"{model_name}: input height and width must be divisible by {divisor}, "
                          f"got {h}x{w}")
 
 
@@ -226,22 +226,26 @@ def init_weights(model: nn.Module) -> None:
             m.reset_parameters() if isinstance(m, DCNv4) else m.reset_ssm_parameters()
 
 
-def pose_metadata(name: str, input_size, sigma: float, num_keypoints: int, dcn_variant: str,
+def pose_metadata(name: str, input_size, sigma: float, num_keypoints: int, dcn_variant: Optional[str],
                   dataset: str = "coco") -> dict:
-    """The conventions a pose model carries (and its exports): those of `dataset` in the registry."""
+    """The conventions a pose model carries (and its exports): those of `dataset` in the registry.
+    `dcn_variant` is None for models without DCNv4 (the key is then left out)."""
     from ..datasets import dataset_info
     info = dataset_info(dataset)
     if info.num_keypoints != num_keypoints:
         raise ValueError(f"{name}: dataset {dataset} has {info.num_keypoints} keypoints, the model was asked for "
                          f"{num_keypoints}")
     h, w = input_size
-    return {
+    meta = {
         "model": name, "task": "pose", "input_size": [h, w], "dcn_variant": dcn_variant, "dataset": info.name,
         "num_keypoints": num_keypoints, "keypoint_names": list(info.keypoint_names),
         "skeleton": [list(p) for p in info.skeleton], "flip_pairs": [list(p) for p in info.flip_pairs],
         "mean": list(kp.IMAGENET_MEAN_RGB), "std": list(kp.IMAGENET_STD_RGB), "color_order": "RGB",
         "codec": {"type": "MSRAHeatmap", "sigma": sigma, "heatmap_size": [h // 4, w // 4]},
     }
+    if dcn_variant is None:
+        del meta["dcn_variant"]
+    return meta
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -50,32 +50,25 @@ def cross_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return rows.reshape(b, c, height, width) + cols.reshape(b, c, width, height).transpose(2, 3)
 
 
-class SS2D(nn.Module):
-    def __init__(self, d_model: int, d_state: int = 1, ssm_ratio: float = 2.0, dropout: float = 0.0,
-                 with_se: bool = False, dcn_variant: str = "as_run"):
+class DirectionalSSM(nn.Module):
+    """The parameters and the four-direction selective scan of VMamba's SS2D, shared by every model family.
+
+    `scan_core` maps (B, D, H, W) to (B, D, H, W): cross-scan, per-direction x_proj/dt_proj, SelectiveScan,
+    cross-merge. Subclasses add the projections around it (their parameters come first in the state dict)."""
+
+    def __init__(self, d_inner: int, dt_rank: int, d_state: int):
         super().__init__()
-        d_inner = int(ssm_ratio * d_model)
-        dt_rank = math.ceil(d_model / 16)
         self.d_inner, self.dt_rank, self.d_state = d_inner, dt_rank, d_state
         k = NUM_DIRECTIONS
-        # Own parameters first (state_dict lists them before the children, as the official code does).
         self.x_proj_weight = nn.Parameter(torch.empty(k, dt_rank + 2 * d_state, d_inner))
         self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
         self.Ds = nn.Parameter(torch.empty(k * d_inner))
         self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, dt_rank))
         self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
-        self.out_norm = LayerNorm2d(d_inner)
-        self.in_proj = Linear2d(d_model, d_inner, bias=False)
-        self.conv2d = DCNv4(d_inner, group=dt_rank, dw_kernel_size=3 if d_model % 80 == 0 else None,
-                            variant=dcn_variant)
-        self.act = nn.SiLU()
-        self.se = SEModule(d_inner) if with_se else None
-        self.out_proj = Linear2d(d_inner, d_model, bias=False)
-        self.dropout = nn.Dropout(dropout)
-        self.reset_ssm_parameters()
 
     def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4):
-        """VMamba's "v0" initialisation: A = -1, D = 1, dt bias = softplus^-1 of a log-uniform dt."""
+        """VMamba's "v0" initialisation: A = -(1..N) (S4D-real; -1 for N = 1), D = 1, dt bias = softplus^-1 of
+        a log-uniform dt."""
         bound = self.dt_rank ** -0.5
         with torch.no_grad():
             nn.init.uniform_(self.dt_projs_weight, -bound, bound)
@@ -83,21 +76,8 @@ class SS2D(nn.Module):
             dt = torch.exp(torch.rand_like(self.dt_projs_bias) * (math.log(dt_max) - math.log(dt_min))
                            + math.log(dt_min)).clamp(min=dt_floor)
             self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-            self.A_logs.zero_()
+            self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand_as(self.A_logs))
             self.Ds.fill_(1.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_channels_last(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-    def forward_channels_last(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) -> (B, H, W, C). Only the scan works channel-first, so this order needs two
-        layout changes (into the cross-scan, out of the cross-merge) where an NCHW order needs six."""
-        x = self.act(self.conv2d(self.in_proj.forward_channels_last(x)))
-        y = self.scan_core(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        y = self.out_norm.forward_channels_last(y)
-        if self.se is not None:
-            y = self.se.forward_channels_last(y)
-        return self.dropout(self.out_proj.forward_channels_last(y))
 
     def scan_core(self, x: torch.Tensor) -> torch.Tensor:
         b, d, h, w = x.shape
@@ -113,3 +93,33 @@ class SS2D(nn.Module):
         ys = ops.selective_scan(xs, dts, A, Bs.contiguous(), Cs.contiguous(), self.Ds.float(),
                                 self.dt_projs_bias.float().reshape(-1), True)
         return cross_merge(ys, h, w).to(x.dtype)
+
+
+class SS2D(DirectionalSSM):
+    def __init__(self, d_model: int, d_state: int = 1, ssm_ratio: float = 2.0, dropout: float = 0.0,
+                 with_se: bool = False, dcn_variant: str = "as_run"):
+        d_inner = int(ssm_ratio * d_model)
+        dt_rank = math.ceil(d_model / 16)
+        super().__init__(d_inner, dt_rank, d_state)   # own parameters first, as in the official state dict
+        self.out_norm = LayerNorm2d(d_inner)
+        self.in_proj = Linear2d(d_model, d_inner, bias=False)
+        self.conv2d = DCNv4(d_inner, group=dt_rank, dw_kernel_size=3 if d_model % 80 == 0 else None,
+                            variant=dcn_variant)
+        self.act = nn.SiLU()
+        self.se = SEModule(d_inner) if with_se else None
+        self.out_proj = Linear2d(d_inner, d_model, bias=False)
+        self.dropout = nn.Dropout(dropout)
+        self.reset_ssm_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_channels_last(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C). Only the scan works channel-first, so this order needs two
+        layout changes (into the cross-scan, out of the cross-merge) where an NCHW order needs six."""
+        x = self.act(self.conv2d(self.in_proj.forward_channels_last(x)))
+        y = self.scan_core(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        y = self.out_norm.forward_channels_last(y)
+        if self.se is not None:
+            y = self.se.forward_channels_last(y)
+        return self.dropout(self.out_proj.forward_channels_last(y))
