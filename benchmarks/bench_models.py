@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssmpose import runtimes
+from ssmpose import load_checkpoint, runtimes
 from ssmpose.custom_ops import kernel_library
 from ssmpose.deploy_demo import demo_weights
 from ssmpose.export import export_model
@@ -125,6 +125,10 @@ def main():
                         help="CUDA EP option sets to time (parity is checked for each)")
     parser.add_argument("--ort-variant-files", nargs="+", default=["custom.fp16"],
                         help="graphs (form.fp32|fp16) that get the non-default variants")
+    parser.add_argument("--checkpoint-dir", default=None,
+                        help="load <dir>/<model>.safetensors instead of the seeded demo weights (seeded "
+                             "initialisation differs between torch versions, so graphs exported on another "
+                             "machine need the weights they were exported from)")
     args = parser.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -144,7 +148,8 @@ def main():
             json.dump(result, f, indent=2, default=str)
 
     for name in args.models:
-        model = demo_weights(name)
+        checkpoint = Path(args.checkpoint_dir) / f"{name}.safetensors" if args.checkpoint_dir else None
+        model = load_checkpoint(checkpoint).eval() if checkpoint else demo_weights(name)
         files = export_all(model, name, out_dir, args.forms, args.dtypes)
         run_model(model, name, files, args.batch, args.repeats, args.reference_batch, result, save,
                   ort_variants=args.ort_variants, variant_files=args.ort_variant_files)
