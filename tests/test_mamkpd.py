@@ -184,3 +184,16 @@ def test_train_a_few_iterations(tmp_path):
     assert sum(losses[-4:]) < sum(losses[:4]), losses
     model = ssmpose.load_checkpoint(work / "last.safetensors")
     assert model.name == "mamkpd_small" and model.input_size == (128, 96)
+
+
+def test_custom_form_in_openvino_matches_pytorch(exported):
+    pytest.importorskip("openvino")
+    from ssmpose import runtimes
+    from ssmpose.custom_ops import openvino_library
+    if openvino_library.openvino_library_path() is None:
+        pytest.skip(f"the OpenVINO extension is not built: {openvino_library.unavailable_reason()}")
+    e = exported("mamkpd_small", (256, 192))
+    images = torch.randn(2, 3, 256, 192, generator=torch.Generator().manual_seed(6))
+    got = np.asarray(runtimes.load(str(e.paths["custom"]), "openvino").run(images.numpy()), dtype=np.float32)
+    expected = e.torch_heatmaps(images)
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
