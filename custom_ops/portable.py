@@ -18,7 +18,8 @@ SelectiveScan: a two-level chunked closed form
 ----------------------------------------------
 With a_t = dt_t * A (log-decay) and x_t = dt_t * B_t * u_t, every (batch, channel, state) obeys
 h_t = exp(a_t) h_{t-1} + x_t. The sequence is padded to a multiple of the chunk size T with a = 0, x = 0
-(which leaves the states alone) and cut into nc = ceil(L / T) chunks.
+(which leaves the states alone) and cut into nc = ceil(L / T) chunks; T is the configured chunk size, or L
+when the sequence is shorter.
 
 1. Within each chunk, the local states (starting from zero) and exp(S_t), S_t the inclusive sum of a
    inside the chunk, by one of two methods:
@@ -178,6 +179,9 @@ def selective_scan_subgraph(op, u, delta, A, Bs, Cs, Ds=None, delta_bias=None, d
     """Emit SelectiveScan (inputs as in docs/ops.md) through `op`; returns y (type of u)."""
     chunk_size = check_scan_options(chunk_size, method)
     channels, length = _static(u, 1, "channels"), _static(u, 2, "sequence length")
+    # A chunk longer than the sequence would only pad it: GLSMamba's per-pixel temporal scans (L = 5, one
+    # sequence per pixel) padded to 32 made 6 GB decay matrices.
+    chunk_size = min(chunk_size, length)
     groups, dstate = _static(Bs, 1, "groups"), _static(Bs, 2, "state size")
     dim = channels // groups
     ct = _compute_type(u)
