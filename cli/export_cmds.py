@@ -42,8 +42,10 @@ def export_command(model_name, checkpoint, input_size, batch, form, opset, fp16,
         output = f"{model_name}_{size[0]}x{size[1]}_{form}{'_fp16' if fp16 else ''}.onnx"
     result = export_model(model_name, output, checkpoint=checkpoint, input_size=input_size, batch=batch, form=form,
                           opset=opset, fp16=fp16, chunk_size=chunk_size, scan_lowering=scan_lowering)
+    graph_input = result.model.graph.input[0].type.tensor_type.shape.dim
     summary = {"path": str(result.path), "model": result.metadata.get("model"), "form": form,
                "input_size": result.metadata.get("input_size"), "batch": result.metadata.get("batch"),
+               "input_shape": [d.dim_param or d.dim_value for d in graph_input],
                "dtype": result.metadata.get("dtype"), "opset": opset, "nodes": result.node_count,
                "size_bytes": result.size_bytes, "seconds": round(result.seconds, 2),
                "stages": {k: round(v, 2) for k, v in result.stages.items()}}
@@ -53,8 +55,8 @@ def export_command(model_name, checkpoint, input_size, batch, form, opset, fp16,
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
-    h, w = summary["input_size"]
-    click.echo(f"wrote {summary['path']}: {summary['model']} {h}x{w}, batch {summary['batch']}, {form} form, "
+    shape = "x".join(str(d) for d in summary["input_shape"])
+    click.echo(f"wrote {summary['path']}: {summary['model']} input {shape}, batch {summary['batch']}, {form} form, "
                f"{summary['dtype']}, opset {opset}")
     click.echo(f"{summary['nodes']} nodes, {summary['size_bytes'] / 1e6:.1f} MB, {summary['seconds']:.1f} s")
 

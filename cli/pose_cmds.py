@@ -64,7 +64,8 @@ def _model_options(function):
 @_model_options
 @click.option("--boxes", "boxes_file", type=click.Path(dir_okay=False), default=None,
               help="COCO detection results (person boxes with scores), matched to images by file name "
-                   "(image ids -> names from --ann, else COCO's 000000000785.jpg naming).")
+                   "(image ids -> names from --ann, else COCO's 000000000785.jpg naming); for a video, "
+                   "image_id is the frame number (0 first).")
 @click.option("--ann", "ann_file", type=click.Path(dir_okay=False), default=None,
               help="COCO-format annotation file: its ground-truth boxes and image ids (matched by file name).")
 @click.option("--box-thr", type=float, default=0.0, show_default=True,
@@ -80,7 +81,10 @@ def infer_command(model, source, backend, form, fp16, batch, device, boxes_file,
     with seeded weights, a checkpoint, or an exported .onnx file).
 
     Without --boxes or --ann the whole image is one box. Writes OUT/results.json (COCO keypoint results) and
-    overlays (OUT/<name>.jpg, or OUT/<name>.mp4 for a video). Exit code 1 when some inputs failed."""
+    overlays (OUT/<name>.jpg, or OUT/<name>.mp4 for a video). Exit code 1 when some inputs failed.
+
+    A video model (clips of T frames) takes a video or a folder of frames (file-name order), through a
+    sliding window of T frames centred on each frame; the first and last frames repeat at the ends."""
     from ..infer import collect_images, run_infer
     collect_images(source)  # argument errors before the model is loaded (and perhaps exported)
     estimator = _estimator(model, backend, form, fp16, flip_test, batch, device)
@@ -113,7 +117,8 @@ def infer_command(model, source, backend, form, fp16, batch, device, boxes_file,
 @_model_options
 @click.option("--flip-test/--no-flip-test", default=True, show_default=True)
 @click.option("--dataset", default=None, help="Dataset conventions (OKS sigmas) when the keypoint names do not "
-                                              "identify them: coco, mpii, ap10k, crowdpose, aic, ochuman.")
+                                              "identify them: coco, mpii, ap10k, crowdpose, aic, ochuman, "
+                                              "posetrack18.")
 @click.option("--save-results", type=click.Path(dir_okay=False), default=None, help="Write the evaluated results.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the metrics here.")
 def eval_command(model, ann_file, results_file, image_dir, boxes_file, backend, form, fp16, batch, device, flip_test,
@@ -121,7 +126,8 @@ def eval_command(model, ann_file, results_file, image_dir, boxes_file, backend, 
     """Score keypoints against --ann: COCO keypoint AP through pycocotools, or PCKh@0.5 for MPII.
 
     Either --results RES.json, or MODEL (a registered model name with seeded weights, a checkpoint, or an
-    exported .onnx file) with --images DIR."""
+    exported .onnx file) with --images DIR. A video model needs PoseTrack18-format annotations: each
+    labelled frame is predicted from the clip of its neighbouring frames."""
     from ..evaluate import annotation_kind, evaluate, read_results
     if (results_file is None) == (model is None):
         raise click.UsageError("give either --results RES.json or a MODEL with --images DIR (not both)")
@@ -150,6 +156,9 @@ def _print_metrics(metrics: dict) -> None:
     if metrics.get("images_not_found"):
         click.echo(f"note: {len(metrics['images_not_found'])} annotated image(s) not found, their persons count as "
                    f"missed", err=True)
+    if metrics.get("frames_replaced"):
+        click.echo(f"note: {metrics['frames_replaced']} neighbour frame(s) of the annotated frames are not in the "
+                   f"image folder; each was replaced by the nearest existing frame of its video", err=True)
 
 
 @click.command("parity")
@@ -159,10 +168,12 @@ def _print_metrics(metrics: dict) -> None:
 @click.option("--forms", default="custom,portable", show_default=True, help="ONNX forms to export and run.")
 @click.option("--fp16", is_flag=True, help="Also run fp16 (torch half precision, fp16 exports).")
 @click.option("--inputs", default="random", show_default=True,
-              help="'random' (seeded normal crops) or an image folder (crops of its images).")
+              help="'random' (seeded normal crops) or an image folder (crops of its images). A video model: "
+                   "a video or a folder of frames (whole-frame clips), or with --ann the annotations' image root.")
 @click.option("--ann", "ann_file", type=click.Path(dir_okay=False), default=None,
-              help="COCO-format annotations of the --inputs images: crops of the annotated persons, and each "
-                   "runtime's AP with its delta to torch.")
+              help="COCO-format annotations of the --inputs images: crops of the annotated persons (for a video "
+                   "model, PoseTrack18 format: clips of their frames' neighbourhoods), and each runtime's AP "
+                   "with its delta to torch.")
 @click.option("--onnx", "onnx_files", multiple=True, type=click.Path(dir_okay=False),
               help="Check this exported file instead of exporting MODEL (repeatable).")
 @click.option("--export-dir", type=click.Path(file_okay=False), default=None,

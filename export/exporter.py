@@ -5,7 +5,8 @@ Pipeline (docs/export.md explains each step):
 1. Build the model (registered name [+ checkpoint]; seeded weights without one) or take the given
    module; eval mode. fp16: a half-precision copy behind float32 input/output casts.
 2. `torch.export.export` (batch dimension symbolic unless a fixed batch is asked for). The two ssmpose
-   ops are torch.library custom ops with fake kernels, so tracing never runs them.
+   ops are torch.library custom ops with fake kernels, so tracing never runs them. A video model
+   (meta `num_frames` T > 1) is traced with clips (batch, T, 3, H, W): T, H and W are fixed.
 3. `torch.onnx.export` of that program (the dynamo exporter) with a `custom_translation_table` that
    turns each op into one `ssmpose`-domain node (export/translations.py): the custom form.
 4. Portable form: every ssmpose node is replaced by its standard-op lowering
@@ -230,6 +231,15 @@ def _rename_batch_symbol(graph) -> None:
                     d.dim_param = pattern.sub(BATCH_DIM, d.dim_param)
 
 
+def input_shape(net: nn.Module, size) -> Tuple[int, ...]:
+    """One input of the model without the batch: (3, H, W), or (T, 3, H, W) for a video model."""
+    frames = getattr(net, "meta", {}).get("num_frames", 1)
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+        raise ExportError(f"{getattr(net, 'meta', {}).get('model', type(net).__name__)}: meta num_frames must be a "
+                          f"positive integer, got {frames!r}")
+    return (3, *size) if frames == 1 else (frames, 3, *size)
+
+
 def _portable_violations(model: onnx.ModelProto):
     return sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node
                    if n.domain not in ("", "ai.onnx") or n.op_type in ("Loop", "Scan")})
@@ -338,7 +348,7 @@ def _trace(net: nn.Module, size, batch, fp16: bool, opset: int, output_name: str
     from .translations import custom_translation_table
     module = prepare_module(net, fp16)
     example_batch = 2 if batch == "dynamic" else batch   # 1 would be specialised by torch.export
-    example = torch.zeros(example_batch, 3, *size)
+    example = torch.zeros(example_batch, *input_shape(net, size))
     dynamic_shapes = {"images": {0: torch.export.Dim(BATCH_DIM)}} if batch == "dynamic" else None
     t = time.perf_counter()
     with _quiet(), torch.no_grad():

@@ -99,11 +99,14 @@ def format_report(report: dict) -> str:
             lines.append(f"  {key:<{width}}  {text}")
     else:
         lines.append("metadata: none (not an ssmpose export?)")
+    frames = meta.get("num_frames", 1) if isinstance(meta.get("num_frames", 1), int) else 1
     for label in ("inputs", "outputs"):
         lines.append(f"{label}:")
-        for v in report[label]:
+        for i, v in enumerate(report[label]):
             shape = "x".join(str(d) for d in v["shape"]) if v["shape"] is not None else "?"
-            lines.append(f"  {v['name']}: {v['dtype']} [{shape}]")
+            what = (f"  (clips of {frames} frames in time order; predicts frame {frames // 2})"
+                    if label == "inputs" and i == 0 and frames > 1 else "")
+            lines.append(f"  {v['name']}: {v['dtype']} [{shape}]{what}")
     lines.append(f"nodes: {report['node_count']}   initializers: {report['initializers']} "
                  f"({report['parameters']:,} values; {', '.join(f'{k} {v}' for k, v in report['initializer_dtypes'].items())})")
     lines.append("op histogram:")

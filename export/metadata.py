@@ -5,6 +5,7 @@ that went in. The keys (docs/export.md lists them with examples):
 
 model, family, variant, task, dcn_variant      which model, e.g. "hrvmamba_small", "hrvmamba", "small"
 input_size, batch                              [H, W]; "dynamic" or the fixed batch size
+num_frames                                     video models only: T of the (batch, T, 3, H, W) clip input
 input_name, output_name, io_dtype              graph input/output names and their element type
 mean, std, color_order                         input normalisation (RGB, 0..255 scale)
 dataset, num_keypoints, keypoint_names,        pose models: the keypoint conventions (dataset: registry name);
@@ -24,8 +25,8 @@ from typing import Union
 import onnx
 
 METADATA_VERSION = 1
-_MODEL_KEYS = ("model", "task", "input_size", "dcn_variant", "dataset", "num_keypoints", "keypoint_names",
-               "skeleton", "flip_pairs", "mean", "std", "color_order", "codec", "num_classes")
+_MODEL_KEYS = ("model", "task", "input_size", "num_frames", "dcn_variant", "dataset", "num_keypoints",
+               "keypoint_names", "skeleton", "flip_pairs", "mean", "std", "color_order", "codec", "num_classes")
 
 
 def build_metadata(model_meta: dict, *, input_size, batch, form: str, opset: int, dtype: str, io_dtype: str,

@@ -1,4 +1,7 @@
-"""What every runtime session offers: run(images) -> heatmaps, the model's metadata, and input checks."""
+"""What every runtime session offers: run(images) -> heatmaps, the model's metadata, and input checks.
+
+Single-image models take images (B, 3, H, W); video models (metadata `num_frames` T > 1) take clips
+(B, T, 3, H, W), the frames in time order, and predict the centre frame's heatmaps (B, K, H/4, W/4)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,7 +16,8 @@ class BackendUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class InputSpec:
-    """Expected image input: (batch, 3, H, W) with batch None when dynamic, and the element type."""
+    """Expected image input: (batch, 3, H, W), or (batch, T, 3, H, W) for a video model, with batch None when
+    dynamic, and the element type."""
 
     name: str
     shape: Sequence[Optional[int]]
@@ -23,7 +27,8 @@ class InputSpec:
 class Session:
     """A loaded model on one backend.
 
-    `run(images)` takes normalised images (B, 3, H, W) as a numpy array or a torch tensor and returns
+    `run(images)` takes normalised images (B, 3, H, W) (clips (B, T, 3, H, W) for a video model) as a numpy
+    array or a torch tensor and returns
     heatmaps of the same kind: numpy in, float32 numpy out; torch in, torch out (on the session's device
     for GPU backends, so that timing loops need no host copies). Subclasses implement `_run_numpy` and
     may override `_run_torch`.
@@ -70,8 +75,9 @@ class Session:
         if not hasattr(images, "shape") or not hasattr(images, "dtype"):
             raise TypeError(f"{where}: expected a numpy array or torch tensor, got {type(images).__name__}")
         shape = tuple(images.shape)
-        if len(shape) != 4:
-            raise ValueError(f"{where}: input '{self.input_spec.name}' must be {expected}, got shape {shape}")
+        if len(shape) != len(expected):
+            what = (f"clips of {expected[1]} frames " if len(expected) == 5 else "images ") + str(expected)
+            raise ValueError(f"{where}: input '{self.input_spec.name}' must be {what}, got shape {shape}")
         for axis, (got, want) in enumerate(zip(shape, self.input_spec.shape)):
             if want is not None and got != want:
                 raise ValueError(f"{where}: input '{self.input_spec.name}' must be {expected}, got shape "

@@ -17,8 +17,9 @@ def benchmark_session(session, batch: int, repeats: int = 20, warmup: int = 3, o
     """Time `session.run` on a random batch. With `on_device`, the input is a CUDA tensor and the
     output stays on the device (GPU sessions), so the timing excludes host transfers."""
     h, w = session.metadata["input_size"]
+    frames = int(session.metadata.get("num_frames", 1))
     rng = np.random.default_rng(0)
-    images = rng.standard_normal((batch, 3, h, w)).astype(np.float32)
+    images = rng.standard_normal((batch, 3, h, w) if frames == 1 else (batch, frames, 3, h, w)).astype(np.float32)
     if on_device:
         import torch
         images = torch.from_numpy(images).cuda()

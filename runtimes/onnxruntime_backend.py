@@ -217,9 +217,8 @@ class OrtSession(Session):
             providers = [(p[0], {k: v for k, v in p[1].items() if k != "enable_cuda_graph"})
                          if isinstance(p, tuple) else p for p in self.providers]
             session = ort.InferenceSession(str(self.path), options, providers=providers)
-            h, w = self.metadata["input_size"]
-            batch = self.input_spec.shape[0] or 1
-            session.run(None, {self.input_spec.name: np.zeros((batch, 3, h, w), dtype=self.input_spec.dtype)})
+            shape = [d or 1 for d in self.input_spec.shape]
+            session.run(None, {self.input_spec.name: np.zeros(shape, dtype=self.input_spec.dtype)})
             with open(session.end_profiling()) as f:
                 events = json.load(f)
         nodes = {}

@@ -12,6 +12,8 @@ Engines are cached (``~/.cache/ssmpose/trt``, or ``$SSMPOSE_TRT_CACHE``) under a
 (with its external data), the TensorRT version, the GPU (name and compute capability), the precision, the batch
 range of the optimisation profile, the input shape and the plugin library's interface version.
 
+Video models' files take clips (batch, T, 3, H, W); the profile varies the batch only.
+
 Nothing here imports TensorRT or torch at module import time; a missing TensorRT, CUDA device or plugin library
 raises ``BackendUnavailable`` naming what is missing.
 """
@@ -418,19 +420,20 @@ class TensorRTSession(Session):
             load_plugins(trt, self.plugin_library)
 
         name, shape = _graph_input(self.path)
-        h, w = shape[2], shape[3]
+        h, w = shape[-2], shape[-1]
         if h is None or w is None:
             if not metadata.get("input_size"):
                 raise ValueError(f"{where}: the input's height and width are symbolic and the file carries no "
                                  f"input_size metadata")
             h, w = metadata["input_size"]
         fixed = shape[0]
+        item = (*shape[1:-2], int(h), int(w))     # one input without the batch: (3, H, W) or (T, 3, H, W)
         self.batch_range = check_batch_range(batch_range, fixed, where)
-        lo, opt, hi = ((b, 3, int(h), int(w)) for b in self.batch_range)
+        lo, opt, hi = ((b, *item) for b in self.batch_range)
         options = {"strongly_typed": strongly_typed, "workspace_bytes": workspace_bytes, "tf32": False,
                    "builder_optimization_level": builder_optimization_level}
         self.cache_key = engine_cache_key(onnx_file_digest(self.path), trt.__version__, gpu_identity(device_id),
-                                          precision, self.batch_range, (3, int(h), int(w)),
+                                          precision, self.batch_range, item,
                                           self.plugin_info.get("version"), options)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.engine_path = self.cache_dir / f"{self.path.stem}-{self.cache_key[:24]}.engine"
@@ -454,7 +457,7 @@ class TensorRTSession(Session):
                 _write_atomic(self.engine_path.with_suffix(".json"), json.dumps(
                     {"onnx": str(self.path.resolve()), "key": self.cache_key, "tensorrt": trt.__version__,
                      "gpu": gpu_identity(device_id), "precision": precision, "batch_range": list(self.batch_range),
-                     "input_shape": [3, int(h), int(w)], "plugin_library": str(self.plugin_library or ""),
+                     "input_shape": list(item), "plugin_library": str(self.plugin_library or ""),
                      "options": options}, indent=1).encode())
             self.engine = TrtEngine(trt, self.logger, engine_bytes, self.device)
         if len(self.engine.inputs) != 1 or not self.engine.outputs:
@@ -465,7 +468,7 @@ class TensorRTSession(Session):
         if io_dtype not in ("float32", "float16"):
             raise ValueError(f"{where}: input '{self.input_name}' has type {io_dtype}; expected float or float16 "
                              f"images")
-        super().__init__(metadata, InputSpec(self.input_name, [fixed, 3, int(h), int(w)], io_dtype),
+        super().__init__(metadata, InputSpec(self.input_name, [fixed, *item], io_dtype),
                          None if fixed is not None else self.batch_range[2])
 
     def describe(self) -> dict:
@@ -486,7 +489,8 @@ class TensorRTSession(Session):
 
 
 def _graph_input(path: Path) -> Tuple[str, List[Optional[int]]]:
-    """Name and (batch, C, H, W) of the graph's image input, None for symbolic dimensions."""
+    """Name and (batch, C, H, W), or (batch, T, C, H, W) for a video model, of the graph's image input, None for
+    symbolic dimensions."""
     import onnx
     model = onnx.load(str(path), load_external_data=False)
     initializers = {t.name for t in model.graph.initializer}
@@ -495,9 +499,9 @@ def _graph_input(path: Path) -> Tuple[str, List[Optional[int]]]:
         raise ValueError(f"tensorrt: {path.name} has {len(inputs)} graph inputs; expected one image input")
     dims = inputs[0].type.tensor_type.shape.dim
     shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    if len(shape) != 4:
-        raise ValueError(f"tensorrt: {path.name} input '{inputs[0].name}' has rank {len(shape)}; expected "
-                         f"(B, 3, H, W)")
+    if len(shape) not in (4, 5) or (len(shape) == 5 and shape[1] is None):
+        raise ValueError(f"tensorrt: {path.name} input '{inputs[0].name}' has shape {shape}; expected images "
+                         f"(B, 3, H, W) or clips (B, T, 3, H, W) with a fixed T")
     return inputs[0].name, shape
 
 

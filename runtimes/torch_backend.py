@@ -29,7 +29,9 @@ class TorchSession(Session):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.reference_ops = reference_ops
         h, w = module.meta["input_size"]
-        super().__init__(dict(module.meta), InputSpec("images", (None, 3, h, w), dtype))
+        frames = int(module.meta.get("num_frames", 1))
+        shape = (None, 3, h, w) if frames == 1 else (None, frames, 3, h, w)
+        super().__init__(dict(module.meta), InputSpec("images", shape, dtype))
 
     def _run_torch(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, self.torch_dtype, non_blocking=True)

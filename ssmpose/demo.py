@@ -37,10 +37,12 @@ def render_figure(input_size: Tuple[int, int] = (256, 192)) -> Tuple[np.ndarray,
 
 
 def preprocess(image_rgb: np.ndarray, meta: dict) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> normalised float tensor (1, 3, H, W), through the pose pipeline's normalisation."""
+    """RGB uint8 (H, W, 3) -> normalised float tensor (1, 3, H, W), through the pose pipeline's normalisation;
+    for a video model a still clip (1, T, 3, H, W): the image in each of its T frames."""
     from .training.topdown import PipelineConfig
+    config = PipelineConfig.from_metadata(meta)
     bgr = np.ascontiguousarray(image_rgb[..., ::-1])
-    return torch.from_numpy(PipelineConfig.from_metadata(meta).normalize([bgr]))
+    return torch.from_numpy(config.normalize([bgr if config.num_frames == 1 else np.stack([bgr] * config.num_frames)]))
 
 
 def run_demo(model_name: str = "hrvmamba_small", seed: int = 0, repeats: int = 3,

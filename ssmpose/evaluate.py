@@ -3,6 +3,10 @@ PCKh for MMPose's MPII JSON; from a results file, or by running a model through 
 
 As mmpose's CocoMetric: instance scores are box score x mean confident keypoint score, then OKS-NMS at 0.9
 per image.
+
+Video models (PoseTrack18-format annotations) see each annotated frame as the clip of its neighbouring frames
+(training.datasets.video_frame_paths); images marked `is_labeled: false` (PoseTrack's unannotated frames) are
+not predicted, since their missing annotations do not mean missing people.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from .training.annotations import CocoKeypoints, ImageBoxes, is_mpii_format, mpii_boxes, read_detections, read_json
-from .training.datasets import DatasetInfo, dataset_for_category
+from .training.datasets import DatasetInfo, dataset_for_category, video_frame_paths
 from .training.metrics import coco_keypoint_ap, mpii_pckh, oks_nms
 
 NMS_THRESHOLD = 0.9
@@ -78,27 +82,46 @@ def evaluate_mpii_results(ann_file, results: Sequence[dict]) -> dict:
             **mpii_pckh(entries, predictions)}
 
 
-def predict_coco(estimator, ann_file, image_dir, boxes_file=None, progress: bool = True) -> tuple:
-    """Run the model over the annotation's images found in `image_dir`: ground-truth boxes, or detections
-    with `boxes_file`. Returns (results, images not found)."""
+def read_model_input(image: dict, image_dir, num_frames: int = 1) -> tuple:
+    """(model input, replaced frames) of an annotated image entry: the BGR image, or for a video model the clip
+    (list of `num_frames` BGR frames) around it, with the count of its neighbour frames that were missing and
+    replaced (training.datasets.video_frame_paths)."""
     import cv2
+    if num_frames == 1:
+        paths, replaced = [Path(image_dir) / image["file_name"]], 0
+    else:
+        paths, replaced = video_frame_paths(image, image_dir, num_frames)
+    frames = []
+    for path in paths:
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise ValueError(f"{path} could not be read as an image")
+        frames.append(frame)
+    return (frames[0] if num_frames == 1 else frames), replaced
+
+
+def predict_coco(estimator, ann_file, image_dir, boxes_file=None, progress: bool = True) -> tuple:
+    """Run the model over the annotation's labelled images found in `image_dir`: ground-truth boxes, or
+    detections with `boxes_file`; a video model on the clips around them. Returns (results, images not found,
+    neighbour frames replaced)."""
     from tqdm import tqdm
     annotations = CocoKeypoints(ann_file)
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise FileNotFoundError(f"--images {image_dir} is not a folder")
     detections = read_detections(boxes_file, annotations) if boxes_file else None
-    present = [img for img in annotations.images.values() if (image_dir / img["file_name"]).is_file()]
-    missing = [img["file_name"] for img in annotations.images.values() if img not in present]
+    labelled = [img for img in annotations.images.values() if img.get("is_labeled", True) is not False]
+    present = [img for img in labelled if (image_dir / img["file_name"]).is_file()]
+    missing = [img["file_name"] for img in labelled if img not in present]
     if not present:
-        raise ValueError(f"none of the {len(annotations.images)} images of {ann_file} is in {image_dir}")
+        raise ValueError(f"none of the {len(labelled)} labelled images of {ann_file} is in {image_dir}")
     category_id = annotations.category.get("id", 1)
+    replaced = [0]
 
     def items():
         for img in present:
-            image = cv2.imread(str(image_dir / img["file_name"]), cv2.IMREAD_COLOR)
-            if image is None:
-                raise ValueError(f"{image_dir / img['file_name']} could not be read as an image")
+            image, count = read_model_input(img, image_dir, estimator.config.num_frames)
+            replaced[0] += count
             if detections is not None:
                 boxes = detections.get(img["id"], ImageBoxes(img["id"], img["file_name"], np.zeros((0, 4)),
                                                              np.zeros(0)))
@@ -111,7 +134,7 @@ def predict_coco(estimator, ann_file, image_dir, boxes_file=None, progress: bool
         for image_id, instances in estimator.estimate_many(items()):
             results += [inst.to_coco(image_id, category_id) for inst in instances]
             bar.update(1)
-    return results, missing
+    return results, missing, replaced[0]
 
 
 def predict_mpii(estimator, ann_file, image_dir, progress: bool = True) -> list:
@@ -146,7 +169,7 @@ def evaluate(ann_file, results=None, estimator=None, image_dir=None, boxes_file=
              progress: bool = True) -> tuple:
     """Returns (metrics dict, the results evaluated). Either `results` (a list) or `estimator` + `image_dir`."""
     kind = annotation_kind(ann_file)
-    missing = []
+    missing, replaced = [], None
     if results is None:
         if estimator is None or image_dir is None:
             raise ValueError("eval needs either --results or a MODEL with --images")
@@ -154,9 +177,12 @@ def evaluate(ann_file, results=None, estimator=None, image_dir=None, boxes_file=
         if kind == "mpii":
             if boxes_file:
                 raise ValueError("--boxes applies to COCO-format annotations; MPII entries carry their own boxes")
+            if estimator.config.num_frames > 1:
+                raise ValueError(f"{ann_file} is MPII JSON (single images); a video model needs video "
+                                 f"annotations (PoseTrack18 format)")
             results = predict_mpii(estimator, ann_file, image_dir, progress)
         else:
-            results, missing = predict_coco(estimator, ann_file, image_dir, boxes_file, progress)
+            results, missing, replaced = predict_coco(estimator, ann_file, image_dir, boxes_file, progress)
     if kind == "mpii":
         return evaluate_mpii_results(ann_file, results), results
     annotations = CocoKeypoints(ann_file)
@@ -164,6 +190,9 @@ def evaluate(ann_file, results=None, estimator=None, image_dir=None, boxes_file=
     kept = nms_per_image(results, sigmas)
     metrics = evaluate_coco_results(ann_file, kept, dataset)
     metrics["images_not_found"] = missing
+    if estimator is not None and estimator.config.num_frames > 1:
+        metrics["num_frames"] = estimator.config.num_frames
+        metrics["frames_replaced"] = replaced
     return metrics, kept
 
 

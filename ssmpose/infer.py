@@ -3,6 +3,11 @@
 Writes DIR/results.json (COCO keypoint results, plus `file_name`, and `frame` for videos), an overlay per image
 (DIR/<name>.jpg) or an overlay video (DIR/<name>.mp4). An image or frame that cannot be read is reported,
 skipped and listed in the report's `failed`.
+
+A video model (metadata `num_frames` T > 1) reads a video, or a folder of frames in file-name order, through a
+sliding window of T frames (topdown.frame_windows): the result of a frame comes out when the frames after it
+are read, and the ends of the video repeat the first or last frame. A frame that cannot be decoded is left out
+of the windows (its neighbours take its place).
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from tqdm import tqdm
 
 from .draw import draw_instances
 from .training.annotations import CocoKeypoints, read_detections
-from .training.topdown import TopDownEstimator
+from .training.topdown import TopDownEstimator, frame_windows
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -97,14 +102,20 @@ def _image_id(path: Path):
 def run_infer(estimator: TopDownEstimator, source, out_dir, boxes_file=None, ann_file=None, box_threshold: float = 0.0,
               score_threshold: float = 0.3, draw: bool = True, progress: bool = True) -> InferReport:
     kind, files = collect_images(source)
+    frames = estimator.config.num_frames
+    if frames > 1 and kind == "images" and Path(source).is_file():
+        raise ValueError(f"{source} is a single image; {estimator.session.metadata.get('model', 'the model')} is a "
+                         f"video model ({frames} frames a clip): give it a video or a folder of frames")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = InferReport(str(source), kind)
     if kind == "video":
-        if boxes_file or ann_file:
-            raise ValueError(f"{source} is a video: --boxes/--ann give boxes per image file, not per frame; "
-                             f"run without them (each frame is one box) or on the extracted frames")
-        _infer_video(estimator, files[0], out_dir, report, score_threshold, draw, progress)
+        if ann_file:
+            raise ValueError(f"{source} is a video: --ann gives boxes per image file, not per frame; use --boxes "
+                             f"(detections whose image_id is the frame number, 0 first), or run on the extracted "
+                             f"frames")
+        detections = read_detections(boxes_file, score_threshold=box_threshold) if boxes_file else None
+        _infer_video(estimator, files[0], out_dir, report, detections, score_threshold, draw, progress)
     else:
         boxes = BoxLookup(boxes_file, ann_file, box_threshold)
         _infer_images(estimator, files, out_dir, report, boxes, score_threshold, draw, progress)
@@ -113,7 +124,20 @@ def run_infer(estimator: TopDownEstimator, source, out_dir, boxes_file=None, ann
     return report
 
 
+def _model_inputs(estimator, frames: Iterator[tuple]) -> Iterator[tuple]:
+    """(key, frame) in order -> (key, frame, model input): the frame itself, or for a video model the clip of
+    frames around it (topdown.frame_windows: delayed until the frames after it are read)."""
+    if estimator.config.num_frames == 1:
+        for key, frame in frames:
+            yield key, frame, frame
+        return
+    centre = estimator.config.center_frame
+    for key, clip in frame_windows(frames, estimator.config.num_frames):
+        yield key, clip[centre], clip
+
+
 def _infer_images(estimator, files, out_dir, report, boxes: BoxLookup, score_threshold, draw, progress):
+    all_files = files
     if boxes.given:
         covered = [p for p in files if boxes.covers(p.name)]
         if not covered:
@@ -127,15 +151,23 @@ def _infer_images(estimator, files, out_dir, report, boxes: BoxLookup, score_thr
         raise ValueError(f"the model predicts {estimator.config.num_keypoints} keypoints, {boxes.annotations.name} "
                          f"annotates {len(boxes.annotations.keypoint_names)}")
 
-    def items() -> Iterator[tuple]:
-        for path in files:
+    def readable(paths) -> Iterator[tuple]:
+        for path in paths:
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is None:
                 report.failed.append((str(path), "could not be read as an image"))
                 continue
-            image_id, box_array, scores = boxes.lookup(path)
-            yield (path, image, image_id), image, box_array, scores
+            yield path, image
 
+    def items() -> Iterator[tuple]:
+        # a video model windows over every frame of the folder, and predicts those the boxes cover
+        covered = set(files)
+        for path, image, model_input in _model_inputs(estimator, readable(all_files if windowed else files)):
+            if path in covered:
+                image_id, box_array, scores = boxes.lookup(path)
+                yield (path, image, image_id), model_input, box_array, scores
+
+    windowed = estimator.config.num_frames > 1
     bar = tqdm(total=len(files), desc="images", unit="img", disable=not progress or len(files) < 2)
     for (path, image, image_id), instances in estimator.estimate_many(items()):
         for inst in instances:
@@ -150,7 +182,9 @@ def _infer_images(estimator, files, out_dir, report, boxes: BoxLookup, score_thr
     bar.close()
 
 
-def _infer_video(estimator, path: Path, out_dir, report, score_threshold, draw, progress):
+def _infer_video(estimator, path: Path, out_dir, report, detections, score_threshold, draw, progress):
+    """`detections`: None (every frame is one box) or {frame number: ImageBoxes} (read_detections of a file
+    whose image_id is the frame number); a frame without detections has no instances."""
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise ValueError(f"{path} could not be opened as a video")
@@ -164,7 +198,7 @@ def _infer_video(estimator, path: Path, out_dir, report, score_threshold, draw, 
             ok, frame = capture.read()
             if ok and frame is not None:
                 failures_in_a_row = 0
-                yield (index, frame), frame, None, None
+                yield index, frame
             elif frame_count <= 0:
                 return
             else:
@@ -176,9 +210,18 @@ def _infer_video(estimator, path: Path, out_dir, report, score_threshold, draw, 
                     return
             index += 1
 
+    def items() -> Iterator[tuple]:
+        for index, frame, model_input in _model_inputs(estimator, frames()):
+            if detections is None:
+                yield (index, frame), model_input, None, None
+            else:
+                found = detections.get(index)
+                yield ((index, frame), model_input, np.zeros((0, 4)) if found is None else found.boxes,
+                       np.zeros(0) if found is None else found.scores)
+
     bar = tqdm(total=frame_count or None, desc=path.name, unit="frame", disable=not progress)
     try:
-        for (index, frame), instances in estimator.estimate_many(frames()):
+        for (index, frame), instances in estimator.estimate_many(items()):
             for inst in instances:
                 report.results.append({**inst.to_coco(index), "file_name": path.name, "frame": index})
             if draw:

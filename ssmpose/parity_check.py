@@ -19,7 +19,7 @@ from . import runtimes
 from .model_source import is_onnx_file, load_torch_model
 from .runtimes import parity
 from .training.datasets import match_dataset
-from .training.topdown import PipelineConfig, box_to_center_scale, crop, to_image_coordinates
+from .training.topdown import PipelineConfig, box_to_center_scale, crop, crop_clip, to_image_coordinates
 
 ONNX_BACKENDS = ("ort-cpu", "ort-cuda", "openvino", "tensorrt")
 DEFAULT_TOLERANCES = {"fp32_max_abs_error_over_max_ref": 1e-4, "fp16_mean_keypoint_displacement_px": 0.5}
@@ -29,7 +29,8 @@ LOCALIZE_TOLERANCE = {"float32": 1e-3, "float16": 3e-2}
 
 @dataclass
 class ParityInputs:
-    """Normalised crops (N, 3, H, W) and, for crops of annotated images, where each crop came from."""
+    """Normalised crops (N, 3, H, W), or clips (N, T, 3, H, W) for a video model, and, for crops of annotated
+    images, where each crop came from."""
 
     images: np.ndarray
     source: str
@@ -40,17 +41,18 @@ class ParityInputs:
 
 
 def random_inputs(config: PipelineConfig, count: int = 4, seed: int = 0) -> ParityInputs:
-    h, w = config.input_size
-    images = np.random.default_rng(seed).standard_normal((count, 3, h, w)).astype(np.float32)
+    images = np.random.default_rng(seed).standard_normal((count, *config.input_shape)).astype(np.float32)
     return ParityInputs(images, f"random normal, seed {seed}")
 
 
 def image_inputs(config: PipelineConfig, image_dir, ann_file=None, max_crops: int = 64) -> ParityInputs:
     """Crops of the images in `image_dir`: one per annotated person when `ann_file` is given (its boxes,
-    as eval uses them), else the whole image."""
+    as eval uses them), else the whole image. A video model gets clips (`clip_inputs`)."""
     import cv2
 
     from .infer import BoxLookup, collect_images
+    if config.num_frames > 1:
+        return clip_inputs(config, image_dir, ann_file, max_crops)
     kind, files = collect_images(image_dir)
     if kind != "images":
         raise ValueError(f"--inputs {image_dir}: expected a folder of images, got a video")
@@ -79,6 +81,82 @@ def image_inputs(config: PipelineConfig, image_dir, ann_file=None, max_crops: in
     n = len(crops)
     return ParityInputs(config.normalize(crops), f"{n} crops of {image_dir}", ids, np.array(centers[:n]),
                         np.array(scales[:n]), np.array(scores[:n]))
+
+
+def clip_inputs(config: PipelineConfig, source, ann_file=None, max_crops: int = 64) -> ParityInputs:
+    """Clips for a video model: with `ann_file` (PoseTrack18 format), one per annotated person of each labelled
+    frame, its box cropped from the frames around it (`source` is the image root, as eval's --images);
+    without, the whole-frame clips of a video or a folder of frames (`source`), in the sliding window infer
+    uses."""
+    from .evaluate import read_model_input
+    from .infer import collect_images
+    from .training.annotations import CocoKeypoints
+    from .training.topdown import frame_windows
+    h, w = config.input_size
+    crops, ids, centers, scales, scores = [], [], [], [], []
+
+    def add(frames, box, score, image_id):
+        center, scale = box_to_center_scale(box, w / h)
+        crops.append(crop_clip(frames, center, scale, (h, w)))
+        ids.append(image_id)
+        centers.append(center)
+        scales.append(scale)
+        scores.append(score)
+
+    if ann_file:
+        annotations = CocoKeypoints(ann_file)
+        root = Path(source)
+        for image in annotations.images.values():
+            if len(crops) >= max_crops:
+                break
+            if image.get("is_labeled", True) is False or not (root / image["file_name"]).is_file():
+                continue
+            clip, _ = read_model_input(image, root, config.num_frames)
+            boxes = annotations.ground_truth_boxes(image)
+            for box, score in zip(boxes.boxes, boxes.scores):
+                add(clip, box, score, image["id"])
+        if not crops:
+            raise ValueError(f"--inputs {source}: no annotated frame of {ann_file} is in this folder (for a video "
+                             f"model --inputs is the image root of the annotations' file names, as eval's --images)")
+        what = f"clips of the annotated persons of {ann_file} in {source}"
+    else:
+        kind, files = collect_images(source)
+        frames = _video_frames(files[0]) if kind == "video" else _image_frames(files)
+        for key, clip in frame_windows(frames, config.num_frames):
+            if len(crops) >= max_crops:
+                break
+            centre = clip[config.center_frame]
+            add(clip, [0, 0, centre.shape[1], centre.shape[0]], 1.0, key)
+        what = f"whole-frame clips of {source}"
+    crops, n = crops[:max_crops], min(len(crops), max_crops)
+    return ParityInputs(config.normalize(crops), f"{n} {what} ({config.num_frames} frames)", ids[:n],
+                        np.array(centers[:n]), np.array(scales[:n]), np.array(scores[:n]))
+
+
+def _image_frames(files):
+    import cv2
+    for path in files:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"--inputs: {path} could not be read as an image")
+        yield path.stem, image
+
+
+def _video_frames(path):
+    import cv2
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise ValueError(f"--inputs: {path} could not be opened as a video")
+    try:
+        index = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok or frame is None:
+                return
+            yield index, frame
+            index += 1
+    finally:
+        capture.release()
 
 
 @dataclass

@@ -410,3 +410,73 @@ def make_synthetic_dataset(out_dir, n: int = 200, val_fraction: float = 0.2, see
         summary["splits"][split] = {"images": len(images), "instances": len(annotations),
                                     "annotations": str(ann_path), "image_dir": str(image_dir)}
     return summary
+
+
+def move_figures(rng: np.random.Generator, figures: Sequence[Tuple[np.ndarray, FigureStyle]], frames: int,
+                 image_size: Tuple[int, int]) -> List[List[Tuple[np.ndarray, FigureStyle]]]:
+    """The figures of one scene through `frames` frames: placed as given on the centre frame (frames // 2),
+    each drifts at its own constant velocity (up to 2 % of the image height a frame) while its limbs move
+    linearly towards a displaced pose (each body keypoint up to about 4 % of the figure's height over the
+    clip; the head's five keypoints move together, so it keeps its shape). Returns per frame the
+    (keypoints, style) list, in drawing order."""
+    h = image_size[0]
+    centre = frames // 2
+    paths = []
+    for keypoints, style in figures:
+        height = float(np.ptp(keypoints[:, 1]))
+        velocity = rng.uniform(-0.02, 0.02, 2) * h
+        displacement = np.clip(rng.normal(0.0, 0.02, (17, 2)), -0.04, 0.04) * height
+        displacement[:5] = displacement[0]
+        paths.append((keypoints, style, velocity, displacement))
+    return [[(kp + velocity * (t - centre) + displacement * (t - centre) / max(frames - 1, 1), style)
+             for kp, style, velocity, displacement in paths] for t in range(frames)]
+
+
+def make_synthetic_video_dataset(out_dir, n: int = 40, frames: int = 5, val_fraction: float = 0.2, seed: int = 0,
+                                 image_size: Tuple[int, int] = (480, 640)) -> dict:
+    """Write n short videos of `frames` frames each, moving drawn figures on a still background, in the
+    PoseTrack18 layout: out_dir/images/{train,val}/<video>/<frame>.jpg (000001/000000.jpg ...) and
+    out_dir/annotations/{train,val}.json in COCO format, every frame annotated, with PoseTrack's video fields
+    (`vid_id`, `frame_id` = 10000 x (1000000 + video) + frame, `nframes`, `is_labeled`) by which video models
+    find each frame's neighbours. Video i is drawn from its own generator seeded by (seed, i)."""
+    h, w = _validate(n, val_fraction, seed, image_size)
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or not 2 <= frames <= 9999:
+        raise ValueError(f"frames must be an integer from 2 to 9999 (frames a video), got {frames!r}")
+    out = Path(out_dir)
+    _prepare(out)
+    (out / MARKER_FILE).write_text(json.dumps({"generator": GENERATOR, "n": int(n), "frames": int(frames),
+                                               "val_fraction": val_fraction, "seed": int(seed),
+                                               "image_size": [h, w]}, indent=2) + "\n")
+    n_val = min(n - 1, max(1, int(n * val_fraction + 0.5)))
+    splits = {"train": range(0, n - n_val), "val": range(n - n_val, n)}
+    summary = {"out_dir": str(out), "seed": int(seed), "image_size": [h, w], "frames": int(frames), "splits": {}}
+    ann_id = 1
+    for split, indices in splits.items():
+        image_dir, ann_path = out / "images" / split, out / "annotations" / f"{split}.json"
+        ann_path.parent.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for i in indices:
+            rng = np.random.default_rng([int(seed), i])
+            background = random_background(rng, (h, w))
+            video = f"{i + 1:06d}"
+            (image_dir / video).mkdir(parents=True, exist_ok=True)
+            for t, figures in enumerate(move_figures(rng, place_figures(rng, (h, w)), int(frames), (h, w))):
+                image = background.copy()
+                instances = draw_scene(image, figures)
+                file_name = f"{video}/{t:06d}.jpg"
+                if not cv2.imwrite(str(image_dir / file_name), image, JPEG_PARAMS):
+                    raise OSError(f"could not write {image_dir / file_name}")
+                image_id = 10000 * (1000000 + i + 1) + t
+                images.append({"id": image_id, "file_name": file_name, "width": w, "height": h, "vid_id": video,
+                               "frame_id": image_id, "nframes": int(frames), "is_labeled": True})
+                for instance in instances:
+                    annotation = _coco_annotation(instance, ann_id, image_id)
+                    if annotation["num_keypoints"]:
+                        annotations.append(annotation)
+                        ann_id += 1
+        coco = {"info": {"description": "ssmpose synthetic stick-figure videos", "seed": int(seed)},
+                "licenses": [], "images": images, "annotations": annotations, "categories": [coco_category()]}
+        ann_path.write_text(json.dumps(coco, separators=(",", ":")))
+        summary["splits"][split] = {"videos": len(indices), "images": len(images), "instances": len(annotations),
+                                    "annotations": str(ann_path), "image_dir": str(image_dir)}
+    return summary

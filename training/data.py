@@ -7,6 +7,10 @@ box -> centre/scale (padding 1.25) -> RandomFlip -> RandomHalfBody -> RandomBBox
 Which instances are kept follows mmpose's BaseCocoStyleDataset: no crowd, a box with positive width and
 height after clipping to the image, at least one labelled keypoint. Malformed entries are skipped and listed
 in `problems`, so one bad annotation does not stop a training run.
+
+For video models (`num_frames` T > 1) a sample is a clip: the annotated frame and its neighbours
+(datasets.video_frame_paths, PoseTrack18 layout), every frame through the same flip and the same (augmented)
+box, as mmpose's PoseTrack18VideoDataset pipelines do; the targets are the annotated (centre) frame's.
 """
 from __future__ import annotations
 
@@ -24,9 +28,9 @@ from torch.utils.data import Dataset
 
 from .annotations import clip_box, coco_format_problem, mpii_boxes, read_json
 from .codec import encode_heatmaps
-from .datasets import DatasetInfo, dataset_for_category, dataset_info, match_dataset
+from .datasets import DatasetInfo, dataset_for_category, dataset_info, match_dataset, video_frame_paths
 from .keypoints import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
-from .topdown import BOX_PADDING, PipelineConfig
+from .topdown import BOX_PADDING, PipelineConfig, crop_clip
 from .transforms import (AugmentConfig, affine_sample, fix_aspect_ratio, random_box_transform, random_flip,
                          random_half_body)
 
@@ -65,20 +69,25 @@ class Instance:
     scale: np.ndarray       # (2,) w, h
     keypoints: np.ndarray   # (K, 2) image pixels
     visible: np.ndarray     # (K,) 0 or 1
+    frame_paths: Tuple[Path, ...] = ()   # video models: the clip's frames in time order (image_path in the centre)
 
 
 class TopDownDataset(Dataset):
     """Samples of a keypoint annotation file for top-down heatmap training.
 
-    `__getitem__(i)` returns `image` float32 (3, H, W) normalised in `color_order`, `heatmaps` float32
-    (K, H/4, W/4), `weights` float32 (K,) and `index`. Its randomness is a generator seeded from
-    (seed, epoch, i): a sample does not depend on the worker or on the order of the calls.
+    `__getitem__(i)` returns `image` float32 (3, H, W) normalised in `color_order` (a clip (T, 3, H, W) when
+    `num_frames` T > 1), `heatmaps` float32 (K, H/4, W/4) and `weights` float32 (K,) of the annotated frame,
+    and `index`. Its randomness is a generator seeded from (seed, epoch, i): a sample does not depend on the
+    worker or on the order of the calls.
     """
 
     def __init__(self, ann_file, image_dir, input_size: Tuple[int, int] = (256, 192), sigma: float = 2.0,
                  mean: Sequence[float] = IMAGENET_MEAN_RGB, std: Sequence[float] = IMAGENET_STD_RGB,
                  color_order: str = "RGB", augment: Optional[AugmentConfig] = None, seed: int = 0,
-                 dataset: Union[str, DatasetInfo, None] = None, padding: float = BOX_PADDING):
+                 dataset: Union[str, DatasetInfo, None] = None, padding: float = BOX_PADDING,
+                 num_frames: int = 1):
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+            raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
         h, w = (int(v) for v in input_size)
         if h <= 0 or w <= 0 or h % 4 or w % 4:
             raise ValueError(f"input_size (H, W) must be positive multiples of 4 (heatmaps are 1/4), got {input_size}")
@@ -94,12 +103,17 @@ class TopDownDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.padding = float(padding)
+        self.num_frames = num_frames
+        self.replaced_frames = 0     # video models: neighbour frames missing from image_dir, replaced
         self.epoch = 0
         self.problems: List[str] = []
         self.skipped: Counter = Counter()
 
         data = read_json(self.ann_file)
         if isinstance(data, list):
+            if num_frames > 1:
+                raise ValueError(f"{self.ann_file} is MPII JSON (single images); a video model of {num_frames} "
+                                 f"frames needs video annotations (PoseTrack18 layout)")
             self.info = _resolve_info(dataset, "mpii", None, self.ann_file)
             self.instances = self._mpii_instances(data)
         else:
@@ -117,9 +131,12 @@ class TopDownDataset(Dataset):
         if augment is not None and augment.half_body_prob > 0 and not self.upper_ids:
             warnings.warn(f"dataset {self.info.name!r}: no upper/lower body keypoint lists are known, so the "
                           f"half-body augmentation is off", stacklevel=2)
+        if self.replaced_frames:
+            warnings.warn(f"{self.ann_file}: {self.replaced_frames} neighbour frame(s) of the annotated frames are "
+                          f"not in {self.image_dir} and were replaced by the nearest existing frame", stacklevel=2)
         self.pipeline = PipelineConfig(input_size=self.input_size, mean=tuple(mean), std=tuple(std),
                                        color_order=color_order.upper(), num_keypoints=self.num_keypoints,
-                                       flip_indices=tuple(self.info.flip_indices))
+                                       flip_indices=tuple(self.info.flip_indices), num_frames=num_frames)
 
     @property
     def num_keypoints(self) -> int:
@@ -139,17 +156,21 @@ class TopDownDataset(Dataset):
         return np.random.default_rng([self.seed, self.epoch, index])
 
     def sample(self, index: int) -> dict:
-        """The augmented crop of instance `index` before encoding: `crop` uint8 BGR (H, W, 3), `keypoints`
-        (K, 2) in input pixels, `visible` (K,), and the geometry used: `center`, `scale` (aspect-fixed),
-        `rotation` (degrees), `flipped`, `half_body` (the chosen keypoint ids or None)."""
+        """The augmented crop of instance `index` before encoding: `crop` uint8 BGR (H, W, 3) (for a video model
+        the clip's crops (T, H, W, 3), all of the same box), `keypoints` (K, 2) in input pixels, `visible` (K,),
+        and the geometry used: `center`, `scale` (aspect-fixed), `rotation` (degrees), `flipped`, `half_body`
+        (the chosen keypoint ids or None)."""
         inst = self.instances[index]
-        image = self._read_image(inst)
+        clip = [self._read_image(inst, path) for path in inst.frame_paths]
+        image = clip[len(clip) // 2] if clip else self._read_image(inst, inst.image_path)
         keypoints, visible, center, scale = inst.keypoints, inst.visible, inst.center, inst.scale
         flipped, half_body, rotation = False, None, 0.0
         if self.augment is not None:
             rng = self.rng(index)
             image, keypoints, visible, center, flipped = random_flip(
                 image, keypoints, visible, center, self.info.flip_indices, rng, self.augment)
+            if flipped:   # every frame of the clip mirrored with the annotated one
+                clip = [np.ascontiguousarray(frame[:, ::-1]) for frame in clip]
             center, scale, half_body = random_half_body(
                 keypoints, visible, center, scale, self.upper_ids, self.lower_ids, rng, self.augment)
             center, scale, rotation = random_box_transform(center, scale, rng, self.augment)
@@ -157,6 +178,8 @@ class TopDownDataset(Dataset):
         scale = fix_aspect_ratio(scale, w / h)
         crop, keypoints, visible = affine_sample(image, keypoints, visible, center, scale, rotation,
                                                  self.input_size)
+        if clip:
+            crop = crop_clip(clip, center, scale, self.input_size, rotation)
         return {"crop": crop, "keypoints": keypoints, "visible": visible, "center": np.asarray(center),
                 "scale": scale, "rotation": rotation, "flipped": flipped, "half_body": half_body}
 
@@ -170,13 +193,13 @@ class TopDownDataset(Dataset):
         return {"image": torch.from_numpy(image), "heatmaps": torch.from_numpy(heatmaps),
                 "weights": torch.from_numpy(weights), "index": index}
 
-    def _read_image(self, inst: Instance) -> np.ndarray:
-        if not inst.image_path.is_file():
-            raise FileNotFoundError(f"{inst.image_path}: image of annotation {inst.ann_id} does not exist "
+    def _read_image(self, inst: Instance, path: Path) -> np.ndarray:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: image of annotation {inst.ann_id} does not exist "
                                     f"(image folder {self.image_dir})")
-        image = cv2.imread(str(inst.image_path), cv2.IMREAD_COLOR)
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
-            raise ValueError(f"{inst.image_path}: OpenCV cannot read this image (annotation {inst.ann_id})")
+            raise ValueError(f"{path}: OpenCV cannot read this image (annotation {inst.ann_id})")
         return image
 
     def _skip(self, key: str, ann_id, reason: str) -> None:
@@ -239,8 +262,16 @@ class TopDownDataset(Dataset):
             return None
         center = np.array([x1 + x2, y1 + y2]) * 0.5
         scale = np.array([x2 - x1, y2 - y1]) * self.padding
+        frame_paths: Tuple[Path, ...] = ()
+        if self.num_frames > 1:
+            try:
+                paths, replaced = video_frame_paths(image, self.image_dir, self.num_frames)
+            except ValueError as err:
+                self._skip("malformed", ann_id, str(err))
+                return None
+            frame_paths, self.replaced_frames = tuple(paths), self.replaced_frames + replaced
         return Instance(ann_id, self.image_dir / image["file_name"], center, scale, keypoints[:, :2].copy(),
-                        visible.astype(np.float32))
+                        visible.astype(np.float32), frame_paths)
 
     def _mpii_instances(self, entries: list) -> List[Instance]:
         k = self.num_keypoints

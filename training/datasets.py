@@ -6,10 +6,14 @@ the same swap pairs, the same skeleton links and the same sigmas. Indices are 0-
 
 A dataset that is not registered is described by its own COCO-format category: see
 `DatasetInfo.from_coco_category`.
+
+Video datasets (PoseTrack18 and the synthetic clips of `ssmpose synth-data --frames`) annotate frames of videos:
+`video_frame_paths` finds the frames around an annotated one for video models.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .keypoints import COCO_FLIP_PAIRS, COCO_KEYPOINTS, COCO_SIGMAS, COCO_SKELETON
@@ -251,3 +255,46 @@ def dataset_for_category(category: dict, dataset=None, source: str = "the annota
         raise ValueError(f"{source} annotates {len(names)} keypoints, dataset {info.name!r} has "
                          f"{info.num_keypoints}")
     return info
+
+
+def video_frame_paths(image: dict, image_dir, num_frames: int) -> Tuple[List[Path], int]:
+    """The `num_frames` frame files of the clip centred on an annotated video frame (a COCO-format image entry
+    in the PoseTrack18 layout), in time order, and how many of them had to be replaced.
+
+    As mmpose's PoseTrack18VideoDataset: a frame is `<video folder>/<frame number>.jpg`, the number
+    zero-padded (000000.jpg, PoseTrack18's 6 digits; the width and suffix are taken from the entry's own
+    `file_name`); the neighbour at offset d is frame number + d, clipped to [0, nframes - 1] (the entry's
+    `nframes`, the video's length: a clip at the start or the end of a video repeats its first or last frame).
+    PoseTrack18's `frame_id` = 10000 x (1000000 + video id) + frame number and `vid_id` say the same; the file
+    name is what locates the file. A neighbour whose file is not in `image_dir` (a sample with only the
+    annotated frames) is replaced by the nearest existing frame towards the centre, and counted: the returned
+    count is 0 for a complete video."""
+    from .topdown import frame_offsets
+    file_name = image.get("file_name") if isinstance(image, dict) else None
+    if not isinstance(file_name, str):
+        raise ValueError(f"image entry {str(image)[:80]} has no file_name, so its video frames cannot be found")
+    relative = Path(file_name)
+    if not relative.stem.isdigit():
+        raise ValueError(f"{file_name}: a video model needs the frames around each annotated frame, found by "
+                         f"frame number in the file name (PoseTrack18 layout: <video>/000012.jpg); this name "
+                         f"is not a frame number")
+    index, width = int(relative.stem), len(relative.stem)
+    nframes = image.get("nframes")
+    if isinstance(nframes, bool) or not isinstance(nframes, int) or nframes <= index:
+        raise ValueError(f"{file_name}: a video model needs the length of the video of each annotated frame "
+                         f"(PoseTrack18's image field nframes, an integer above the frame number {index}); "
+                         f"got nframes = {nframes!r}")
+    folder = Path(image_dir) / relative.parent
+
+    def frame(number: int) -> Path:
+        return folder / f"{number:0{width}d}{relative.suffix}"
+
+    paths, replaced = [], 0
+    for offset in frame_offsets(num_frames):
+        wanted = min(max(index + offset, 0), nframes - 1)
+        number, step = wanted, (1 if wanted < index else -1)
+        while number != index and not frame(number).is_file():
+            number += step
+        replaced += number != wanted
+        paths.append(frame(number))
+    return paths, replaced

@@ -6,9 +6,15 @@ box (x, y, w, h) -> centre/scale (padding 1.25, the model's aspect ratio) -> aff
 
 The geometry follows mmpose 1.x as the official HRVMamba configs use it (GetBBoxCenterScale, TopdownAffine
 with the 3-point warp matrix, HeatmapHead flip test with shift_heatmap, MSRAHeatmap decode).
+
+Video models (metadata `num_frames` T > 1) take clips (B, T, 3, H, W) and predict the centre frame (index
+T // 2): the box of a person on the centre frame is cropped, with the same warp, from each of the T frames
+(as PoseWarper, DCPose and GLSMamba do), and the flip test mirrors every frame. `frame_windows` turns a
+stream of frames into such clips; a frame before the first or after the last repeats the nearest one.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -59,6 +65,48 @@ def crop(image: np.ndarray, center: np.ndarray, scale: np.ndarray, input_size: T
     return cv2.warpAffine(image, warp_matrix(center, scale, (w, h), rotation), (w, h), flags=cv2.INTER_LINEAR)
 
 
+def crop_clip(frames: Sequence[np.ndarray], center: np.ndarray, scale: np.ndarray, input_size: Tuple[int, int],
+              rotation: float = 0.0) -> np.ndarray:
+    """The crops (T, H, W, 3) of one box in each frame of a clip: one warp matrix, the centre frame's box, for
+    every frame (the person's motion stays visible inside the fixed crop)."""
+    h, w = input_size
+    matrix = warp_matrix(center, scale, (w, h), rotation)
+    return np.stack([cv2.warpAffine(frame, matrix, (w, h), flags=cv2.INTER_LINEAR) for frame in frames])
+
+
+def frame_offsets(num_frames: int) -> range:
+    """Offsets of a clip's frames from its centre frame (index num_frames // 2): -2..2 for 5 frames."""
+    return range(-(num_frames // 2), num_frames - num_frames // 2)
+
+
+def frame_windows(frames: Iterable[tuple], num_frames: int) -> Iterator[Tuple[object, List[np.ndarray]]]:
+    """(key, frame) in time order -> (key, clip): the list of `num_frames` frames centred on that frame, for
+    every frame, in order. A clip reaching before the first frame repeats the first, one reaching past the
+    last repeats the last. The clip of a frame comes out once the frames after it have been read (a delay of
+    num_frames - 1 - num_frames // 2 frames); at most num_frames frames are held."""
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
+    before, after = num_frames // 2, num_frames - 1 - num_frames // 2
+    past: deque = deque(maxlen=before)    # frames before the next centre, the nearest last
+    ahead: deque = deque()                # (key, frame): the next centre and the frames read after it
+
+    def next_clip():
+        key, centre = ahead.popleft()
+        earlier = list(past)
+        earlier = [earlier[0] if earlier else centre] * (before - len(earlier)) + earlier
+        later = [frame for _, frame in ahead][:after]
+        later += [later[-1] if later else centre] * (after - len(later))
+        past.append(centre)
+        return key, earlier + [centre] + later
+
+    for item in frames:
+        ahead.append(item)
+        if len(ahead) > after:
+            yield next_clip()
+    while ahead:
+        yield next_clip()
+
+
 def to_image_coordinates(keypoints: np.ndarray, center: np.ndarray, scale: np.ndarray,
                          input_size: Tuple[int, int]) -> np.ndarray:
     """Keypoints (..., K, 2) in input pixels -> image pixels (mmpose's top-down inverse: the crop spans
@@ -79,6 +127,22 @@ class PipelineConfig:
     flip_indices: Tuple[int, ...]
     keypoint_names: Tuple[str, ...] = ()
     skeleton: Tuple[Tuple[int, int], ...] = ()
+    num_frames: int = 1          # > 1: a video model, whose input is a clip of this many frames
+
+    def __post_init__(self):
+        if isinstance(self.num_frames, bool) or not isinstance(self.num_frames, int) or self.num_frames < 1:
+            raise ValueError(f"num_frames must be a positive integer, got {self.num_frames!r}")
+
+    @property
+    def center_frame(self) -> int:
+        """Index of the predicted frame in a clip."""
+        return self.num_frames // 2
+
+    @property
+    def input_shape(self) -> Tuple[int, ...]:
+        """One model input without the batch: (3, H, W), or (T, 3, H, W) for a video model."""
+        h, w = self.input_size
+        return (3, h, w) if self.num_frames == 1 else (self.num_frames, 3, h, w)
 
     @classmethod
     def from_metadata(cls, meta: dict) -> "PipelineConfig":
@@ -90,19 +154,30 @@ class PipelineConfig:
             raise ValueError(f"{meta.get('model', 'the model')}: its metadata lacks {', '.join(missing)}, so the "
                              f"pose pipeline cannot preprocess for it (re-export it with ssmpose export)")
         k = int(meta["num_keypoints"])
+        frames = meta.get("num_frames", 1)
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+            raise ValueError(f"{meta.get('model', 'the model')}: metadata num_frames must be a positive integer, "
+                             f"got {frames!r}")
         return cls(input_size=tuple(int(v) for v in meta["input_size"]), mean=tuple(meta["mean"]),
                    std=tuple(meta["std"]), color_order=str(meta.get("color_order", "RGB")), num_keypoints=k,
                    flip_indices=tuple(flip_indices_from_pairs(meta.get("flip_pairs", []), k)),
                    keypoint_names=tuple(meta.get("keypoint_names", ())),
-                   skeleton=tuple(tuple(p) for p in meta.get("skeleton", ())))
+                   skeleton=tuple(tuple(p) for p in meta.get("skeleton", ())), num_frames=frames)
 
     def normalize(self, crops_bgr: Sequence[np.ndarray]) -> np.ndarray:
-        """uint8 BGR crops (H, W, 3) -> float32 (B, 3, H, W) in the model's colour order and normalisation."""
+        """uint8 BGR crops (H, W, 3) -> float32 (B, 3, H, W), or clip crops (T, H, W, 3) -> (B, T, 3, H, W), in
+        the model's colour order and normalisation."""
         batch = np.stack(crops_bgr).astype(np.float32)
         if self.color_order.upper() == "RGB":
             batch = batch[..., ::-1]
         batch = (batch - np.array(self.mean, dtype=np.float32)) / np.array(self.std, dtype=np.float32)
-        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+        return np.ascontiguousarray(np.moveaxis(batch, -1, -3))
+
+
+def _check_bgr(key, image) -> None:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        got = None if image is None else (getattr(image, "shape", type(image).__name__), getattr(image, "dtype", ""))
+        raise ValueError(f"{key}: expected an 8-bit BGR image (H, W, 3), got {got}")
 
 
 @dataclass
@@ -126,7 +201,8 @@ class PoseInstance:
 
 
 class TopDownEstimator:
-    """Runs a runtime session (ssmpose.runtimes.load) over person boxes of images."""
+    """Runs a runtime session (ssmpose.runtimes.load) over person boxes of images, or of clips for a video
+    model: every box of the centre frame is cropped from each frame of its clip."""
 
     def __init__(self, session, flip_test: bool = False, batch_size: int = 16, padding: float = BOX_PADDING):
         if batch_size < 1:
@@ -142,8 +218,8 @@ class TopDownEstimator:
         self._fixed_batch = fixed_batch
 
     def heatmaps(self, images: np.ndarray) -> np.ndarray:
-        """Normalised crops (B, 3, H, W) -> heatmaps (B, K, h, w), averaged with the flipped crops' when
-        flip testing."""
+        """Normalised crops (B, 3, H, W), or clips (B, T, 3, H, W) -> heatmaps (B, K, h, w), averaged with the
+        flipped crops' (every frame mirrored) when flip testing."""
         out = self._run(images)
         if out.shape[1] != self.config.num_keypoints:
             raise ValueError(f"{self.session.metadata.get('model')}: the model outputs {out.shape[1]} heatmaps, "
@@ -160,14 +236,17 @@ class TopDownEstimator:
             images = np.concatenate([images, pad])
         return np.asarray(self.session.run(images), dtype=np.float32)[:count]
 
-    def estimate(self, image: np.ndarray, boxes: Optional[np.ndarray] = None,
+    def estimate(self, image, boxes: Optional[np.ndarray] = None,
                  box_scores: Optional[np.ndarray] = None) -> List[PoseInstance]:
-        """Keypoints of every box in one BGR image; without boxes the whole image is one box."""
+        """Keypoints of every box in one BGR image (a clip of T images for a video model, the boxes on its
+        centre frame); without boxes the whole image is one box."""
         return next(self.estimate_many([(None, image, boxes, box_scores)]))[1]
 
     def estimate_many(self, items: Iterable[tuple]) -> Iterator[Tuple[object, List[PoseInstance]]]:
-        """items: (key, BGR image, boxes (N, 4) xywh or None, box scores (N,) or None). Yields (key, instances)
-        in input order; crops of consecutive images share batches."""
+        """items: (key, BGR image, boxes (N, 4) xywh or None, box scores (N,) or None); for a video model the
+        image is a clip: a sequence of T frames in time order (a list or a (T, H, W, 3) array), the boxes
+        those of its centre frame. Yields (key, instances) in input order; crops of consecutive images share
+        batches."""
         pending: List[tuple] = []   # (key, [(box, score, center, scale)], crops)
         queued = 0
         for key, image, boxes, scores in items:
@@ -179,10 +258,9 @@ class TopDownEstimator:
                 pending, queued = [], 0
         yield from self._flush(pending)
 
-    def _prepare(self, key, image: np.ndarray, boxes, scores) -> tuple:
-        if image is None or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"{key}: expected an 8-bit BGR image (H, W, 3), got "
-                             f"{None if image is None else (image.shape, image.dtype)}")
+    def _prepare(self, key, image, boxes, scores) -> tuple:
+        frames = self._frames(key, image)
+        image = frames[self.config.center_frame]
         h_img, w_img = image.shape[:2]
         if boxes is None:
             boxes = np.array([[0.0, 0.0, w_img, h_img]])
@@ -194,8 +272,27 @@ class TopDownEstimator:
         for box, score in zip(boxes, scores):
             center, scale = box_to_center_scale(box, w / h, self.padding)
             prepared.append((box, float(score), center, scale))
-            crops.append(crop(image, center, scale, (h, w)))
+            crops.append(crop(image, center, scale, (h, w)) if self.config.num_frames == 1
+                         else crop_clip(frames, center, scale, (h, w)))
         return key, prepared, crops
+
+    def _frames(self, key, image) -> list:
+        """The frames of one input, checked: [image] for a single-image model, the clip's T frames else."""
+        t = self.config.num_frames
+        if t == 1:
+            _check_bgr(key, image)
+            return [image]
+        if isinstance(image, np.ndarray) and image.ndim == 3:
+            raise ValueError(f"{key}: {self.session.metadata.get('model', 'the model')} is a video model: it takes "
+                             f"clips of {t} frames (a list of {t} images, or an array ({t}, H, W, 3)) centred on "
+                             f"the predicted frame, got a single image {image.shape}")
+        frames = list(image) if isinstance(image, (list, tuple, np.ndarray)) else None
+        if frames is None or len(frames) != t:
+            raise ValueError(f"{key}: {self.session.metadata.get('model', 'the model')} takes clips of {t} frames, "
+                             f"got {type(image).__name__ if frames is None else f'{len(frames)} frames'}")
+        for index, frame in enumerate(frames):
+            _check_bgr(f"{key} frame {index} of the clip", frame)
+        return frames
 
     def _flush(self, pending: List[tuple]) -> Iterator[Tuple[object, List[PoseInstance]]]:
         crops = [c for _, _, image_crops in pending for c in image_crops]

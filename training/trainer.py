@@ -75,7 +75,7 @@ class Trainer:
             input_size=tuple(meta["input_size"]), sigma=float(self.train_cfg["sigma"]), mean=meta["mean"],
             std=meta["std"], color_order=meta["color_order"],
             augment=AugmentConfig() if self.train_cfg["augment"] else None, seed=seed,
-            dataset=config["data"]["dataset"] or None)
+            dataset=config["data"]["dataset"] or None, num_frames=int(meta.get("num_frames", 1)))
         if self.train_set.info.keypoint_names != tuple(meta["keypoint_names"]):
             raise ValueError(f"{model_cfg['name']} is built for the {meta.get('dataset')} keypoints "
                              f"({meta['num_keypoints']}); the training set has {self.train_set.num_keypoints} "
