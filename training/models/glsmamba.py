@@ -30,6 +30,7 @@ from ...custom_ops import ops
 from .dcnv4 import offset_mask_width
 from .layers import DropPath, Mlp
 from .registry import ModelSpec, register_model
+from .ss2d import DirectionalSSM
 from .vit import ViTEncoder
 
 NUM_FRAMES = 5                 # 2 * delta + 1 with delta = 2
@@ -110,44 +111,16 @@ def window_merge(y: torch.Tensor, t: int, h: int, w: int, window: Tuple[int, int
 # ---------------------------------------------------------------------------------------------------------
 # Modules
 
-class ScanPair(nn.Module):
-    """The S6 parameters of two scan directions (VMamba's per-direction x_proj, dt_proj, A, D) and the scan.
-
-    forward: (B', 2D, L) -> (B', 2D, L); channels d of direction k are k*D + d."""
+class ScanPair(DirectionalSSM):
+    """The S6 parameters and scan of two directions (a path and its partner):
+    (B', 2D, L) -> (B', 2D, L), direction k in channels k*D .. k*D+D-1."""
 
     def __init__(self, d_inner: int, dt_rank: int, d_state: int):
-        super().__init__()
-        k = 2
-        self.d_inner, self.dt_rank, self.d_state = d_inner, dt_rank, d_state
-        self.x_proj_weight = nn.Parameter(torch.empty(k, dt_rank + 2 * d_state, d_inner))
-        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, dt_rank))
-        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
-        self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
-        self.Ds = nn.Parameter(torch.empty(k * d_inner))
-        self.reset_parameters()
-
-    def reset_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4) -> None:
-        """VMamba's initialisation: A_n = -n, D = 1, dt bias = softplus^-1 of a log-uniform dt."""
-        with torch.no_grad():
-            nn.init.uniform_(self.x_proj_weight, -self.d_inner ** -0.5, self.d_inner ** -0.5)
-            nn.init.uniform_(self.dt_projs_weight, -self.dt_rank ** -0.5, self.dt_rank ** -0.5)
-            dt = torch.exp(torch.rand_like(self.dt_projs_bias) * (math.log(dt_max) - math.log(dt_min))
-                           + math.log(dt_min)).clamp(min=dt_floor)
-            self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-            n = torch.arange(1, self.d_state + 1, dtype=self.A_logs.dtype)
-            self.A_logs.copy_(torch.log(n).expand_as(self.A_logs))
-            self.Ds.fill_(1.0)
+        super().__init__(d_inner, dt_rank, d_state, directions=2)
+        self.reset_ssm_parameters()
 
     def forward(self, xs: torch.Tensor) -> torch.Tensor:
-        d, r, n = self.d_inner, self.dt_rank, self.d_state
-        length = xs.shape[2]
-        # per-direction projections as grouped 1x1 convolutions (group k = direction k), as in SS2D
-        x_dbl = F.conv1d(xs, self.x_proj_weight.reshape(2 * (r + 2 * n), d, 1), groups=2)
-        dts, bs, cs = torch.split(x_dbl.reshape(-1, 2, r + 2 * n, length), [r, n, n], dim=2)
-        dts = F.conv1d(dts.reshape(-1, 2 * r, length), self.dt_projs_weight.reshape(2 * d, r, 1), groups=2)
-        a_logs = self.A_logs if self.A_logs.dtype == torch.float64 else self.A_logs.float()
-        return ops.selective_scan(xs, dts, -torch.exp(a_logs), bs.contiguous(), cs.contiguous(), self.Ds,
-                                  self.dt_projs_bias.reshape(-1), True)
+        return self.scan(xs)
 
 
 def temporal_shift(y: torch.Tensor, groups: int) -> torch.Tensor:
@@ -356,7 +329,9 @@ class GLSMambaPose(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         for module in self.modules():   # module-specific rules win over the generic ones above
-            if isinstance(module, (ScanPair, ModulatedMerge)):
+            if isinstance(module, ScanPair):
+                module.reset_ssm_parameters()
+            elif isinstance(module, ModulatedMerge):
                 module.reset_parameters()
         nn.init.normal_(self.head.weight, std=0.001)
         nn.init.zeros_(self.head.bias)

@@ -51,15 +51,18 @@ def cross_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 class DirectionalSSM(nn.Module):
-    """The parameters and the four-direction selective scan of VMamba's SS2D, shared by every model family.
+    """The S6 parameters of K scan directions (VMamba's per-direction x_proj, dt_proj, A, D) and the scan,
+    shared by every model family.
 
-    `scan_core` maps (B, D, H, W) to (B, D, H, W): cross-scan, per-direction x_proj/dt_proj, SelectiveScan,
-    cross-merge. Subclasses add the projections around it (their parameters come first in the state dict)."""
+    `scan` maps the K directions' sequences (B', K*D, L) (direction k in channels k*D .. k*D+D-1) to the
+    scan outputs of the same shape. `scan_core` is SS2D's use of it with K = 4: (B, D, H, W) -> cross-scan
+    -> scan -> cross-merge -> (B, D, H, W). Subclasses add the projections around it (the parameters here
+    come first in the state dict, as in the official SS2D)."""
 
-    def __init__(self, d_inner: int, dt_rank: int, d_state: int):
+    def __init__(self, d_inner: int, dt_rank: int, d_state: int, directions: int = NUM_DIRECTIONS):
         super().__init__()
-        self.d_inner, self.dt_rank, self.d_state = d_inner, dt_rank, d_state
-        k = NUM_DIRECTIONS
+        self.d_inner, self.dt_rank, self.d_state, self.directions = d_inner, dt_rank, d_state, directions
+        k = directions
         self.x_proj_weight = nn.Parameter(torch.empty(k, dt_rank + 2 * d_state, d_inner))
         self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
         self.Ds = nn.Parameter(torch.empty(k * d_inner))
@@ -76,23 +79,26 @@ class DirectionalSSM(nn.Module):
             dt = torch.exp(torch.rand_like(self.dt_projs_bias) * (math.log(dt_max) - math.log(dt_min))
                            + math.log(dt_min)).clamp(min=dt_floor)
             self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-            self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand_as(self.A_logs))
+            states = torch.arange(1, self.d_state + 1, dtype=torch.float32)
+            self.A_logs.copy_(torch.log(states).expand_as(self.A_logs))
             self.Ds.fill_(1.0)
 
-    def scan_core(self, x: torch.Tensor) -> torch.Tensor:
-        b, d, h, w = x.shape
-        length = h * w
-        k, r, n = NUM_DIRECTIONS, self.dt_rank, self.d_state
-        xs = cross_scan(x)                                                    # (B, K*D, L)
+    def scan(self, xs: torch.Tensor) -> torch.Tensor:
+        k, d, r, n = self.directions, self.d_inner, self.dt_rank, self.d_state
+        length = xs.shape[2]
         # Per-direction projections as grouped 1x1 convolutions (group k = direction k): the same sums as
         # einsum("bkdl,kcd->bkcl"), without the layout copies an einsum costs in ONNX Runtime and eager.
         x_dbl = F.conv1d(xs, self.x_proj_weight.reshape(k * (r + 2 * n), d, 1), groups=k)
-        dts, Bs, Cs = torch.split(x_dbl.view(b, k, r + 2 * n, length), [r, n, n], dim=2)
-        dts = F.conv1d(dts.reshape(b, k * r, length), self.dt_projs_weight.reshape(k * d, r, 1), groups=k)
-        A = -torch.exp(self.A_logs.float())
-        ys = ops.selective_scan(xs, dts, A, Bs.contiguous(), Cs.contiguous(), self.Ds.float(),
-                                self.dt_projs_bias.float().reshape(-1), True)
-        return cross_merge(ys, h, w).to(x.dtype)
+        dts, Bs, Cs = torch.split(x_dbl.reshape(-1, k, r + 2 * n, length), [r, n, n], dim=2)
+        dts = F.conv1d(dts.reshape(-1, k * r, length), self.dt_projs_weight.reshape(k * d, r, 1), groups=k)
+        # The small parameters in float32 (float64 for a float64 model) whatever the activations' dtype.
+        dtype = torch.float64 if self.A_logs.dtype == torch.float64 else torch.float32
+        return ops.selective_scan(xs, dts, -torch.exp(self.A_logs.to(dtype)), Bs.contiguous(), Cs.contiguous(),
+                                  self.Ds.to(dtype), self.dt_projs_bias.to(dtype).reshape(-1), True)
+
+    def scan_core(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = x.shape
+        return cross_merge(self.scan(cross_scan(x)), h, w).to(x.dtype)
 
 
 class SS2D(DirectionalSSM):
