@@ -104,6 +104,48 @@ SSM_API int ssm_selective_scan_bwd_cuda(const ssm_scan_shape* shape, const void*
                                         float* d_delta_bias, void* workspace, void* stream);
 
 /* ------------------------------------------------------------------------------------------------
+ * SelectiveScan2D (domain version 2): SS2D's four-direction scan in one call, channel-last.
+ *   x          : (batch, height, width, dim)                 dtype
+ *   delta      : (batch, height, width, directions*dim)      dtype
+ *   A          : (directions*dim, dstate)                    dtype
+ *   Bs, Cs     : (batch, height, width, directions, dstate)  dtype
+ *   Ds         : (directions*dim) or NULL                    dtype
+ *   delta_bias : (directions*dim) or NULL                    dtype
+ *   y          : (batch, height, width, dim)                 dtype (output)
+ * y[b,h,w,:] = sum over k of direction k's SelectiveScan evaluated at (h, w); direction k visits
+ * positions: k=0 row-major (h outer, w inner), k=1 column-major (w outer, h inner), k=2 reverse of 0,
+ * k=3 reverse of 1. Channel block k*dim..(k+1)*dim-1 of delta/A/Ds/delta_bias and slice k of Bs/Cs
+ * belong to direction k. directions must be 4. */
+typedef struct ssm_scan2d_shape {
+  int64_t batch;
+  int64_t height, width;
+  int64_t dim;         /* D */
+  int64_t directions;  /* K, 4 */
+  int64_t dstate;      /* N, 1..16 */
+  int32_t delta_softplus;
+  int32_t dtype;       /* ssm_dtype */
+} ssm_scan2d_shape;
+
+SSM_API int ssm_selective_scan_2d_fwd_cpu(const ssm_scan2d_shape* shape, const void* x, const void* delta,
+    const void* A, const void* Bs, const void* Cs, const void* Ds, const void* delta_bias, void* y,
+    int num_threads);
+/* dx (batch,height,width,dim) and d_delta (batch,height,width,directions*dim) in dtype; dA, dBs, dCs, dDs,
+ * d_delta_bias float32 (shapes of A, Bs, Cs, Ds, delta_bias), overwritten. dDs / d_delta_bias may be NULL
+ * when Ds / delta_bias were NULL. */
+SSM_API int ssm_selective_scan_2d_bwd_cpu(const ssm_scan2d_shape* shape, const void* x, const void* delta,
+    const void* A, const void* Bs, const void* Cs, const void* Ds, const void* delta_bias, const void* dy,
+    void* dx, void* d_delta, float* dA, float* dBs, float* dCs, float* dDs, float* d_delta_bias,
+    int num_threads);
+SSM_API int ssm_selective_scan_2d_fwd_cuda(const ssm_scan2d_shape* shape, const void* x, const void* delta,
+    const void* A, const void* Bs, const void* Cs, const void* Ds, const void* delta_bias, void* y,
+    void* stream);
+SSM_API size_t ssm_selective_scan_2d_bwd_cuda_workspace_size(const ssm_scan2d_shape* shape);
+SSM_API int ssm_selective_scan_2d_bwd_cuda(const ssm_scan2d_shape* shape, const void* x, const void* delta,
+    const void* A, const void* Bs, const void* Cs, const void* Ds, const void* delta_bias, const void* dy,
+    void* dx, void* d_delta, float* dA, float* dBs, float* dCs, float* dDs, float* d_delta_bias,
+    void* workspace, void* stream);
+
+/* ------------------------------------------------------------------------------------------------
  * DeformAggregate (DCNv4 core, no softmax)
  *   value       : (batch, height, width, groups*group_channels)   dtype, channel-last
  *   offset_mask : (batch, out_height, out_width, offset_stride)   dtype;
