@@ -1,7 +1,8 @@
 """The training loop of `ssmpose train`: the official HRVMamba recipe (AdamW, linear warm-up, step decay,
 linearly scaled learning rate, MSE on target-weighted MSRA heatmaps), AMP, gradient clipping, optional EMA,
 periodic COCO-AP evaluation through the eval code, atomic checkpoints with exact resume, and DDP under
-torchrun.
+torchrun. A video model (meta `num_frames` T > 1) trains on clips (B, T, 3, H, W) of video annotations, with
+the targets of the centre frame (data.TopDownDataset); nothing else changes.
 
 Work-dir layout: log.jsonl (one JSON object per logged step and per evaluation), last.pt (full training
 state, for --resume), last.safetensors / best.safetensors / epoch_N.safetensors (model weights in the
