@@ -27,7 +27,6 @@ from ssmpose.training.annotations import CocoKeypoints
 from ssmpose.training.codec import decode_heatmaps, flip_heatmaps_back
 from ssmpose.training.data import TopDownDataset
 from ssmpose.training.datasets import dataset_info, video_frame_paths
-from ssmpose.training.models import glsmamba  # noqa: F401  (registers glsmamba_b / glsmamba_blr)
 from ssmpose.training.topdown import (PipelineConfig, TopDownEstimator, box_to_center_scale, crop, crop_clip,
                                       frame_windows)
 from ssmpose.training.transforms import AugmentConfig
