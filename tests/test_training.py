@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import ssmpose
 from ssmpose.cli.main import main
-from ssmpose.synth import make_synthetic_dataset
+from ssmpose.synth import make_synthetic_dataset, make_synthetic_video_dataset
 from ssmpose.training.config import ConfigError, load_config
 from ssmpose.training.trainer import Trainer, learning_rate, run_training
 
@@ -65,6 +65,55 @@ def test_configs_reproduce_the_official_recipe_and_refuse_unknown_keys(tmp_path)
         load_config(SYNTH_CONFIG, ["train.amp=fp8"])
     result = CliRunner().invoke(main, ["train", str(bad)])
     assert result.exit_code == 2 and result.output.startswith("error: ") and "Traceback" not in result.output
+
+
+def test_every_shipped_config_loads_and_names_a_registered_model():
+    for path in sorted((REPO / "configs").glob("*.toml")):
+        config = load_config(path)
+        assert config["model"]["name"] in ssmpose.list_models(), path.name
+    mamkpd = load_config(REPO / "configs" / "mamkpd_base_coco_256x192.toml")["train"]
+    assert (mamkpd["optimizer"], mamkpd["lr"], mamkpd["milestones"], mamkpd["epochs"]) == ("adam", 1e-3, [170, 200], 210)
+    gls = load_config(REPO / "configs" / "glsmamba_b_posetrack18.toml")["train"]
+    assert (gls["optimizer"], gls["lr"], gls["milestones"], gls["epochs"]) == ("adamw", 1e-4, [6, 12], 20)
+
+
+def test_optimizer_sigma_and_input_size_options(synth, tmp_path):
+    """train.optimizer picks Adam or AdamW (anything else is refused); without train.sigma the targets use the
+    model's own codec sigma; the model, not the config, checks the input size."""
+    with pytest.raises(ConfigError, match="train.optimizer must be one of adamw, adam"):
+        load_config(SYNTH_CONFIG, ["train.optimizer=sgd"])
+    with pytest.raises(ConfigError, match="train.sigma must be a positive number"):
+        load_config(SYNTH_CONFIG, ["train.sigma=-1"])
+    config = load_config(REPO / "configs" / "mamkpd_small_synth.toml", FAST + ["train.sigma=1.5"])
+    trainer = Trainer(config, tmp_path / "a", data_root=synth, progress=False)
+    assert type(trainer.optimizer) is torch.optim.Adam and trainer.train_set.sigma == 1.5
+    config = load_config(REPO / "configs" / "mamkpd_small_synth.toml", FAST + ["train.optimizer=adamw"])
+    config["train"]["sigma"] = None
+    trainer = Trainer(config, tmp_path / "b", data_root=synth, progress=False)
+    assert type(trainer.optimizer) is torch.optim.AdamW
+    assert trainer.train_set.sigma == trainer.model.meta["codec"]["sigma"] == 1.0
+    with pytest.raises(ValueError, match="divisible by 16"):
+        Trainer(load_config(REPO / "configs" / "mamkpd_small_synth.toml", FAST + ["model.input_size=[120, 96]"]),
+                tmp_path / "c", data_root=synth, progress=False)
+
+
+def test_encoder_weights_are_loaded_and_frozen_parameters_are_not_optimised(tmp_path):
+    """model.encoder_weights loads a ViTPose-format checkpoint into GLSMamba's frozen encoder before training;
+    the optimiser holds only the trainable parameters."""
+    from ssmpose.training.models.vit import ViTEncoder
+    torch.manual_seed(7)
+    encoder = ViTEncoder((128, 96))
+    weights = tmp_path / "vitpose.pth"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in encoder.state_dict().items()}}, weights)
+    clips = tmp_path / "clips"
+    make_synthetic_video_dataset(clips, n=2, frames=5, val_fraction=0.5, seed=1, image_size=(192, 256))
+    config = load_config(REPO / "configs" / "glsmamba_blr_synth.toml", FAST + [f'model.encoder_weights="{weights}"'])
+    trainer = Trainer(config, tmp_path / "run", data_root=clips, progress=False)
+    loaded = trainer.model.backbone.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in encoder.state_dict().items())
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    trainable = {id(p) for p in trainer.model.parameters() if p.requires_grad}
+    assert optimised == trainable and len(trainable) < len(list(trainer.model.parameters()))
 
 
 def test_loss_falls_and_the_result_loads_runs_and_is_scored(synth, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 DEFAULTS = {
-    "model": {"name": "hrvmamba_tiny", "input_size": [256, 192], "options": {}},
+    "model": {"name": "hrvmamba_tiny", "input_size": [256, 192], "options": {}, "encoder_weights": ""},
     "data": {"root": ".", "train_ann": "", "train_images": "", "val_ann": "", "val_images": "", "val_boxes": "",
              "workers": 2, "dataset": ""},
     "train": {
@@ -16,12 +16,13 @@ DEFAULTS = {
         "optimizer": "adamw", "lr": 5e-4, "betas": [0.9, 0.999], "weight_decay": 0.01,
         "warmup_iters": 500, "warmup_start_factor": 0.001, "milestones": [170, 200], "gamma": 0.1,
         "amp": "none", "grad_clip": 0.0, "ema_decay": 0.0, "seed": 0, "deterministic": True,
-        "augment": True, "sigma": 2.0, "log_interval": 10, "sync_bn": True,
+        "augment": True, "sigma": None, "log_interval": 10, "sync_bn": True,
     },
     "eval": {"interval": 2, "flip_test": True, "batch_size": 32},
     "checkpoint": {"interval": 10},
 }
 AMP_MODES = ("none", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "adam")
 
 
 class ConfigError(ValueError):
@@ -67,6 +68,11 @@ def apply_override(config: dict, item: str) -> None:
 
 def validate(config: dict) -> None:
     train = config["train"]
+    if train["optimizer"] not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {train['optimizer']!r}")
+    if train["sigma"] is not None and not (isinstance(train["sigma"], (int, float)) and train["sigma"] > 0):
+        raise ConfigError(f"train.sigma must be a positive number (or left out: the model's codec sigma), "
+                          f"got {train['sigma']!r}")
     if train["amp"] not in AMP_MODES:
         raise ConfigError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {train['amp']!r}")
     for key in ("epochs", "batch_size", "base_batch_size", "log_interval"):
@@ -80,8 +86,9 @@ def validate(config: dict) -> None:
         if not config["data"][key]:
             raise ConfigError(f"data.{key} is not set")
     size = config["model"]["input_size"]
-    if len(size) != 2 or any(int(v) % 32 for v in size):
-        raise ConfigError(f"model.input_size must be [H, W], multiples of 32, got {size!r}")
+    if not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+        raise ConfigError(f"model.input_size must be [H, W], positive integers, got {size!r}")
+    # Each model checks its own divisibility (32 for HRVMamba, 16 for MamKPD, patch and windows for GLSMamba).
 
 
 def data_path(config: dict, key: str, data_root=None) -> Path:

@@ -69,11 +69,16 @@ class Trainer:
 
         model_cfg = config["model"]
         self.model = build_model(model_cfg["name"], input_size=tuple(model_cfg["input_size"]),
-                                 **model_cfg.get("options", {})).to(self.device)
+                                 **model_cfg.get("options", {}))
+        if model_cfg["encoder_weights"]:
+            from .models.vit import load_vitpose_weights
+            load_vitpose_weights(self.model, Path(model_cfg["encoder_weights"]).expanduser())
+        self.model.to(self.device)
         meta = self.model.meta
+        sigma = self.train_cfg["sigma"] if self.train_cfg["sigma"] is not None else meta["codec"]["sigma"]
         self.train_set = TopDownDataset(
             data_path(config, "train_ann", data_root), data_path(config, "train_images", data_root),
-            input_size=tuple(meta["input_size"]), sigma=float(self.train_cfg["sigma"]), mean=meta["mean"],
+            input_size=tuple(meta["input_size"]), sigma=float(sigma), mean=meta["mean"],
             std=meta["std"], color_order=meta["color_order"],
             augment=AugmentConfig() if self.train_cfg["augment"] else None, seed=seed,
             dataset=config["data"]["dataset"] or None, num_frames=int(meta.get("num_frames", 1)))
@@ -102,9 +107,11 @@ class Trainer:
         if self.dist.enabled:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.base_lr,
-                                           betas=tuple(self.train_cfg["betas"]),
-                                           weight_decay=float(self.train_cfg["weight_decay"]))
+        optimizer = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[self.train_cfg["optimizer"]]
+        # Frozen parameters (GLSMamba's encoder) stay out of the optimiser.
+        self.optimizer = optimizer([p for p in self.model.parameters() if p.requires_grad], lr=self.base_lr,
+                                   betas=tuple(self.train_cfg["betas"]),
+                                   weight_decay=float(self.train_cfg["weight_decay"]))
         amp = self.train_cfg["amp"]
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
