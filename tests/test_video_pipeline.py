@@ -400,9 +400,9 @@ def test_training_on_synthetic_clips(synthetic_clips, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# export and parity (one trace of both forms per session, about 40 s on 2 CPU cores: slow)
+# export and parity (one trace of both forms per session, about 40 s on 2 CPU cores; in CI, because GLSMamba's
+# parity torch vs ort-cpu on its smallest variant is what issue #14 asks CI to show)
 
-@pytest.mark.slow
 def test_exports_take_clips_and_record_num_frames(video_exports):
     for form, path in video_exports.paths.items():
         meta = read_metadata(path)
@@ -416,7 +416,6 @@ def test_exports_take_clips_and_record_num_frames(video_exports):
     assert "ssmpose" not in {n.domain for n in onnx.load(str(video_exports.paths["portable"])).graph.node}
 
 
-@pytest.mark.slow
 def test_parity_of_clips_torch_vs_ort_cpu_custom_and_portable(video_exports, tmp_path):
     """`ssmpose parity` feeds the clips of the annotated PoseTrack18 persons to torch and to both exported
     forms on ONNX Runtime (CPU) and OpenVINO: within DESIGN.md's fp32 tolerance, the same AP."""
