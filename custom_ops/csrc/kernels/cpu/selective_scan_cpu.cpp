@@ -1,16 +1,13 @@
 // SelectiveScan (Mamba S6 recurrence with VMamba grouping) on the CPU: forward and backward.
 //
-// Work is split into items (batch b, group g, tile of up to kTile channels of that group). Inside an
-// item, time is walked in chunks of kChunk steps: each chunk of u / delta / dy is loaded transposed into
-// [t][channel] buffers so that the recurrence, sequential in t, runs vectorised across the tile's channels
-// (the state h is a [dstate][kTile] block). Everything is computed in float32. The (B, G*D, L) tensors
-// u, delta, dy, y, du, d_delta stay in their own dtype and are converted chunk by chunk as they are loaded
-// and stored; the small ones (A, Bs, Cs, Ds, delta_bias) are converted to float32 copies first.
+// Work is split into items (batch b, group g, tile of up to kTile channels of that group); the recurrence of
+// a tile is scan_core.h's, reading each channel's sequence along the last axis of the (B, G*D, L) tensors.
+// The (B, G*D, L) tensors u, delta, dy, y, du, d_delta stay in their own dtype and are converted chunk by
+// chunk as they are loaded and stored; the small ones (A, Bs, Cs, Ds, delta_bias) are converted to float32
+// copies first.
 //
-// Backward recomputes the states: a forward pass stores the state at every chunk start, then chunks are
-// visited in reverse, each recomputing its per-step states from its checkpoint before the reverse
-// (adjoint) sweep. Partial sums that several items contribute to are kept apart and reduced at the end in
-// a fixed order, so results do not depend on the number of threads:
+// Partial sums that several items contribute to are kept apart and reduced at the end in a fixed order, so
+// results do not depend on the number of threads:
 //   dBs / dCs (b, g, n, t): summed over the D channels of a group. Each (b, g) is split into S channel
 //     ranges (S from the shape only); range s accumulates into its own [N][L] slab, reduced over s.
 //   dA, dDs, d_delta_bias: per-batch partials [b][c], reduced over b.
@@ -20,14 +17,16 @@
 #include <vector>
 
 #include "cpu_common.h"
+#include "scan_core.h"
 
 namespace ssm {
 namespace cpu {
 namespace {
 
-constexpr int kTile = 16;    // channels processed together (vector lanes)
-constexpr int kChunk = 64;   // time steps per chunk
-constexpr int kMaxState = 16;
+using scan::ChunkBuffers;
+using scan::kChunk;
+using scan::kMaxState;
+using scan::kTile;
 
 struct ScanArgs {
   const void* u;      // io_dtype
@@ -40,49 +39,6 @@ struct ScanArgs {
   const float* bias;  // may be null
   int64_t batch, groups, dim, dstate, length;
   bool softplus;
-};
-
-// Per-item constants: the tile's A (transposed to [n][ch]), D and delta_bias, zero in padding lanes.
-struct TileParams {
-  alignas(64) float A[kMaxState][kTile];
-  alignas(64) float D[kTile];
-  alignas(64) float bias[kTile];
-  int64_t c0;       // first channel of the tile (global channel index)
-  int nch;          // channels in the tile (<= kTile)
-  int64_t row0;     // offset of (b, c0, t=0) in u / delta / y
-  const float* Bg;  // Bs[b, g] (N x L)
-  const float* Cg;
-};
-
-TileParams make_tile(const ScanArgs& s, int64_t b, int64_t g, int64_t tile) {
-  TileParams p;
-  std::memset(p.A, 0, sizeof p.A);
-  std::memset(p.D, 0, sizeof p.D);
-  std::memset(p.bias, 0, sizeof p.bias);
-  p.c0 = g * s.dim + tile * kTile;
-  p.nch = static_cast<int>(std::min<int64_t>(kTile, s.dim - tile * kTile));
-  const int64_t channels = s.groups * s.dim;
-  p.row0 = (b * channels + p.c0) * s.length;
-  p.Bg = s.Bs + (b * s.groups + g) * s.dstate * s.length;
-  p.Cg = s.Cs + (b * s.groups + g) * s.dstate * s.length;
-  for (int ch = 0; ch < p.nch; ++ch) {
-    const int64_t c = p.c0 + ch;
-    for (int64_t n = 0; n < s.dstate; ++n) p.A[n][ch] = s.A[c * s.dstate + n];
-    p.D[ch] = s.Ds ? s.Ds[c] : 0.0f;
-    p.bias[ch] = s.bias ? s.bias[c] : 0.0f;
-  }
-  return p;
-}
-
-// Chunk buffers, [t][lane]. Padding lanes (ch >= nch) are zero and never written by loads.
-struct ChunkBuffers {
-  alignas(64) float z[kChunk][kTile];   // delta + bias
-  alignas(64) float dt[kChunk][kTile];  // softplus(z) or z
-  alignas(64) float u[kChunk][kTile];
-  alignas(64) float out[kChunk][kTile];  // y (forward) / du (backward)
-  alignas(64) float dy[kChunk][kTile];
-  alignas(64) float ddt[kChunk][kTile];
-  void clear() { std::memset(this, 0, sizeof *this); }
 };
 
 // Transposed load of one chunk of a row-major (channel, t) tensor of `dtype` into buf[t][ch].
@@ -111,67 +67,70 @@ SSM_INLINE void store_transposed(void* dst, int dtype, int64_t row0, int64_t len
   }
 }
 
-// Loads z = delta + bias, u (and dy when given) for a chunk and computes dt.
-SSM_INLINE void load_chunk(const ScanArgs& s, const TileParams& p, const void* dy, int64_t t0, int tc,
-                           ChunkBuffers& cb) {
-  load_transposed(s.delta, s.io_dtype, p.row0, s.length, p.nch, t0, tc, cb.z);
-  load_transposed(s.u, s.io_dtype, p.row0, s.length, p.nch, t0, tc, cb.u);
-  if (dy) load_transposed(dy, s.io_dtype, p.row0, s.length, p.nch, t0, tc, cb.dy);
-  for (int t = 0; t < tc; ++t) {
-    for (int ch = 0; ch < kTile; ++ch) cb.z[t][ch] += p.bias[ch];
-  }
-  float* z = &cb.z[0][0];
-  float* dt = &cb.dt[0][0];
-  const int n = tc * kTile;
-  if (s.softplus) {
-    for (int i = 0; i < n; ++i) dt[i] = softplus_f(z[i]);
-  } else {
-    for (int i = 0; i < n; ++i) dt[i] = z[i];
-  }
-}
+// The sequences of one tile (b, channels c0 .. c0+nch-1 of group g) along the last axis: element (c, t) of
+// u / delta / dy / y / du / d_delta at row0 + (c - c0) * L + t, B_t[n] / C_t[n] at Bg / Cg [n * L + t].
+struct ChannelMajorSeq {
+  const ScanArgs* s;
+  int64_t row0;
+  int nch;
+  const float* Bg;
+  const float* Cg;
+  const void* dy = nullptr;
+  void* y = nullptr;        // forward output
+  void* du = nullptr;       // backward outputs
+  void* d_delta = nullptr;
+  float* dB = nullptr;      // [N][L] accumulators of this (b, g, channel range)
+  float* dC = nullptr;
 
-// Forward of one item: h = exp(dt*A) * h + (dt*B)*u; y = sum_n C*h + D*u (the operator's order).
-SSM_HOT void scan_forward_item(const ScanArgs& s, void* y, int64_t b, int64_t g, int64_t tile, ChunkBuffers& cb) {
-  const TileParams p = make_tile(s, b, g, tile);
-  const int N = static_cast<int>(s.dstate);
-  alignas(64) float h[kMaxState][kTile];
-  std::memset(h, 0, sizeof h);
-  if (p.nch < kTile) cb.clear();  // padding lanes must read as zero; a full tile overwrites what it reads
-  for (int64_t t0 = 0; t0 < s.length; t0 += kChunk) {
-    const int tc = static_cast<int>(std::min<int64_t>(kChunk, s.length - t0));
-    load_chunk(s, p, nullptr, t0, tc, cb);
+  int64_t length() const { return s->length; }
+
+  SSM_INLINE void load(int64_t t0, int tc, bool with_dy, ChunkBuffers& cb) const {
+    const int64_t L = s->length;
+    load_transposed(s->delta, s->io_dtype, row0, L, nch, t0, tc, cb.z);
+    load_transposed(s->u, s->io_dtype, row0, L, nch, t0, tc, cb.u);
+    if (with_dy) load_transposed(dy, s->io_dtype, row0, L, nch, t0, tc, cb.dy);
+    cb.bc_stride = L;
+    cb.dbc_stride = L;
     for (int t = 0; t < tc; ++t) {
-      alignas(64) float acc[kTile] = {0};
-      for (int n = 0; n < N; ++n) {
-        const float bb = p.Bg[n * s.length + t0 + t];
-        const float cc = p.Cg[n * s.length + t0 + t];
-        SSM_SIMD
-        for (int ch = 0; ch < kTile; ++ch) {
-          const float dt = cb.dt[t][ch];
-          const float a = exp_f(dt * p.A[n][ch]);
-          const float hn = a * h[n][ch] + (dt * bb) * cb.u[t][ch];
-          h[n][ch] = hn;
-          acc[ch] += hn * cc;
-        }
-      }
-      // Without Ds there is no D term at all: adding 0 * u would turn an infinite u into NaN.
-      if (s.Ds) {
-        for (int ch = 0; ch < kTile; ++ch) cb.out[t][ch] = acc[ch] + p.D[ch] * cb.u[t][ch];
-      } else {
-        for (int ch = 0; ch < kTile; ++ch) cb.out[t][ch] = acc[ch];
+      cb.B[t] = Bg + t0 + t;
+      cb.C[t] = Cg + t0 + t;
+      if (with_dy) {
+        cb.dB[t] = dB + t0 + t;
+        cb.dC[t] = dC + t0 + t;
       }
     }
-    store_transposed(y, s.io_dtype, p.row0, s.length, p.nch, t0, tc, cb.out);
   }
+
+  SSM_INLINE void store_output(int64_t t0, int tc, const float (*out)[kTile]) const {
+    store_transposed(y, s->io_dtype, row0, s->length, nch, t0, tc, out);
+  }
+
+  SSM_INLINE void store_grads(int64_t t0, int tc, const ChunkBuffers& cb) const {
+    store_transposed(du, s->io_dtype, row0, s->length, nch, t0, tc, cb.out);
+    store_transposed(d_delta, s->io_dtype, row0, s->length, nch, t0, tc, cb.ddt);
+  }
+};
+
+// The tile's sequences and constants (channels of tile `tile` of group g, batch b).
+SSM_INLINE ChannelMajorSeq make_seq(const ScanArgs& s, int64_t b, int64_t g, int64_t tile, scan::TileParams& p) {
+  const int64_t c0 = g * s.dim + tile * kTile;
+  const int nch = static_cast<int>(std::min<int64_t>(kTile, s.dim - tile * kTile));
+  scan::make_tile(s.A, s.Ds, s.bias, s.dstate, c0, nch, p);
+  ChannelMajorSeq q;
+  q.s = &s;
+  q.row0 = (b * s.groups * s.dim + c0) * s.length;
+  q.nch = nch;
+  q.Bg = s.Bs + (b * s.groups + g) * s.dstate * s.length;
+  q.Cg = s.Cs + (b * s.groups + g) * s.dstate * s.length;
+  return q;
 }
 
-// Scratch for the backward of one item, reused across items of one thread.
-struct BackwardScratch {
-  std::vector<float> ckpt;    // [chunks][N][kTile]: state entering each chunk
-  std::vector<float> states;  // [kChunk + 1][N][kTile]: states within the current chunk
-  std::vector<float> decay;   // [kChunk][N][kTile]: exp(dt*A) within the current chunk
-  ChunkBuffers cb;
-};
+SSM_HOT void scan_forward_item(const ScanArgs& s, void* y, int64_t b, int64_t g, int64_t tile, ChunkBuffers& cb) {
+  scan::TileParams p;
+  ChannelMajorSeq q = make_seq(s, b, g, tile, p);
+  q.y = y;
+  scan::forward_tile(q, p, static_cast<int>(s.dstate), s.softplus, cb);
+}
 
 struct BackwardOut {
   void* du;       // io_dtype
@@ -184,136 +143,17 @@ struct BackwardOut {
 };
 
 SSM_HOT void scan_backward_tile(const ScanArgs& s, const void* dy, const BackwardOut& o, int64_t b, int64_t g,
-                        int64_t tile, BackwardScratch& w) {
-  const TileParams p = make_tile(s, b, g, tile);
-  const int N = static_cast<int>(s.dstate);
-  const int64_t L = s.length;
-  const int64_t chunks = (L + kChunk - 1) / kChunk;
-  const int NT = N * kTile;
-  ChunkBuffers& cb = w.cb;
-  if (p.nch < kTile) cb.clear();  // padding lanes must read as zero; a full tile overwrites what it reads
-
-  // Pass 1: forward, storing the state entering each chunk.
-  {
-    alignas(64) float h[kMaxState][kTile];
-    std::memset(h, 0, sizeof h);
-    for (int64_t k = 0; k < chunks; ++k) {
-      const int64_t t0 = k * kChunk;
-      const int tc = static_cast<int>(std::min<int64_t>(kChunk, L - t0));
-      std::memcpy(&w.ckpt[k * NT], h, sizeof(float) * NT);
-      load_chunk(s, p, nullptr, t0, tc, cb);
-      for (int t = 0; t < tc; ++t) {
-        for (int n = 0; n < N; ++n) {
-          const float bb = p.Bg[n * L + t0 + t];
-          SSM_SIMD
-          for (int ch = 0; ch < kTile; ++ch) {
-            const float dt = cb.dt[t][ch];
-            h[n][ch] = exp_f(dt * p.A[n][ch]) * h[n][ch] + (dt * bb) * cb.u[t][ch];
-          }
-        }
-      }
-    }
-  }
-
-  // Pass 2: reverse sweep, chunk by chunk.
-  alignas(64) float carry[kMaxState][kTile];  // exp(dt_{t+1} A) * dL/dh_{t+1}
-  alignas(64) float dA_tot[kMaxState][kTile];
-  alignas(64) float dD_tot[kTile], db_tot[kTile];
-  std::memset(carry, 0, sizeof carry);
-  std::memset(dA_tot, 0, sizeof dA_tot);
-  std::memset(dD_tot, 0, sizeof dD_tot);
-  std::memset(db_tot, 0, sizeof db_tot);
-  float* H = w.states.data();
-  float* E = w.decay.data();
-  for (int64_t k = chunks - 1; k >= 0; --k) {
-    const int64_t t0 = k * kChunk;
-    const int tc = static_cast<int>(std::min<int64_t>(kChunk, L - t0));
-    load_chunk(s, p, dy, t0, tc, cb);
-    // recompute the chunk's states: H[t+1] = E[t] * H[t] + dt*B*u
-    std::memcpy(H, &w.ckpt[k * NT], sizeof(float) * NT);
-    for (int t = 0; t < tc; ++t) {
-      for (int n = 0; n < N; ++n) {
-        const float bb = p.Bg[n * L + t0 + t];
-        const float* hp = H + t * NT + n * kTile;
-        float* hn = H + (t + 1) * NT + n * kTile;
-        float* e = E + t * NT + n * kTile;
-        SSM_SIMD
-        for (int ch = 0; ch < kTile; ++ch) {
-          const float dt = cb.dt[t][ch];
-          const float a = exp_f(dt * p.A[n][ch]);
-          e[ch] = a;
-          hn[ch] = a * hp[ch] + (dt * bb) * cb.u[t][ch];
-        }
-      }
-    }
-    alignas(64) float dA_c[kMaxState][kTile];
-    std::memset(dA_c, 0, sizeof dA_c);
-    for (int t = tc - 1; t >= 0; --t) {
-      alignas(64) float du[kTile] = {0};
-      alignas(64) float ddt[kTile] = {0};
-      const float* dyt = cb.dy[t];
-      const float* dtt = cb.dt[t];
-      const float* ut = cb.u[t];
-      for (int n = 0; n < N; ++n) {
-        const float bb = p.Bg[n * L + t0 + t];
-        const float cc = p.Cg[n * L + t0 + t];
-        const float* hp = H + t * NT + n * kTile;
-        const float* hc = H + (t + 1) * NT + n * kTile;
-        const float* e = E + t * NT + n * kTile;
-        const float* An = p.A[n];
-        float* cr = carry[n];
-        float* dAn = dA_c[n];
-        float sdc = 0.0f, sdb = 0.0f;
-        SSM_SIMD_REDUCE(sdc, sdb)
-        for (int ch = 0; ch < kTile; ++ch) {
-          const float gh = dyt[ch] * cc + cr[ch];  // dL/dh_t
-          const float dt = dtt[ch];
-          const float a = e[ch];
-          sdc += dyt[ch] * hc[ch];
-          sdb += gh * dt * ut[ch];
-          du[ch] += gh * dt * bb;
-          ddt[ch] += gh * (hp[ch] * An[ch] * a + bb * ut[ch]);
-          dAn[ch] += gh * hp[ch] * dt * a;
-          cr[ch] = a * gh;
-        }
-        o.dC[n * L + t0 + t] += sdc;
-        o.dB[n * L + t0 + t] += sdb;
-      }
-      for (int ch = 0; ch < kTile; ++ch) {
-        cb.out[t][ch] = du[ch] + dyt[ch] * p.D[ch];
-        cb.ddt[t][ch] = ddt[ch];
-      }
-    }
-    // through softplus, then the per-chunk sums of d_delta_bias and dDs
-    alignas(64) float db_c[kTile] = {0};
-    alignas(64) float dD_c[kTile] = {0};
-    if (s.softplus) {
-      float* gz = &cb.ddt[0][0];
-      const float* z = &cb.z[0][0];
-      for (int i = 0; i < tc * kTile; ++i) gz[i] *= softplus_grad_f(z[i]);
-    }
-    for (int t = 0; t < tc; ++t) {
-      for (int ch = 0; ch < kTile; ++ch) {
-        db_c[ch] += cb.ddt[t][ch];
-        dD_c[ch] += cb.dy[t][ch] * cb.u[t][ch];
-      }
-    }
-    for (int ch = 0; ch < kTile; ++ch) {
-      db_tot[ch] += db_c[ch];
-      dD_tot[ch] += dD_c[ch];
-    }
-    for (int n = 0; n < N; ++n) {
-      for (int ch = 0; ch < kTile; ++ch) dA_tot[n][ch] += dA_c[n][ch];
-    }
-    store_transposed(o.du, s.io_dtype, p.row0, L, p.nch, t0, tc, cb.out);
-    store_transposed(o.d_delta, s.io_dtype, p.row0, L, p.nch, t0, tc, cb.ddt);
-  }
-  for (int ch = 0; ch < p.nch; ++ch) {
-    const int64_t c = p.c0 + ch;
-    for (int n = 0; n < N; ++n) o.dA[c * N + n] = dA_tot[n][ch];
-    o.dD[c] = dD_tot[ch];
-    o.dbias[c] = db_tot[ch];
-  }
+                                int64_t tile, scan::BackwardScratch& w) {
+  scan::TileParams p;
+  ChannelMajorSeq q = make_seq(s, b, g, tile, p);
+  q.dy = dy;
+  q.du = o.du;
+  q.d_delta = o.d_delta;
+  q.dB = o.dB;
+  q.dC = o.dC;
+  const int64_t c0 = g * s.dim + tile * kTile;
+  scan::backward_tile(q, p, static_cast<int>(s.dstate), s.softplus, w, o.dA + c0 * s.dstate, o.dD + c0,
+                      o.dbias + c0);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -330,15 +170,6 @@ int validate_shape(const ssm_scan_shape* shape) {
   return SSM_OK;
 }
 
-// Returns p viewed as float32: p itself for float32, else a converted copy held in `store`.
-const float* as_float(int dtype, const void* p, int64_t n, int threads, std::vector<float>& store) {
-  if (p == nullptr) return nullptr;
-  if (dtype == SSM_FLOAT32) return static_cast<const float*>(p);
-  store.resize(static_cast<size_t>(n));
-  convert_to_float(dtype, p, store.data(), n, threads);
-  return store.data();
-}
-
 struct ConvertedInputs {
   std::vector<float> A, Bs, Cs, Ds, bias;
 };
@@ -348,6 +179,7 @@ ScanArgs make_args(const ssm_scan_shape* shape, const void* u, const void* delta
   const int64_t channels = shape->groups * shape->dim;
   const int64_t n_bc = shape->batch * shape->groups * shape->dstate * shape->length;
   const int dt = shape->dtype;
+  using scan::as_float;
   ScanArgs s;
   s.u = u;
   s.delta = delta;
@@ -405,7 +237,7 @@ int scan_backward(const ssm_scan_shape* shape, const void* u, const void* delta,
   // ~64 items in all, never more than the tiles of a group.
   const int64_t tiles = (s.dim + kTile - 1) / kTile;
   const int64_t bg_count = s.batch * s.groups;
-  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(tiles, (64 + bg_count - 1) / bg_count));
+  const int64_t splits = scan::backward_splits(tiles, bg_count);
   std::vector<float> bc_partial;  // [bg][split][2][N*L] when splits > 1
   if (splits > 1) bc_partial.assign(static_cast<size_t>(bg_count * splits * 2 * slab), 0.0f);
   std::vector<float> per_batch(static_cast<size_t>(s.batch * channels * (s.dstate + 2)), 0.0f);
@@ -418,11 +250,8 @@ int scan_backward(const ssm_scan_shape* shape, const void* u, const void* delta,
   std::atomic<int> failed(0);
   parallel_for(items, threads, work, [&](int64_t i0, int64_t i1) {
     try {
-      BackwardScratch w;
-      const int64_t chunks = (s.length + kChunk - 1) / kChunk;
-      w.ckpt.assign(static_cast<size_t>(chunks * s.dstate * kTile), 0.0f);
-      w.states.assign(static_cast<size_t>((kChunk + 1) * s.dstate * kTile), 0.0f);
-      w.decay.assign(static_cast<size_t>(kChunk * s.dstate * kTile), 0.0f);
+      scan::BackwardScratch w;
+      w.reserve(s.length, s.dstate);
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t bg = i / splits, sp = i % splits;
         const int64_t b = bg / s.groups, g = bg % s.groups;
@@ -467,20 +296,7 @@ int scan_backward(const ssm_scan_shape* shape, const void* u, const void* delta,
     });
   }
   // reduce the per-batch partials in batch order
-  for (int64_t j = 0; j < channels * s.dstate; ++j) {
-    float acc = 0.0f;
-    for (int64_t b = 0; b < s.batch; ++b) acc += pb_dA[b * channels * s.dstate + j];
-    dA[j] = acc;
-  }
-  for (int64_t c = 0; c < channels; ++c) {
-    float accD = 0.0f, accb = 0.0f;
-    for (int64_t b = 0; b < s.batch; ++b) {
-      accD += pb_dD[b * channels + c];
-      accb += pb_db[b * channels + c];
-    }
-    if (dDs) dDs[c] = accD;
-    if (d_delta_bias) d_delta_bias[c] = accb;
-  }
+  scan::reduce_batch_partials(s.batch, channels, s.dstate, pb_dA, pb_dD, pb_db, dA, dDs, d_delta_bias);
   return SSM_OK;
 }
 
