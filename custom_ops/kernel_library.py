@@ -33,6 +33,7 @@ SSM_OK = 0
 _DTYPE_CODES = {torch.float32: SSM_FLOAT32, torch.float16: SSM_FLOAT16, torch.bfloat16: SSM_BFLOAT16}
 
 MAX_DSTATE = 16
+SCAN_2D_DIRECTIONS = 4  # SelectiveScan2D: SS2D's four directions, the only value of domain version 2
 
 
 class KernelLibraryError(RuntimeError):
@@ -48,6 +49,21 @@ class ScanShape(ctypes.Structure):
         ("dim", ctypes.c_int64),
         ("dstate", ctypes.c_int64),
         ("length", ctypes.c_int64),
+        ("delta_softplus", ctypes.c_int32),
+        ("dtype", ctypes.c_int32),
+    ]
+
+
+class Scan2DShape(ctypes.Structure):
+    """Mirror of `ssm_scan2d_shape`."""
+
+    _fields_ = [
+        ("batch", ctypes.c_int64),
+        ("height", ctypes.c_int64),
+        ("width", ctypes.c_int64),
+        ("dim", ctypes.c_int64),
+        ("directions", ctypes.c_int64),
+        ("dstate", ctypes.c_int64),
         ("delta_softplus", ctypes.c_int32),
         ("dtype", ctypes.c_int32),
     ]
@@ -81,6 +97,7 @@ class DeformShape(ctypes.Structure):
 
 _P = ctypes.c_void_p
 _SCAN = ctypes.POINTER(ScanShape)
+_SCAN2D = ctypes.POINTER(Scan2DShape)
 _DEFORM = ctypes.POINTER(DeformShape)
 _I = ctypes.c_int
 
@@ -91,6 +108,9 @@ _COMMON_SIGNATURES = {
 _CPU_SIGNATURES = {
     "ssm_selective_scan_fwd_cpu": ([_SCAN, _P, _P, _P, _P, _P, _P, _P, _P, _I], _I),
     "ssm_selective_scan_bwd_cpu": ([_SCAN, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I], _I),
+    "ssm_selective_scan_2d_fwd_cpu": ([_SCAN2D, _P, _P, _P, _P, _P, _P, _P, _P, _I], _I),
+    "ssm_selective_scan_2d_bwd_cpu": ([_SCAN2D, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I],
+                                      _I),
     "ssm_deform_aggregate_fwd_cpu": ([_DEFORM, _P, _P, _P, _I], _I),
     "ssm_deform_aggregate_bwd_cpu": ([_DEFORM, _P, _P, _P, _P, _P, _I], _I),
 }
@@ -99,6 +119,10 @@ _CUDA_SIGNATURES = {
     "ssm_selective_scan_bwd_cuda_workspace_size": ([_SCAN], ctypes.c_size_t),
     "ssm_selective_scan_bwd_cuda": ([_SCAN, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P],
                                     _I),
+    "ssm_selective_scan_2d_fwd_cuda": ([_SCAN2D, _P, _P, _P, _P, _P, _P, _P, _P, _P], _I),
+    "ssm_selective_scan_2d_bwd_cuda_workspace_size": ([_SCAN2D], ctypes.c_size_t),
+    "ssm_selective_scan_2d_bwd_cuda": ([_SCAN2D, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P,
+                                        _P], _I),
     "ssm_deform_aggregate_fwd_cuda": ([_DEFORM, _P, _P, _P, _P], _I),
     "ssm_deform_aggregate_bwd_cuda": ([_DEFORM, _P, _P, _P, _P, _P, _P], _I),
 }
@@ -368,6 +392,105 @@ def selective_scan_bwd(u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus, dy):
     return du, d_delta, cast(dA), cast(dBs), cast(dCs), cast(dDs), cast(d_bias)
 
 
+def _scan2d_prepare(op, x, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus, dy=None):
+    named = [("x", x), ("delta", delta), ("A", A), ("Bs", Bs), ("Cs", Cs), ("Ds", Ds), ("delta_bias", delta_bias)]
+    if dy is not None:
+        named.append(("dy", dy))
+    dtype, device = _check_tensors(op, named)
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must have shape (batch, height, width, dim), got {tuple(x.shape)}")
+    if Bs.dim() != 5:
+        raise ValueError(f"{op}: Bs must have shape (batch, height, width, directions, dstate), "
+                         f"got {tuple(Bs.shape)}")
+    batch, height, width, dim = x.shape
+    directions, dstate = Bs.shape[3], Bs.shape[4]
+    if directions != SCAN_2D_DIRECTIONS:
+        raise ValueError(f"{op}: Bs.shape[3] is the number of directions, which must be {SCAN_2D_DIRECTIONS}, "
+                         f"got {directions}")
+    if not 1 <= dstate <= MAX_DSTATE:
+        raise ValueError(f"{op}: dstate (Bs.shape[4]) must be in 1..{MAX_DSTATE}, got {dstate}")
+    channels = directions * dim
+    _check_shape(op, "delta", delta, (batch, height, width, channels))
+    _check_shape(op, "A", A, (channels, dstate))
+    _check_shape(op, "Bs", Bs, (batch, height, width, directions, dstate))
+    _check_shape(op, "Cs", Cs, (batch, height, width, directions, dstate))
+    if Ds is not None:
+        _check_shape(op, "Ds", Ds, (channels,))
+    if delta_bias is not None:
+        _check_shape(op, "delta_bias", delta_bias, (channels,))
+    if dy is not None:
+        _check_shape(op, "dy", dy, x.shape)
+    shape = Scan2DShape(batch, height, width, dim, directions, dstate, 1 if delta_softplus else 0,
+                        _DTYPE_CODES[dtype])
+    _raise_on_limit(op, scan2d_limit_error(batch, height, width, dim, directions, dstate, device.type))
+    return shape, dtype, device
+
+
+def selective_scan_2d_fwd(x, delta, A, Bs, Cs, Ds=None, delta_bias=None, delta_softplus=True) -> torch.Tensor:
+    """SelectiveScan2D forward with the compiled kernels; returns y (B, H, W, D) in x's dtype."""
+    op = "SelectiveScan2D"
+    shape, dtype, device = _scan2d_prepare(op, x, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus)
+    y = torch.empty(x.shape, dtype=dtype, device=device)
+    if y.numel() == 0:
+        return y
+    x, delta, A, Bs, Cs, Ds, delta_bias = (_contig(t) for t in (x, delta, A, Bs, Cs, Ds, delta_bias))
+    lib = _backend(op, device)
+    args = (ctypes.byref(shape), _ptr(x), _ptr(delta), _ptr(A), _ptr(Bs), _ptr(Cs), _ptr(Ds), _ptr(delta_bias),
+            _ptr(y))
+    if device.type == "cpu":
+        fn = "ssm_selective_scan_2d_fwd_cpu"
+        status = lib.ssm_selective_scan_2d_fwd_cpu(*args, _num_threads())
+    else:
+        fn = "ssm_selective_scan_2d_fwd_cuda"
+        with torch.cuda.device(device):
+            status = lib.ssm_selective_scan_2d_fwd_cuda(*args, _stream(device))
+    _raise_on_error(op, lib, status, fn)
+    return y
+
+
+def selective_scan_2d_bwd(x, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus, dy):
+    """SelectiveScan2D backward: the forward's arguments, then dy (B, H, W, D).
+
+    Returns (dx, d_delta, dA, dBs, dCs, dDs, d_delta_bias) in the inputs' dtype; dDs / d_delta_bias are
+    None when Ds / delta_bias are None.
+    """
+    op = "SelectiveScan2D backward"
+    shape, dtype, device = _scan2d_prepare(op, x, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus, dy)
+    f32 = dict(dtype=torch.float32, device=device)
+    dx = torch.empty(x.shape, dtype=dtype, device=device)   # every output is overwritten by the kernel
+    d_delta = torch.empty(delta.shape, dtype=dtype, device=device)
+    dA = torch.empty(A.shape, **f32)
+    dBs = torch.empty(Bs.shape, **f32)
+    dCs = torch.empty(Cs.shape, **f32)
+    dDs = torch.empty(A.shape[0], **f32) if Ds is not None else None
+    d_bias = torch.empty(A.shape[0], **f32) if delta_bias is not None else None
+    if dx.numel() > 0:
+        x, delta, A, Bs, Cs, Ds, delta_bias, dy = (_contig(t) for t in (x, delta, A, Bs, Cs, Ds, delta_bias, dy))
+        lib = _backend(op, device)
+        args = (ctypes.byref(shape), _ptr(x), _ptr(delta), _ptr(A), _ptr(Bs), _ptr(Cs), _ptr(Ds),
+                _ptr(delta_bias), _ptr(dy), _ptr(dx), _ptr(d_delta), _ptr(dA), _ptr(dBs), _ptr(dCs), _ptr(dDs),
+                _ptr(d_bias))
+        if device.type == "cpu":
+            fn = "ssm_selective_scan_2d_bwd_cpu"
+            status = lib.ssm_selective_scan_2d_bwd_cpu(*args, _num_threads())
+        else:
+            fn = "ssm_selective_scan_2d_bwd_cuda"
+            with torch.cuda.device(device):
+                size = int(lib.ssm_selective_scan_2d_bwd_cuda_workspace_size(ctypes.byref(shape)))
+                workspace = torch.empty(max(size, 1), dtype=torch.uint8, device=device)
+                status = lib.ssm_selective_scan_2d_bwd_cuda(*args, _ptr(workspace), _stream(device))
+        _raise_on_error(op, lib, status, fn)
+    else:  # nothing to scan: all gradients are zero
+        for t in (dx, d_delta, dA, dBs, dCs, dDs, d_bias):
+            if t is not None:
+                t.zero_()
+
+    def cast(t):
+        return None if t is None else t.to(dtype)
+
+    return dx, d_delta, cast(dA), cast(dBs), cast(dCs), cast(dDs), cast(d_bias)
+
+
 # ------------------------------------------------------------------------------------------------
 # Shape limits of the kernels (docs/ops.md, "Limits"). The C entry points enforce them (SSM_ERR_BAD_SIZE
 # before any memory access); these mirrors turn them into a ValueError that names the limit.
@@ -406,6 +529,24 @@ def scan_limit_error(batch, groups, dim, dstate, length, device_type) -> Optiona
     blocks = max(-(-rows // fwd_rows), batch * groups * -(-dim // bwd_rows))
     if blocks > CUDA_MAX_BLOCKS:
         return f"B*G*D = {rows} needs a launch grid of {blocks} blocks, more than the 2^31 - 1 CUDA allows"
+    return None
+
+
+def scan2d_limit_error(batch, height, width, dim, directions, dstate, device_type) -> Optional[str]:
+    """Why the `device_type` kernels refuse this SelectiveScan2D shape, or None. The CPU kernels' limits are
+    mirrored here; the CUDA library checks its own and refuses with SSM_ERR_BAD_SIZE (a RuntimeError)."""
+    if min(batch, height, width, dim) < 1:
+        return None  # nothing to scan: the kernels are not called
+    if directions != SCAN_2D_DIRECTIONS:
+        return f"directions = {directions}; the kernels take {SCAN_2D_DIRECTIONS}"
+    if not 1 <= dstate <= MAX_DSTATE:
+        return f"dstate {dstate} is outside 1..{MAX_DSTATE}"
+    if device_type != "cpu":
+        return None
+    positions = batch * height * width
+    biggest = max(positions * directions * dim, positions * directions * dstate, batch * directions * dim * dstate)
+    if biggest > CPU_MAX_ELEMENTS:
+        return f"a tensor of {biggest} elements exceeds the CPU kernels' limit of 2^60 - 1"
     return None
 
 

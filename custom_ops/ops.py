@@ -1,6 +1,6 @@
 """The operator layer the models call.
 
-`selective_scan` and `deform_aggregate` validate their arguments, bring the small parameters to the
+`selective_scan`, `selective_scan_2d` and `deform_aggregate` validate their arguments, bring the small parameters to the
 dtype of the activations, and call the torch.library ops (`torch.ops.ssmpose.*`), which run the
 compiled kernel for the device or, when it is unavailable, the reference (see torch_ops.py).
 `force_reference()` makes every call use the reference directly (for parity checks).
@@ -14,6 +14,7 @@ import torch
 from . import reference, torch_ops  # noqa: F401  (torch_ops registers torch.ops.ssmpose.*)
 
 _use_reference = False
+SCAN_2D_DIRECTIONS = reference.SCAN_2D_DIRECTIONS
 
 
 @contextlib.contextmanager
@@ -56,6 +57,31 @@ def check_selective_scan_args(u, delta, A, Bs, Cs, Ds=None, delta_bias=None) -> 
             _check(t.device == u.device, op, f"{name} is on {t.device}, u on {u.device}")
 
 
+def check_selective_scan_2d_args(x, delta, A, Bs, Cs, Ds=None, delta_bias=None) -> None:
+    op = "SelectiveScan2D"
+    _check(x.dim() == 4, op, f"x must be (B, H, W, D), got shape {tuple(x.shape)}")
+    batch, height, width, dim = x.shape
+    _check(Bs.dim() == 5, op, f"Bs must be (B, H, W, K, N), got shape {tuple(Bs.shape)}")
+    directions, dstate = Bs.shape[3], Bs.shape[4]
+    _check(tuple(Bs.shape[:3]) == (batch, height, width), op,
+           f"Bs shape {tuple(Bs.shape)} does not match x (B, H, W) = {(batch, height, width)}")
+    _check(directions == SCAN_2D_DIRECTIONS, op,
+           f"Bs.shape[3] is the number of directions K, which must be {SCAN_2D_DIRECTIONS}, got {directions}")
+    _check(Cs.shape == Bs.shape, op, f"Cs shape {tuple(Cs.shape)} != Bs shape {tuple(Bs.shape)}")
+    channels = directions * dim
+    _check(tuple(delta.shape) == (batch, height, width, channels), op,
+           f"delta must be (B, H, W, K*D) = {(batch, height, width, channels)}, got {tuple(delta.shape)}")
+    _check(tuple(A.shape) == (channels, dstate), op, f"A must be ({channels}, {dstate}), got {tuple(A.shape)}")
+    for name, t in (("Ds", Ds), ("delta_bias", delta_bias)):
+        if t is not None:
+            _check(tuple(t.shape) == (channels,), op, f"{name} must be ({channels},), got {tuple(t.shape)}")
+    for name, t in (("x", x), ("delta", delta), ("A", A), ("Bs", Bs), ("Cs", Cs), ("Ds", Ds),
+                    ("delta_bias", delta_bias)):
+        if t is not None:
+            _check(t.is_floating_point(), op, f"{name} must be floating point, got {t.dtype}")
+            _check(t.device == x.device, op, f"{name} is on {t.device}, x on {x.device}")
+
+
 def check_deform_aggregate_args(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                                 dilation_h, dilation_w, group, group_channels, remove_center) -> None:
     op = "DeformAggregate"
@@ -94,6 +120,19 @@ def selective_scan(u, delta, A, Bs, Cs, Ds=None, delta_bias=None, delta_softplus
         return reference.selective_scan_chunked(u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus,
                                                 chunk_size=torch_ops.REFERENCE_SCAN_CHUNK)
     return torch.ops.ssmpose.selective_scan(u, delta, A, Bs, Cs, Ds, delta_bias, int(delta_softplus))
+
+
+def selective_scan_2d(x, delta, A, Bs, Cs, Ds=None, delta_bias=None, delta_softplus: bool = True):
+    """SS2D's four-direction scan, channel-last (docs/ops.md, SelectiveScan2D): x (B, H, W, D),
+    delta (B, H, W, 4*D), A (4*D, N), Bs/Cs (B, H, W, 4, N), Ds/delta_bias (4*D) or None -> (B, H, W, D)."""
+    check_selective_scan_2d_args(x, delta, A, Bs, Cs, Ds, delta_bias)
+    dt = x.dtype
+    delta, A, Bs, Cs = (t.to(dt) for t in (delta, A, Bs, Cs))
+    Ds, delta_bias = (t.to(dt) if t is not None else None for t in (Ds, delta_bias))
+    if _use_reference:
+        return reference.selective_scan_2d_reference(x, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus,
+                                                     chunk_size=torch_ops.REFERENCE_SCAN_CHUNK)
+    return torch.ops.ssmpose.selective_scan_2d(x, delta, A, Bs, Cs, Ds, delta_bias, int(delta_softplus))
 
 
 def deform_aggregate(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,

@@ -58,6 +58,7 @@ DEFAULT_SCAN_LOWERING = "matrix"
 DEFAULT_CHUNKS = {"matrix": 32, "doubling": 64}   # measured best on 2 CPU cores (docs/export.md)
 DEFAULT_CHUNK = DEFAULT_CHUNKS[DEFAULT_SCAN_LOWERING]
 SOFTPLUS_THRESHOLD = reference.SOFTPLUS_THRESHOLD
+SCAN_2D_DIRECTIONS = reference.SCAN_2D_DIRECTIONS
 DOMAIN = "ssmpose"
 DEFORM_ATTRIBUTES = ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w", "dilation_h", "dilation_w",
                      "group", "group_channels", "offset_scale", "remove_center")
@@ -179,17 +180,26 @@ def selective_scan_subgraph(op, u, delta, A, Bs, Cs, Ds=None, delta_bias=None, d
     """Emit SelectiveScan (inputs as in docs/ops.md) through `op`; returns y (type of u)."""
     chunk_size = check_scan_options(chunk_size, method)
     channels, length = _static(u, 1, "channels"), _static(u, 2, "sequence length")
-    # A chunk longer than the sequence would only pad it: GLSMamba's per-pixel temporal scans (L = 5, one
-    # sequence per pixel) padded to 32 made 6 GB decay matrices.
-    chunk_size = min(chunk_size, length)
     groups, dstate = _static(Bs, 1, "groups"), _static(Bs, 2, "state size")
-    dim = channels // groups
     ct = _compute_type(u)
     out_type = u.dtype
     u, delta, A, Bs, Cs = (_to(op, t, ct) for t in (u, delta, A, Bs, Cs))
+    Ds, delta_bias = (None if t is None else _to(op, t, ct) for t in (Ds, delta_bias))
+    y = _scan_core(op, u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus, chunk_size, method, channels, length,
+                   groups, dstate, ct)
+    return _to(op, y, out_type, current=ct)
+
+
+def _scan_core(op, u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus: int, chunk_size: int, method: str,
+               channels: int, length: int, groups: int, dstate: int, ct):
+    """SelectiveScan on inputs already in the compute type `ct` (static sizes given); returns y in `ct`."""
+    # A chunk longer than the sequence would only pad it: GLSMamba's per-pixel temporal scans (L = 5, one
+    # sequence per pixel) padded to 32 made 6 GB decay matrices.
+    chunk_size = min(chunk_size, length)
+    dim = channels // groups
     dt = delta
     if delta_bias is not None:
-        dt = op.Add(dt, op.Reshape(_to(op, delta_bias, ct), [channels, 1]))
+        dt = op.Add(dt, op.Reshape(delta_bias, [channels, 1]))
     if delta_softplus:  # log(1 + exp(dt)) up to the threshold, identity above (as the kernels do)
         limit = _scalar(op, SOFTPLUS_THRESHOLD, ct)
         soft = op.Log(op.Add(op.Exp(op.Min(dt, limit)), _scalar(op, 1, ct)))
@@ -205,8 +215,66 @@ def selective_scan_subgraph(op, u, delta, A, Bs, Cs, Ds=None, delta_bias=None, d
     y = op.ReduceSum(op.Mul(h, op.Reshape(Cs, [-1, groups, 1, dstate, length])), [3], keepdims=0)
     y = op.Reshape(y, [-1, channels, length])
     if Ds is not None:
-        y = op.Add(y, op.Mul(op.Reshape(_to(op, Ds, ct), [channels, 1]), u))
-    return _to(op, y, out_type, current=ct)
+        y = op.Add(y, op.Mul(op.Reshape(Ds, [channels, 1]), u))
+    return y
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SelectiveScan2D
+
+def direction_positions(height: int, width: int) -> np.ndarray:
+    """(4, H*W) int64: entry [k, t] is the position h*W + w that direction k visits at step t (docs/ops.md)."""
+    rows = np.arange(height * width, dtype=np.int64)
+    cols = rows.reshape(height, width).T.reshape(-1)
+    return np.stack([rows, cols, rows[::-1], cols[::-1]])
+
+
+def selective_scan_2d_subgraph(op, x, delta, A, Bs, Cs, Ds=None, delta_bias=None, delta_softplus: int = 1,
+                               chunk_size: int = None, method: str = DEFAULT_SCAN_LOWERING):
+    """Emit SelectiveScan2D (docs/ops.md) through `op`; returns y (type of x).
+
+    Its definition as standard ops: one Gather per input lays the four directions' sequences out as
+    SelectiveScan's groups (constant position indices, so the node count does not depend on H and W), the
+    SelectiveScan lowering scans them, and one Gather plus a ReduceSum maps the directions back to row-major
+    positions and sums them. Everything in float32 (float64 for float64 inputs), cast back once at the end.
+    """
+    chunk_size = check_scan_options(chunk_size, method)
+    height, width, dim = (_static(x, axis, what) for axis, what in ((1, "height"), (2, "width"), (3, "channels")))
+    directions, dstate = _static(Bs, 3, "directions"), _static(Bs, 4, "state size")
+    if directions != SCAN_2D_DIRECTIONS:
+        raise ValueError(f"portable ONNX lowering: SelectiveScan2D has {SCAN_2D_DIRECTIONS} directions, "
+                         f"Bs.shape[3] is {directions}")
+    length, channels = height * width, directions * dim
+    ct = _compute_type(x)
+    out_type = x.dtype
+    x, delta, A, Bs, Cs = (_to(op, t, ct) for t in (x, delta, A, Bs, Cs))
+    Ds, delta_bias = (None if t is None else _to(op, t, ct) for t in (Ds, delta_bias))
+
+    ir = _ir()
+    positions = direction_positions(height, width)                                   # [k, t] -> position
+    direction = np.arange(directions, dtype=np.int64)[:, None]
+
+    def indices(array):
+        return op.Constant(value=ir.tensor(np.ascontiguousarray(array, dtype=np.int64), dtype=ir.DataType.INT64))
+
+    # (B, L, ...) rows in every direction's order: [b, k, t] = row positions[k, t]; for tensors with a
+    # direction axis (delta, Bs, Cs) the row of (position p, direction k) is p*K + k.
+    x_seq = op.Gather(op.Reshape(x, [-1, length, dim]), indices(positions), axis=1)               # (B, K, L, D)
+    by_direction = indices(positions * directions + direction)
+    delta_seq = op.Gather(op.Reshape(delta, [-1, length * directions, dim]), by_direction, axis=1)
+    Bs_seq = op.Gather(op.Reshape(Bs, [-1, length * directions, dstate]), by_direction, axis=1)  # (B, K, L, N)
+    Cs_seq = op.Gather(op.Reshape(Cs, [-1, length * directions, dstate]), by_direction, axis=1)
+    u = op.Reshape(op.Transpose(x_seq, perm=[0, 1, 3, 2]), [-1, channels, length])
+    dts = op.Reshape(op.Transpose(delta_seq, perm=[0, 1, 3, 2]), [-1, channels, length])
+    y = _scan_core(op, u, dts, A, op.Transpose(Bs_seq, perm=[0, 1, 3, 2]), op.Transpose(Cs_seq, perm=[0, 1, 3, 2]),
+                   Ds, delta_bias, delta_softplus, chunk_size, method, channels, length, directions, dstate, ct)
+
+    # back to positions: [b, k, p] = y of direction k at the step that visits p, summed over k
+    steps = np.argsort(positions, axis=1)                                             # [k, p] -> step
+    y = op.Reshape(op.Transpose(op.Reshape(y, [-1, directions, dim, length]), perm=[0, 1, 3, 2]),
+                   [-1, directions * length, dim])
+    y = op.ReduceSum(op.Gather(y, indices(steps + direction * length), axis=1), [1], keepdims=0)  # (B, L, D)
+    return _to(op, op.Reshape(y, [-1, height, width, dim]), out_type, current=ct)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -297,6 +365,13 @@ def _lower_node(node, chunk_size: int, method: str):
     if node.op_type == "SelectiveScan":
         out = selective_scan_subgraph(builder, *inputs[:7], delta_softplus=int(attrs.get("delta_softplus", 1)),
                                       chunk_size=chunk_size, method=method)
+    elif node.op_type == "SelectiveScan2D":
+        directions = int(attrs.get("directions", SCAN_2D_DIRECTIONS))
+        if directions != SCAN_2D_DIRECTIONS:
+            raise ValueError(f"{DOMAIN}::SelectiveScan2D: attribute directions must be {SCAN_2D_DIRECTIONS}, "
+                             f"got {directions}")
+        out = selective_scan_2d_subgraph(builder, *inputs[:7], delta_softplus=int(attrs.get("delta_softplus", 1)),
+                                         chunk_size=chunk_size, method=method)
     elif node.op_type == "DeformAggregate":
         values = {name: attrs.get(name, _DEFORM_DEFAULTS[name]) for name in DEFORM_ATTRIBUTES}
         out = deform_aggregate_subgraph(builder, inputs[0], inputs[1], **values)
@@ -342,8 +417,13 @@ def translation_table(chunk_size: int = None, method: str = DEFAULT_SCAN_LOWERIN
         return selective_scan_subgraph(opset18, u, delta, A, Bs, Cs, Ds, delta_bias, int(delta_softplus),
                                        chunk_size=chunk_size, method=method)
 
+    def selective_scan_2d(x, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus: int):
+        return selective_scan_2d_subgraph(opset18, x, delta, A, Bs, Cs, Ds, delta_bias, int(delta_softplus),
+                                          chunk_size=chunk_size, method=method)
+
     def deform_aggregate(value, offset_mask, *attributes):
         return deform_aggregate_subgraph(opset18, value, offset_mask, *attributes)
 
     return {torch.ops.ssmpose.selective_scan.default: selective_scan,
+            torch.ops.ssmpose.selective_scan_2d.default: selective_scan_2d,
             torch.ops.ssmpose.deform_aggregate.default: deform_aggregate}

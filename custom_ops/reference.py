@@ -103,6 +103,58 @@ def selective_scan_chunked(u, delta, A, Bs, Cs, Ds=None, delta_bias=None, delta_
     return _scan_output(y.reshape(u.shape), s["u"], Ds, u.dtype, u.shape)
 
 
+SCAN_2D_DIRECTIONS = 4
+
+
+def _in_direction_order(t: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, H, W, ...) -> (B, H*W, ...): the positions in the order direction k visits them (docs/ops.md:
+    0 row-major, 1 column-major, 2 and 3 their reverses)."""
+    b, h, w = t.shape[:3]
+    seq = (t if k % 2 == 0 else t.transpose(1, 2)).reshape(b, h * w, *t.shape[3:])
+    return seq.flip(1) if k >= 2 else seq
+
+
+def _from_direction_order(seq: torch.Tensor, k: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of `_in_direction_order`: (B, H*W, ...) in direction k's order -> (B, H, W, ...)."""
+    if k >= 2:
+        seq = seq.flip(1)
+    rest = seq.shape[2:]
+    if k % 2 == 0:
+        return seq.reshape(seq.shape[0], height, width, *rest)
+    return seq.reshape(seq.shape[0], width, height, *rest).transpose(1, 2)
+
+
+def selective_scan_2d_reference(x, delta, A, Bs, Cs, Ds=None, delta_bias=None, delta_softplus=True,
+                                chunk_size=None):
+    """SelectiveScan2D by its definition (docs/ops.md): cross-scan, SelectiveScan, cross-merge.
+
+    x (B, H, W, D), delta (B, H, W, 4*D), A (4*D, N), Bs/Cs (B, H, W, 4, N), Ds/delta_bias (4*D) or None ->
+    y (B, H, W, D). The four directions' sequences are laid out as SelectiveScan's groups (direction k in
+    channels k*D .. k*D+D-1, B/C in group k), scanned by `selective_scan_reference` (sequential), or by
+    `selective_scan_chunked` when a chunk_size is given, and mapped back to row-major and summed. The sum
+    is taken in the compute dtype (float32 for float16/bfloat16 inputs) and cast once, as the kernels do.
+    """
+    batch, height, width, dim = x.shape
+    k_dirs = SCAN_2D_DIRECTIONS
+    ct = _compute_dtype(x)
+    x_, delta_, A_, Bs_, Cs_ = (t.to(ct) for t in (x, delta, A, Bs, Cs))
+    Ds_, bias_ = (None if t is None else t.to(ct) for t in (Ds, delta_bias))
+    delta_ = delta_.reshape(batch, height, width, k_dirs, dim)
+    u = torch.cat([_in_direction_order(x_, k) for k in range(k_dirs)], dim=2)                 # (B, L, K*D)
+    dts = torch.cat([_in_direction_order(delta_[..., k, :], k) for k in range(k_dirs)], dim=2)
+    bs = torch.stack([_in_direction_order(Bs_[..., k, :], k) for k in range(k_dirs)], dim=1)  # (B, K, L, N)
+    cs = torch.stack([_in_direction_order(Cs_[..., k, :], k) for k in range(k_dirs)], dim=1)
+    args = (u.transpose(1, 2), dts.transpose(1, 2), A_, bs.transpose(2, 3), cs.transpose(2, 3), Ds_, bias_,
+            delta_softplus)
+    if chunk_size is None:
+        ys = selective_scan_reference(*args)
+    else:
+        ys = selective_scan_chunked(*args, chunk_size=chunk_size)
+    ys = ys.transpose(1, 2).reshape(batch, height * width, k_dirs, dim)                          # (B, L, K, D)
+    y = sum(_from_direction_order(ys[:, :, k], k, height, width) for k in range(k_dirs))
+    return y.to(x.dtype)
+
+
 def deform_sampling_points(kernel_h: int, kernel_w: int, remove_center: int):
     """Kernel (i, j) pairs in docs/ops.md order: x index i outer, y index j inner, centre skipped."""
     points = []

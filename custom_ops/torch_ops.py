@@ -1,4 +1,5 @@
-"""The torch.library operators `ssmpose::selective_scan` and `ssmpose::deform_aggregate`.
+"""The torch.library operators `ssmpose::selective_scan`, `ssmpose::selective_scan_2d` and
+`ssmpose::deform_aggregate`.
 
 Each operator is declared once. Its implementation runs the compiled kernel for the tensors' device
 (CPU or CUDA, float32/float16/bfloat16) and falls back to the PyTorch reference, with a one-time
@@ -94,6 +95,60 @@ def _scan_backward(ctx, dy):
 
 
 selective_scan.register_autograd(_scan_backward, setup_context=_scan_setup)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SelectiveScan2D (channel-last, SS2D's four directions in one op)
+
+@torch.library.custom_op("ssmpose::selective_scan_2d", mutates_args=())
+def selective_scan_2d(x: Tensor, delta: Tensor, A: Tensor, Bs: Tensor, Cs: Tensor, Ds: Optional[Tensor],
+                      delta_bias: Optional[Tensor], delta_softplus: int) -> Tensor:
+    if compiled_kernels_for(x):
+        return kl.selective_scan_2d_fwd(x, delta, A, Bs, Cs, Ds, delta_bias, bool(delta_softplus))
+    return reference.selective_scan_2d_reference(x, delta, A, Bs, Cs, Ds, delta_bias, bool(delta_softplus),
+                                                 chunk_size=REFERENCE_SCAN_CHUNK)
+
+
+@selective_scan_2d.register_fake
+def _(x, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("ssmpose::selective_scan_2d_backward", mutates_args=())
+def selective_scan_2d_backward(x: Tensor, delta: Tensor, A: Tensor, Bs: Tensor, Cs: Tensor, Ds: Optional[Tensor],
+                               delta_bias: Optional[Tensor], delta_softplus: int,
+                               dy: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (dx, d_delta, dA, dBs, dCs, dDs, d_delta_bias); dDs/d_delta_bias are zeros when absent."""
+    if not compiled_kernels_for(x):
+        raise RuntimeError("ssmpose::selective_scan_2d_backward needs the compiled kernels; without them the "
+                           "gradient is taken through the reference by autograd")
+    grads = kl.selective_scan_2d_bwd(x, delta, A, Bs, Cs, Ds, delta_bias, bool(delta_softplus), dy)
+    channels = A.shape[0]
+    return tuple(g if g is not None else x.new_zeros(channels) for g in grads)
+
+
+@selective_scan_2d_backward.register_fake
+def _(x, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus, dy):
+    channels = A.shape[0]
+    return (torch.empty_like(x), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(Bs),
+            torch.empty_like(Cs), x.new_empty(channels), x.new_empty(channels))
+
+
+def _scan_2d_backward(ctx, dy):
+    x, delta, A, Bs, Cs, Ds, delta_bias = ctx.saved_tensors
+    if compiled_kernels_for(x):
+        dx, d_delta, dA, dBs, dCs, dDs, d_bias = torch.ops.ssmpose.selective_scan_2d_backward(
+            x, delta, A, Bs, Cs, Ds, delta_bias, ctx.delta_softplus, dy.contiguous())
+    else:
+        dx, d_delta, dA, dBs, dCs, dDs, d_bias = _reference_grads(
+            lambda *t: reference.selective_scan_2d_reference(*t, bool(ctx.delta_softplus),
+                                                             chunk_size=REFERENCE_SCAN_CHUNK),
+            (x, delta, A, Bs, Cs, Ds, delta_bias), dy)
+    return (dx, d_delta, dA, dBs, dCs, dDs if Ds is not None else None,
+            d_bias if delta_bias is not None else None, None)
+
+
+selective_scan_2d.register_autograd(_scan_2d_backward, setup_context=_scan_setup)
 
 
 # ---------------------------------------------------------------------------------------------------------

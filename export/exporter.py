@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from .metadata import build_metadata, write_metadata
-from .schemas import DOMAIN, DOMAIN_VERSION, register_schemas
+from .schemas import DOMAIN, op_domain_version, register_schemas
 
 FORMS = ("custom", "portable")
 SUPPORTED_OPSETS = (18, 19)
@@ -207,8 +207,8 @@ def _normalise(model: onnx.ModelProto, graph_name: str, form: str, opset: int) -
     model.doc_string = f"{graph_name} exported by ssmpose {__version__} ({form} form)"
     used = {n.domain for n in model.graph.node}
     imports = {"": int(opset)}
-    if DOMAIN in used:
-        imports[DOMAIN] = DOMAIN_VERSION
+    if DOMAIN in used:   # version 2 only where a SelectiveScan2D node needs it
+        imports[DOMAIN] = op_domain_version(n.op_type for n in model.graph.node if n.domain == DOMAIN)
     for entry in model.opset_import:
         if entry.domain not in imports and entry.domain in used:
             imports[entry.domain] = entry.version
@@ -307,6 +307,7 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
 
     stages = {}
     traced = _trace(net, size, batch, fp16, opset, output_name, stages)
+    domain_version = op_domain_version(n.op_type for n in traced.graph if n.domain == DOMAIN)
     shared_s = time.perf_counter() - start
     results = {}
     for i, form in enumerate(forms):
@@ -321,7 +322,8 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
                                   dtype="float16" if fp16 else "float32", io_dtype="float32",
                                   chunk_size=chunk_size if form == "portable" else None,
                                   scan_lowering=scan_lowering if form == "portable" else None,
-                                  input_name=INPUT_NAME, output_name=output_name)
+                                  input_name=INPUT_NAME, output_name=output_name,
+                                  op_domain_version=domain_version)
         write_metadata(proto, metadata)
         if check:
             t = time.perf_counter()

@@ -13,7 +13,8 @@ skeleton, flip_pairs, codec                    codec: {"type", "sigma", "heatmap
 num_classes                                    classification models
 export_form, opset, dtype                      "custom"/"portable", ONNX opset, compute dtype
 chunk_size, scan_lowering                      portable form: the scan lowering's chunk and method
-op_domain, op_domain_version                   "ssmpose", 1 (the custom nodes' domain; also for portable)
+op_domain, op_domain_version                   "ssmpose", 1 (2 when the custom form has SelectiveScan2D nodes;
+                                               the custom nodes' domain, recorded for portable too)
 ssmpose_version, metadata_version              versions of the package and of this key set
 """
 from __future__ import annotations
@@ -30,8 +31,10 @@ _MODEL_KEYS = ("model", "task", "input_size", "num_frames", "dcn_variant", "data
 
 
 def build_metadata(model_meta: dict, *, input_size, batch, form: str, opset: int, dtype: str, io_dtype: str,
-                   chunk_size, input_name: str, output_name: str, scan_lowering=None) -> dict:
-    """The metadata of one export, from the model's `meta` and the export options."""
+                   chunk_size, input_name: str, output_name: str, scan_lowering=None,
+                   op_domain_version=None) -> dict:
+    """The metadata of one export, from the model's `meta` and the export options (op_domain_version: the
+    ssmpose domain version of the custom form, default 1)."""
     from .._version import __version__
     from .schemas import DOMAIN, DOMAIN_VERSION
     meta = {k: model_meta[k] for k in _MODEL_KEYS if k in model_meta}
@@ -46,7 +49,8 @@ def build_metadata(model_meta: dict, *, input_size, batch, form: str, opset: int
         "batch": batch, "input_name": input_name, "output_name": output_name, "io_dtype": io_dtype,
         "export_form": form, "opset": int(opset), "dtype": dtype,
         "chunk_size": None if chunk_size is None else int(chunk_size), "scan_lowering": scan_lowering,
-        "op_domain": DOMAIN, "op_domain_version": DOMAIN_VERSION,
+        "op_domain": DOMAIN,
+        "op_domain_version": DOMAIN_VERSION if op_domain_version is None else int(op_domain_version),
         "ssmpose_version": __version__, "metadata_version": METADATA_VERSION,
     })
     return meta

@@ -1,4 +1,8 @@
-"""ONNX operator schemas of the `ssmpose` domain (version 1), with type and shape inference.
+"""ONNX operator schemas of the `ssmpose` domain, with type and shape inference.
+
+Domain version 1 has SelectiveScan and DeformAggregate; version 2 adds SelectiveScan2D (the first two are
+unchanged, so they resolve to their version-1 schemas in a version-2 graph). A graph imports the lowest
+version that has all its ops (`op_domain_version`): graphs without SelectiveScan2D stay version 1.
 
 Registering them (`register_schemas()`, done when `ssmpose.export` is imported) lets onnxscript emit the
 nodes, lets `onnx.checker.check_model(full_check=True)` check them and lets
@@ -20,7 +24,11 @@ import onnx.defs
 from onnx import helper
 
 DOMAIN = "ssmpose"
-DOMAIN_VERSION = 1
+DOMAIN_VERSION = 1          # SelectiveScan, DeformAggregate
+SCAN_2D_DOMAIN_VERSION = 2  # SelectiveScan2D
+LATEST_DOMAIN_VERSION = SCAN_2D_DOMAIN_VERSION
+OP_SINCE_VERSION = {"SelectiveScan": DOMAIN_VERSION, "DeformAggregate": DOMAIN_VERSION,
+                    "SelectiveScan2D": SCAN_2D_DOMAIN_VERSION}
 PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = DOMAIN
 
@@ -29,6 +37,8 @@ _Param = onnx.defs.OpSchema.FormalParameter
 _Option = onnx.defs.OpSchema.FormalParameterOption
 
 SCAN_INPUTS = ("u", "delta", "A", "Bs", "Cs", "Ds", "delta_bias")
+SCAN_2D_INPUTS = ("x", "delta", "A", "Bs", "Cs", "Ds", "delta_bias")
+SCAN_2D_DIRECTIONS = 4
 DEFORM_INPUTS = ("value", "offset_mask")
 DEFORM_INT_ATTRIBUTES = ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w", "dilation_h",
                          "dilation_w", "group", "group_channels")
@@ -92,6 +102,21 @@ def _infer_selective_scan(ctx) -> None:
     ctx.set_output_type(0, _output(u.tensor_type.elem_type, _dims(u)))
 
 
+def _infer_selective_scan_2d(ctx) -> None:
+    op = "SelectiveScan2D"
+    x = ctx.get_input_type(0)
+    ranks = {"x": 4, "delta": 4, "A": 2, "Bs": 5, "Cs": 5}
+    for index, name in enumerate(SCAN_2D_INPUTS[:5]):
+        _check_rank(op, name, _dims(ctx.get_input_type(index)), ranks[name])
+    directions = _int_attr(ctx, "directions", SCAN_2D_DIRECTIONS)
+    if directions != SCAN_2D_DIRECTIONS:
+        _fail(op, f"attribute directions must be {SCAN_2D_DIRECTIONS} (domain version 2), got {directions}")
+    bdims = _dims(ctx.get_input_type(3))
+    if bdims is not None and bdims[3].HasField("dim_value") and bdims[3].dim_value != directions:
+        _fail(op, f"Bs.shape[3] must be the {directions} directions, got {bdims[3].dim_value}")
+    ctx.set_output_type(0, _output(x.tensor_type.elem_type, _dims(x)))
+
+
 def _infer_deform_aggregate(ctx) -> None:
     value, offset_mask = ctx.get_input_type(0), ctx.get_input_type(1)
     vdims, odims = _dims(value), _dims(offset_mask)
@@ -133,6 +158,25 @@ def _selective_scan_schema() -> onnx.defs.OpSchema:
     return schema
 
 
+def _selective_scan_2d_schema() -> onnx.defs.OpSchema:
+    optional = dict(param_option=_Option.Optional)
+    schema = onnx.defs.OpSchema(
+        "SelectiveScan2D", DOMAIN, SCAN_2D_DOMAIN_VERSION,
+        "SS2D's four-direction selective scan in one node, channel-last (docs/ops.md). y has the shape and "
+        "type of x.",
+        inputs=[_Param("x", "T", "(B, H, W, D)"), _Param("delta", "T", "(B, H, W, K*D)"),
+                _Param("A", "T", "(K*D, N)"), _Param("Bs", "T", "(B, H, W, K, N)"),
+                _Param("Cs", "T", "(B, H, W, K, N)"), _Param("Ds", "T", "(K*D)", **optional),
+                _Param("delta_bias", "T", "(K*D)", **optional)],
+        outputs=[_Param("y", "T", "(B, H, W, D)")],
+        type_constraints=[("T", _FLOAT_TYPES, "float tensors")],
+        attributes=[_attribute("delta_softplus", 1, "apply softplus to delta + delta_bias"),
+                    _attribute("directions", SCAN_2D_DIRECTIONS, "K, the scan directions (4: SS2D's order)")]
+        + _plugin_attributes())
+    schema.set_type_and_shape_inference_function(_infer_selective_scan_2d)
+    return schema
+
+
 def _deform_aggregate_schema() -> onnx.defs.OpSchema:
     defaults = dict(kernel_h=3, kernel_w=3, stride_h=1, stride_w=1, pad_h=1, pad_w=1, dilation_h=1, dilation_w=1,
                     group=1, group_channels=1)
@@ -153,8 +197,15 @@ def _deform_aggregate_schema() -> onnx.defs.OpSchema:
 
 def register_schemas() -> None:
     """Register the ssmpose-domain schemas in this process (idempotent)."""
-    for factory in (_selective_scan_schema, _deform_aggregate_schema):
+    for factory in (_selective_scan_schema, _deform_aggregate_schema, _selective_scan_2d_schema):
         schema = factory()
-        if onnx.defs.has(schema.name, DOMAIN_VERSION, DOMAIN):
+        if onnx.defs.has(schema.name, schema.since_version, DOMAIN):
             continue
         onnx.defs.register_schema(schema)
+
+
+def op_domain_version(op_types) -> int:
+    """The `ssmpose` domain version a graph whose ssmpose nodes have these op types must import (1 when
+    there are none)."""
+    versions = [OP_SINCE_VERSION.get(op, DOMAIN_VERSION) for op in op_types]
+    return max(versions, default=DOMAIN_VERSION)

@@ -1,25 +1,35 @@
 """torch.onnx (dynamo) translations of the ssmpose torch ops into `ssmpose`-domain ONNX nodes.
 
-`torch.ops.ssmpose.selective_scan` / `deform_aggregate` are torch.library custom ops with fake kernels,
-so `torch.export` records them as single calls without running them. The functions here are handed to
-`torch.onnx.export(..., custom_translation_table=...)`; each emits one `SelectiveScan` /
-`DeformAggregate` node with the attributes of docs/ops.md plus the TensorRT `plugin_version` /
-`plugin_namespace` attributes (DESIGN.md section 4).
+`torch.ops.ssmpose.selective_scan` / `selective_scan_2d` / `deform_aggregate` are torch.library custom ops
+with fake kernels, so `torch.export` records them as single calls without running them. The functions here
+are handed to `torch.onnx.export(..., custom_translation_table=...)`; each emits one `SelectiveScan` /
+`SelectiveScan2D` / `DeformAggregate` node with the attributes of docs/ops.md plus the TensorRT
+`plugin_version` / `plugin_namespace` attributes (DESIGN.md section 4). SelectiveScan2D is emitted through
+the version-2 opset of the domain (the exporter then imports `ssmpose` at the version the graph needs,
+`schemas.op_domain_version`).
 """
 from __future__ import annotations
 
 import onnxscript
 import torch
 
-from .schemas import DOMAIN, DOMAIN_VERSION, PLUGIN_NAMESPACE, PLUGIN_VERSION, register_schemas
+from .schemas import (DOMAIN, DOMAIN_VERSION, PLUGIN_NAMESPACE, PLUGIN_VERSION, SCAN_2D_DIRECTIONS,
+                      SCAN_2D_DOMAIN_VERSION, register_schemas)
 
 register_schemas()  # onnxscript looks the ops up by schema
 SSMPOSE = onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION)
+SSMPOSE_V2 = onnxscript.values.Opset(DOMAIN, SCAN_2D_DOMAIN_VERSION)
 
 
 def selective_scan(u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus: int):
     return SSMPOSE.SelectiveScan(u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus=int(delta_softplus),
                                  plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE)
+
+
+def selective_scan_2d(x, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus: int):
+    return SSMPOSE_V2.SelectiveScan2D(x, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus=int(delta_softplus),
+                                      directions=SCAN_2D_DIRECTIONS, plugin_version=PLUGIN_VERSION,
+                                      plugin_namespace=PLUGIN_NAMESPACE)
 
 
 def deform_aggregate(value, offset_mask, kernel_h: int, kernel_w: int, stride_h: int, stride_w: int,
@@ -36,4 +46,5 @@ def deform_aggregate(value, offset_mask, kernel_h: int, kernel_w: int, stride_h:
 def custom_translation_table() -> dict:
     """The `custom_translation_table` of the custom export form."""
     return {torch.ops.ssmpose.selective_scan.default: selective_scan,
+            torch.ops.ssmpose.selective_scan_2d.default: selective_scan_2d,
             torch.ops.ssmpose.deform_aggregate.default: deform_aggregate}
