@@ -18,9 +18,10 @@
  *    (ReleaseCustomOpDomain is member 101, the last of version 1; GetSparseTensorIndices is 191, the last
  *    of version 9; version 10 starts with HasValue = 192, KernelContext_GetGPUComputeStream = 193).
  *  - OrtCustomOp: a struct the library fills and ONNX Runtime reads, member by member up to what its
- *    `version` declares. Reproduced through the version-16 members; the members later versions appended
- *    (InferOutputShapeFn, GetStartVersion, ... from version 17) are covered by zeroed padding and are never
- *    read for a version-16 op.
+ *    `version` declares. Reproduced through the version-17 members (InferOutputShapeFn, GetStartVersion,
+ *    GetEndVersion, appended after KernelComputeV2); the members of later versions are covered by zeroed
+ *    padding. Ops declare version 16, except SelectiveScan2D (domain version 2), which declares 17 with
+ *    GetStartVersion = 2 on an ONNX Runtime >= 1.17 (see register.cpp).
  */
 #ifndef SSMPOSE_ORT_API_H
 #define SSMPOSE_ORT_API_H
@@ -41,6 +42,9 @@ extern "C" {
 #endif
 
 #define SSM_ORT_API_VERSION 16u
+/* The first API version whose OrtCustomOp carries GetStartVersion (ONNX Runtime 1.17): an op that starts at
+ * a later domain version declares itself with this version, where the running ONNX Runtime offers it. */
+#define SSM_ORT_API_VERSION_OP_VERSIONS 17u
 
 /* Opaque ONNX Runtime objects. */
 typedef struct OrtApi OrtApi;
@@ -202,8 +206,14 @@ typedef struct OrtCustomOp {
                                            const OrtKernelInfo* info, void** kernel);
   OrtStatus*(SSM_ORT_CALL* KernelComputeV2)(void* op_kernel, OrtKernelContext* context);
 
-  /* Members of later versions (v17+); zeroed, not read for version 16. */
-  void* reserved_after_v16[8];
+  /* v17: output shape inference (left NULL: ONNX Runtime then infers only the output type) and the domain
+   * versions the op covers (read only for an op that declares version >= 17; NULL GetEndVersion: open-ended). */
+  void* InferOutputShapeFn;
+  int(SSM_ORT_CALL* GetStartVersion)(const struct OrtCustomOp* op);
+  int(SSM_ORT_CALL* GetEndVersion)(const struct OrtCustomOp* op);
+
+  /* Members of later versions (v18+); zeroed, not read for versions 16 and 17. */
+  void* reserved_after_v17[5];
 } OrtCustomOp;
 
 #ifdef __cplusplus

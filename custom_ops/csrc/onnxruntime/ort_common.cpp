@@ -387,6 +387,8 @@ OrtStatus* SSM_ORT_CALL compute_v2(void* kernel, OrtKernelContext* ctx) noexcept
 
 void SSM_ORT_CALL destroy_kernel(void* kernel) noexcept { delete static_cast<Kernel*>(kernel); }
 
+int SSM_ORT_CALL get_start_version(const OrtCustomOp* op) { return def_of(op).since_version; }
+
 }  // namespace
 
 void init_op_def(OpDef* def, const char* op_name, Device device, ONNXTensorElementDataType type,
@@ -419,6 +421,14 @@ void init_op_def(OpDef* def, const char* op_name, Device device, ONNXTensorEleme
   def->num_inputs = num_inputs;
   def->required_inputs = required_inputs;
   def->factory = factory;
+}
+
+void set_since_version(OpDef* def, int since_version, bool declare) {
+  def->since_version = since_version;
+  if (declare && since_version > 1) {
+    def->version = SSM_ORT_API_VERSION_OP_VERSIONS;
+    def->GetStartVersion = get_start_version;  // InferOutputShapeFn and GetEndVersion stay NULL
+  }
 }
 
 }  // namespace ssmpose_ort

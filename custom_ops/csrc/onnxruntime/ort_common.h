@@ -120,6 +120,7 @@ int cpu_threads() noexcept;
 // Forward entry points of libssmpose_kernels_cuda.so, loaded on first use (see cuda_kernels.cpp).
 struct CudaKernels {
   decltype(&ssm_selective_scan_fwd_cuda) selective_scan_fwd;
+  decltype(&ssm_selective_scan_2d_fwd_cuda) selective_scan_2d_fwd;
   decltype(&ssm_deform_aggregate_fwd_cuda) deform_aggregate_fwd;
   const char* (*status_string)(int status);
 };
@@ -155,14 +156,22 @@ struct OpDef : OrtCustomOp {
   size_t num_inputs = 0;
   size_t required_inputs = 0;
   KernelFactory factory = nullptr;
+  int since_version = 1;  // first `ssmpose` domain version with this op (declared only when > 1)
 };
 
 // Fills the OrtCustomOp part of `def` (version, callbacks) from its fields.
 void init_op_def(OpDef* def, const char* op_name, Device device, ONNXTensorElementDataType type,
                  const char* const* inputs, size_t num_inputs, size_t required_inputs, KernelFactory factory);
 
+// Declares that `def` exists from `ssmpose` domain version `since_version` on. This needs OrtCustomOp
+// version 17 (ONNX Runtime >= 1.17, `declare` true); otherwise the op stays version 16 and ONNX Runtime
+// registers it for every domain version, as it does all version-16 ops.
+void set_since_version(OpDef* def, int since_version, bool declare);
+
 // Registration of each operator's OpDefs (one per EP and type), defined in the operator's file.
+// `op_versions`: the running ONNX Runtime reads OrtCustomOp::GetStartVersion (>= 1.17).
 void selective_scan_op_defs(std::vector<const OpDef*>* defs);
+void selective_scan_2d_op_defs(std::vector<const OpDef*>* defs, bool op_versions);
 void deform_aggregate_op_defs(std::vector<const OpDef*>* defs);
 
 }  // namespace ssmpose_ort

@@ -1,5 +1,6 @@
 // Entry points of libssmpose_ort.so: RegisterCustomOps (called by ONNX Runtime's
 // SessionOptions.register_custom_ops_library / RegisterCustomOpsLibrary) and the version queries.
+#include <cstdlib>
 #include <exception>
 #include <mutex>
 #include <vector>
@@ -34,6 +35,20 @@ DomainRegistry& registry() {
   return r;
 }
 
+// Whether this ONNX Runtime reads OrtCustomOp::GetStartVersion (1.17 and later), from its version string
+// ("1.17.0", ...). Asking GetApi(17) instead would print an error on an older release.
+bool reads_op_versions(const OrtApiBase* base) {
+  const char* v = base->GetVersionString ? base->GetVersionString() : nullptr;
+  if (v == nullptr) return false;
+  char* end = nullptr;
+  const long major = std::strtol(v, &end, 10);
+  if (end == v || *end != '.') return false;
+  const char* minor_start = end + 1;
+  const long minor = std::strtol(minor_start, &end, 10);
+  if (end == minor_start) return false;
+  return major > 1 || (major == 1 && minor >= 17);
+}
+
 OrtStatus* register_ops(OrtSessionOptions* options, const OrtApiBase* base) {
   const OrtApi* ort = base->GetApi(SSM_ORT_API_VERSION);
   Api api;
@@ -58,6 +73,7 @@ OrtStatus* register_ops(OrtSessionOptions* options, const OrtApiBase* base) {
 
   std::vector<const OpDef*> defs;
   selective_scan_op_defs(&defs);
+  selective_scan_2d_op_defs(&defs, reads_op_versions(base));
   deform_aggregate_op_defs(&defs);
 
   OrtCustomOpDomain* domain = nullptr;
