@@ -184,7 +184,7 @@ SSM_HOT void backward_tile(const Scan2DArgs& s, const BackwardOut& o, int64_t b,
 int validate_shape(const ssm_scan2d_shape* shape) {
   if (!dtype_supported(shape->dtype)) return SSM_ERR_BAD_DTYPE;
   if (shape->batch <= 0 || shape->height <= 0 || shape->width <= 0 || shape->dim <= 0) return SSM_ERR_BAD_SIZE;
-  if (shape->directions != kDirections) return SSM_ERR_UNSUPPORTED;
+  if (shape->directions != kDirections) return SSM_ERR_BAD_SIZE;  // as the CUDA library answers
   if (shape->dstate < 1 || shape->dstate > kMaxState) return SSM_ERR_BAD_SIZE;
   const int64_t B = shape->batch, H = shape->height, W = shape->width, K = shape->directions;
   int64_t n;
