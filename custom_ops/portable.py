@@ -1,10 +1,11 @@
-"""Standard-ONNX lowerings of the two ssmpose operators (the portable export form).
+"""Standard-ONNX lowerings of the ssmpose operators (the portable export form).
 
-`selective_scan_subgraph` and `deform_aggregate_subgraph` emit, through an op builder `op` (onnxscript's
-`opset18` inside torch.onnx, or `IRBuilder` below on an ONNX IR graph), a fixed subgraph of standard ONNX
-operators (opset 18/19) that computes exactly the operator of docs/ops.md. There is no loop over the
-sequence, no Loop/Scan node, and the subgraph has the same nodes whatever the input size: sizes only enter
-as constants (shapes, pads, sampling grids). The batch dimension stays symbolic (reshapes use -1).
+`selective_scan_subgraph`, `selective_scan_2d_subgraph` and `deform_aggregate_subgraph` emit, through an op
+builder `op` (onnxscript's `opset18` inside torch.onnx, or `IRBuilder` below on an ONNX IR graph), a fixed
+subgraph of standard ONNX operators (opset 18/19) that computes exactly the operator of docs/ops.md. There
+is no loop over the sequence, no Loop/Scan node, and the subgraph has the same nodes whatever the input
+size: sizes only enter as constants (shapes, pads, sampling grids, position tables). The batch dimension
+stays symbolic (reshapes use -1).
 
 - `lower_to_portable(model)` replaces every ssmpose node of an ONNX IR model by its lowering (this is
   how `ssmpose.export` makes the portable form from the traced custom form).
@@ -38,6 +39,13 @@ when the sequence is shorter.
    chunk totals, not differences of a cumulative sum over the whole sequence, so they stay accurate
    however large that sum grows; the upper triangle is exp(0) = 1 before the mask sets it to 0.
 3. h_t += exp(S_t) * (state after the previous chunk); y = sum_n C h + D u.
+
+SelectiveScan2D: Gathers around the SelectiveScan lowering
+----------------------------------------------------------
+One Gather per input lays the four directions' sequences out as SelectiveScan's groups (constant position
+tables: x at the positions direction k visits, delta / Bs / Cs at row p*4 + k of their (B, L*4, .) views),
+the lowering above scans them in float32, and one Gather (each direction's step at each position) and a
+ReduceSum over the directions map them back to row-major positions and sum them.
 
 DeformAggregate through GridSample
 ----------------------------------
