@@ -14,7 +14,7 @@ SCAN_LOWERINGS = ("matrix", "doubling")
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
               help="Official (mmpose-style) or ssmpose checkpoint of MODEL. Default: seeded random weights.")
 @click.option("--input-size", default=None, metavar="HxW",
-              help="Input height x width, multiples of 32 (default: the model's, e.g. 256x192).")
+              help="Input height x width (default: the model's, e.g. 256x192); HRVMamba needs multiples of 32.")
 @click.option("--batch", default="dynamic", show_default=True, metavar="N|dynamic",
               help="Fixed batch size, or 'dynamic' for a symbolic batch dimension.")
 @click.option("--ops", "form", type=click.Choice(FORMS), default="custom", show_default=True,
@@ -29,11 +29,13 @@ SCAN_LOWERINGS = ("matrix", "doubling")
 @click.option("--scan-lowering", type=click.Choice(SCAN_LOWERINGS), default=None,
               help="Portable form: within-chunk part of the scan as T x T decay matrices (matrix, default) or "
                    "by prefix doubling (doubling, faster on CPU).")
+@click.option("--op-version", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="2: one SelectiveScan2D node per SS2D (ssmpose domain version 2; ONNX Runtime only).")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="Output file (default: MODEL_HxW_FORM[_fp16].onnx in the current folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export summary as JSON.")
-def export_command(model_name, checkpoint, input_size, batch, form, opset, fp16, chunk_size, scan_lowering, output,
-                   as_json):
+def export_command(model_name, checkpoint, input_size, batch, form, opset, fp16, chunk_size, scan_lowering, op_version,
+                   output, as_json):
     """Export MODEL (a registered name, see `ssmpose models`) to ONNX."""
     from ..export import export_model, parse_input_size
     from ..training.models import model_spec
@@ -41,7 +43,8 @@ def export_command(model_name, checkpoint, input_size, batch, form, opset, fp16,
         size = parse_input_size(input_size) if input_size else model_spec(model_name).default_input_size
         output = f"{model_name}_{size[0]}x{size[1]}_{form}{'_fp16' if fp16 else ''}.onnx"
     result = export_model(model_name, output, checkpoint=checkpoint, input_size=input_size, batch=batch, form=form,
-                          opset=opset, fp16=fp16, chunk_size=chunk_size, scan_lowering=scan_lowering)
+                          opset=opset, fp16=fp16, chunk_size=chunk_size, scan_lowering=scan_lowering,
+                          op_version=op_version)
     graph_input = result.model.graph.input[0].type.tensor_type.shape.dim
     summary = {"path": str(result.path), "model": result.metadata.get("model"), "form": form,
                "input_size": result.metadata.get("input_size"), "batch": result.metadata.get("batch"),

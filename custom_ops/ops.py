@@ -14,6 +14,7 @@ import torch
 from . import reference, torch_ops  # noqa: F401  (torch_ops registers torch.ops.ssmpose.*)
 
 _use_reference = False
+_use_scan_2d = False
 SCAN_2D_DIRECTIONS = reference.SCAN_2D_DIRECTIONS
 
 
@@ -26,6 +27,24 @@ def force_reference(enabled: bool = True):
         yield
     finally:
         _use_reference = previous
+
+
+@contextlib.contextmanager
+def scan_2d(enabled: bool = True):
+    """Within this context SS2D-style layers (DirectionalSSM with four directions) run their scan as one
+    SelectiveScan2D (domain version 2) instead of cross-scan -> SelectiveScan -> cross-merge, in PyTorch and
+    in what is exported. Same parameters, same outputs up to float rounding. Opt-in while the OpenVINO
+    extension and the TensorRT plugins know only version 1."""
+    global _use_scan_2d
+    previous, _use_scan_2d = _use_scan_2d, enabled
+    try:
+        yield
+    finally:
+        _use_scan_2d = previous
+
+
+def scan_2d_enabled() -> bool:
+    return _use_scan_2d
 
 
 def _check(cond: bool, op: str, message: str) -> None:

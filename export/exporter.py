@@ -33,13 +33,13 @@ import onnx
 import torch
 import torch.nn as nn
 
+from ..custom_ops import ops
 from .metadata import build_metadata, write_metadata
 from .schemas import DOMAIN, op_domain_version, register_schemas
 
 FORMS = ("custom", "portable")
 SUPPORTED_OPSETS = (18, 19)
 DEFAULT_OPSET = 18
-INPUT_DIVISOR = 32
 INPUT_NAME = "images"
 BATCH_DIM = "batch"
 PRODUCER_NAME = "ssmpose"
@@ -71,7 +71,8 @@ class ExportResult:
 # Options and model resolution
 
 def parse_input_size(value) -> Tuple[int, int]:
-    """'256x192', (256, 192) or [256, 192] -> (256, 192), checked for divisibility by 32."""
+    """'256x192', (256, 192) or [256, 192] -> (256, 192), positive; each model checks its own divisibility
+    (HRVMamba 32, MamKPD 16, GLSMamba its patch and windows) when it is built."""
     if isinstance(value, str):
         parts = value.lower().replace("*", "x").split("x")
         try:
@@ -82,9 +83,8 @@ def parse_input_size(value) -> Tuple[int, int]:
         h, w = (int(v) for v in value)
     except (TypeError, ValueError):
         raise ExportError(f"input size must be (H, W), got {value!r}") from None
-    if h <= 0 or w <= 0 or h % INPUT_DIVISOR or w % INPUT_DIVISOR:
-        raise ExportError(f"input size {h}x{w} is not supported: height and width must be positive multiples "
-                          f"of {INPUT_DIVISOR} (e.g. 256x192 or 384x288)")
+    if h <= 0 or w <= 0:
+        raise ExportError(f"input size {h}x{w} is not supported: height and width must be positive")
     return h, w
 
 
@@ -102,7 +102,7 @@ def parse_batch(value) -> Union[str, int]:
 
 def resolve_model(model: Union[str, nn.Module], checkpoint=None, input_size=None) -> Tuple[nn.Module, Tuple[int, int]]:
     """A registered name (with an optional checkpoint) or a module -> (model in eval mode, input size)."""
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import CheckpointError, load_checkpoint
     from ..training.models import build_model, model_spec
     if isinstance(model, nn.Module):
         if checkpoint is not None:
@@ -118,12 +118,18 @@ def resolve_model(model: Union[str, nn.Module], checkpoint=None, input_size=None
     except KeyError as err:
         raise ExportError(err.args[0]) from None
     size = parse_input_size(input_size if input_size is not None else spec.default_input_size)
-    if checkpoint is not None:
-        built = load_checkpoint(checkpoint, model, input_size=size)   # CheckpointError names the mismatch
-    else:  # seeded, so that exporting a name twice gives the same file
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(SEED)
-            built = build_model(model, input_size=size)
+    try:
+        if checkpoint is not None:
+            built = load_checkpoint(checkpoint, model, input_size=size)   # CheckpointError names the mismatch
+        else:  # seeded, so that exporting a name twice gives the same file
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(SEED)
+                built = build_model(model, input_size=size)
+    except ValueError as err:
+        size_problem = any(word in str(err) for word in ("input_size", "divisible", "multiple"))
+        if isinstance(err, CheckpointError) or not size_problem:
+            raise
+        raise ExportError(f"input size {size[0]}x{size[1]} is not supported: {err}") from None
     return built.eval(), size
 
 
@@ -248,7 +254,7 @@ def _portable_violations(model: onnx.ModelProto):
 def export_model(model: Union[str, nn.Module], output=None, *, checkpoint=None, input_size=None,
                  batch: Union[str, int] = "dynamic", form: str = "custom", opset: int = DEFAULT_OPSET,
                  fp16: bool = False, chunk_size: Optional[int] = None, scan_lowering: Optional[str] = None,
-                 check: bool = True) -> ExportResult:
+                 op_version: int = 1, check: bool = True) -> ExportResult:
     """Export a model to ONNX; returns an ExportResult (the ModelProto, the path written, timings).
 
     model       registered model name (e.g. "hrvmamba_small") or a module built by ssmpose.build_model
@@ -262,18 +268,21 @@ def export_model(model: Union[str, nn.Module], output=None, *, checkpoint=None, 
                 computed in float32)
     chunk_size  portable form: chunk length of the scan lowering (default: the lowering's, 32 / 64)
     scan_lowering  portable form: "matrix" (T x T decay matrices, default) or "doubling" (prefix doubling)
+    op_version  1: SS2D's scan as cross-scan -> SelectiveScan -> cross-merge (every runtime library); 2: one
+                SelectiveScan2D node per SS2D (ssmpose domain version 2: ONNX Runtime library only, fewer nodes)
     """
     if form not in FORMS:
         raise ExportError(f"export form must be one of {', '.join(FORMS)}, got {form!r}")
     results = export_forms(model, {form: output}, checkpoint=checkpoint, input_size=input_size, batch=batch,
-                           opset=opset, fp16=fp16, chunk_size=chunk_size, scan_lowering=scan_lowering, check=check)
+                           opset=opset, fp16=fp16, chunk_size=chunk_size, scan_lowering=scan_lowering,
+                           op_version=op_version, check=check)
     return results[form]
 
 
 def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None, input_size=None,
                  batch: Union[str, int] = "dynamic", opset: int = DEFAULT_OPSET, fp16: bool = False,
                  chunk_size: Optional[int] = None, scan_lowering: Optional[str] = None,
-                 check: bool = True) -> dict:
+                 op_version: int = 1, check: bool = True) -> dict:
     """Export several forms from one trace: `outputs` maps form -> file (or None); returns form -> ExportResult.
 
     The portable form is the traced custom form with every ssmpose node replaced by its standard-op
@@ -294,6 +303,8 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
     except (TypeError, ValueError) as err:
         raise ExportError(str(err)) from None
     _check_opset(opset)
+    if op_version not in (1, 2):
+        raise ExportError(f"op_version must be 1 or 2, got {op_version!r}")
     batch = parse_batch(batch)
     paths = {form: (Path(out) if out is not None else None) for form, out in outputs.items()}
     for path in paths.values():
@@ -306,7 +317,8 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
     name = meta_in.get("model", getattr(net, "name", type(net).__name__))
 
     stages = {}
-    traced = _trace(net, size, batch, fp16, opset, output_name, stages)
+    with ops.scan_2d(op_version == 2):
+        traced = _trace(net, size, batch, fp16, opset, output_name, stages)
     domain_version = op_domain_version(n.op_type for n in traced.graph if n.domain == DOMAIN)
     shared_s = time.perf_counter() - start
     results = {}

@@ -97,8 +97,29 @@ class DirectionalSSM(nn.Module):
                                   self.Ds.to(dtype), self.dt_projs_bias.to(dtype).reshape(-1), True)
 
     def scan_core(self, x: torch.Tensor) -> torch.Tensor:
+        if ops.scan_2d_enabled() and self.directions == NUM_DIRECTIONS:
+            return self.scan_2d(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         _, _, h, w = x.shape
         return cross_merge(self.scan(cross_scan(x)), h, w).to(x.dtype)
+
+    def scan_core_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """scan_core on (B, H, W, D): with SelectiveScan2D no layout change at all."""
+        if ops.scan_2d_enabled() and self.directions == NUM_DIRECTIONS:
+            return self.scan_2d(x)
+        return self.scan_core(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+    def scan_2d(self, x: torch.Tensor) -> torch.Tensor:
+        """The four-direction scan as one SelectiveScan2D: (B, H, W, D) -> (B, H, W, D). The per-direction
+        projections act on one position at a time, so they are computed in spatial order."""
+        b, h, w, d = x.shape
+        k, r, n = self.directions, self.dt_rank, self.d_state
+        x_dbl = F.linear(x, self.x_proj_weight.reshape(k * (r + 2 * n), d)).reshape(b, h, w, k, r + 2 * n)
+        dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=-1)
+        delta = torch.einsum("bhwkr,kdr->bhwkd", dts, self.dt_projs_weight).reshape(b, h, w, k * d)
+        dtype = torch.float64 if self.A_logs.dtype == torch.float64 else torch.float32
+        y = ops.selective_scan_2d(x, delta, -torch.exp(self.A_logs.to(dtype)), Bs.contiguous(), Cs.contiguous(),
+                                  self.Ds.to(dtype), self.dt_projs_bias.to(dtype).reshape(-1), True)
+        return y.to(x.dtype)
 
 
 class SS2D(DirectionalSSM):
@@ -124,7 +145,7 @@ class SS2D(DirectionalSSM):
         """(B, H, W, C) -> (B, H, W, C). Only the scan works channel-first, so this order needs two
         layout changes (into the cross-scan, out of the cross-merge) where an NCHW order needs six."""
         x = self.act(self.conv2d(self.in_proj.forward_channels_last(x)))
-        y = self.scan_core(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        y = self.scan_core_channels_last(x)
         y = self.out_norm.forward_channels_last(y)
         if self.se is not None:
             y = self.se.forward_channels_last(y)
