@@ -55,11 +55,12 @@ def bench_command(model, backend, batches, device, dtype, reference_ops, cuda_op
     session = runtimes.load(model, backend, **options)
     on_device = backend == "ort-cuda" or (backend == "torch" and device.startswith("cuda"))
     results = []
-    click.echo(f"{'backend':<10} {'batch':>6} {'median ms':>10} {'images/s':>10}")
+    click.echo(f"{'backend':<10} {'batch':>6} {'p50 ms':>10} {'p90 ms':>10} {'images/s':>10}")
     for batch in batches:
         r = benchmark_session(session, batch, repeats=repeats, on_device=on_device)
         results.append({**r, "model": session.metadata.get("model"), "options": options})
-        click.echo(f"{backend:<10} {batch:>6} {r['median_s'] * 1e3:>10.2f} {r['images_per_s']:>10.1f}"
+        click.echo(f"{backend:<10} {batch:>6} {r['p50_s'] * 1e3:>10.2f} {r['p90_s'] * 1e3:>10.2f} "
+                   f"{r['images_per_s']:>10.1f}"
                    + (f"  (run in {r['slices']} slices of at most {session.max_batch_per_run})"
                       if r["slices"] > 1 else ""))
     if json_path:

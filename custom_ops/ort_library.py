@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 LIBRARY_NAME = "libssmpose_ort.so"
-ORT_LIBRARY_VERSION = 1  # must equal SSMPOSE_ORT_LIBRARY_VERSION of csrc/onnxruntime/register.cpp
+ORT_LIBRARY_VERSION = 2  # must equal SSMPOSE_ORT_LIBRARY_VERSION of csrc/onnxruntime/register.cpp
 ORT_API_VERSION = 16  # the ONNX Runtime C API version the library requests
 MIN_ORT_VERSION = "1.16"  # the first ONNX Runtime with that API version
 DOMAIN = "ssmpose"

@@ -34,6 +34,7 @@ def benchmark_session(session, batch: int, repeats: int = 20, warmup: int = 3, o
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
     return {"backend": session.backend, "batch": batch, "repeats": repeats, "median_s": median,
+            "p50_s": median, "p90_s": float(np.percentile(times, 90)),
             "images_per_s": batch / median, "min_s": min(times), "slices": _slices(session, batch)}
 
 

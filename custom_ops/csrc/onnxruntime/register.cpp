@@ -9,7 +9,7 @@
 #include "ssmpose_kernels.h"
 
 // Bump when the operators' interface (inputs, attributes, types, EPs) or these entry points change.
-#define SSMPOSE_ORT_LIBRARY_VERSION 1
+#define SSMPOSE_ORT_LIBRARY_VERSION 2  // 2: SelectiveScan2D
 
 namespace ssmpose_ort {
 namespace {
