@@ -6,6 +6,13 @@ For every SS2D of hrvmamba_small/base at 256x192 (one shape per branch resolutio
 
     python benchmarks/bench_ops.py --device cuda --batch 1 32 128 --dtype float32 float16 --json out.json
     python benchmarks/bench_ops.py --device cpu --batch 1 --dtype float32
+
+With --scan2d it times SelectiveScan2D (domain version 2: the whole four-direction scan of an SS2D, channel-last)
+against the version-1 path it replaces: cross_scan of x, SelectiveScan, cross_merge and the layout back to
+channel-last (training/models/ss2d.py's functions, the kernels through kernel_library). delta/Bs/Cs are given
+to each in its own layout, as the model's projections produce them. Both results are compared (max rel).
+
+    python benchmarks/bench_ops.py --scan2d --batch 1 32 128 --dtype float16 float32 --backward
 """
 from __future__ import annotations
 
@@ -47,6 +54,83 @@ def deform_inputs(batch, h, w, group, gc, p, dtype, device):
     value = torch.randn(batch, h, w, group * gc, generator=g).to(device, dtype)
     offset_mask = (torch.randn(batch, h, w, p, generator=g) * 2).to(device, dtype)
     return value, offset_mask, (3, 3, 1, 1, 1, 1, 1, 1, group, gc, 1.0, 0)
+
+
+def scan2d_inputs(batch, dim, h, w, dtype, device):
+    """x (B,H,W,D), delta (B,H,W,4D), A (4D,1), Bs/Cs (B,H,W,4,1), Ds, delta_bias (4D): one SS2D's scan, N = 1."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    mk = lambda *s: torch.randn(*s, generator=g).to(device=device, dtype=dtype)  # noqa: E731
+    c = 4 * dim
+    return (mk(batch, h, w, dim), mk(batch, h, w, c) - 2, -torch.rand(c, 1, generator=g).to(device, dtype),
+            mk(batch, h, w, 4, 1), mk(batch, h, w, 4, 1), mk(c), mk(c))
+
+
+def in_direction(t, k):
+    """(B, H, W, C) -> (B, C, L) in the order direction k visits the positions (ss2d.cross_scan's block k)."""
+    from ssmpose.training.models.ss2d import cross_scan
+    c = t.shape[-1]
+    return cross_scan(t.permute(0, 3, 1, 2))[:, k * c:(k + 1) * c].contiguous()
+
+
+def max_rel(a, b):
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
+
+
+def run_scan2d(args):
+    """SelectiveScan2D against cross_scan -> SelectiveScan -> cross_merge, per SS2D shape of the models."""
+    from ssmpose.training.models.ss2d import cross_merge, cross_scan
+    device = args.device
+    rows = []
+    for model in args.models:
+        for label, scan, deform in op_shapes(model):
+            dim, h, w = scan["dim"], deform["h"], deform["w"]
+            for batch in args.batch:
+                for dtype_name in args.dtype:
+                    dtype = DTYPES[dtype_name]
+                    ins = scan2d_inputs(batch, dim, h, w, dtype, device)
+                    x, delta, A, Bs, Cs, Ds, db = ins
+                    de1 = torch.cat([in_direction(delta[..., k * dim:(k + 1) * dim], k) for k in range(4)], dim=1)
+                    bs1 = torch.stack([in_direction(Bs[..., k, :], k) for k in range(4)], dim=1)
+                    cs1 = torch.stack([in_direction(Cs[..., k, :], k) for k in range(4)], dim=1)
+
+                    def v2():
+                        return kl.selective_scan_2d_fwd(*ins, True)
+
+                    def v1():
+                        y = kl.selective_scan_fwd(cross_scan(x.permute(0, 3, 1, 2)), de1, A, bs1, cs1, Ds, db, True)
+                        return cross_merge(y, h, w).permute(0, 2, 3, 1).contiguous()
+
+                    row = {"shape": label, "batch": batch, "dtype": dtype_name, "fwd_max_rel_v2_vs_v1": max_rel(v2(), v1())}
+                    row["scan2d_fwd_s"] = timed(v2, device, args.repeats)
+                    row["v1path_fwd_s"] = timed(v1, device, args.repeats)
+                    if args.backward:
+                        dy = torch.randn(batch, h, w, dim, device=device).to(dtype)
+                        u = cross_scan(x.permute(0, 3, 1, 2))
+
+                        def v2b():
+                            return kl.selective_scan_2d_bwd(*ins, True, dy)[0]
+
+                        def v1b():
+                            grads = kl.selective_scan_bwd(u, de1, A, bs1, cs1, Ds, db, True,
+                                                          cross_scan(dy.permute(0, 3, 1, 2)))
+                            return cross_merge(grads[0], h, w).permute(0, 2, 3, 1).contiguous()
+
+                        row["bwd_dx_max_rel_v2_vs_v1"] = max_rel(v2b(), v1b())
+                        row["scan2d_bwd_s"] = timed(v2b, device, args.repeats)
+                        row["v1path_bwd_s"] = timed(v1b, device, args.repeats)
+                    rows.append(row)
+                    print(format_scan2d_row(row), flush=True)
+    return rows
+
+
+def format_scan2d_row(r):
+    text = (f"{r['shape']:<30} b={r['batch']:<4} {r['dtype']:<8} fwd: scan2d {r['scan2d_fwd_s'] * 1e6:9.1f}us  "
+            f"v1 path {r['v1path_fwd_s'] * 1e6:9.1f}us  ({r['v1path_fwd_s'] / r['scan2d_fwd_s']:4.2f}x)  "
+            f"max rel {r['fwd_max_rel_v2_vs_v1']:.1e}")
+    if "scan2d_bwd_s" in r:
+        text += (f"  bwd: scan2d {r['scan2d_bwd_s'] * 1e6:9.1f}us  v1 path {r['v1path_bwd_s'] * 1e6:9.1f}us  "
+                 f"({r['v1path_bwd_s'] / r['scan2d_bwd_s']:4.2f}x)  dx max rel {r['bwd_dx_max_rel_v2_vs_v1']:.1e}")
+    return text
 
 
 def timed(fn, device, repeats, warmup=3):
@@ -149,7 +233,17 @@ def main():
     parser.add_argument("--reference-max-batch", type=int, default=1,
                         help="time the PyTorch reference only up to this batch (it is slow)")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--scan2d", action="store_true",
+                        help="time SelectiveScan2D against the version-1 path (cross_scan, SelectiveScan, cross_merge)")
     args = parser.parse_args()
+    if args.scan2d:
+        rows = run_scan2d(args)
+        name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "CPU"
+        print(f"device: {name}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"device": name, "torch": torch.__version__, "scan2d_rows": rows}, f, indent=2)
+        return
     result = run(args)
     print(f"device: {result['device']}, copy bandwidth {result['copy_bandwidth_GBps']:.0f} GB/s")
     if args.json:

@@ -15,11 +15,16 @@ What it does
     float32 / float16 / bfloat16 and backward (against torch.autograd on the float64 reference), with
     outputs poisoned with NaN before each call so that unwritten elements show; forward results must be
     bitwise identical over repeated calls (races);
+  * SelectiveScan2D (domain version 2): the same forward / backward checks against a float64 reference
+    written here as DESIGN.md defines the op (training/models/ss2d.py's cross_scan -> SelectiveScan ->
+    cross_merge, on the GPU); agreement with the version-1 path (cross_scan -> SelectiveScan CUDA kernel ->
+    cross_merge) on the same inputs; every forward and backward output bitwise identical over repeated calls
+    (the 2-D kernels use no atomics);
   * checks that bad arguments return status codes;
   * times forward and backward of the HRVMamba-small/base shapes at batch 128 (float32 / float16) with
     CUDA events (median of 20 after warm-up) and prints the fraction of the measured device-to-device
-    copy bandwidth (bytes read + written / time).
-The reference is self-checked against naive loops with --selftest-reference (runs on the CPU too).
+    copy bandwidth (bytes read + written / time); SelectiveScan2D beside the version-1 path it replaces.
+The references are self-checked against naive loops with --selftest-reference (runs on the CPU too).
 Exit status 0 when every check passed.
 """
 from __future__ import annotations
@@ -50,6 +55,12 @@ class ScanShape(ctypes.Structure):
                 ("delta_softplus", ctypes.c_int32), ("dtype", ctypes.c_int32)]
 
 
+class Scan2DShape(ctypes.Structure):
+    _fields_ = [("batch", ctypes.c_int64), ("height", ctypes.c_int64), ("width", ctypes.c_int64),
+                ("dim", ctypes.c_int64), ("directions", ctypes.c_int64), ("dstate", ctypes.c_int64),
+                ("delta_softplus", ctypes.c_int32), ("dtype", ctypes.c_int32)]
+
+
 class DeformShape(ctypes.Structure):
     _fields_ = [("batch", ctypes.c_int64), ("height", ctypes.c_int64), ("width", ctypes.c_int64),
                 ("out_height", ctypes.c_int64), ("out_width", ctypes.c_int64),
@@ -69,7 +80,7 @@ class DeformShape(ctypes.Structure):
 def build_library(out_dir: str, arch: str, defines=(), name="libssmpose_kernels_cuda.so") -> str:
     os.makedirs(out_dir, exist_ok=True)
     cdir = os.path.join(KDIR, "cuda")
-    srcs = [os.path.join(cdir, "selective_scan.cu"), os.path.join(cdir, "deform_aggregate.cu")]
+    srcs = [os.path.join(cdir, n) for n in ("selective_scan.cu", "selective_scan_2d.cu", "deform_aggregate.cu")]
     common = os.path.join(KDIR, "common.cpp")
     flags = ["-O3", "-std=c++17", f"-arch={arch}", "-Xcompiler", "-fPIC,-fvisibility=hidden",
              "-I", KDIR, *[f"-D{d}" for d in defines]]
@@ -100,6 +111,13 @@ def load_library(path: str):
     lib.ssm_selective_scan_bwd_cuda_workspace_size.restype = ctypes.c_size_t
     lib.ssm_selective_scan_bwd_cuda.argtypes = [ctypes.POINTER(ScanShape)] + [vp] * 17
     lib.ssm_selective_scan_bwd_cuda.restype = ctypes.c_int
+    if hasattr(lib, "ssm_selective_scan_2d_fwd_cuda"):  # absent from libraries older than domain version 2
+        lib.ssm_selective_scan_2d_fwd_cuda.argtypes = [ctypes.POINTER(Scan2DShape)] + [vp] * 9
+        lib.ssm_selective_scan_2d_fwd_cuda.restype = ctypes.c_int
+        lib.ssm_selective_scan_2d_bwd_cuda_workspace_size.argtypes = [ctypes.POINTER(Scan2DShape)]
+        lib.ssm_selective_scan_2d_bwd_cuda_workspace_size.restype = ctypes.c_size_t
+        lib.ssm_selective_scan_2d_bwd_cuda.argtypes = [ctypes.POINTER(Scan2DShape)] + [vp] * 17
+        lib.ssm_selective_scan_2d_bwd_cuda.restype = ctypes.c_int
     lib.ssm_deform_aggregate_fwd_cuda.argtypes = [ctypes.POINTER(DeformShape)] + [vp] * 4
     lib.ssm_deform_aggregate_fwd_cuda.restype = ctypes.c_int
     lib.ssm_deform_aggregate_bwd_cuda.argtypes = [ctypes.POINTER(DeformShape)] + [vp] * 6
@@ -162,6 +180,91 @@ def scan_naive(u, delta, A, Bs, Cs, Ds, dbias, softplus, groups):
                     acc += float(Cs[b, g, n, t]) * h[n]
                 y[b, c, t] = acc + (float(Ds[c]) * float(u[b, c, t]) if Ds is not None else 0.0)
     return y
+
+
+# SelectiveScan2D, as DESIGN.md defines it: the four directions' sequences made by training/models/ss2d.py's
+# cross_scan, SelectiveScan (version 1) over them, cross_merge back to the image.
+
+def cross_scan(x):
+    """(B, C, H, W) -> (B, 4C, L): row-major, column-major, and both reversed (ss2d.py's cross_scan)."""
+    rows = x.flatten(2)
+    cols = x.transpose(2, 3).flatten(2)
+    return torch.cat([rows, cols, rows.flip(-1), cols.flip(-1)], dim=1)
+
+
+def cross_merge(y, height, width):
+    """(B, 4C, L) -> (B, C, H, W): the four directions mapped back to row-major and summed (ss2d.py)."""
+    b = y.shape[0]
+    rows, cols, rows_reversed, cols_reversed = y.chunk(4, dim=1)
+    rows = rows + rows_reversed.flip(-1)
+    cols = cols + cols_reversed.flip(-1)
+    c = rows.shape[1]
+    return rows.reshape(b, c, height, width) + cols.reshape(b, c, width, height).transpose(2, 3)
+
+
+def in_direction(t, k):
+    """(B, H, W, C) -> (B, C, L): the positions in the order direction k visits them."""
+    c = t.shape[-1]
+    return cross_scan(t.permute(0, 3, 1, 2))[:, k * c:(k + 1) * c]
+
+
+def from_direction(seq, k, height, width):
+    """(B, C, L) in direction k's order -> (B, H, W, C) (cross_merge of direction k alone)."""
+    b, c, length = seq.shape
+    full = seq.new_zeros(b, 4 * c, length)
+    full[:, k * c:(k + 1) * c] = seq
+    return cross_merge(full, height, width).permute(0, 2, 3, 1)
+
+
+def scan2d_sequences(x, delta, Bs, Cs):
+    """Channel-last SelectiveScan2D inputs -> the version-1 SelectiveScan inputs of the four directions:
+    u = cross_scan(x) (B, 4D, L), delta (B, 4D, L), Bs / Cs (B, 4, N, L)."""
+    D = x.shape[-1]
+    u = cross_scan(x.permute(0, 3, 1, 2))
+    de = torch.cat([in_direction(delta[..., k * D:(k + 1) * D], k) for k in range(4)], dim=1)
+    bs = torch.stack([in_direction(Bs[..., k, :], k) for k in range(4)], dim=1)
+    cs = torch.stack([in_direction(Cs[..., k, :], k) for k in range(4)], dim=1)
+    return u, de, bs, cs
+
+
+def scan2d_ref(x, delta, A, Bs, Cs, Ds, dbias, softplus):
+    """SelectiveScan2D in float64 (differentiable): cross_scan -> scan_ref -> cross_merge. x (B, H, W, D)."""
+    _, H, W, _ = x.shape
+    u, de, bs, cs = scan2d_sequences(x, delta, Bs, Cs)
+    return cross_merge(scan_ref(u, de, A, bs, cs, Ds, dbias, softplus, 4), H, W).permute(0, 2, 3, 1)
+
+
+def scan2d_naive(x, delta, A, Bs, Cs, Ds, dbias, softplus):
+    """Loops over the positions in each direction's order, written from the operator's text alone."""
+    B, H, W, D = x.shape
+    L = H * W
+    y = torch.zeros(B, H, W, D, dtype=torch.float64)
+    for k in range(4):
+        order = [(t // W, t % W) for t in range(L)] if k % 2 == 0 else [(t % H, t // H) for t in range(L)]
+        if k >= 2:
+            order = order[::-1]
+        u = torch.stack([x[:, h, w, :] for h, w in order], dim=-1)                       # (B, D, L)
+        de = torch.stack([delta[:, h, w, k * D:(k + 1) * D] for h, w in order], dim=-1)
+        bs = torch.stack([Bs[:, h, w, k, :] for h, w in order], dim=-1)[:, None]        # (B, 1, N, L)
+        cs = torch.stack([Cs[:, h, w, k, :] for h, w in order], dim=-1)[:, None]
+        sl = slice(k * D, (k + 1) * D)
+        yk = scan_naive(u, de, A[sl], bs, cs, None if Ds is None else Ds[sl], None if dbias is None else dbias[sl],
+                        softplus, 1)
+        for t, (h, w) in enumerate(order):
+            y[:, h, w, :] += yk[:, :, t]
+    return y
+
+
+def project_scan2d_reference():
+    """ssmpose.custom_ops.reference.selective_scan_2d_reference when this checkout has it (else None)."""
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    try:
+        from ssmpose.custom_ops.reference import selective_scan_2d_reference
+    except Exception as exc:  # noqa: BLE001 - any import problem: report and carry on with the local one
+        print(f"(ssmpose.custom_ops.reference.selective_scan_2d_reference not available: {exc!r})")
+        return None
+    return selective_scan_2d_reference
 
 
 def deform_points(p):
@@ -276,6 +379,25 @@ def selftest_reference():
         e = (scan_ref(u, de, A, Bs, Cs, Ds, db, sp, G) - scan_naive(u, de, A, Bs, Cs, Ds, db, sp, G)).abs().max().item()
         print(f"scan ref vs naive B{B} G{G} D{D} N{N} L{L}: max err {e:.2e}")
         ok &= e < 1e-10
+    project_ref = project_scan2d_reference()
+    for (B, H, W, D, N, sp, useD) in [(2, 3, 4, 2, 2, 1, True), (1, 5, 3, 3, 1, 0, False), (1, 1, 6, 2, 3, 1, True),
+                                      (2, 4, 1, 1, 1, 1, True), (1, 1, 1, 2, 2, 1, True)]:
+        x = torch.randn(B, H, W, D, dtype=torch.float64)
+        de = torch.randn(B, H, W, 4 * D, dtype=torch.float64) * 0.5
+        A = -torch.rand(4 * D, N, dtype=torch.float64) - 0.1
+        Bs = torch.randn(B, H, W, 4, N, dtype=torch.float64)
+        Cs = torch.randn(B, H, W, 4, N, dtype=torch.float64)
+        Ds = torch.randn(4 * D, dtype=torch.float64) if useD else None
+        db = torch.randn(4 * D, dtype=torch.float64) if useD else None
+        naive = scan2d_naive(x, de, A, Bs, Cs, Ds, db, sp)
+        e = (scan2d_ref(x, de, A, Bs, Cs, Ds, db, sp) - naive).abs().max().item()
+        line = f"scan2d ref vs naive B{B} {H}x{W} D{D} N{N}: max err {e:.2e}"
+        ok &= e < 1e-10
+        if project_ref is not None:
+            e2 = (project_ref(x, de, A, Bs, Cs, Ds, db, bool(sp)) - naive).abs().max().item()
+            line += f"; ssmpose reference vs naive {e2:.2e}"
+            ok &= e2 < 1e-10
+        print(line)
     for p in [dict(G=2, C=3, kh=3, kw=3, sh=1, sw=1, ph=1, pw=1, dh=1, dw=1, rc=0, scale=1.0, H=5, W=4),
               dict(G=3, C=2, kh=3, kw=2, sh=2, sw=1, ph=2, pw=0, dh=2, dw=1, rc=1, scale=0.5, H=6, W=5)]:
         Ho = (p["H"] + 2 * p["ph"] - p["dh"] * (p["kh"] - 1) - 1) // p["sh"] + 1
@@ -406,6 +528,259 @@ def check_scan(lib, rep, B, G, D, N, L, dtype, softplus=1, useD=True, usebias=Tr
             "".join(" | " + b for b in bad))
 
 
+def scan2d_plan(B, H, W, D, N, dtype, bwd=False, items=5):
+    """Mirror of make_plan in selective_scan_2d.cu with its default options, for the case labels only:
+    channels per block (CL), warps per block, chunks per direction."""
+    L = H * W
+
+    def plan(lg):
+        spw = 32 >> lg
+        nch = -(-L // (8 * spw * items))
+        nseg = -(-(-(-L // nch)) // items)
+        nseg = -(-nseg // spw) * spw
+        warps, chunk = nseg // spw, nseg * items
+        nch = -(-L // chunk)
+        cl = 1 << lg
+        acc = -(-(H * (W | 1) * cl) // 4) * 4
+        extra = 2 * warps * N * cl * 2 * (2 if bwd else 1) + ((nch * N * cl + warps * (N + 2) * cl) if bwd else 0)
+        return dict(CL=cl, warps=warps, chunks=nch, smem=(acc + extra) * 4, ncb=-(-D // cl))
+
+    lg = 3 if dtype == torch.float32 else 4
+    while lg > 0 and (1 << (lg - 1)) >= D:
+        lg -= 1
+    while lg > 0 and plan(lg)["smem"] > (110 if bwd else 72) * 1024:
+        lg -= 1
+    while lg > 0 and B * plan(lg)["ncb"] < 256:
+        lg -= 1
+    return plan(lg)
+
+
+def scan2d_inputs(B, H, W, D, N, dtype, softplus=1, useD=True, usebias=True, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=gen)
+    x = r(B, H, W, D).to(dtype)
+    # softplus(N(-1, 0.5)) ~ 0.3; without softplus, delta is the (positive) step itself
+    delta = ((r(B, H, W, 4 * D) * 0.5 - 1.0) if softplus else (r(B, H, W, 4 * D).abs() * 0.2 + 0.01)).to(dtype)
+    A = (-torch.exp(r(4 * D, N) * 0.5)).to(dtype)
+    Bs = r(B, H, W, 4, N).to(dtype)
+    Cs = r(B, H, W, 4, N).to(dtype)
+    Ds = r(4 * D).to(dtype) if useD else None
+    # without softplus a negative bias could make dt < 0 and the state grow past float32 over long scans
+    db = ((r(4 * D) * 0.5) if softplus else (r(4 * D).abs() * 0.1)).to(dtype) if usebias else None
+    dy = r(B, H, W, D).to(dtype)
+    return (x, delta, A, Bs, Cs, Ds, db), dy
+
+
+def scan2d_fwd(lib, sh, ins, y):
+    return lib.ssm_selective_scan_2d_fwd_cuda(ctypes.byref(sh), *[P(t) for t in ins], P(y), stream_ptr())
+
+
+def scan2d_bwd(lib, sh, ins, dy, outs, ws):
+    return lib.ssm_selective_scan_2d_bwd_cuda(ctypes.byref(sh), *[P(t) for t in ins], P(dy), *[P(t) for t in outs],
+                                              P(ws), stream_ptr())
+
+
+def v1_path(lib, ins, softplus, dy=None):
+    """The version-1 graph on the same data: cross_scan -> SelectiveScan CUDA kernel -> cross_merge (the
+    merge in float64). Returns (status, y) or, with dy, (status, gradients mapped back to the 2-D layouts)."""
+    x, delta, A, Bs, Cs, Ds, db = ins
+    B, H, W, D = x.shape
+    N, L = A.shape[1], H * W
+    u, de, bs, cs = (t.contiguous() for t in scan2d_sequences(x, delta, Bs, Cs))
+    sh = ScanShape(B, 4, D, N, L, softplus, DTYPE_CODE[x.dtype])
+    if dy is None:
+        y = torch.full((B, 4 * D, L), float("nan"), device=x.device, dtype=x.dtype)
+        st = lib.ssm_selective_scan_fwd_cuda(ctypes.byref(sh), P(u), P(de), P(A), P(bs), P(cs), P(Ds), P(db), P(y),
+                                             stream_ptr())
+        torch.cuda.synchronize()
+        return st, cross_merge(y.double(), H, W).permute(0, 2, 3, 1)
+    dys = cross_scan(dy.permute(0, 3, 1, 2)).contiguous()
+    du, dd = torch.empty_like(u), torch.empty_like(u)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    dA, dB, dC = torch.empty(4 * D, N, **f32), torch.empty(B, 4, N, L, **f32), torch.empty(B, 4, N, L, **f32)
+    dD = torch.empty(4 * D, **f32) if Ds is not None else None
+    dbias = torch.empty(4 * D, **f32) if db is not None else None
+    ws = torch.empty(lib.ssm_selective_scan_bwd_cuda_workspace_size(ctypes.byref(sh)) // 4 + 1, **f32)
+    st = lib.ssm_selective_scan_bwd_cuda(ctypes.byref(sh), P(u), P(de), P(A), P(bs), P(cs), P(Ds), P(db), P(dys),
+                                         P(du), P(dd), P(dA), P(dB), P(dC), P(dD), P(dbias), P(ws), stream_ptr())
+    torch.cuda.synchronize()
+    back = lambda seq, k: from_direction(seq, k, H, W)  # noqa: E731
+    grads = [cross_merge(du.double(), H, W).permute(0, 2, 3, 1),
+             torch.cat([back(dd.double()[:, k * D:(k + 1) * D], k) for k in range(4)], dim=-1),
+             dA, torch.stack([back(dB.double()[:, k], k) for k in range(4)], dim=3),
+             torch.stack([back(dC.double()[:, k], k) for k in range(4)], dim=3), dD, dbias]
+    return st, [g for g in grads if g is not None]
+
+
+def check_scan2d(lib, rep, B, H, W, D, N, dtype, softplus=1, useD=True, usebias=True, bwd=True, v1=True, tag=""):
+    """SelectiveScan2D against the float64 reference (forward and backward), against the version-1 path on
+    the same inputs, and run to run (every output bitwise)."""
+    plan = scan2d_plan(B, H, W, D, N, dtype, bwd=False)
+    name = (f"scan2d {tag}B{B} {H}x{W} D{D} N{N} {str(dtype)[6:]}" + ("" if useD else " noD") +
+            ("" if usebias else " nobias") + ("" if softplus else " nosoftplus") +
+            f" [CL{plan['CL']} w{plan['warps']} c{plan['chunks']}]")
+    if not hasattr(lib, "ssm_selective_scan_2d_fwd_cuda"):
+        rep.add(name, False, "the library has no ssm_selective_scan_2d_fwd_cuda")
+        return
+    ins, dy = scan2d_inputs(B, H, W, D, N, dtype, softplus, useD, usebias, seed=B * 7919 + H * 131 + W * 17 + D + N)
+    sh = Scan2DShape(B, H, W, D, 4, N, softplus, DTYPE_CODE[dtype])
+    ys = []
+    for _ in range(3):
+        y = torch.full((B, H, W, D), float("nan"), device="cuda", dtype=dtype)
+        st = scan2d_fwd(lib, sh, ins, y)
+        torch.cuda.synchronize()
+        if st != SSM_OK:
+            rep.add(name + " fwd", False, f"status {st}")
+            return
+        ys.append(y)
+    same = all(torch.equal(ys[0], t) for t in ys[1:])
+    leaves = [t.double().requires_grad_(True) if t is not None else None for t in ins]
+    yref = scan2d_ref(*leaves, softplus)
+    rel, mx = errs(ys[0], yref)
+    ok = rel <= TOL_FWD[dtype] and same
+    detail = f"rel {rel:.2e} maxrel {mx:.2e} deterministic={same}"
+    if v1:
+        st1, y1 = v1_path(lib, ins, softplus)
+        rel1, _ = errs(ys[0], y1)
+        rel1ref, _ = errs(y1, yref)
+        ok = ok and st1 == SSM_OK and rel1 <= 2 * TOL_FWD[dtype]
+        detail += f"; vs v1 path rel {rel1:.2e} (v1 path vs ref {rel1ref:.2e})" if st1 == SSM_OK else f"; v1 status {st1}"
+    rep.add(name + " fwd", ok, detail + ("" if ok else f" | worst {top_errors(ys[0], yref)}"))
+    if not bwd:
+        return
+
+    used = [t for t in leaves if t is not None]
+    gref = torch.autograd.grad(yref, used, dy.double(), allow_unused=True)
+    gref = [torch.zeros_like(t) if g is None else g for t, g in zip(used, gref)]
+    names = ["dx", "d_delta", "dA", "dBs", "dCs"] + (["dDs"] if useD else []) + (["d_delta_bias"] if usebias else [])
+    ws_size = lib.ssm_selective_scan_2d_bwd_cuda_workspace_size(ctypes.byref(sh))
+    ws = torch.empty(ws_size // 4 + 1, device="cuda", dtype=torch.float32) if ws_size else None
+    results = []
+    for _ in range(2):
+        f = lambda *s, dt=torch.float32: torch.full(s, float("nan"), device="cuda", dtype=dt)  # noqa: E731
+        outs = (f(B, H, W, D, dt=dtype), f(B, H, W, 4 * D, dt=dtype), f(4 * D, N), f(B, H, W, 4, N), f(B, H, W, 4, N),
+                f(4 * D) if useD else None, f(4 * D) if usebias else None)
+        if ws is not None:
+            ws.fill_(float("nan"))  # partials the kernel leaves unwritten would show in the sums
+        st = scan2d_bwd(lib, sh, ins, dy, outs, ws)
+        torch.cuda.synchronize()
+        if st != SSM_OK:
+            rep.add(name + " bwd", False, f"status {st} (workspace {ws_size} bytes)")
+            return
+        results.append([t for t in outs if t is not None])
+    worst, parts, ok, bad = 0.0, [], True, []
+    for nm, o, rf in zip(names, results[0], gref):
+        rel, _ = errs(o, rf)
+        parts.append(f"{nm} {rel:.1e}")
+        if not rel <= TOL_BWD[dtype]:
+            ok = False
+            bad.append(f"worst {nm} {top_errors(o, rf)}")
+        worst = max(worst, rel) if rel == rel else float("nan")
+    same = all(torch.equal(a, b) for a, b in zip(results[0], results[1]))
+    ok = ok and same
+    bp = scan2d_plan(B, H, W, D, N, dtype, bwd=True)
+    detail = (f"worst rel {worst:.2e} ({', '.join(parts)}); deterministic={same}; workspace {ws_size} B; "
+              f"plan CL{bp['CL']} w{bp['warps']} c{bp['chunks']}")
+    if v1:
+        st1, g1 = v1_path(lib, ins, softplus, dy)
+        if st1 != SSM_OK:
+            ok = False
+            detail += f"; v1 status {st1}"
+        else:
+            rel1 = max(errs(o, g)[0] for o, g in zip(results[0], g1))
+            ok = ok and rel1 <= 2 * TOL_BWD[dtype]
+            detail += f"; vs v1 path worst rel {rel1:.2e}"
+    rep.add(name + " bwd", ok, detail + "".join(" | " + b for b in bad))
+
+
+def check_errors_scan2d(lib, rep):
+    """Status codes of the SelectiveScan2D entry points (shape checked before the pointers)."""
+    if not hasattr(lib, "ssm_selective_scan_2d_fwd_cuda"):
+        rep.add("scan2d argument validation", False, "the library has no ssm_selective_scan_2d_fwd_cuda")
+        return
+    x = torch.zeros(64, device="cuda")
+    shp = lambda **kw: Scan2DShape(**{**dict(batch=1, height=2, width=3, dim=2, directions=4, dstate=1,  # noqa: E731
+                                             delta_softplus=1, dtype=0), **kw})
+    fwd = lambda s, *ptrs: lib.ssm_selective_scan_2d_fwd_cuda(None if s is None else ctypes.byref(s), *ptrs, None)  # noqa: E731
+    ok6 = [P(x)] * 5 + [None, None, P(x)]
+    nul6 = [None] * 8
+    cases = [
+        ("NULL shape", fwd(None, *ok6), SSM_ERR_NULL_POINTER),
+        ("NULL x", fwd(shp(), None, *ok6[1:]), SSM_ERR_NULL_POINTER),
+        ("directions 3", fwd(shp(directions=3), *ok6), SSM_ERR_BAD_SIZE),
+        ("dstate 17", fwd(shp(dstate=17), *ok6), SSM_ERR_BAD_SIZE),
+        ("dstate 0", fwd(shp(dstate=0), *ok6), SSM_ERR_BAD_SIZE),
+        ("height 0", fwd(shp(height=0), *ok6), SSM_ERR_BAD_SIZE),
+        ("dtype 7", fwd(shp(dtype=7), *ok6), SSM_ERR_BAD_DTYPE),
+        # limits answer before the pointers are looked at: NULL data + in-limit shape = NULL_POINTER
+        ("191x193 (36863 <= 36864 positions), NULL data", fwd(shp(height=191, width=193), *nul6), SSM_ERR_NULL_POINTER),
+        ("1x36864 (W|1 = 36865 > 36864)", fwd(shp(height=1, width=36864), *nul6), SSM_ERR_BAD_SIZE),
+        ("192x192 (192*193 > 36864)", fwd(shp(height=192, width=192), *nul6), SSM_ERR_BAD_SIZE),
+        ("L*4*D > 2^31-1", fwd(shp(height=64, width=63, dim=(1 << 31) // (4 * 64 * 63) + 1), *nul6), SSM_ERR_BAD_SIZE),
+        ("B*D > 2^31-1", fwd(shp(batch=1 << 20, dim=1 << 11), *nul6), SSM_ERR_BAD_SIZE),
+        ("batch 2^31", fwd(shp(batch=1 << 31), *nul6), SSM_ERR_BAD_SIZE),
+    ]
+    big = shp(batch=3, height=40, width=40, dim=64)  # several channel blocks and images: needs a workspace
+    wsz = lib.ssm_selective_scan_2d_bwd_cuda_workspace_size(ctypes.byref(big))
+    cases.append(("bwd without the workspace it needs",
+                  lib.ssm_selective_scan_2d_bwd_cuda(ctypes.byref(big), *([P(x)] * 5), None, None, *([P(x)] * 6), None,
+                                                     None, None, None), SSM_ERR_NULL_POINTER))
+    cases.append(("bwd NULL dBs", lib.ssm_selective_scan_2d_bwd_cuda(ctypes.byref(shp()), *([P(x)] * 5), None, None,
+                                                                       *([P(x)] * 4), None, P(x), None, None, P(x),
+                                                                       None), SSM_ERR_NULL_POINTER))
+    one = shp(batch=1, dim=1)  # one image, one channel block: no partials, no workspace
+    cases.append(("workspace size of B1 D1 is 0", lib.ssm_selective_scan_2d_bwd_cuda_workspace_size(ctypes.byref(one)), 0))
+    cases.append(("workspace size of a bad shape is 0",
+                  lib.ssm_selective_scan_2d_bwd_cuda_workspace_size(ctypes.byref(shp(directions=2))), 0))
+    torch.cuda.synchronize()
+    bad = [f"{n}: got {g} want {w}" for n, g, w in cases if g != w]
+    rep.add("scan2d argument validation", not bad and wsz > 0,
+            f"{len(cases) - len(bad)}/{len(cases)} status codes as expected, workspace({big.batch}x40x40 D64) = {wsz} B"
+            + "".join(" | " + b for b in bad))
+
+
+def run_scan2d_checks(lib, rep, quick=False):
+    f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
+    check_errors_scan2d(lib, rep)
+    if quick:  # every code path at small sizes (compute-sanitizer)
+        check_scan2d(lib, rep, 2, 7, 5, 6, 1, f32)                                       # CL 1, odd H/W
+        check_scan2d(lib, rep, 64, 8, 6, 20, 1, f16, v1=False)                           # CL 16, partial channel block
+        check_scan2d(lib, rep, 3, 5, 9, 4, 4, bf16, useD=False, usebias=False, v1=False)  # N = 4, no Ds / bias
+        check_scan2d(lib, rep, 1, 1, 37, 3, 16, f32, softplus=0, v1=False)               # 1 x W, N = 16
+        check_scan2d(lib, rep, 8, 29, 1, 8, 2, f16, v1=False)                            # H x 1
+        check_scan2d(lib, rep, 1, 40, 70, 2, 1, f32, v1=False)                           # several chunks at CL 1
+        return
+    for dt in (f32, f16, bf16):
+        check_scan2d(lib, rep, 2, 64, 48, 64, 1, dt, tag="hrv-small-64x48 ")
+    for dt in (f32, f16):
+        check_scan2d(lib, rep, 2, 8, 6, 1280, 1, dt, tag="hrv-base-8x6 ")             # CL 8, 160 channel blocks
+    check_scan2d(lib, rep, 2, 16, 12, 160, 1, bf16, tag="hrv-base-16x12 ")
+    # the widest channel blocks (CL 16 for 16-bit, 8 for float32) need B * ceil(D / CL) >= 256 blocks
+    check_scan2d(lib, rep, 64, 32, 24, 64, 1, f16, tag="hrv-small-32x24 wide ")          # CL 16, 6 chunks
+    check_scan2d(lib, rep, 32, 32, 24, 64, 1, f32, tag="hrv-small-32x24 wide ")          # CL 8, 3 chunks
+    check_scan2d(lib, rep, 64, 8, 6, 64, 1, bf16, tag="8x6 wide ")                       # CL 16, one chunk
+    check_scan2d(lib, rep, 96, 8, 6, 20, 1, f16, tag="partial channel block ")          # CL 8, channels 20..23 idle
+    check_scan2d(lib, rep, 8, 16, 12, 64, 1, f16, tag="CL2 ")
+    check_scan2d(lib, rep, 16, 16, 12, 64, 4, f32, tag="CL4 ")
+    # state sizes, optional inputs, softplus off
+    for dt in (f32, f16):
+        check_scan2d(lib, rep, 2, 16, 12, 32, 4, dt, tag="mamkpd-like ")
+        check_scan2d(lib, rep, 1, 9, 7, 8, 16, dt)
+    check_scan2d(lib, rep, 2, 9, 7, 12, 3, bf16, useD=False, usebias=False)              # N 3 in the 4 bucket
+    check_scan2d(lib, rep, 2, 11, 13, 5, 2, f32, softplus=0, useD=False)
+    check_scan2d(lib, rep, 2, 11, 13, 5, 8, f16, usebias=False)
+    # degenerate images: 1 x W, H x 1, 1 x 1, odd sizes
+    for dt in (f32, f16):
+        check_scan2d(lib, rep, 2, 1, 37, 6, 1, dt)
+        check_scan2d(lib, rep, 2, 29, 1, 6, 4, dt)
+    check_scan2d(lib, rep, 3, 1, 1, 7, 2, f32)
+    check_scan2d(lib, rep, 1, 1, 1, 1, 1, f16)
+    check_scan2d(lib, rep, 2, 15, 17, 24, 1, bf16)
+    # long sequences: 96x72 (HRVMamba stage 1 at 384x288) and the largest image (191 x 193 = 36863 positions)
+    check_scan2d(lib, rep, 1, 96, 72, 8, 1, f32, tag="hrv-384x288-stage1 ")
+    check_scan2d(lib, rep, 1, 191, 193, 2, 1, f32, tag="largest image ")
+
+
 def out_size(n, k, s, p, d):
     return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
@@ -501,27 +876,32 @@ def check_errors(lib, rep):
     rep.add("argument validation", ok, f"got {got} want {want}")
 
 
-def run_checks(lib, rep, quick=False):
+def run_checks(lib, rep, ops=("scan", "scan2d", "deform")):
     f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
-    check_errors(lib, rep)
-    # SelectiveScan
-    for dt in (f32, f16, bf16):
-        check_scan(lib, rep, 2, 4, 16, 1, 3072, dt, tag="hrv-small-64x48 ")
-    check_scan(lib, rep, 3, 2, 5, 4, 1, f32)                                   # L = 1
-    check_scan(lib, rep, 3, 2, 5, 4, 1, f16)
-    check_scan(lib, rep, 1, 2, 4, 16, 16384, f32)                              # long L, N = 16
-    check_scan(lib, rep, 1, 2, 4, 16, 16384, f16)
-    check_scan(lib, rep, 2, 3, 7, 3, 100, f32, softplus=0, useD=False, usebias=False)  # G=3, L%8 != 0, NULL opts
-    check_scan(lib, rep, 2, 3, 7, 2, 777, f16)                                 # scalar path, fp16
-    check_scan(lib, rep, 2, 5, 6, 8, 40, bf16)                                 # G=5, N=8, short L
-    check_scan(lib, rep, 2, 4, 1280, 1, 48, f32, tag="hrv-base-8x6 ")          # HRVMamba-base 8x6 (D=1280)
-    check_scan(lib, rep, 2, 4, 1280, 1, 48, f16, tag="hrv-base-8x6 ")
-    check_scan(lib, rep, 1, 4, 40, 2, 520, f32)                                # several chunks + tail, D % 8 != 0
-    check_scan(lib, rep, 1, 1, 3, 5, 4096, f32, softplus=1, useD=True, usebias=False)
-    # enough rows for several rows per lane segment (forward vector path, rows of one chunk)
-    check_scan(lib, rep, 64, 4, 256, 1, 48, f16, bwd=False, tag="row-reps ")
-    check_scan(lib, rep, 100, 4, 131, 2, 96, f32, bwd=False, tag="row-reps, partial last rep ")
-    run_deform_checks(lib, rep)
+    if "scan" in ops or "deform" in ops:
+        check_errors(lib, rep)
+    if "scan" in ops:
+        # SelectiveScan
+        for dt in (f32, f16, bf16):
+            check_scan(lib, rep, 2, 4, 16, 1, 3072, dt, tag="hrv-small-64x48 ")
+        check_scan(lib, rep, 3, 2, 5, 4, 1, f32)                                   # L = 1
+        check_scan(lib, rep, 3, 2, 5, 4, 1, f16)
+        check_scan(lib, rep, 1, 2, 4, 16, 16384, f32)                              # long L, N = 16
+        check_scan(lib, rep, 1, 2, 4, 16, 16384, f16)
+        check_scan(lib, rep, 2, 3, 7, 3, 100, f32, softplus=0, useD=False, usebias=False)  # G=3, L%8 != 0, NULL opts
+        check_scan(lib, rep, 2, 3, 7, 2, 777, f16)                                 # scalar path, fp16
+        check_scan(lib, rep, 2, 5, 6, 8, 40, bf16)                                 # G=5, N=8, short L
+        check_scan(lib, rep, 2, 4, 1280, 1, 48, f32, tag="hrv-base-8x6 ")          # HRVMamba-base 8x6 (D=1280)
+        check_scan(lib, rep, 2, 4, 1280, 1, 48, f16, tag="hrv-base-8x6 ")
+        check_scan(lib, rep, 1, 4, 40, 2, 520, f32)                                # several chunks + tail, D % 8 != 0
+        check_scan(lib, rep, 1, 1, 3, 5, 4096, f32, softplus=1, useD=True, usebias=False)
+        # enough rows for several rows per lane segment (forward vector path, rows of one chunk)
+        check_scan(lib, rep, 64, 4, 256, 1, 48, f16, bwd=False, tag="row-reps ")
+        check_scan(lib, rep, 100, 4, 131, 2, 96, f32, bwd=False, tag="row-reps, partial last rep ")
+    if "scan2d" in ops:
+        run_scan2d_checks(lib, rep)
+    if "deform" in ops:
+        run_deform_checks(lib, rep)
 
 
 def run_deform_checks(lib, rep, tag="", bwd=True):
@@ -695,6 +1075,99 @@ def bench_deform(lib, bw, batch, C, H, W, dtype, dirs, label):
     return rows
 
 
+def bench_scan2d(lib, bw, batch, C, H, W, dtype, dirs, label):
+    """SelectiveScan2D of one SS2D (D = 2C, N = 1, channel-last) beside the version-1 path it replaces:
+    cross_scan of x (from channel-last), SelectiveScan, cross_merge and the layout back to channel-last. The
+    v1 path takes delta/Bs/Cs already in sequence layout (the model's projections produce them so), the v2
+    kernel in spatial layout. Backward: v2 vs cross_scan(dy) + SelectiveScan backward + cross_merge(du).
+    'frac' of both rows = the v2 kernel's minimal bytes / time / copy bandwidth (comparable times)."""
+    dev = "cuda"
+    es = torch.finfo(dtype).bits // 8
+    D, N, L = 2 * C, 1, H * W
+    per_set = batch * L * (D * 6 + 8 * N) * es
+    nsets = max(1, min(4, math.ceil(L2_ROTATE_BYTES / per_set)))
+    sets = []
+    for _ in range(nsets):
+        x = torch.randn(batch, H, W, D, device=dev).to(dtype)
+        de = (torch.randn(batch, H, W, 4 * D, device=dev) * 0.5 - 1).to(dtype)
+        Bs = torch.randn(batch, H, W, 4, N, device=dev).to(dtype)
+        Cs = torch.randn(batch, H, W, 4, N, device=dev).to(dtype)
+        _, de1, bs1, cs1 = (t.contiguous() for t in scan2d_sequences(x, de, Bs, Cs))
+        sets.append(dict(x=x, de=de, Bs=Bs, Cs=Cs, de1=de1, bs1=bs1, cs1=cs1,
+                         y=torch.empty(batch, H, W, D, device=dev, dtype=dtype),
+                         y1=torch.empty(batch, 4 * D, L, device=dev, dtype=dtype)))
+    A = (-torch.exp(torch.randn(4 * D, N, device=dev) * 0.5)).to(dtype)
+    Ds = torch.randn(4 * D, device=dev).to(dtype)
+    db = torch.randn(4 * D, device=dev).to(dtype)
+    sh = Scan2DShape(batch, H, W, D, 4, N, 1, DTYPE_CODE[dtype])
+    sh1 = ScanShape(batch, 4, D, N, L, 1, DTYPE_CODE[dtype])
+    shape_s = f"B{batch} D{D} {H}x{W}"
+    it = [0]
+
+    def nxt():
+        st_ = sets[it[0] % nsets]
+        it[0] += 1
+        return st_
+
+    def fwd2():
+        t = nxt()
+        st = scan2d_fwd(lib, sh, (t["x"], t["de"], A, t["Bs"], t["Cs"], Ds, db), t["y"])
+        assert st == 0, st
+
+    def fwd1():
+        t = nxt()
+        u = cross_scan(t["x"].permute(0, 3, 1, 2))
+        st = lib.ssm_selective_scan_fwd_cuda(ctypes.byref(sh1), P(u), P(t["de1"]), P(A), P(t["bs1"]), P(t["cs1"]),
+                                             P(Ds), P(db), P(t["y1"]), stream_ptr())
+        assert st == 0, st
+        return cross_merge(t["y1"], H, W).permute(0, 2, 3, 1).contiguous()
+
+    rows = []
+    min_fwd = batch * L * (D * 6 + 8 * N) * es  # x, delta, y, Bs, Cs
+    if "fwd" in dirs:
+        t2 = time_call(fwd2)
+        t1 = time_call(fwd1)
+        rows.append((label, f"{H}x{W}", "scan2d", "fwd", str(dtype)[6:], shape_s, t2, min_fwd / t2 / bw))
+        rows.append((label, f"{H}x{W}", "v1path", "fwd", str(dtype)[6:], shape_s, t1, min_fwd / t1 / bw))
+    if "bwd" in dirs:
+        t0 = sets[0]
+        ins = (t0["x"], t0["de"], A, t0["Bs"], t0["Cs"], Ds, db)
+        dy = torch.randn(batch, H, W, D, device=dev).to(dtype)
+        f32 = dict(device=dev, dtype=torch.float32)
+        outs = (torch.empty_like(t0["x"]), torch.empty_like(t0["de"]), torch.empty(4 * D, N, **f32),
+                torch.empty(batch, H, W, 4, N, **f32), torch.empty(batch, H, W, 4, N, **f32), torch.empty(4 * D, **f32),
+                torch.empty(4 * D, **f32))
+        wsz = lib.ssm_selective_scan_2d_bwd_cuda_workspace_size(ctypes.byref(sh))
+        ws = torch.empty(wsz // 4 + 1, **f32)
+
+        def bwd2():
+            st = scan2d_bwd(lib, sh, ins, dy, outs, ws)
+            assert st == 0, st
+
+        u = cross_scan(t0["x"].permute(0, 3, 1, 2)).contiguous()
+        du, dd = torch.empty_like(u), torch.empty_like(u)
+        dA1, dB1, dC1 = torch.empty(4 * D, N, **f32), torch.empty(batch, 4, N, L, **f32), torch.empty(batch, 4, N, L, **f32)
+        dD1, ddb1 = torch.empty(4 * D, **f32), torch.empty(4 * D, **f32)
+        ws1 = torch.empty(lib.ssm_selective_scan_bwd_cuda_workspace_size(ctypes.byref(sh1)) // 4 + 1, **f32)
+
+        def bwd1():
+            dys = cross_scan(dy.permute(0, 3, 1, 2))
+            st = lib.ssm_selective_scan_bwd_cuda(ctypes.byref(sh1), P(u), P(t0["de1"]), P(A), P(t0["bs1"]),
+                                                 P(t0["cs1"]), P(Ds), P(db), P(dys), P(du), P(dd), P(dA1), P(dB1),
+                                                 P(dC1), P(dD1), P(ddb1), P(ws1), stream_ptr())
+            assert st == 0, st
+            return cross_merge(du, H, W).permute(0, 2, 3, 1).contiguous()
+
+        tb2 = time_call(bwd2)
+        tb1 = time_call(bwd1)
+        # minimal traffic: read x, delta, dy, Bs, Cs; write dx, d_delta, dBs, dCs (float32)
+        min_bwd = batch * L * (D * 11 * es + 4 * N * (2 * es + 8))
+        rows.append((label, f"{H}x{W}", "scan2d", "bwd", str(dtype)[6:], shape_s + f" ws {wsz >> 20}M", tb2,
+                     min_bwd / tb2 / bw))
+        rows.append((label, f"{H}x{W}", "v1path", "bwd", str(dtype)[6:], shape_s, tb1, min_bwd / tb1 / bw))
+    return rows
+
+
 def bench(lib, bw, batch=128, ops=("scan", "deform"), dirs=("fwd", "bwd"), models=("small", "base"),
           dtypes=(torch.float32, torch.float16), tag=""):
     rows = []
@@ -703,6 +1176,9 @@ def bench(lib, bw, batch=128, ops=("scan", "deform"), dirs=("fwd", "bwd"), model
             for dtype in dtypes:
                 if "scan" in ops:
                     rows += bench_scan(lib, bw, batch, C, H, W, dtype, dirs, model + tag)
+                    torch.cuda.empty_cache()
+                if "scan2d" in ops:
+                    rows += bench_scan2d(lib, bw, batch, C, H, W, dtype, dirs, model + tag)
                     torch.cuda.empty_cache()
                 if "deform" in ops:
                     rows += bench_deform(lib, bw, batch, C, H, W, dtype, dirs, model + tag)
@@ -763,17 +1239,23 @@ def print_rows(rows, bw):
         print(f"{v:14} {res:6} {op:7} {d:4} {dt:8} {shp:22} {t * 1e3:9.3f} {frac * bw / 1e12:6.2f} {frac:6.2f}")
 
 
-def run_quick_checks(lib, rep):
+def run_quick_checks(lib, rep, ops=("scan", "scan2d", "deform")):
     """Small shapes only (for compute-sanitizer): every code path, few elements."""
     f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
-    check_errors(lib, rep)
-    check_scan(lib, rep, 2, 4, 16, 1, 200, f32)
-    check_scan(lib, rep, 2, 4, 16, 1, 512, f16)                # vector path, 2 chunks
-    check_scan(lib, rep, 3, 2, 5, 4, 1, f16)
-    check_scan(lib, rep, 1, 2, 4, 16, 600, f32)
-    check_scan(lib, rep, 2, 3, 7, 3, 100, f32, softplus=0, useD=False, usebias=False)
-    check_scan(lib, rep, 2, 3, 7, 2, 77, f16)
-    check_scan(lib, rep, 2, 4, 40, 1, 48, bf16)                # 6 lanes per row, 5 rows per warp
+    if "scan" in ops or "deform" in ops:
+        check_errors(lib, rep)
+    if "scan" in ops:
+        check_scan(lib, rep, 2, 4, 16, 1, 200, f32)
+        check_scan(lib, rep, 2, 4, 16, 1, 512, f16)                # vector path, 2 chunks
+        check_scan(lib, rep, 3, 2, 5, 4, 1, f16)
+        check_scan(lib, rep, 1, 2, 4, 16, 600, f32)
+        check_scan(lib, rep, 2, 3, 7, 3, 100, f32, softplus=0, useD=False, usebias=False)
+        check_scan(lib, rep, 2, 3, 7, 2, 77, f16)
+        check_scan(lib, rep, 2, 4, 40, 1, 48, bf16)                # 6 lanes per row, 5 rows per warp
+    if "scan2d" in ops:
+        run_scan2d_checks(lib, rep, quick=True)
+    if "deform" not in ops:
+        return
     check_deform(lib, rep, 1, 9, 7, 2, 32, f32)
     check_deform(lib, rep, 1, 9, 7, 2, 32, f16)
     check_deform(lib, rep, 1, 8, 6, 5, 32, f32, rc=1)
@@ -831,7 +1313,8 @@ def main():
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--quick", action="store_true", help="small checks only (e.g. under compute-sanitizer)")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--bench-ops", default="scan,deform", help="operators to time (comma list)")
+    ap.add_argument("--check-ops", default="scan,scan2d,deform", help="operators to check (comma list)")
+    ap.add_argument("--bench-ops", default="scan,scan2d,deform", help="operators to time (comma list)")
     ap.add_argument("--bench-dirs", default="fwd,bwd", help="directions to time (comma list)")
     ap.add_argument("--selftest-reference", action="store_true", help="check the references against naive loops")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=LIB",
@@ -882,7 +1365,7 @@ def main():
     rep = Report()
     if not args.no_check:
         t0 = time.time()
-        (run_quick_checks if args.quick else run_checks)(lib, rep)
+        (run_quick_checks if args.quick else run_checks)(lib, rep, tuple(o for o in args.check_ops.split(",") if o))
         for name, vlib in variants:
             run_variant_checks(vlib, rep, name)
         print(f"checks took {time.time() - t0:.1f}s")
