@@ -532,18 +532,28 @@ def scan_limit_error(batch, groups, dim, dstate, length, device_type) -> Optiona
     return None
 
 
+CUDA_SCAN2D_MAX_POSITIONS = 36864
+INT32_MAX = 2 ** 31 - 1
+
+
 def scan2d_limit_error(batch, height, width, dim, directions, dstate, device_type) -> Optional[str]:
-    """Why the `device_type` kernels refuse this SelectiveScan2D shape, or None. The CPU kernels' limits are
-    mirrored here; the CUDA library checks its own and refuses with SSM_ERR_BAD_SIZE (a RuntimeError)."""
+    """Why the `device_type` kernels refuse this SelectiveScan2D shape, or None (the kernels' own checks,
+    mirrored so that the error names the limit; docs/ops.md "Limits")."""
     if min(batch, height, width, dim) < 1:
         return None  # nothing to scan: the kernels are not called
     if directions != SCAN_2D_DIRECTIONS:
         return f"directions = {directions}; the kernels take {SCAN_2D_DIRECTIONS}"
     if not 1 <= dstate <= MAX_DSTATE:
         return f"dstate {dstate} is outside 1..{MAX_DSTATE}"
-    if device_type != "cpu":
-        return None
     positions = batch * height * width
+    if device_type != "cpu":
+        # The CUDA forward sums the four directions of an image in shared memory (H x odd W float32 values).
+        if height * (width | 1) > CUDA_SCAN2D_MAX_POSITIONS:
+            return (f"a {height}x{width} image exceeds the CUDA kernels' limit of H x (W rounded up to odd) <= "
+                    f"{CUDA_SCAN2D_MAX_POSITIONS} positions")
+        if height * width * directions * dim > INT32_MAX or batch * dim > INT32_MAX:
+            return f"H*W*4*D or B*D beyond 2^31 - 1 (H={height}, W={width}, D={dim}, B={batch}) on CUDA"
+        return None
     biggest = max(positions * directions * dim, positions * directions * dstate, batch * directions * dim * dstate)
     if biggest > CPU_MAX_ELEMENTS:
         return f"a tensor of {biggest} elements exceeds the CPU kernels' limit of 2^60 - 1"

@@ -511,3 +511,11 @@ def test_export_imports_domain_version_2(tmp_path):
         session = ort_session(proto, register=form == "custom")
         out = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
         assert_close(torch.from_numpy(out), expected, 1e-4, form)
+
+
+def test_cuda_limits_are_mirrored_with_the_limit_named():
+    from ssmpose.custom_ops import kernel_library
+    assert kernel_library.scan2d_limit_error(2, 96, 72, 64, 4, 1, "cuda") is None
+    assert "36864" in kernel_library.scan2d_limit_error(1, 192, 193, 8, 4, 1, "cuda")
+    assert "2^31 - 1" in kernel_library.scan2d_limit_error(1, 128, 128, 2 ** 17, 4, 1, "cuda")
+    assert kernel_library.scan2d_limit_error(1, 192, 193, 8, 4, 1, "cpu") is None
