@@ -66,14 +66,22 @@ def check_selective_scan_args(u, delta, A, Bs, Cs, Ds=None, delta_bias=None) -> 
            f"channels {channels} of u are not divisible by the {groups} groups of Bs")
     _check(tuple(A.shape) == (channels, dstate), op,
            f"A must be ({channels}, {dstate}), got {tuple(A.shape)}")
+    _check_scan_vectors_and_devices(op, channels, ("u", u), delta, A, Bs, Cs, Ds, delta_bias)
+
+
+def _check_scan_vectors_and_devices(op, channels, first, delta, A, Bs, Cs, Ds, delta_bias) -> None:
+    """The checks both scan ops share: Ds / delta_bias of (channels,), every input floating point and on the
+    device of the first input (`first` = (name, tensor))."""
     for name, t in (("Ds", Ds), ("delta_bias", delta_bias)):
         if t is not None:
             _check(tuple(t.shape) == (channels,), op, f"{name} must be ({channels},), got {tuple(t.shape)}")
-    for name, t in (("u", u), ("delta", delta), ("A", A), ("Bs", Bs), ("Cs", Cs), ("Ds", Ds),
+    first_name, first_tensor = first
+    for name, t in (first, ("delta", delta), ("A", A), ("Bs", Bs), ("Cs", Cs), ("Ds", Ds),
                     ("delta_bias", delta_bias)):
         if t is not None:
             _check(t.is_floating_point(), op, f"{name} must be floating point, got {t.dtype}")
-            _check(t.device == u.device, op, f"{name} is on {t.device}, u on {u.device}")
+            _check(t.device == first_tensor.device, op,
+                   f"{name} is on {t.device}, {first_name} on {first_tensor.device}")
 
 
 def check_selective_scan_2d_args(x, delta, A, Bs, Cs, Ds=None, delta_bias=None) -> None:
@@ -91,14 +99,7 @@ def check_selective_scan_2d_args(x, delta, A, Bs, Cs, Ds=None, delta_bias=None) 
     _check(tuple(delta.shape) == (batch, height, width, channels), op,
            f"delta must be (B, H, W, K*D) = {(batch, height, width, channels)}, got {tuple(delta.shape)}")
     _check(tuple(A.shape) == (channels, dstate), op, f"A must be ({channels}, {dstate}), got {tuple(A.shape)}")
-    for name, t in (("Ds", Ds), ("delta_bias", delta_bias)):
-        if t is not None:
-            _check(tuple(t.shape) == (channels,), op, f"{name} must be ({channels},), got {tuple(t.shape)}")
-    for name, t in (("x", x), ("delta", delta), ("A", A), ("Bs", Bs), ("Cs", Cs), ("Ds", Ds),
-                    ("delta_bias", delta_bias)):
-        if t is not None:
-            _check(t.is_floating_point(), op, f"{name} must be floating point, got {t.dtype}")
-            _check(t.device == x.device, op, f"{name} is on {t.device}, x on {x.device}")
+    _check_scan_vectors_and_devices(op, channels, ("x", x), delta, A, Bs, Cs, Ds, delta_bias)
 
 
 def check_deform_aggregate_args(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,

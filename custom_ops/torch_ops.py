@@ -80,21 +80,27 @@ def _scan_setup(ctx, inputs, output):
     ctx.delta_softplus = delta_softplus
 
 
-def _scan_backward(ctx, dy):
-    u, delta, A, Bs, Cs, Ds, delta_bias = ctx.saved_tensors
-    if compiled_kernels_for(u):
-        du, d_delta, dA, dBs, dCs, dDs, d_bias = torch.ops.ssmpose.selective_scan_backward(
-            u, delta, A, Bs, Cs, Ds, delta_bias, ctx.delta_softplus, dy.contiguous())
-    else:
-        du, d_delta, dA, dBs, dCs, dDs, d_bias = _reference_grads(
-            lambda *t: reference.selective_scan_chunked(*t, bool(ctx.delta_softplus),
-                                                        chunk_size=REFERENCE_SCAN_CHUNK),
-            (u, delta, A, Bs, Cs, Ds, delta_bias), dy)
-    return (du, d_delta, dA, dBs, dCs, dDs if Ds is not None else None,
-            d_bias if delta_bias is not None else None, None)
+def _scan_backward_with(kernel_backward, reference_forward):
+    """The autograd backward of a scan op: its backward op with the compiled kernels, else autograd through
+    the reference. Both scan ops share it (same inputs, same gradients, different layouts)."""
+
+    def backward(ctx, dy):
+        first, delta, A, Bs, Cs, Ds, delta_bias = ctx.saved_tensors
+        if compiled_kernels_for(first):
+            grads = kernel_backward(first, delta, A, Bs, Cs, Ds, delta_bias, ctx.delta_softplus, dy.contiguous())
+        else:
+            grads = _reference_grads(
+                lambda *t: reference_forward(*t, bool(ctx.delta_softplus), chunk_size=REFERENCE_SCAN_CHUNK),
+                (first, delta, A, Bs, Cs, Ds, delta_bias), dy)
+        d_first, d_delta, dA, dBs, dCs, dDs, d_bias = grads
+        return (d_first, d_delta, dA, dBs, dCs, dDs if Ds is not None else None,
+                d_bias if delta_bias is not None else None, None)
+    return backward
 
 
-selective_scan.register_autograd(_scan_backward, setup_context=_scan_setup)
+selective_scan.register_autograd(
+    _scan_backward_with(torch.ops.ssmpose.selective_scan_backward, reference.selective_scan_chunked),
+    setup_context=_scan_setup)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -134,21 +140,9 @@ def _(x, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus, dy):
             torch.empty_like(Cs), x.new_empty(channels), x.new_empty(channels))
 
 
-def _scan_2d_backward(ctx, dy):
-    x, delta, A, Bs, Cs, Ds, delta_bias = ctx.saved_tensors
-    if compiled_kernels_for(x):
-        dx, d_delta, dA, dBs, dCs, dDs, d_bias = torch.ops.ssmpose.selective_scan_2d_backward(
-            x, delta, A, Bs, Cs, Ds, delta_bias, ctx.delta_softplus, dy.contiguous())
-    else:
-        dx, d_delta, dA, dBs, dCs, dDs, d_bias = _reference_grads(
-            lambda *t: reference.selective_scan_2d_reference(*t, bool(ctx.delta_softplus),
-                                                             chunk_size=REFERENCE_SCAN_CHUNK),
-            (x, delta, A, Bs, Cs, Ds, delta_bias), dy)
-    return (dx, d_delta, dA, dBs, dCs, dDs if Ds is not None else None,
-            d_bias if delta_bias is not None else None, None)
-
-
-selective_scan_2d.register_autograd(_scan_2d_backward, setup_context=_scan_setup)
+selective_scan_2d.register_autograd(
+    _scan_backward_with(torch.ops.ssmpose.selective_scan_2d_backward, reference.selective_scan_2d_reference),
+    setup_context=_scan_setup)
 
 
 # ---------------------------------------------------------------------------------------------------------
