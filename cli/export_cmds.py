@@ -20,7 +20,8 @@ SCAN_LOWERINGS = ("matrix", "doubling")
 @click.option("--ops", "form", type=click.Choice(FORMS), default="custom", show_default=True,
               help="custom: ssmpose-domain SelectiveScan/DeformAggregate nodes (needs the ssmpose runtime "
                    "library); portable: standard ONNX operators only.")
-@click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset: 18 or 19.")
+@click.option("--opset", default=None, type=int,
+              help="ONNX opset: custom form 18, 19 or 20 (default; GELU as one Gelu node), portable 18 (default) or 19.")
 @click.option("--fp16", is_flag=True, help="float16 weights and activations (float32 I/O; the scan, the "
                                             "deformable sampling and LayerNorm statistics compute in "
                                             "float32).")
@@ -29,8 +30,9 @@ SCAN_LOWERINGS = ("matrix", "doubling")
 @click.option("--scan-lowering", type=click.Choice(SCAN_LOWERINGS), default=None,
               help="Portable form: within-chunk part of the scan as T x T decay matrices (matrix, default) or "
                    "by prefix doubling (doubling, faster on CPU).")
-@click.option("--op-version", type=click.IntRange(1, 2), default=1, show_default=True,
-              help="2: one SelectiveScan2D node per SS2D (ssmpose domain version 2; ONNX Runtime only).")
+@click.option("--op-version", type=click.IntRange(1, 2), default=2, show_default=True,
+              help="2: one SelectiveScan2D node per SS2D (ssmpose domain version 2); 1: cross-scan -> "
+                   "SelectiveScan -> cross-merge (domain version 1, for runtime libraries built before version 2).")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="Output file (default: MODEL_HxW_FORM[_fp16].onnx in the current folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export summary as JSON.")
@@ -49,7 +51,7 @@ def export_command(model_name, checkpoint, input_size, batch, form, opset, fp16,
     summary = {"path": str(result.path), "model": result.metadata.get("model"), "form": form,
                "input_size": result.metadata.get("input_size"), "batch": result.metadata.get("batch"),
                "input_shape": [d.dim_param or d.dim_value for d in graph_input],
-               "dtype": result.metadata.get("dtype"), "opset": opset, "nodes": result.node_count,
+               "dtype": result.metadata.get("dtype"), "opset": result.metadata.get("opset"), "nodes": result.node_count,
                "size_bytes": result.size_bytes, "seconds": round(result.seconds, 2),
                "stages": {k: round(v, 2) for k, v in result.stages.items()}}
     if form == "portable":
@@ -60,7 +62,7 @@ def export_command(model_name, checkpoint, input_size, batch, form, opset, fp16,
         return
     shape = "x".join(str(d) for d in summary["input_shape"])
     click.echo(f"wrote {summary['path']}: {summary['model']} input {shape}, batch {summary['batch']}, {form} form, "
-               f"{summary['dtype']}, opset {opset}")
+               f"{summary['dtype']}, opset {summary['opset']}")
     click.echo(f"{summary['nodes']} nodes, {summary['size_bytes'] / 1e6:.1f} MB, {summary['seconds']:.1f} s")
 
 

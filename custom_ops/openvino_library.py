@@ -1,8 +1,8 @@
 """Locator of the OpenVINO extension ``libssmpose_ov.so``.
 
-The extension defines the ``ssmpose`` ops (SelectiveScan, DeformAggregate) for OpenVINO, with a CPU evaluate
-through the project's CPU kernels, and converts ``ssmpose``-domain ONNX nodes to them; see
-``custom_ops/csrc/openvino/``. It is searched for in the same folders as the ONNX Runtime library
+The extension defines the ``ssmpose`` ops (SelectiveScan, SelectiveScan2D, DeformAggregate) for OpenVINO, with
+a CPU evaluate through the project's CPU kernels, and converts ``ssmpose``-domain ONNX nodes (domain versions 1
+and 2) to them; see ``custom_ops/csrc/openvino/``. It is searched for in the same folders as the ONNX Runtime library
 (:func:`ort_library.find_library`).
 
 An OpenVINO extension is C++ compiled against one OpenVINO release; loading it into another release can
@@ -27,7 +27,7 @@ from typing import Dict, Optional, Tuple
 from .ort_library import find_library
 
 LIBRARY_NAME = "libssmpose_ov.so"
-OV_LIBRARY_VERSION = 1  # must equal SSMPOSE_OV_LIBRARY_VERSION of csrc/openvino/extension.cpp
+OV_LIBRARY_VERSION = 2  # must equal SSMPOSE_OV_LIBRARY_VERSION of csrc/openvino/extension.cpp
 KERNELS_ABI_VERSION = 1  # kernel_library.ABI_VERSION (not imported: that module imports torch)
 
 

@@ -14,7 +14,7 @@ import torch
 from . import reference, torch_ops  # noqa: F401  (torch_ops registers torch.ops.ssmpose.*)
 
 _use_reference = False
-_use_scan_2d = False
+_use_scan_2d = True
 SCAN_2D_DIRECTIONS = reference.SCAN_2D_DIRECTIONS
 
 
@@ -31,10 +31,10 @@ def force_reference(enabled: bool = True):
 
 @contextlib.contextmanager
 def scan_2d(enabled: bool = True):
-    """Within this context SS2D-style layers (DirectionalSSM with four directions) run their scan as one
-    SelectiveScan2D (domain version 2) instead of cross-scan -> SelectiveScan -> cross-merge, in PyTorch and
-    in what is exported. Same parameters, same outputs up to float rounding. Opt-in while the OpenVINO
-    extension and the TensorRT plugins know only version 1."""
+    """SS2D-style layers (DirectionalSSM with four directions) run their scan as one SelectiveScan2D (domain
+    version 2), in PyTorch and in what is exported: the default. Within `scan_2d(False)` they run the
+    version-1 path instead (cross-scan -> SelectiveScan -> cross-merge), e.g. to export a graph for a runtime
+    library that knows only version 1. Same parameters, same outputs up to float rounding."""
     global _use_scan_2d
     previous, _use_scan_2d = _use_scan_2d, enabled
     try:

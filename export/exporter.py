@@ -35,11 +35,15 @@ import torch.nn as nn
 
 from ..custom_ops import ops
 from .metadata import build_metadata, write_metadata
+from .optimize import fuse_erf_gelu
 from .schemas import DOMAIN, op_domain_version, register_schemas
 
 FORMS = ("custom", "portable")
-SUPPORTED_OPSETS = (18, 19)
-DEFAULT_OPSET = 18
+# Opset 20 brings the one-node Gelu (five nodes below it). The portable form stays below 20: TensorRT's parser
+# knows only GridSample's opset-16 mode names and samples nearest-neighbour with opset 20's "linear".
+SUPPORTED_OPSETS = {"custom": (18, 19, 20), "portable": (18, 19)}
+DEFAULT_OPSETS = {"custom": 20, "portable": 18}
+GELU_OPSET = 20
 INPUT_NAME = "images"
 BATCH_DIM = "batch"
 PRODUCER_NAME = "ssmpose"
@@ -252,9 +256,9 @@ def _portable_violations(model: onnx.ModelProto):
 
 
 def export_model(model: Union[str, nn.Module], output=None, *, checkpoint=None, input_size=None,
-                 batch: Union[str, int] = "dynamic", form: str = "custom", opset: int = DEFAULT_OPSET,
+                 batch: Union[str, int] = "dynamic", form: str = "custom", opset: Optional[int] = None,
                  fp16: bool = False, chunk_size: Optional[int] = None, scan_lowering: Optional[str] = None,
-                 op_version: int = 1, check: bool = True) -> ExportResult:
+                 op_version: int = 2, check: bool = True) -> ExportResult:
     """Export a model to ONNX; returns an ExportResult (the ModelProto, the path written, timings).
 
     model       registered model name (e.g. "hrvmamba_small") or a module built by ssmpose.build_model
@@ -263,13 +267,15 @@ def export_model(model: Union[str, nn.Module], output=None, *, checkpoint=None, 
     input_size  (H, W) or "HxW", multiples of 32; default: the model's
     batch       "dynamic" (symbolic batch dimension) or a fixed batch size
     form        "custom" (ssmpose-domain SelectiveScan/DeformAggregate nodes) or "portable" (standard ops)
-    opset       ONNX opset of the default domain: 18 (default) or 19
+    opset       ONNX opset of the default domain: custom form 18, 19 or 20 (default; GELU as one Gelu node),
+                portable form 18 (default) or 19
     fp16        float16 weights and activations (float32 I/O; scan, sampling and LayerNorm statistics
                 computed in float32)
     chunk_size  portable form: chunk length of the scan lowering (default: the lowering's, 32 / 64)
     scan_lowering  portable form: "matrix" (T x T decay matrices, default) or "doubling" (prefix doubling)
-    op_version  1: SS2D's scan as cross-scan -> SelectiveScan -> cross-merge (every runtime library); 2: one
-                SelectiveScan2D node per SS2D (ssmpose domain version 2: ONNX Runtime library only, fewer nodes)
+    op_version  2 (default): one SelectiveScan2D node per SS2D (ssmpose domain version 2); 1: SS2D's scan as
+                cross-scan -> SelectiveScan -> cross-merge (domain version 1, for runtime libraries built
+                before version 2)
     """
     if form not in FORMS:
         raise ExportError(f"export form must be one of {', '.join(FORMS)}, got {form!r}")
@@ -280,14 +286,14 @@ def export_model(model: Union[str, nn.Module], output=None, *, checkpoint=None, 
 
 
 def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None, input_size=None,
-                 batch: Union[str, int] = "dynamic", opset: int = DEFAULT_OPSET, fp16: bool = False,
+                 batch: Union[str, int] = "dynamic", opset: Optional[int] = None, fp16: bool = False,
                  chunk_size: Optional[int] = None, scan_lowering: Optional[str] = None,
-                 op_version: int = 1, check: bool = True) -> dict:
+                 op_version: int = 2, check: bool = True) -> dict:
     """Export several forms from one trace: `outputs` maps form -> file (or None); returns form -> ExportResult.
 
     The portable form is the traced custom form with every ssmpose node replaced by its standard-op
     lowering (`ssmpose.custom_ops.portable.lower_to_portable`), so both forms share everything else.
-    Options as in `export_model`.
+    Options as in `export_model`; opset None: each form's default.
     """
     from ..custom_ops.portable import DEFAULT_SCAN_LOWERING, check_scan_options
     start = time.perf_counter()
@@ -302,7 +308,9 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
         chunk_size = check_scan_options(chunk_size, scan_lowering)
     except (TypeError, ValueError) as err:
         raise ExportError(str(err)) from None
-    _check_opset(opset)
+    opsets = {form: DEFAULT_OPSETS[form] if opset is None else opset for form in forms}
+    for form, form_opset in opsets.items():
+        _check_opset(form_opset, form)
     if op_version not in (1, 2):
         raise ExportError(f"op_version must be 1 or 2, got {op_version!r}")
     batch = parse_batch(batch)
@@ -318,7 +326,8 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
 
     stages = {}
     with ops.scan_2d(op_version == 2):
-        traced = _trace(net, size, batch, fp16, opset, output_name, stages)
+        # traced below opset 20 (the portable lowerings need it); the custom form is raised to 20 afterwards
+        traced = _trace(net, size, batch, fp16, min(min(opsets.values()), GELU_OPSET - 1), output_name, stages)
     domain_version = op_domain_version(n.op_type for n in traced.graph if n.domain == DOMAIN)
     shared_s = time.perf_counter() - start
     results = {}
@@ -327,10 +336,12 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
         ir_model = traced if i == len(forms) - 1 else _copy_ir(traced)
         form_stages = dict(stages)
         proto = _finish(ir_model, form, chunk_size, scan_lowering, form_stages)
-        _normalise(proto, name, form, opset)
+        if opsets[form] >= GELU_OPSET:
+            fuse_erf_gelu(proto)
+        _normalise(proto, name, form, opsets[form])
         if form == "portable" and _portable_violations(proto):
             raise ExportError(f"portable export produced non-standard nodes: {_portable_violations(proto)}")
-        metadata = build_metadata(meta_in, input_size=size, batch=batch, form=form, opset=opset,
+        metadata = build_metadata(meta_in, input_size=size, batch=batch, form=form, opset=opsets[form],
                                   dtype="float16" if fp16 else "float32", io_dtype="float32",
                                   chunk_size=chunk_size if form == "portable" else None,
                                   scan_lowering=scan_lowering if form == "portable" else None,
@@ -350,11 +361,13 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
     return results
 
 
-def _check_opset(opset) -> None:
-    if opset not in SUPPORTED_OPSETS:
-        raise ExportError(f"opset {opset} is not supported; choose one of {SUPPORTED_OPSETS}: torch.onnx's "
-                          f"exporter emits opset >= 18, and GridSample must stay below opset 20 (TensorRT's "
-                          f"parser turns GridSample into nearest-neighbour sampling from opset 20)")
+def _check_opset(opset, form: str) -> None:
+    supported = SUPPORTED_OPSETS[form]
+    if opset not in supported:
+        why = ("; GridSample must stay below opset 20 (TensorRT's parser turns GridSample into "
+               "nearest-neighbour sampling from opset 20)" if form == "portable" else "")
+        raise ExportError(f"opset {opset} is not supported for the {form} form; choose one of {supported} "
+                          f"(torch.onnx's exporter emits opset >= 18{why})")
 
 
 def _trace(net: nn.Module, size, batch, fp16: bool, opset: int, output_name: str, stages: dict):

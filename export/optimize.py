@@ -48,3 +48,69 @@ def optimize_model(model: ir.Model, rounds: int = 2) -> None:
               common_passes.RemoveUnusedNodesPass(),
               common_passes.NameFixPass()):
         p(model)
+
+
+def _scalar_initializers(model) -> dict:
+    import numpy as np
+    from onnx import numpy_helper
+    return {init.name: float(np.asarray(numpy_helper.to_array(init)).reshape(-1)[0])
+            for init in model.graph.initializer if int(np.prod(init.dims)) == 1}
+
+
+def fuse_erf_gelu(model) -> int:
+    """Replace every x * (0.5 * (erf(x / sqrt 2) + 1)), the five nodes torch.onnx writes for F.gelu below opset
+    20, by one Gelu (opset 20, approximate "none": defined by that same formula). Works on an onnx.ModelProto
+    in place (the caller sets the opset import to 20); returns the number of Gelu nodes made."""
+    import math
+
+    import onnx
+    scalars = _scalar_initializers(model)
+    nodes = list(model.graph.node)
+    producer = {out: n for n in nodes for out in n.output}
+    consumers = {}
+    for n in nodes:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    graph_outputs = {o.name for o in model.graph.output}
+
+    def is_scalar(name, value):
+        return name in scalars and math.isclose(scalars[name], value, rel_tol=1e-3)
+
+    def only_consumer(node):
+        users = consumers.get(node.output[0], [])
+        return users[0] if len(users) == 1 and node.output[0] not in graph_outputs else None
+
+    def other_input(node, known):
+        return node.input[1] if node.input[0] == known else node.input[0] if node.input[1] == known else None
+
+    removed, fused = set(), 0
+    for erf in (n for n in nodes if n.op_type == "Erf" and n.domain in ("", "ai.onnx")):
+        div = producer.get(erf.input[0])
+        if div is None or div.op_type != "Div" or not is_scalar(div.input[1], math.sqrt(2.0)):
+            continue
+        x = div.input[0]
+        add = only_consumer(erf)
+        if add is None or add.op_type != "Add" or not is_scalar(other_input(add, erf.output[0]), 1.0):
+            continue
+        half = only_consumer(add)
+        if half is None or half.op_type != "Mul" or not is_scalar(other_input(half, add.output[0]), 0.5):
+            continue
+        final = only_consumer(half)
+        if final is None or final.op_type != "Mul" or other_input(final, half.output[0]) != x:
+            continue
+        if only_consumer(div) is not erf:
+            continue
+        removed.update(id(n) for n in (div, erf, add, half))
+        gelu = onnx.helper.make_node("Gelu", [x], list(final.output), name=final.name)
+        final.CopyFrom(gelu)
+        fused += 1
+    kept = [n for n in model.graph.node if id(n) not in removed]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    used = {name for n in model.graph.node for name in n.input}
+    produced = {name for n in model.graph.node for name in n.output}
+    for init in [i for i in model.graph.initializer if i.name not in used and i.name not in graph_outputs]:
+        model.graph.initializer.remove(init)
+    for info in [v for v in model.graph.value_info if v.name not in produced]:
+        model.graph.value_info.remove(info)
+    return fused

@@ -43,8 +43,15 @@ def ss2d_official(m, x):
     return conv1x1(m.out_proj, y)
 
 
+def multi_kernel_official(convs, x):
+    """The four depthwise convolutions (kernels 3/5/7/9) on their channel groups, one by one."""
+    parts = torch.split(x, convs.splits, dim=1)
+    return torch.cat([F.conv2d(p, c.weight, c.bias, padding=c.kernel_size[0] // 2, groups=p.shape[1])
+                      for c, p in zip(convs, parts)], dim=1)
+
+
 def lpu_official(block, x):
-    t = block.conv2d(layer_norm_nchw(block.norm0, x))
+    t = multi_kernel_official(block.conv2d, layer_norm_nchw(block.norm0, x))
     b, c, h, w = t.shape
     t = t.view(b, 4, c // 4, h, w).transpose(1, 2).reshape(b, c, h, w)   # channel shuffle, 4 groups
     return F.gelu(t)
@@ -88,3 +95,20 @@ def test_channel_last_block_matches_official_order(block_cls, channels):
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=0, atol=2e-5 * expected.abs().max().item())
     torch.testing.assert_close(single, block_official(blocks[0], x), rtol=0, atol=2e-5 * expected.abs().max().item())
+
+
+
+@pytest.mark.parametrize("block_cls, channels", [(HRVMambaBlock, 32), (HRVMambaSEBlock, 16)])
+def test_block_with_both_scan_paths_matches_official_order_in_float64(block_cls, channels):
+    """SelectiveScan2D (the default) and the version-1 path both compute the official order; in float64 they
+    agree with each other to float64 rounding."""
+    block = randomised(block_cls(channels), 3).double()
+    x = torch.randn(2, channels, 6, 9, dtype=torch.float64)
+    with torch.no_grad():
+        expected = block_official(block, x)
+        v2 = block(x)
+        with ops.scan_2d(False):
+            v1 = block(x)
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(v2, v1, rtol=0, atol=1e-12 * scale)
+    torch.testing.assert_close(v2, expected, rtol=0, atol=2e-5 * scale)

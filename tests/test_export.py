@@ -10,11 +10,13 @@ Cost on the 2-core CI machine: about 60-90 s per traced model; tiny at 256x192, 
 CLI re-export run by default, the other five models are marked `slow` (see docs/export.md).
 """
 import json
+import math
 
 import numpy as np
 import onnx
 import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 
 ort = pytest.importorskip("onnxruntime")
@@ -23,7 +25,9 @@ import ssmpose  # noqa: E402
 from ssmpose.checkpoint import CheckpointError, save_checkpoint  # noqa: E402
 from conftest import perturb  # noqa: E402
 from ssmpose.cli.main import main  # noqa: E402
-from ssmpose.export import ExportError, export_forms, export_model, inspect_model, read_metadata  # noqa: E402
+from ssmpose.export import (DEFAULT_OPSETS, ExportError, export_forms, export_model, inspect_model,  # noqa: E402
+                            read_metadata)
+from ssmpose.export.optimize import fuse_erf_gelu  # noqa: E402
 from ssmpose.training.codec import decode_heatmaps  # noqa: E402
 from ssmpose.training.models.dcnv4 import DCNv4  # noqa: E402
 from ssmpose.training.models.hrvmamba import pose_metadata  # noqa: E402
@@ -65,7 +69,7 @@ def test_both_forms_pass_the_full_checker(exported, name, size):
         onnx.checker.check_model(str(path), full_check=True)
         report = inspect_model(path)
         assert report["portable"] == (form == "portable"), report["portability_problems"]
-        assert report["opset_import"]["ai.onnx"] == 18
+        assert report["opset_import"]["ai.onnx"] == DEFAULT_OPSETS[form]
         assert report["inputs"] == [{"name": "images", "dtype": "float32", "shape": ["batch", 3, *size]}]
         assert report["outputs"] == [{"name": "heatmaps", "dtype": "float32",
                                       "shape": ["batch", 17, size[0] // 4, size[1] // 4]}]
@@ -76,10 +80,13 @@ def test_custom_form_has_one_node_per_op_with_the_attributes(exported, name, siz
     e = exported(name, size)
     model = onnx.load(str(e.paths["custom"]), load_external_data=False)
     ss2d = [m for m in e.model.modules() if isinstance(m, SS2D)]
-    scans = [n for n in model.graph.node if n.domain == "ssmpose" and n.op_type == "SelectiveScan"]
+    scans = [n for n in model.graph.node if n.domain == "ssmpose" and n.op_type == "SelectiveScan2D"]
     deforms = [n for n in model.graph.node if n.domain == "ssmpose" and n.op_type == "DeformAggregate"]
     assert len(scans) == len(deforms) == len(ss2d)
-    assert {(o.domain, o.version) for o in model.opset_import} == {("", 18), ("ssmpose", 1)}
+    assert {(o.domain, o.version) for o in model.opset_import} == {("", 20), ("ssmpose", 2)}
+    gelus = sum(isinstance(m, torch.nn.GELU) for m in e.model.modules())
+    assert [n.op_type for n in model.graph.node].count("Gelu") == gelus + len(ss2d)   # MLP's module + LPU's F.gelu
+    assert "Erf" not in {n.op_type for n in model.graph.node}
     for node in scans + deforms:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == b"ssmpose"
@@ -164,9 +171,9 @@ def test_metadata_round_trip(exported, name, size):
         assert got["codec"] == {"type": "MSRAHeatmap", "sigma": meta["codec"]["sigma"],
                                 "heatmap_size": [size[0] // 4, size[1] // 4]}
         assert (got["family"], got["variant"]) == ("hrvmamba", name.split("_", 1)[1])
-        assert got["export_form"] == form and got["opset"] == 18 and got["dtype"] == "float32"
+        assert got["export_form"] == form and got["opset"] == DEFAULT_OPSETS[form] and got["dtype"] == "float32"
         assert got["batch"] == "dynamic" and got["input_name"] == "images" and got["output_name"] == "heatmaps"
-        assert got["op_domain"] == "ssmpose" and got["op_domain_version"] == 1
+        assert got["op_domain"] == "ssmpose" and got["op_domain_version"] == 2
         assert got["ssmpose_version"] == ssmpose.__version__
         assert (got["chunk_size"] is None) == (form == "custom")
         raw = onnx.load(str(path), load_external_data=False)
@@ -282,7 +289,8 @@ def test_checkpoint_for_another_variant(tmp_path):
 
 
 @pytest.mark.parametrize("options,message", [
-    (dict(opset=17), "opset 17 is not supported"), (dict(opset=20), "opset 20 is not supported"),
+    (dict(opset=17), "opset 17 is not supported"), (dict(opset=21), "opset 21 is not supported"),
+    (dict(opset=20, form="portable"), "opset 20 is not supported for the portable form.*GridSample"),
     (dict(batch=0), "batch must be"), (dict(batch="many"), "batch must be"),
     (dict(form="plain"), "export form must be"), (dict(chunk_size=1), "chunk size must be >= 2"),
     (dict(scan_lowering="loop"), "scan lowering must be one of"),
@@ -339,3 +347,37 @@ def test_toy_model_both_forms_and_static_batch(tmp_path):
     assert (meta["model"], meta["batch"], meta["chunk_size"], meta["scan_lowering"]) == ("toy_pose", 3, 16, "doubling")
     again = export_model(toy, tmp_path / "p2.onnx", batch=3, form="portable", scan_lowering="doubling", chunk_size=16)
     assert again.path.read_bytes() == (tmp_path / "p.onnx").read_bytes()
+
+
+class GeluForms(torch.nn.Module):
+    """F.gelu whose input is also used elsewhere, and a look-alike with 0.6 instead of 0.5 (not a GELU)."""
+
+    def forward(self, x):
+        a = F.gelu(x) + x
+        y = x + 1.0
+        b = y * (0.6 * (torch.erf(y / math.sqrt(2.0)) + 1.0))
+        return F.gelu(a * 2.0) - b
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_erf_gelu_becomes_one_gelu_node(tmp_path, dtype):
+    x = torch.randn(3, 8, dtype=dtype)
+    program = torch.onnx.export(GeluForms().eval(), (x,), dynamo=True, opset_version=18, optimize=True,
+                                verbose=False)
+    before = program.model_proto
+    after = onnx.ModelProto()
+    after.CopyFrom(before)
+    assert fuse_erf_gelu(after) == 2
+    for entry in after.opset_import:
+        if entry.domain == "":
+            entry.version = 20
+    onnx.checker.check_model(after, full_check=True)
+    ops_after = [n.op_type for n in after.graph.node]
+    assert ops_after.count("Gelu") == 2 and ops_after.count("Erf") == 1          # the look-alike stays
+    feed = {before.graph.input[0].name: x.numpy()}
+    expected = ort.InferenceSession(before.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    got = ort.InferenceSession(after.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    reference = GeluForms()(x.double()).numpy()
+    tolerance = 2e-3 if dtype == torch.float16 else 1e-6
+    assert np.abs(got - reference).max() <= tolerance * np.abs(reference).max()
+    assert np.abs(got - expected).max() <= tolerance * np.abs(reference).max()

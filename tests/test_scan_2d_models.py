@@ -1,6 +1,6 @@
-"""The models on SelectiveScan2D (`ops.scan_2d()`, `export(..., op_version=2)`): the same outputs and gradients
-as the version-1 path and the float64 reference, and an export with one SelectiveScan2D node per SS2D that
-ONNX Runtime runs in both forms."""
+"""The models on SelectiveScan2D (the default; `ops.scan_2d(False)` and `export(..., op_version=1)` give the
+version-1 path): the same outputs and gradients as the version-1 path and the float64 reference, and an export
+with one SelectiveScan2D node per SS2D that ONNX Runtime runs in both forms."""
 import numpy as np
 import onnx
 import pytest
@@ -27,9 +27,9 @@ def test_outputs_equal_the_version_1_path_and_the_float64_reference(name, size):
     model = _perturbed(name, size)
     images = torch.randn(2, 3, *size)
     with torch.no_grad():
-        v1 = model(images).double()
-        with ops.scan_2d():
-            v2 = model(images).double()
+        v2 = model(images).double()
+        with ops.scan_2d(False):
+            v1 = model(images).double()
         with ops.force_reference():
             expected = model.double()(images.double())
     scale = expected.abs().max()
@@ -46,39 +46,45 @@ def test_gradients_equal_the_version_1_path():
         (model(images) - target).square().mean().backward()
         return torch.cat([p.grad.flatten() for p in model.parameters()])
 
-    v1 = grads()
-    with ops.scan_2d():
-        v2 = grads()
+    v2 = grads()
+    with ops.scan_2d(False):
+        v1 = grads()
     assert ((v2 - v1).norm() / v1.norm()) < 1e-4
 
 
-def test_export_op_version_2_has_one_selective_scan_2d_per_ss2d_and_runs_in_onnx_runtime(exported):
+def test_export_has_one_selective_scan_2d_per_ss2d_and_runs_in_onnx_runtime(exported):
     ort = pytest.importorskip("onnxruntime")
     from ssmpose.custom_ops.ort_library import ort_library_path
-    v2 = exported("mamkpd_small", (256, 192), op_version=2)
-    v1 = exported("mamkpd_small", (256, 192))
+    v2 = exported("mamkpd_small", (256, 192))
+    v1 = exported("mamkpd_small", (256, 192), op_version=1)
     custom = onnx.load(str(v2.paths["custom"]), load_external_data=False)
     ops_used = [n.op_type for n in custom.graph.node if n.domain == "ssmpose"]
     assert ops_used == ["SelectiveScan2D"] * 12                         # 2 + 4 + 6 blocks
+    v1_ops = [n.op_type for n in onnx.load(str(v1.paths["custom"]), load_external_data=False).graph.node]
+    assert v1_ops.count("SelectiveScan") == 12 and "SelectiveScan2D" not in v1_ops
     assert {o.domain: o.version for o in custom.opset_import}["ssmpose"] == 2
     assert read_metadata(v2.paths["custom"])["op_domain_version"] == 2
     assert v2.results["custom"].node_count < 0.8 * v1.results["custom"].node_count
     images = torch.randn(1, 3, 256, 192, generator=torch.Generator().manual_seed(2))
     expected = v2.torch_heatmaps(images)
-    for form in ("custom", "portable"):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 2
-        options.register_custom_ops_library(str(ort_library_path()))
-        session = ort.InferenceSession(str(v2.paths[form]), options, providers=["CPUExecutionProvider"])
-        got = session.run(None, {"images": images.numpy()})[0]
-        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max(), form
+    for version, exported_files in (("v2", v2), ("v1", v1)):
+        for form in ("custom", "portable"):
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 2
+            options.register_custom_ops_library(str(ort_library_path()))
+            session = ort.InferenceSession(str(exported_files.paths[form]), options, providers=["CPUExecutionProvider"])
+            got = session.run(None, {"images": images.numpy()})[0]
+            assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max(), (version, form)
 
 
 def test_cli_op_version(tmp_path):
     out = tmp_path / "v2.onnx"
-    result = CliRunner().invoke(main, ["export", "mamkpd_small", "--input-size", "64x48", "--op-version", "2",
-                                       "-o", str(out)])
+    result = CliRunner().invoke(main, ["export", "mamkpd_small", "--input-size", "64x48", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert read_metadata(out)["op_domain_version"] == 2
+    result = CliRunner().invoke(main, ["export", "mamkpd_small", "--input-size", "64x48", "--op-version", "1",
+                                       "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert read_metadata(out)["op_domain_version"] == 1
     result = CliRunner().invoke(main, ["export", "mamkpd_small", "--op-version", "3", "-o", str(out)])
     assert result.exit_code == 2 and "op-version" in result.output

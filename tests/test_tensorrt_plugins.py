@@ -6,7 +6,8 @@ Three layers, each skipping with its reason where what it needs is absent:
    runtime, no GPU): the plugin folder is configured on its own into a temporary build, which compiles
    libssmpose_trt.so and ssmpose_trt_unit_tests (the real plugin sources against fakes of IExprBuilder /
    IDimensionExpr and hand-made field collections and tensor descriptors). The program's checks are asserted here,
-   its output-size expressions are compared with the Python reference, its field names with the ONNX schemas, and
+   its output-size expressions are compared with the Python reference, SelectiveScan2D's shape rules with
+   ops.check_selective_scan_2d_args (same verdicts, same words), its field names with the ONNX schemas, and
    the library's exported symbols and dependencies are inspected. Headers are looked up in
    $SSMPOSE_TENSORRT_INCLUDE_DIR, $TENSORRT_ROOT/include, the project build's CMake cache, an installed kernel_lens
    package and <repo>/build/third_party/kernel_lens (docs/tensorrt.md). With SSMPOSE_REQUIRE_TRT_PLUGINS=1 (CI)
@@ -128,12 +129,16 @@ def test_unit_program_passes(unit_results):
     assert not failed, failed
     assert unit_results["returncode"] == 0, unit_results["stdout"][-3000:] + unit_results["stderr"]
     assert re.search(r"^passed (\d+) failed 0$", unit_results["stdout"], re.M)
-    assert len(unit_results["results"]) >= 120
+    assert len(unit_results["results"]) >= 250
 
 
 @pytest.mark.parametrize("group", ["creators.", "scan.fields.", "scan.create.", "deform.fields.", "deform.create.",
                                    "plugin.", "formats.", "types.", "scan.shapes.", "deform.shapes.", "configure.",
-                                   "runtime.", "serialize."])
+                                   "runtime.", "serialize.",
+                                   # SelectiveScan2D, in every area
+                                   "creators.SelectiveScan2D.", "scan2d.fields.", "scan2d.create.", "plugin.scan2d_",
+                                   "formats.scan2d_", "types.scan2d_", "scan2d.shapes.", "scan2d.shapes.partial_",
+                                   "configure.scan2d_", "runtime.scan2d_", "serialize.scan2d_"])
 def test_unit_group(unit_results, group):
     """Each area is covered by at least one check, and none of its checks failed."""
     checks = {k: v for k, v in unit_results["results"].items() if k.startswith(group)}
@@ -151,11 +156,18 @@ def test_plugin_fields_are_the_onnx_attributes(unit_results):
     from ssmpose.export import schemas
     schemas.register_schemas()
     kinds = {AttributeProto.INT: "int32", AttributeProto.FLOAT: "float32"}
-    for op in ("SelectiveScan", "DeformAggregate"):
-        schema = onnx.defs.get_schema(op, schemas.DOMAIN_VERSION, schemas.DOMAIN)
+    assert set(unit_results["fields"]) == set(schemas.OP_SINCE_VERSION)  # every op of the domain has a plugin
+    for op, version in schemas.OP_SINCE_VERSION.items():
+        schema = onnx.defs.get_schema(op, version, schemas.DOMAIN)
         expected = {name: kinds.get(attr.type, "other") for name, attr in schema.attributes.items()
                     if name not in ("plugin_version", "plugin_namespace")}
         assert dict(unit_results["fields"][op]) == expected
+
+
+def test_plugin_names_are_the_backends():
+    """The backend checks TensorRT's registry for every plugin the library declares, and every op of the domain."""
+    from ssmpose.export import schemas
+    assert set(trt_backend.PLUGIN_NAMES) == set(schemas.OP_SINCE_VERSION)
 
 
 OUTSIZE_CASES = [
@@ -185,6 +197,74 @@ def test_output_size_expression_matches_reference(unit_build, case):
         assert run.stdout.startswith("error: DeformAggregate (layer 'o'): value's image (H, W)"), run.stdout
     else:
         assert [int(v) for v in run.stdout.split()] == [out_h, out_w, out_h, out_w]
+
+
+SCAN2D_GOOD = {"x": (2, 5, 3, 6), "delta": (2, 5, 3, 24), "A": (24, 3), "Bs": (2, 5, 3, 4, 3),
+               "Cs": (2, 5, 3, 4, 3), "Ds": (24,), "delta_bias": (24,)}
+SCAN2D_CASES = [
+    # id, changed shapes, number of inputs (5: no Ds / delta_bias, 6: Ds, 7: both)
+    ("valid", {}, 7),
+    ("valid-no-optional", {}, 5),
+    ("valid-Ds-only", {}, 6),
+    ("valid-1x1", {"x": (1, 1, 1, 2), "delta": (1, 1, 1, 8), "A": (8, 16), "Bs": (1, 1, 1, 4, 16),
+                   "Cs": (1, 1, 1, 4, 16), "Ds": (8,), "delta_bias": (8,)}, 7),
+    ("empty-batch", {"x": (0, 5, 3, 6), "delta": (0, 5, 3, 24), "Bs": (0, 5, 3, 4, 3), "Cs": (0, 5, 3, 4, 3)}, 7),
+    ("empty-D", {"x": (2, 5, 3, 0), "delta": (2, 5, 3, 0), "A": (0, 3), "Ds": (0,), "delta_bias": (0,)}, 7),
+    ("x-rank-3", {"x": (2, 5, 3)}, 7),
+    ("x-rank-5", {"x": (2, 5, 3, 6, 1)}, 5),
+    ("Bs-rank", {"Bs": (2, 15, 4, 3)}, 7),
+    ("Bs-width", {"Bs": (2, 5, 4, 4, 3), "Cs": (2, 5, 4, 4, 3)}, 7),
+    ("Bs-batch", {"Bs": (1, 5, 3, 4, 3)}, 7),
+    ("directions-2", {"Bs": (2, 5, 3, 2, 3), "Cs": (2, 5, 3, 2, 3), "delta": (2, 5, 3, 12), "A": (12, 3)}, 5),
+    ("directions-8", {"Bs": (2, 5, 3, 8, 3), "Cs": (2, 5, 3, 8, 3)}, 7),
+    ("Cs-dstate", {"Cs": (2, 5, 3, 4, 2)}, 7),
+    ("Cs-rank", {"Cs": (2, 5, 3, 4)}, 7),
+    ("delta-channels", {"delta": (2, 5, 3, 6)}, 7),
+    ("delta-rank", {"delta": (2, 15, 24)}, 7),
+    ("delta-transposed", {"delta": (2, 3, 5, 24)}, 7),
+    ("A-dstate", {"A": (24, 4)}, 7),
+    ("A-rows", {"A": (6, 3)}, 7),
+    ("A-rank", {"A": (24,)}, 7),
+    ("Ds", {"Ds": (6,)}, 6),
+    ("delta_bias", {"delta_bias": (24, 1)}, 7),
+    ("dstate-17", {"A": (24, 17), "Bs": (2, 5, 3, 4, 17), "Cs": (2, 5, 3, 4, 17)}, 7),
+]
+
+
+@pytest.mark.parametrize("case", SCAN2D_CASES, ids=lambda c: c[0])
+def test_scan2d_shape_rules_match_ops(unit_build, case):
+    """SelectiveScan2D's shape rules in the plugin, from constant dims (getOutputShapes) and at run time
+    (onShapeChange), give the verdict of ops.check_selective_scan_2d_args in the same words. The kernels' limit on
+    N (1..16), which the Python check leaves to the kernels, is the plugin's own message (the ONNX Runtime
+    adapter's words)."""
+    import torch
+
+    from ssmpose.custom_ops import ops
+    program, _ = unit_build
+    _, changes, count = case
+    shapes = {**SCAN2D_GOOD, **changes}
+    names = list(SCAN2D_GOOD)[:count]
+    run = subprocess.run([str(program), "scan2d", *(",".join(map(str, shapes[n])) for n in names)],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["build", "run"], run.stdout
+    tensors = {n: torch.empty(shapes[n], device="meta") if n in names else None for n in SCAN2D_GOOD}
+    try:
+        ops.check_selective_scan_2d_args(*tensors.values())
+        expected = None
+    except ValueError as err:
+        expected = str(err)
+        assert expected.startswith("SelectiveScan2D: ")
+    if expected is None and shapes["A"][1] > 16:
+        expected = f"SelectiveScan2D: dstate N = Bs.shape[4] must be in 1..16, got {shapes['A'][1]}"
+    for line in lines:
+        stage = line.split()[0]
+        if expected is None:
+            assert line == f"{stage} " + " ".join(map(str, shapes["x"])), line
+        else:
+            assert line == f"{stage} error: " + expected.replace("SelectiveScan2D: ", "SelectiveScan2D (layer 'c'): ",
+                                                                 1), line
 
 
 def test_library_exports_only_the_entry_points(unit_build):
@@ -349,7 +429,7 @@ def _tensorrt_or_skip():
     return tensorrt, library
 
 
-def _engine_for(tmp_path, node, inputs, output, shapes):
+def _engine_for(tmp_path, node, inputs, output, shapes, domain_version=1):
     """Build an engine of a one-node ssmpose graph through the backend's helpers."""
     import torch
     from onnx import TensorProto, helper
@@ -359,7 +439,8 @@ def _engine_for(tmp_path, node, inputs, output, shapes):
     graph = helper.make_graph([node], "one", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
                                               for n in inputs],
                               [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ssmpose", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("ssmpose", domain_version)])
     path = tmp_path / "one.onnx"
     onnx.save(model, str(path))
     logger = trt_backend._make_logger(trt)
@@ -404,3 +485,24 @@ def test_engine_deform_aggregate(tmp_path):
     out = engine.run({"value": value.cuda(), "offset_mask": om.cuda()})["out"].cpu()
     expected = ref.deform_aggregate_reference(value.double(), om.double(), *attrs.values())
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_engine_selective_scan_2d(tmp_path):
+    """A SelectiveScan2D node (domain version 2) as the exporter writes it, on a non-square image."""
+    import torch
+    from onnx import helper
+
+    b, h, w, d, n = 2, 5, 7, 3, 4
+    gen = torch.Generator().manual_seed(0)
+    arrays = {"x": torch.randn(b, h, w, d, generator=gen), "delta": torch.randn(b, h, w, 4 * d, generator=gen) * 0.5,
+              "A": -torch.rand(4 * d, n, generator=gen), "Bs": torch.randn(b, h, w, 4, n, generator=gen),
+              "Cs": torch.randn(b, h, w, 4, n, generator=gen), "Ds": torch.randn(4 * d, generator=gen),
+              "delta_bias": torch.randn(4 * d, generator=gen) * 0.1}
+    names = list(arrays)
+    node = helper.make_node("SelectiveScan2D", names, ["y"], domain="ssmpose", delta_softplus=1, directions=4,
+                            plugin_version="1", plugin_namespace="ssmpose")
+    engine = _engine_for(tmp_path, node, names, "y", {k: tuple(v.shape) for k, v in arrays.items()},
+                         domain_version=2)
+    y = engine.run({k: v.cuda() for k, v in arrays.items()})["y"].cpu()
+    expected = ref.selective_scan_2d_reference(*(arrays[k].double() for k in names), delta_softplus=True)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)

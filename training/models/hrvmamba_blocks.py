@@ -7,14 +7,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import DropPath, LayerNorm2d, Mlp, channel_shuffle_channels_last, conv_channels_last
+from .layers import DropPath, LayerNorm2d, Mlp, channel_shuffle_to_channels_last, conv_channels_last
 from .ss2d import SS2D
 
 LPU_KERNELS = (3, 5, 7, 9)
 
 
 class MultiKernelDWConv(nn.ModuleList):
-    """Depthwise convs with kernels 3/5/7/9 over four channel groups (remainder to the first)."""
+    """Depthwise convs with kernels 3/5/7/9 over four channel groups (remainder to the first).
+
+    (Merging them into one depthwise 9x9 convolution, the smaller kernels zero-padded, saves four nodes but
+    measured 7 % slower on ONNX Runtime CUDA fp16: cuDNN runs a 9x9 depthwise kernel slowly; docs/benchmarks.md.)"""
 
     def __init__(self, channels: int):
         quarter = channels // 4
@@ -50,8 +53,8 @@ class HRVMambaBlock(nn.Module):
 
     def lpu(self, x: torch.Tensor) -> torch.Tensor:
         """Channel-last in and out; the depthwise convolutions see an NCHW view."""
-        x = conv_channels_last(self.conv2d, self.norm0.forward_channels_last(x))
-        return F.gelu(channel_shuffle_channels_last(x, 4))
+        x = self.conv2d(self.norm0.forward_channels_last(x).permute(0, 3, 1, 2))
+        return F.gelu(channel_shuffle_to_channels_last(x, 4))
 
     def ssm(self, x: torch.Tensor) -> torch.Tensor:
         return self.op.forward_channels_last(self.norm.forward_channels_last(x))

@@ -66,10 +66,11 @@ class Mlp(nn.Module):
         return self.drop(self.fc2.forward_channels_last(x))
 
 
-def channel_shuffle_channels_last(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """ShuffleNet's channel shuffle of a (B, H, W, C) tensor: channel g*(C/groups)+i moves to i*groups+g."""
-    b, h, w, c = x.shape
-    return x.reshape(b, h, w, groups, c // groups).transpose(3, 4).reshape(b, h, w, c)
+def channel_shuffle_to_channels_last(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle of an NCHW tensor, returned channel-last (B, H, W, C): channel
+    g*(C/groups)+i moves to i*groups+g. Shuffle and layout change are one permutation, so one copy."""
+    b, c, h, w = x.shape
+    return x.reshape(b, groups, c // groups, h, w).permute(0, 3, 4, 2, 1).reshape(b, h, w, c)
 
 
 def conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, relu: bool = True):

@@ -1,6 +1,6 @@
-// Entry points of libssmpose_ov.so: the OpenVINO extension list (the two ops, for models read from IR, and
-// their ONNX frontend conversions from `ssmpose` domain nodes) and the version queries the Python loader
-// checks before handing the library to OpenVINO.
+// Entry points of libssmpose_ov.so: the OpenVINO extension list (the ops SelectiveScan, SelectiveScan2D and
+// DeformAggregate, for models read from IR, and their ONNX frontend conversions from `ssmpose` domain nodes)
+// and the version queries the Python loader checks before handing the library to OpenVINO.
 #include <string>
 
 #include "openvino/core/extension.hpp"
@@ -10,8 +10,9 @@
 #include "ops.hpp"
 #include "ssmpose_kernels.h"
 
-// Bumped whenever the ops' attributes, inputs or semantics change (custom_ops/openvino_library.py checks it).
-#define SSMPOSE_OV_LIBRARY_VERSION 1
+// Bumped whenever an op is added or the ops' attributes, inputs or semantics change
+// (custom_ops/openvino_library.py checks it). 2: SelectiveScan2D (ssmpose domain version 2).
+#define SSMPOSE_OV_LIBRARY_VERSION 2
 #define SSMPOSE_OV_STR2(x) #x
 #define SSMPOSE_OV_STR(x) SSMPOSE_OV_STR2(x)
 
@@ -67,6 +68,35 @@ ov::OutputVector convert_selective_scan(const ov::frontend::NodeContext& node) {
   return {node.mark_node(op)->output(0)};
 }
 
+// SelectiveScan2D (domain version 2): inputs x, delta, A, Bs, Cs[, Ds][, delta_bias], attributes delta_softplus
+// (default 1) and directions (default 4). OpenVINO's ONNX frontend does not tell a converter the domain version
+// the graph imports, so, as with ONNX Runtime 1.16, the op is also accepted in a graph that imports version 1.
+ov::OutputVector convert_selective_scan_2d(const ov::frontend::NodeContext& node) {
+  constexpr const char* kOp = "SelectiveScan2D";
+  constexpr const char* kNames[] = {"x", "delta", "A", "Bs", "Cs"};
+  const size_t count = node.get_input_size();
+  if (count < 5 || count > 7) {
+    OPENVINO_THROW("ssmpose SelectiveScan2D node '", node.get_name(), "': expects 5 to 7 inputs (x, delta, A, Bs, ",
+                   "Cs[, Ds][, delta_bias]), got ", count);
+  }
+  ov::OutputVector inputs;
+  for (size_t i = 0; i < 5; ++i) {
+    if (omitted(node, i)) {
+      OPENVINO_THROW("ssmpose SelectiveScan2D node '", node.get_name(), "': required input ", i, " (", kNames[i],
+                     ") is missing");
+    }
+    inputs.push_back(node.get_input(static_cast<int>(i)));
+  }
+  const bool has_ds = !omitted(node, 5), has_bias = !omitted(node, 6);
+  if (has_ds) inputs.push_back(node.get_input(5));
+  if (has_bias) inputs.push_back(node.get_input(6));
+  const int64_t softplus = node.has_attribute("delta_softplus") ? int_attribute(node, kOp, "delta_softplus") : 1;
+  const int64_t directions = node.has_attribute("directions") ? int_attribute(node, kOp, "directions")
+                                                                : kScan2DDirections;
+  auto op = std::make_shared<SelectiveScan2D>(inputs, softplus, directions, has_ds, has_bias);
+  return {node.mark_node(op)->output(0)};
+}
+
 ov::OutputVector convert_deform_aggregate(const ov::frontend::NodeContext& node) {
   constexpr const char* kOp = "DeformAggregate";
   if (node.get_input_size() != 2 || omitted(node, 0) || omitted(node, 1)) {
@@ -119,9 +149,12 @@ OPENVINO_EXTENSION_C_API const char* ssmpose_ov_openvino_version() {
 
 OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({
     std::make_shared<ov::OpExtension<ssmpose_ov::SelectiveScan>>(),
+    std::make_shared<ov::OpExtension<ssmpose_ov::SelectiveScan2D>>(),
     std::make_shared<ov::OpExtension<ssmpose_ov::DeformAggregate>>(),
     std::make_shared<ov::frontend::onnx::ConversionExtension>("SelectiveScan", "ssmpose",
                                                               ssmpose_ov::convert_selective_scan),
+    std::make_shared<ov::frontend::onnx::ConversionExtension>("SelectiveScan2D", "ssmpose",
+                                                              ssmpose_ov::convert_selective_scan_2d),
     std::make_shared<ov::frontend::onnx::ConversionExtension>("DeformAggregate", "ssmpose",
                                                               ssmpose_ov::convert_deform_aggregate),
 }));

@@ -34,6 +34,29 @@ private:
   bool m_has_delta_bias = true;
 };
 
+// SelectiveScan2D (domain version 2): inputs x, delta, A, Bs, Cs, then Ds and delta_bias when has_ds /
+// has_delta_bias say they are present (an ONNX node may omit either optional input); channel-last layouts.
+class SelectiveScan2D : public ov::op::Op {
+public:
+  OPENVINO_OP("SelectiveScan2D", "ssmpose");
+
+  SelectiveScan2D() = default;
+  SelectiveScan2D(const ov::OutputVector& inputs, int64_t delta_softplus, int64_t directions, bool has_ds,
+                  bool has_delta_bias);
+
+  void validate_and_infer_types() override;
+  std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& inputs) const override;
+  bool visit_attributes(ov::AttributeVisitor& visitor) override;
+  bool has_evaluate() const override;
+  bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
+
+private:
+  int64_t m_delta_softplus = 1;
+  int64_t m_directions = kScan2DDirections;
+  bool m_has_ds = true;
+  bool m_has_delta_bias = true;
+};
+
 // DeformAggregate: inputs value (B, H, W, G*C) and offset_mask (B, Hout, Wout, P).
 class DeformAggregate : public ov::op::Op {
 public:

@@ -84,6 +84,48 @@ std::string check_selective_scan(const std::vector<Shape>& shapes, const std::ve
   return std::string();
 }
 
+std::string check_selective_scan_2d(const std::vector<Shape>& shapes, const std::vector<std::string>& names) {
+  const Shape &x = shapes[0], &delta = shapes[1], &A = shapes[2], &Bs = shapes[3], &Cs = shapes[4];
+  if (x.rank_known && x.dims.size() != 4) return rank_error(names[0], "(B, H, W, D)", x);
+  if (Bs.rank_known && Bs.dims.size() != 5) return rank_error(names[3], "(B, H, W, K, N)", Bs);
+  const int64_t batch = x.rank_known ? x.dims[0] : kUnknown, height = x.rank_known ? x.dims[1] : kUnknown,
+                width = x.rank_known ? x.dims[2] : kUnknown, dim = x.rank_known ? x.dims[3] : kUnknown;
+  const std::vector<int64_t> bhw{batch, height, width};
+  if (Bs.rank_known && !compatible(std::vector<int64_t>(Bs.dims.begin(), Bs.dims.begin() + 3), bhw)) {
+    return "Bs shape " + shape_str(Bs.dims) + " does not match x (B, H, W) = " + shape_str(bhw);
+  }
+  const int64_t directions = Bs.rank_known ? Bs.dims[3] : kUnknown, dstate = Bs.rank_known ? Bs.dims[4] : kUnknown;
+  if (known(directions) && directions != kScan2DDirections) {
+    return "Bs.shape[3] is the number of directions K, which must be " + std::to_string(kScan2DDirections) +
+           ", got " + std::to_string(directions);
+  }
+  if (Cs.rank_known && Bs.rank_known && !compatible(Cs.dims, Bs.dims)) {
+    return "Cs shape " + shape_str(Cs.dims) + " != Bs shape " + shape_str(Bs.dims);
+  }
+  if (Cs.rank_known && !Bs.rank_known && Cs.dims.size() != 5) return rank_error(names[4], "(B, H, W, K, N)", Cs);
+  if (known(dim) && dim > INT64_MAX / kScan2DDirections) return "K*D overflows";
+  const int64_t channels = known(dim) ? kScan2DDirections * dim : kUnknown;
+  const std::vector<int64_t> delta_dims{batch, height, width, channels};
+  if (delta.rank_known && !compatible(delta.dims, delta_dims)) {
+    return "delta must be (B, H, W, K*D) = " + shape_str(delta_dims) + ", got " + shape_str(delta.dims);
+  }
+  if (A.rank_known && !compatible(A.dims, {channels, dstate})) {
+    return "A must be " + shape_str({channels, dstate}) + ", got " + shape_str(A.dims);
+  }
+  for (size_t i = 5; i < shapes.size(); ++i) {
+    if (shapes[i].rank_known && !compatible(shapes[i].dims, {channels})) {
+      return names[i] + " must be " + shape_str({channels}) + ", got " + shape_str(shapes[i].dims);
+    }
+  }
+  int64_t n = dstate;
+  if (!known(n) && Cs.rank_known) n = Cs.dims[4];
+  if (!known(n) && A.rank_known) n = A.dims[1];
+  if (known(n) && (n < 1 || n > kMaxState)) {
+    return "dstate N = Bs.shape[4] must be in 1.." + std::to_string(kMaxState) + ", got " + std::to_string(n);
+  }
+  return std::string();
+}
+
 std::string check_deform_attributes(const DeformAttributes& a, int64_t* om_cols) {
   struct Range {
     const char* name;

@@ -1,4 +1,4 @@
-// The shape rules of the two operators (those of ops.check_selective_scan_args and
+// The shape rules of the operators (those of ops.check_selective_scan_args, ops.check_selective_scan_2d_args and
 // ops.check_deform_aggregate_args) on partly known shapes: a dimension of -1 is not known yet, and an input
 // of unknown rank is not checked. Each function returns an empty string when the shapes are acceptable so
 // far, else the problem in words (the caller adds the op and node names).
@@ -14,6 +14,7 @@ namespace ssmpose_ov {
 constexpr int64_t kUnknown = -1;
 constexpr int64_t kMaxState = 16;                 // the kernels' limit on N
 constexpr int64_t kMaxPoints = int64_t(1) << 20;  // the kernels' limit on kernel_h*kernel_w
+constexpr int64_t kScan2DDirections = 4;          // SelectiveScan2D's K, the only value of domain version 2
 
 struct Shape {
   bool rank_known = true;
@@ -30,6 +31,11 @@ std::string shape_str(const std::vector<int64_t>& dims);  // "(2, ?, 4)"
 
 // shapes/names: u, delta, A, Bs, Cs, then the present optional inputs (Ds, delta_bias).
 std::string check_selective_scan(const std::vector<Shape>& shapes, const std::vector<std::string>& names);
+
+// shapes/names: x, delta, A, Bs, Cs, then the present optional inputs (Ds, delta_bias). The words are those of
+// the ONNX Runtime adapter (csrc/onnxruntime/selective_scan_2d_op.cpp); K is taken as 4 (the only value), so
+// delta, A, Ds and delta_bias are checked against x's D even while Bs.shape[3] is not known.
+std::string check_selective_scan_2d(const std::vector<Shape>& shapes, const std::vector<std::string>& names);
 
 // Attribute ranges; sets *om_cols to group*K*3 (K = kernel_h*kernel_w - remove_center).
 std::string check_deform_attributes(const DeformAttributes& a, int64_t* om_cols);

@@ -6,8 +6,9 @@ namespace ssmpose_trt {
 nvinfer1::IPluginCreatorInterface* const* plugin_creators(int32_t* count) {
   static SelectiveScanCreator scan;
   static DeformAggregateCreator deform;
-  static nvinfer1::IPluginCreatorInterface* const creators[] = {&scan, &deform};
-  *count = 2;
+  static SelectiveScan2DCreator scan_2d;
+  static nvinfer1::IPluginCreatorInterface* const creators[] = {&scan, &deform, &scan_2d};
+  *count = static_cast<int32_t>(sizeof(creators) / sizeof(creators[0]));
   return creators;
 }
 

@@ -65,6 +65,8 @@ Loaded load() {
   out.kernels.status_string = reinterpret_cast<const char* (*)(int)>(sym("ssm_status_string"));
   out.kernels.selective_scan_fwd =
       reinterpret_cast<decltype(out.kernels.selective_scan_fwd)>(sym("ssm_selective_scan_fwd_cuda"));
+  out.kernels.selective_scan_2d_fwd =
+      reinterpret_cast<decltype(out.kernels.selective_scan_2d_fwd)>(sym("ssm_selective_scan_2d_fwd_cuda"));
   out.kernels.deform_aggregate_fwd =
       reinterpret_cast<decltype(out.kernels.deform_aggregate_fwd)>(sym("ssm_deform_aggregate_fwd_cuda"));
   if (out.error.empty() && abi() != SSM_KERNELS_ABI_VERSION) {

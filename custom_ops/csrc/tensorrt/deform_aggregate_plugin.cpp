@@ -3,7 +3,6 @@
 // known at each stage (-1 = not known yet). The output's spatial size is an IExprBuilder expression of value's H
 // and W, so it stays symbolic under dynamic shapes.
 #include <climits>
-#include <exception>
 
 #include "plugins.h"
 
@@ -15,8 +14,6 @@ constexpr const char* kOp = "DeformAggregate";
 constexpr const char* kInputs[] = {"value", "offset_mask"};
 constexpr int64_t kMaxPoints = int64_t(1) << 20;  // the kernels' limit on kernel_h*kernel_w
 
-bool known(int64_t v) { return v >= 0; }
-std::string dim_str(int64_t v) { return known(v) ? std::to_string(v) : std::string("?"); }
 std::string err_msg(const std::string& msg) { return std::string(kOp) + ": " + msg; }
 
 // The constant c of Hout = (H + c) // stride + 1: c = 2*pad - (dilation*(kernel-1) + 1). No overflow: all < 2^31.
@@ -44,15 +41,6 @@ DeformAggregatePlugin::DeformAggregatePlugin(std::string layer_name, const Defor
 
 const char* DeformAggregatePlugin::input_name(int32_t index) const {
   return index >= 0 && index < 2 ? kInputs[index] : "?";
-}
-
-nvinfer1::IPluginV3* DeformAggregatePlugin::clone() noexcept {
-  try {
-    return new DeformAggregatePlugin(*this);
-  } catch (...) {
-    report_error(err_msg("out of memory in clone"));
-    return nullptr;
-  }
 }
 
 bool DeformAggregatePlugin::infer_shape(const std::vector<std::vector<int64_t>>& in, std::vector<int64_t>* out,
@@ -154,28 +142,10 @@ void DeformAggregatePlugin::prepare(const std::vector<std::vector<int64_t>>& in,
   empty_output_ = value[0] == 0 || om[1] == 0 || om[2] == 0;
 }
 
-int32_t DeformAggregatePlugin::enqueue(const nvinfer1::PluginTensorDesc* /*inputDesc*/,
-                                       const nvinfer1::PluginTensorDesc* /*outputDesc*/, const void* const* inputs,
-                                       void* const* outputs, void* /*workspace*/, cudaStream_t stream) noexcept {
-  try {
-    if (empty_output_) return 0;
-    std::string error;
-    const CudaKernels* cuda = cuda_kernels(&error);
-    if (cuda == nullptr) return fail(error), -1;
-    const int status =
-        cuda->deform_aggregate_fwd(&shape_, inputs[0], inputs[1], outputs[0], static_cast<void*>(stream));
-    if (status != SSM_OK) {
-      fail("ssm_deform_aggregate_fwd_cuda failed with status " + std::to_string(status) + " (" +
-           cuda->status_string(status) + ")");
-      return -1;
-    }
-    return 0;
-  } catch (const std::exception& e) {
-    report_error(err_msg(e.what()));
-  } catch (...) {
-    report_error(err_msg("unknown error in enqueue"));
-  }
-  return -1;
+int DeformAggregatePlugin::launch(const CudaKernels& cuda, const void* const* inputs, void* const* outputs,
+                                  void* stream, const char** kernel) const {
+  *kernel = "ssm_deform_aggregate_fwd_cuda";
+  return cuda.deform_aggregate_fwd(&shape_, inputs[0], inputs[1], outputs[0], stream);
 }
 
 void DeformAggregatePlugin::write_fields(FieldWriter* w) const {
@@ -220,11 +190,9 @@ const IntField kIntFields[] = {
 
 }  // namespace
 
-DeformAggregateCreator::DeformAggregateCreator() {
-  for (const IntField& f : kIntFields) fields_.emplace_back(f.name, nullptr, nvinfer1::PluginFieldType::kINT32, 1);
-  fields_.emplace_back("offset_scale", nullptr, nvinfer1::PluginFieldType::kFLOAT32, 1);
-  fc_.nbFields = static_cast<int32_t>(fields_.size());
-  fc_.fields = fields_.data();
+DeformAggregateCreator::DeformAggregateCreator() : CreatorBase(kOp) {
+  for (const IntField& f : kIntFields) add_field(f.name, nvinfer1::PluginFieldType::kINT32);
+  add_field("offset_scale", nvinfer1::PluginFieldType::kFLOAT32);
 }
 
 bool DeformAggregateCreator::parse(const nvinfer1::PluginFieldCollection* fc, DeformAttrs* attrs, std::string* err) {
@@ -254,21 +222,7 @@ bool DeformAggregateCreator::parse(const nvinfer1::PluginFieldCollection* fc, De
 
 nvinfer1::IPluginV3* DeformAggregateCreator::createPlugin(const char* name, const nvinfer1::PluginFieldCollection* fc,
                                                           nvinfer1::TensorRTPhase /*phase*/) noexcept {
-  try {
-    DeformAttrs attrs;
-    std::string err;
-    if (!parse(fc, &attrs, &err)) {
-      const std::string layer = name != nullptr && *name ? std::string(" (layer '") + name + "')" : std::string();
-      report_error(std::string(kOp) + layer + err.substr(std::string(kOp).size()));
-      return nullptr;
-    }
-    return new DeformAggregatePlugin(name != nullptr ? name : "", attrs);
-  } catch (const std::exception& e) {
-    report_error(err_msg(e.what()));
-  } catch (...) {
-    report_error(err_msg("unknown error in createPlugin"));
-  }
-  return nullptr;
+  return create<DeformAggregatePlugin, DeformAttrs>(name, fc, &DeformAggregateCreator::parse);
 }
 
 }  // namespace ssmpose_trt

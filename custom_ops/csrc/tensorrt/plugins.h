@@ -1,6 +1,7 @@
-// The two ssmpose TensorRT plugins (IPluginV3 with the V3One core/build/runtime capabilities) and their creators
-// (IPluginCreatorV3One). Plugin name = ONNX op type, version "1", namespace "ssmpose" (DESIGN.md sections 1, 4);
-// plugin fields = the ONNX attributes by the same names. Semantics and shape rules: docs/ops.md.
+// The ssmpose TensorRT plugins (IPluginV3 with the V3One core/build/runtime capabilities) and their creators
+// (IPluginCreatorV3One): SelectiveScan, SelectiveScan2D and DeformAggregate. Plugin name = ONNX op type, version
+// "1", namespace "ssmpose" (DESIGN.md sections 1, 4); plugin fields = the ONNX attributes by the same names.
+// Semantics and shape rules: docs/ops.md.
 #ifndef SSMPOSE_TRT_PLUGINS_H
 #define SSMPOSE_TRT_PLUGINS_H
 
@@ -12,55 +13,114 @@
 namespace ssmpose_trt {
 
 // ------------------------------------------------------------------------------------------------
-// SelectiveScan: u (B, G*D, L), delta (B, G*D, L), A (G*D, N), Bs (B, G, N, L), Cs (B, G, N, L), optional Ds (G*D),
-// optional delta_bias (G*D) -> y (B, G*D, L). Field delta_softplus (int, default 1).
-// The optional inputs are positional: 5 inputs = neither, 6 = Ds, 7 = Ds and delta_bias.
+// The two scans (SelectiveScan, SelectiveScan2D) share their inputs' roles -- <first>, delta, A, Bs, Cs, optional Ds,
+// optional delta_bias -- the field delta_softplus, an output of the first input's shape, and the rules for A and
+// the optional vectors. The optional inputs are positional: 5 inputs = neither, 6 = Ds, 7 = Ds and delta_bias.
 
 struct ScanAttrs {
   int32_t delta_softplus = 1;
 };
 
-class SelectiveScanPlugin : public PluginBase {
+class ScanPluginBase : public PluginBase {
+ protected:
+  ScanPluginBase(const char* op, const char* first_input, std::string layer_name)
+      : PluginBase(op, std::move(layer_name), 5, 7), first_input_(first_input) {}
+
+  bool output_exprs(const nvinfer1::DimsExprs* inputs, nvinfer1::DimsExprs* out,
+                    nvinfer1::IExprBuilder& builder) const override;
+  const char* input_name(int32_t index) const override;
+  // A must be (channels, dstate) and Ds / delta_bias (inputs 5 and 6, when present) (channels,); *channels and
+  // *dstate get what A and the vectors tell of unknown ones. Then N = *dstate must be in 1..16 (the kernels'
+  // limit); `dstate_axis` names where N comes from ("Bs.shape[2]"). `channels_name` stands for unknown channels
+  // in messages ("G*D").
+  bool check_parameters(const std::vector<std::vector<int64_t>>& in, const char* channels_name,
+                        const char* dstate_axis, int64_t* channels, int64_t* dstate, std::string* err) const;
+  // Input `index` if the node has it, else NULL (optional inputs).
+  const void* optional_input(const void* const* inputs, int32_t index) const {
+    return nb_inputs_ > index ? inputs[index] : nullptr;
+  }
+
+ private:
+  const char* first_input_;
+};
+
+// The field delta_softplus of both scans' creators (int, 0 or 1, default 1).
+bool parse_delta_softplus(const FieldReader& r, ScanAttrs* attrs, std::string* err);
+
+// SelectiveScan: u (B, G*D, L), delta (B, G*D, L), A (G*D, N), Bs (B, G, N, L), Cs (B, G, N, L), optional Ds (G*D),
+// optional delta_bias (G*D) -> y (B, G*D, L). Field delta_softplus (int, default 1).
+
+class SelectiveScanPlugin : public ScanPluginBase {
  public:
   SelectiveScanPlugin(std::string layer_name, const ScanAttrs& attrs);
   const ScanAttrs& attrs() const { return attrs_; }
   const ssm_scan_shape& kernel_shape() const { return shape_; }
 
-  nvinfer1::IPluginV3* clone() noexcept override;
-  int32_t enqueue(const nvinfer1::PluginTensorDesc* inputDesc, const nvinfer1::PluginTensorDesc* outputDesc,
-                  const void* const* inputs, void* const* outputs, void* workspace,
-                  cudaStream_t stream) noexcept override;
+  nvinfer1::IPluginV3* clone() noexcept override { return clone_plugin(*this); }
 
  protected:
   bool infer_shape(const std::vector<std::vector<int64_t>>& in, std::vector<int64_t>* out,
                    std::string* err) const override;
-  bool output_exprs(const nvinfer1::DimsExprs* inputs, nvinfer1::DimsExprs* out,
-                    nvinfer1::IExprBuilder& builder) const override;
   void prepare(const std::vector<std::vector<int64_t>>& in, int32_t dtype) override;
+  int launch(const CudaKernels& cuda, const void* const* inputs, void* const* outputs, void* stream,
+             const char** kernel) const override;
   void write_fields(FieldWriter* w) const override;
-  const char* input_name(int32_t index) const override;
 
  private:
   ScanAttrs attrs_;
   ssm_scan_shape shape_{};
 };
 
-class SelectiveScanCreator : public nvinfer1::IPluginCreatorV3One {
+class SelectiveScanCreator : public CreatorBase {
  public:
   SelectiveScanCreator();
   nvinfer1::IPluginV3* createPlugin(const char* name, const nvinfer1::PluginFieldCollection* fc,
                                     nvinfer1::TensorRTPhase phase) noexcept override;
-  const nvinfer1::PluginFieldCollection* getFieldNames() noexcept override { return &fc_; }
-  const char* getPluginName() const noexcept override { return "SelectiveScan"; }
-  const char* getPluginVersion() const noexcept override { return kPluginVersion; }
-  const char* getPluginNamespace() const noexcept override { return kPluginNamespace; }
 
   // Field parsing and validation (what createPlugin does before constructing the plugin).
   static bool parse(const nvinfer1::PluginFieldCollection* fc, ScanAttrs* attrs, std::string* err);
+};
+
+// ------------------------------------------------------------------------------------------------
+// SelectiveScan2D (ssmpose domain version 2; plugin version "1" like the others), channel-last: x (B, H, W, D),
+// delta (B, H, W, K*D), A (K*D, N), Bs (B, H, W, K, N), Cs (B, H, W, K, N), optional Ds (K*D), optional delta_bias
+// (K*D) -> y (B, H, W, D). Fields delta_softplus (int, default 1) and directions (K, int, default 4; 4 is the only
+// value).
+
+constexpr int32_t kScan2DDirections = 4;  // SS2D's four directions
+
+struct Scan2DAttrs : ScanAttrs {
+  int32_t directions = kScan2DDirections;
+};
+
+class SelectiveScan2DPlugin : public ScanPluginBase {
+ public:
+  SelectiveScan2DPlugin(std::string layer_name, const Scan2DAttrs& attrs);
+  const Scan2DAttrs& attrs() const { return attrs_; }
+  const ssm_scan2d_shape& kernel_shape() const { return shape_; }
+
+  nvinfer1::IPluginV3* clone() noexcept override { return clone_plugin(*this); }
+
+ protected:
+  bool infer_shape(const std::vector<std::vector<int64_t>>& in, std::vector<int64_t>* out,
+                   std::string* err) const override;
+  void prepare(const std::vector<std::vector<int64_t>>& in, int32_t dtype) override;
+  int launch(const CudaKernels& cuda, const void* const* inputs, void* const* outputs, void* stream,
+             const char** kernel) const override;
+  void write_fields(FieldWriter* w) const override;
 
  private:
-  std::vector<nvinfer1::PluginField> fields_;
-  nvinfer1::PluginFieldCollection fc_{};
+  Scan2DAttrs attrs_;
+  ssm_scan2d_shape shape_{};
+};
+
+class SelectiveScan2DCreator : public CreatorBase {
+ public:
+  SelectiveScan2DCreator();
+  nvinfer1::IPluginV3* createPlugin(const char* name, const nvinfer1::PluginFieldCollection* fc,
+                                    nvinfer1::TensorRTPhase phase) noexcept override;
+
+  static bool parse(const nvinfer1::PluginFieldCollection* fc, Scan2DAttrs* attrs, std::string* err);
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -86,10 +146,7 @@ class DeformAggregatePlugin : public PluginBase {
   const DeformAttrs& attrs() const { return attrs_; }
   const ssm_deform_shape& kernel_shape() const { return shape_; }
 
-  nvinfer1::IPluginV3* clone() noexcept override;
-  int32_t enqueue(const nvinfer1::PluginTensorDesc* inputDesc, const nvinfer1::PluginTensorDesc* outputDesc,
-                  const void* const* inputs, void* const* outputs, void* workspace,
-                  cudaStream_t stream) noexcept override;
+  nvinfer1::IPluginV3* clone() noexcept override { return clone_plugin(*this); }
 
  protected:
   bool infer_shape(const std::vector<std::vector<int64_t>>& in, std::vector<int64_t>* out,
@@ -97,6 +154,8 @@ class DeformAggregatePlugin : public PluginBase {
   bool output_exprs(const nvinfer1::DimsExprs* inputs, nvinfer1::DimsExprs* out,
                     nvinfer1::IExprBuilder& builder) const override;
   void prepare(const std::vector<std::vector<int64_t>>& in, int32_t dtype) override;
+  int launch(const CudaKernels& cuda, const void* const* inputs, void* const* outputs, void* stream,
+             const char** kernel) const override;
   void write_fields(FieldWriter* w) const override;
   const char* input_name(int32_t index) const override;
 
@@ -106,21 +165,13 @@ class DeformAggregatePlugin : public PluginBase {
   ssm_deform_shape shape_{};
 };
 
-class DeformAggregateCreator : public nvinfer1::IPluginCreatorV3One {
+class DeformAggregateCreator : public CreatorBase {
  public:
   DeformAggregateCreator();
   nvinfer1::IPluginV3* createPlugin(const char* name, const nvinfer1::PluginFieldCollection* fc,
                                     nvinfer1::TensorRTPhase phase) noexcept override;
-  const nvinfer1::PluginFieldCollection* getFieldNames() noexcept override { return &fc_; }
-  const char* getPluginName() const noexcept override { return "DeformAggregate"; }
-  const char* getPluginVersion() const noexcept override { return kPluginVersion; }
-  const char* getPluginNamespace() const noexcept override { return kPluginNamespace; }
 
   static bool parse(const nvinfer1::PluginFieldCollection* fc, DeformAttrs* attrs, std::string* err);
-
- private:
-  std::vector<nvinfer1::PluginField> fields_;
-  nvinfer1::PluginFieldCollection fc_{};
 };
 
 // The creators the library exports through getCreators() (static objects, alive while the library is loaded).

@@ -100,6 +100,23 @@ std::vector<int64_t> dims_vec(const nvinfer1::Dims& dims) {
   return v;
 }
 
+std::string dim_str(int64_t v) { return known(v) ? std::to_string(v) : std::string("?"); }
+
+bool unify(int64_t a, int64_t b, int64_t* merged) {
+  if (known(a) && known(b) && a != b) return false;
+  *merged = known(a) ? a : b;
+  return true;
+}
+
+bool same_shape(const std::vector<int64_t>& a, const std::vector<int64_t>& b) {
+  if (a.size() != b.size()) return false;
+  int64_t ignored = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!unify(a[i], b[i], &ignored)) return false;
+  }
+  return true;
+}
+
 // ------------------------------------------------------------------------------------------------
 // Fields
 
@@ -398,6 +415,30 @@ int32_t PluginBase::onShapeChange(const nvinfer1::PluginTensorDesc* in, int32_t 
   return -1;
 }
 
+int32_t PluginBase::enqueue(const nvinfer1::PluginTensorDesc* /*inputDesc*/,
+                            const nvinfer1::PluginTensorDesc* /*outputDesc*/, const void* const* inputs,
+                            void* const* outputs, void* /*workspace*/, cudaStream_t stream) noexcept {
+  try {
+    if (empty_output_) return 0;  // nothing to compute
+    std::string error;
+    const CudaKernels* cuda = cuda_kernels(&error);
+    if (cuda == nullptr) return fail(error), -1;
+    const char* kernel = "the CUDA kernel";
+    const int status = launch(*cuda, inputs, outputs, static_cast<void*>(stream), &kernel);
+    if (status != SSM_OK) {
+      fail(std::string(kernel) + " failed with status " + std::to_string(status) + " (" +
+           cuda->status_string(status) + ")");
+      return -1;
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    report_error(std::string(op_) + ": " + e.what());
+  } catch (...) {
+    report_error(std::string(op_) + ": unknown error in enqueue");
+  }
+  return -1;
+}
+
 nvinfer1::IPluginV3* PluginBase::attachToContext(nvinfer1::IPluginResourceContext* /*context*/) noexcept {
   return clone();  // no per-context resources: an independent copy per execution context
 }
@@ -411,6 +452,23 @@ const nvinfer1::PluginFieldCollection* PluginBase::getFieldsToSerialize() noexce
     report_error(std::string(op_) + ": out of memory in getFieldsToSerialize");
     return nullptr;
   }
+}
+
+// ------------------------------------------------------------------------------------------------
+// CreatorBase
+
+void CreatorBase::add_field(const char* name, PluginFieldType type) {
+  fields_.emplace_back(name, nullptr, type, 1);
+  fc_.nbFields = static_cast<int32_t>(fields_.size());
+  fc_.fields = fields_.data();
+}
+
+void CreatorBase::report_refusal(const char* name, const std::string& err) const {
+  const std::string layer = name != nullptr && *name ? std::string(" (layer '") + name + "')" : std::string();
+  const std::string prefix = std::string(op_) + ":";
+  const std::string problem = err.compare(0, prefix.size(), prefix) == 0 ? err.substr(std::string(op_).size())
+                                                                          : ": " + err;
+  report_error(std::string(op_) + layer + problem);
 }
 
 }  // namespace ssmpose_trt

@@ -1,5 +1,6 @@
 // Shared plumbing of the ssmpose TensorRT plugins: error reporting, plugin-field parsing, type and shape helpers,
-// the lazily loaded CUDA kernels, and a base class holding what both IPluginV3 plugins have in common.
+// the lazily loaded CUDA kernels, a base class holding what every IPluginV3 plugin has in common, and one for
+// their creators.
 //
 // Nothing here needs a symbol of libnvinfer: the plugins only implement TensorRT's interfaces, and every
 // TensorRT method they call (IExprBuilder, ILogger, ILoggerFinder) is inline or virtual. The library links with
@@ -9,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -16,7 +18,8 @@
 #include "ssmpose_kernels.h"
 
 // Bump when the plugins' interface (names, fields, inputs, serialised fields) or the entry points change.
-#define SSMPOSE_TRT_LIBRARY_VERSION 1
+// 2: adds SelectiveScan2D (ssmpose domain version 2).
+#define SSMPOSE_TRT_LIBRARY_VERSION 2
 
 namespace nvinfer1 {
 class ILoggerFinder;  // declared by TensorRT's full headers (NvInferRuntimeCommon.h); only passed through here
@@ -48,6 +51,15 @@ bool to_ssm_dtype(nvinfer1::DataType type, int32_t* dtype) noexcept;
 bool checked_mul(int64_t a, int64_t b, int64_t* out) noexcept;  // a, b >= 0; false on overflow
 
 std::vector<int64_t> dims_vec(const nvinfer1::Dims& dims);
+
+// Shape rules at build time work on dims where -1 means "not known yet".
+inline bool known(int64_t v) { return v >= 0; }
+// The dim as text, "?" when not known.
+std::string dim_str(int64_t v);
+// Two dims that must be equal: false if both are known and differ; *merged gets the known one (or -1).
+bool unify(int64_t a, int64_t b, int64_t* merged);
+// Same rank and no two known dims that differ.
+bool same_shape(const std::vector<int64_t>& a, const std::vector<int64_t>& b);
 
 // ------------------------------------------------------------------------------------------------
 // Plugin fields (the ONNX attributes, by the same names). The ONNX parser hands INT attributes as kINT32 and FLOAT
@@ -99,6 +111,8 @@ struct CudaKernels {
   const char* (*status_string)(int) = nullptr;
   int (*selective_scan_fwd)(const ssm_scan_shape*, const void*, const void*, const void*, const void*, const void*,
                             const void*, const void*, void*, void*) = nullptr;
+  int (*selective_scan_2d_fwd)(const ssm_scan2d_shape*, const void*, const void*, const void*, const void*,
+                               const void*, const void*, const void*, void*, void*) = nullptr;
   int (*deform_aggregate_fwd)(const ssm_deform_shape*, const void*, const void*, void*, void*) = nullptr;
 };
 
@@ -106,8 +120,9 @@ struct CudaKernels {
 const CudaKernels* cuda_kernels(std::string* error) noexcept;
 
 // ------------------------------------------------------------------------------------------------
-// What both plugins share: one output of the first input's type, linear formats, float32/float16, no workspace,
-// validation of shapes at every stage (build: configurePlugin, getOutputShapes; run: onShapeChange).
+// What every plugin shares: one output of the first input's type, linear formats, float32/float16, no workspace,
+// validation of shapes at every stage (build: configurePlugin, getOutputShapes; run: onShapeChange), and enqueue
+// of one CUDA kernel (nothing for an empty output).
 
 class PluginBase : public nvinfer1::IPluginV3,
                    public nvinfer1::IPluginV3OneCore,
@@ -143,6 +158,9 @@ class PluginBase : public nvinfer1::IPluginV3,
   }
 
   // IPluginV3OneRuntime
+  int32_t enqueue(const nvinfer1::PluginTensorDesc* inputDesc, const nvinfer1::PluginTensorDesc* outputDesc,
+                  const void* const* inputs, void* const* outputs, void* workspace,
+                  cudaStream_t stream) noexcept override;
   int32_t onShapeChange(const nvinfer1::PluginTensorDesc* in, int32_t nbInputs, const nvinfer1::PluginTensorDesc* out,
                         int32_t nbOutputs) noexcept override;
   nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
@@ -161,6 +179,10 @@ class PluginBase : public nvinfer1::IPluginV3,
                             nvinfer1::IExprBuilder& builder) const = 0;
   // Concrete shapes at run time (all dims known and checked by infer_shape): prepare the kernel call.
   virtual void prepare(const std::vector<std::vector<int64_t>>& in, int32_t dtype) = 0;
+  // Runs the operator's CUDA kernel (on the shapes prepared last) on `stream`: returns its ssm_status and names the
+  // kernel function in *kernel, for the message.
+  virtual int launch(const CudaKernels& cuda, const void* const* inputs, void* const* outputs, void* stream,
+                     const char** kernel) const = 0;
   virtual void write_fields(FieldWriter* w) const = 0;
   // The input names, for messages.
   virtual const char* input_name(int32_t index) const = 0;
@@ -175,6 +197,64 @@ class PluginBase : public nvinfer1::IPluginV3,
   int32_t nb_inputs_ = 0;     // from configurePlugin / onShapeChange; enqueue reads the optional inputs by it
   bool empty_output_ = false; // set by prepare(): nothing to compute
   FieldWriter serialized_;
+};
+
+// clone() of a plugin: a copy, or NULL with a message when it cannot be made.
+template <typename Plugin>
+nvinfer1::IPluginV3* clone_plugin(const Plugin& plugin) noexcept {
+  try {
+    return new Plugin(plugin);
+  } catch (...) {
+    report_error(std::string(plugin.getPluginName()) + ": out of memory in clone");
+    return nullptr;
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// What every creator shares: name, version and namespace, the field names it declares (the ONNX attributes), and
+// createPlugin: parse the fields, report a refusal naming the layer, construct the plugin.
+
+class CreatorBase : public nvinfer1::IPluginCreatorV3One {
+ public:
+  const nvinfer1::PluginFieldCollection* getFieldNames() noexcept override { return &fc_; }
+  const char* getPluginName() const noexcept override { return op_; }
+  const char* getPluginVersion() const noexcept override { return kPluginVersion; }
+  const char* getPluginNamespace() const noexcept override { return kPluginNamespace; }
+
+ protected:
+  explicit CreatorBase(const char* op) : op_(op) {}
+  CreatorBase(const CreatorBase&) = delete;  // fc_ points into fields_
+  CreatorBase& operator=(const CreatorBase&) = delete;
+  void add_field(const char* name, nvinfer1::PluginFieldType type);
+
+  // `parse` reads the fields into Attrs (messages start with the op name); the plugin is Plugin(name, attrs).
+  template <typename Plugin, typename Attrs>
+  nvinfer1::IPluginV3* create(const char* name, const nvinfer1::PluginFieldCollection* fc,
+                              bool (*parse)(const nvinfer1::PluginFieldCollection*, Attrs*, std::string*)) const
+      noexcept {
+    try {
+      Attrs attrs;
+      std::string err;
+      if (!parse(fc, &attrs, &err)) {
+        report_refusal(name, err);
+        return nullptr;
+      }
+      return new Plugin(name != nullptr ? name : "", attrs);
+    } catch (const std::exception& e) {
+      report_error(std::string(op_) + ": " + e.what());
+    } catch (...) {
+      report_error(std::string(op_) + ": unknown error in createPlugin");
+    }
+    return nullptr;
+  }
+
+ private:
+  // "<Op> (layer '<name>'): <problem>" from a parse message "<Op>: <problem>".
+  void report_refusal(const char* name, const std::string& err) const;
+
+  const char* op_;
+  std::vector<nvinfer1::PluginField> fields_;
+  nvinfer1::PluginFieldCollection fc_{};
 };
 
 }  // namespace ssmpose_trt

@@ -13,6 +13,10 @@
 //                                          prints "<Hout> <Wout> <Hout_symbolic> <Wout_symbolic>": the plugin's output
 //                                          size from constant input dims, then from its symbolic expression evaluated
 //                                          at H, W ("error: ..." when the plugin refuses the shape)
+//   ssmpose_trt_unit_tests scan2d X DELTA A BS CS [DS [DELTA_BIAS]]
+//                                          SelectiveScan2D's shape rules on constant input dims ("2,8,6,3" each):
+//                                          prints "build <output dims>" (getOutputShapes) and "run <output dims>"
+//                                          (onShapeChange), or "build error: ..." / "run error: ..."
 //   ssmpose_trt_unit_tests gpu             (built with the CUDA runtime) enqueue on a GPU through the real CUDA kernels,
 //                                          compared with the CPU kernels; needs libssmpose_kernels{,_cuda}.so on the
 //                                          loader path
@@ -315,6 +319,37 @@ DeformAggregateCreator& deform_creator() {
   int32_t n = 0;
   return *dynamic_cast<DeformAggregateCreator*>(plugin_creators(&n)[1]);
 }
+SelectiveScan2DCreator& scan2d_creator() {
+  int32_t n = 0;
+  return *dynamic_cast<SelectiveScan2DCreator*>(plugin_creators(&n)[2]);
+}
+
+// The fields a plugin serialises are exactly its creator's field names (what the ONNX parser passes), with their
+// types.
+bool fields_match_creator(const PluginFieldCollection* fc, nvinfer1::IPluginCreatorV3One& creator) {
+  const PluginFieldCollection* names = creator.getFieldNames();
+  bool same = fc != nullptr && fc->nbFields == names->nbFields;
+  for (int32_t i = 0; same && i < fc->nbFields; ++i) {
+    bool found = false;
+    for (int32_t j = 0; j < names->nbFields; ++j) {
+      found = found || (std::strcmp(fc->fields[i].name, names->fields[j].name) == 0 &&
+                        fc->fields[i].type == names->fields[j].type && fc->fields[i].length == 1);
+    }
+    same = same && found;
+  }
+  return same;
+}
+
+// A copy of a serialised collection (as TensorRT stores it in the plan), independent of the plugin's storage.
+Fields copy_fields(const PluginFieldCollection* fc) {
+  Fields copy;
+  for (int32_t i = 0; fc && i < fc->nbFields; ++i) {
+    const PluginField& f = fc->fields[i];
+    if (f.type == PluginFieldType::kINT32) copy.i32(f.name, *static_cast<const int32_t*>(f.data));
+    if (f.type == PluginFieldType::kFLOAT32) copy.f32(f.name, *static_cast<const float*>(f.data));
+  }
+  return copy;
+}
 
 const char* field_type(PluginFieldType t) {
   return t == PluginFieldType::kINT32 ? "int32" : t == PluginFieldType::kFLOAT32 ? "float32" : "other";
@@ -323,9 +358,9 @@ const char* field_type(PluginFieldType t) {
 void test_creators() {
   int32_t n = 0;
   nvinfer1::IPluginCreatorInterface* const* list = plugin_creators(&n);
-  check(n == 2 && list[0] != nullptr && list[1] != nullptr, "creators.count");
-  const char* expected[] = {"SelectiveScan", "DeformAggregate"};
-  for (int32_t i = 0; i < n && i < 2; ++i) {
+  check(n == 3 && list[0] != nullptr && list[1] != nullptr && list[2] != nullptr, "creators.count");
+  const char* expected[] = {"SelectiveScan", "DeformAggregate", "SelectiveScan2D"};
+  for (int32_t i = 0; i < n && i < 3; ++i) {
     auto* c = dynamic_cast<nvinfer1::IPluginCreatorV3One*>(list[i]);
     const std::string tag = std::string("creators.") + expected[i];
     check(c != nullptr, tag + ".is_v3one");
@@ -779,24 +814,9 @@ void test_serialization() {
   auto d = as_plugin<DeformAggregatePlugin>(deform_creator().createPlugin("d", df.fc(), nvinfer1::TensorRTPhase::kBUILD));
   if (!d) return check(false, "serialize.deform_plugin");
   const PluginFieldCollection* dfc = d->getFieldsToSerialize();
-  // The serialised fields are exactly the creator's field names (what the ONNX parser passes) with their types.
-  const PluginFieldCollection* names = deform_creator().getFieldNames();
-  bool same = dfc != nullptr && dfc->nbFields == names->nbFields;
-  for (int32_t i = 0; same && i < dfc->nbFields; ++i) {
-    bool found = false;
-    for (int32_t j = 0; j < names->nbFields; ++j) {
-      found = found || (std::strcmp(dfc->fields[i].name, names->fields[j].name) == 0 &&
-                        dfc->fields[i].type == names->fields[j].type);
-    }
-    same = same && found;
-  }
-  check(same, "serialize.deform_fields_match_creator");
+  check(fields_match_creator(dfc, deform_creator()), "serialize.deform_fields_match_creator");
   // A copy of the collection (as TensorRT stores it in the plan) must recreate the same plugin.
-  Fields copy;
-  for (int32_t i = 0; dfc && i < dfc->nbFields; ++i) {
-    if (dfc->fields[i].type == PluginFieldType::kINT32) copy.i32(dfc->fields[i].name, *static_cast<const int32_t*>(dfc->fields[i].data));
-    if (dfc->fields[i].type == PluginFieldType::kFLOAT32) copy.f32(dfc->fields[i].name, *static_cast<const float*>(dfc->fields[i].data));
-  }
+  Fields copy = copy_fields(dfc);
   d.reset();  // the original is gone, as after serialisation
   auto e = as_plugin<DeformAggregatePlugin>(deform_creator().createPlugin("d", copy.fc(), nvinfer1::TensorRTPhase::kRUNTIME));
   const DeformAttrs* a = e ? &e->attrs() : nullptr;
@@ -812,6 +832,439 @@ void test_serialization() {
     check(n1 == 12 && two->nbFields == 12 && *static_cast<const float*>(two->fields[10].data) == 0.375f,
           "serialize.repeatable");
   }
+}
+
+// ------------------------------------------------------------------------------------------------
+// SelectiveScan2D (domain version 2): x (B, H, W, D), delta (B, H, W, 4*D), A (4*D, N), Bs/Cs (B, H, W, 4, N),
+// Ds/delta_bias (4*D) -> (B, H, W, D).
+
+std::unique_ptr<SelectiveScan2DPlugin> scan2d_plugin(const char* layer, Fields f = Fields(),
+                                                     nvinfer1::TensorRTPhase phase = nvinfer1::TensorRTPhase::kBUILD) {
+  return as_plugin<SelectiveScan2DPlugin>(scan2d_creator().createPlugin(layer, f.fc(), phase));
+}
+
+// The inputs of one SelectiveScan2D node, 7 entries (resize to drop the optional ones). K = 4.
+std::vector<std::vector<int64_t>> scan2d_dims(int64_t B, int64_t H, int64_t W, int64_t D, int64_t N) {
+  return {{B, H, W, D}, {B, H, W, 4 * D}, {4 * D, N}, {B, H, W, 4, N}, {B, H, W, 4, N}, {4 * D}, {4 * D}};
+}
+
+void test_scan2d_fields() {
+  Scan2DAttrs a;
+  std::string err;
+  Fields none;
+  check(SelectiveScan2DCreator::parse(none.fc(), &a, &err) && a.delta_softplus == 1 && a.directions == 4,
+        "scan2d.fields.default", err);
+  Fields exported;  // as the exporter writes the node
+  exported.i32("delta_softplus", 0).i32("directions", 4).str("plugin_version", "1").str("plugin_namespace", "ssmpose");
+  check(SelectiveScan2DCreator::parse(exported.fc(), &a, &err) && a.delta_softplus == 0 && a.directions == 4,
+        "scan2d.fields.int32", err);
+  Fields wide;
+  wide.i64("delta_softplus", 1).i64("directions", 4);
+  check(SelectiveScan2DCreator::parse(wide.fc(), &a, &err) && a.delta_softplus == 1 && a.directions == 4,
+        "scan2d.fields.int64", err);
+  Fields narrow;
+  narrow.i8("delta_softplus", 0).i8("directions", 4);
+  check(SelectiveScan2DCreator::parse(narrow.fc(), &a, &err) && a.delta_softplus == 0 && a.directions == 4,
+        "scan2d.fields.int8", err);
+
+  struct Bad {
+    const char* name;
+    Fields fields;
+    const char* message;
+  };
+  std::vector<Bad> bad;
+  bad.push_back({"softplus_range", Fields().i32("delta_softplus", 2),
+                 "SelectiveScan2D: field delta_softplus must be in [0, 1], got 2"});
+  bad.push_back({"directions_range", Fields().i32("directions", 2),
+                 "SelectiveScan2D: field directions must be in [4, 4], got 2"});
+  bad.push_back({"directions_8", Fields().i64("directions", 8), "field directions must be in [4, 4], got 8"});
+  bad.push_back({"directions_float", Fields().f32("directions", 4.0f),
+                 "SelectiveScan2D: field 'directions' must be an integer, got float32"});
+  bad.push_back({"directions_string", Fields().str("directions", "4"), "must be an integer, got char (string)"});
+  bad.push_back({"softplus_float", Fields().f64("delta_softplus", 1.0), "must be an integer, got float64"});
+  bad.push_back({"length", Fields().i32s("directions", {4, 4}),
+                 "field 'directions' must hold one value, got 2 values"});
+  for (Bad& b : bad) {
+    err.clear();
+    check(!SelectiveScan2DCreator::parse(b.fields.fc(), &a, &err) && contains(err, b.message),
+          std::string("scan2d.fields.") + b.name, err);
+  }
+
+  Fields three;
+  three.i32("delta_softplus", 1).i32("directions", 3);
+  clear_last_error();
+  nvinfer1::IPluginV3* p = scan2d_creator().createPlugin("ss2d_node", three.fc(), nvinfer1::TensorRTPhase::kBUILD);
+  check(p == nullptr, "scan2d.create.refused");
+  check_error("scan2d.create.message",
+              {"SelectiveScan2D (layer 'ss2d_node'): field directions must be in [4, 4], got 3"});
+  delete p;
+  clear_last_error();
+  p = scan2d_creator().createPlugin("", three.fc(), nvinfer1::TensorRTPhase::kRUNTIME);
+  check(p == nullptr && last_error().rfind("SelectiveScan2D: field directions", 0) == 0, "scan2d.create.unnamed",
+        last_error());
+  delete p;
+  auto ok = scan2d_plugin("ok", exported);
+  check(ok && ok->attrs().delta_softplus == 0 && ok->attrs().directions == 4 && ok->layer_name() == "ok",
+        "scan2d.create.plugin");
+}
+
+void test_scan2d_plugin() {
+  auto p = scan2d_plugin("s2");
+  check(p != nullptr, "plugin.scan2d_created");
+  if (!p) return;
+  auto* core =
+      dynamic_cast<nvinfer1::IPluginV3OneCore*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE));
+  auto* build =
+      dynamic_cast<nvinfer1::IPluginV3OneBuild*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
+  auto* runtime = dynamic_cast<nvinfer1::IPluginV3OneRuntime*>(
+      p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+  check(core != nullptr && build != nullptr && runtime != nullptr, "plugin.scan2d_capabilities");
+  if (core && build && runtime) {
+    check(std::strcmp(core->getPluginName(), "SelectiveScan2D") == 0 &&
+              std::strcmp(core->getPluginVersion(), "1") == 0 &&
+              std::strcmp(core->getPluginNamespace(), "ssmpose") == 0,
+          "plugin.scan2d_core_identity");
+    check(build->getNbOutputs() == 1 && build->getWorkspaceSize(nullptr, 0, nullptr, 0) == 0, "plugin.scan2d_outputs");
+  }
+
+  // Formats: 4-D and 5-D linear tensors, float32 or float16 picked by x, everything else follows.
+  const DataType F = DataType::kFLOAT, H = DataType::kHALF;
+  auto io = [](DataType t, int32_t nin, nvinfer1::TensorFormat fmt = nvinfer1::TensorFormat::kLINEAR) {
+    std::vector<std::vector<int64_t>> dims = scan2d_dims(2, 5, 3, 6, 3);
+    dims.resize(nin);
+    dims.push_back({2, 5, 3, 6});  // y
+    std::vector<nvinfer1::DynamicPluginTensorDesc> v;
+    for (const auto& d : dims) v.push_back(desc(d, t, fmt));
+    return v;
+  };
+  auto all_ok = [&](std::vector<nvinfer1::DynamicPluginTensorDesc> v, int32_t nin) {
+    for (int32_t pos = 0; pos < nin + 1; ++pos) {
+      if (!p->supportsFormatCombination(pos, v.data(), nin, 1)) return false;
+    }
+    return true;
+  };
+  check(all_ok(io(F, 7), 7) && all_ok(io(F, 5), 5), "formats.scan2d_float32_all");
+  check(all_ok(io(H, 6), 6), "formats.scan2d_float16_all");
+  check(!p->supportsFormatCombination(0, io(DataType::kBF16, 5).data(), 5, 1), "formats.scan2d_bfloat16_refused");
+  check(!p->supportsFormatCombination(0, io(F, 5, nvinfer1::TensorFormat::kHWC8).data(), 5, 1),
+        "formats.scan2d_non_linear_refused");
+  auto mixed = io(F, 7);
+  mixed[3].desc.type = H;
+  check(!p->supportsFormatCombination(3, mixed.data(), 7, 1), "formats.scan2d_mixed_input_refused");
+  auto mixed_out = io(H, 5);
+  mixed_out[5].desc.type = F;
+  check(!p->supportsFormatCombination(5, mixed_out.data(), 5, 1), "formats.scan2d_output_type_follows_x");
+
+  DataType out = DataType::kINT32;
+  DataType in_h[] = {H, H, H, H, H, H, H};
+  check(p->getOutputDataTypes(&out, 1, in_h, 7) == 0 && out == H, "types.scan2d_float16");
+  DataType in_mixed[] = {F, F, F, F, F, F, H};
+  clear_last_error();
+  check(p->getOutputDataTypes(&out, 1, in_mixed, 7) != 0, "types.scan2d_mixed_refused");
+  check_error("types.scan2d_mixed_message", {"SelectiveScan2D (layer 's2')", "input 'delta_bias' has element type "
+                                             "float16, but 'x' has float32; all inputs must share one type"});
+  DataType in_int[] = {DataType::kINT32, DataType::kINT32, DataType::kINT32, DataType::kINT32, DataType::kINT32};
+  check(p->getOutputDataTypes(&out, 1, in_int, 5) != 0, "types.scan2d_int32_refused");
+  check_error("types.scan2d_int32_message", {"SelectiveScan2D (layer 's2'): x has element type int32; supported: "
+                                             "float32, float16"});
+  DataType in_8[] = {F, F, F, F, F, F, F, F};
+  check(p->getOutputDataTypes(&out, 1, in_8, 8) != 0, "types.scan2d_too_many_inputs");
+  check_error("types.scan2d_count_message", {"SelectiveScan2D (layer 's2'): takes 5 to 7 inputs, got 8"});
+}
+
+// Builds DimsExprs of `dims` (constants; -1 = a symbol named by `names`).
+std::vector<nvinfer1::DimsExprs> exprs(FakeBuilder& b, const std::vector<std::vector<int64_t>>& dims,
+                                       const std::vector<std::vector<std::string>>& names = {}) {
+  std::vector<nvinfer1::DimsExprs> v;
+  for (size_t i = 0; i < dims.size(); ++i) {
+    v.push_back(b.dims(dims[i], i < names.size() ? names[i] : std::vector<std::string>{}));
+  }
+  return v;
+}
+
+void test_scan2d_shapes() {
+  auto p = scan2d_plugin("s2");
+  if (!p) return check(false, "scan2d.shapes.plugin");
+  FakeBuilder b;
+  // Constant dims: B=2, H=5, W=3, D=6 (K*D = 24), N=3.
+  const std::vector<std::vector<int64_t>> good = scan2d_dims(2, 5, 3, 6, 3);
+  std::vector<nvinfer1::DimsExprs> in = exprs(b, good);
+  nvinfer1::DimsExprs out{};
+  for (int32_t n = 5; n <= 7; ++n) {
+    out = nvinfer1::DimsExprs{};
+    const int32_t rc = p->getOutputShapes(in.data(), n, nullptr, 0, &out, 1, b);
+    check(rc == 0 && const_dims(out) == std::vector<int64_t>{2, 5, 3, 6}, "scan2d.shapes.constant_" + std::to_string(n),
+          last_error());
+  }
+  // Symbolic B, H, W: the output is x's expressions (no operation built).
+  const std::vector<std::string> bhw = {"B", "H", "W"};
+  std::vector<nvinfer1::DimsExprs> sym = exprs(b, scan2d_dims(-1, -1, -1, 6, 3), {bhw, bhw, {}, bhw, bhw});
+  out = nvinfer1::DimsExprs{};
+  const size_t ops = b.operations();
+  check(p->getOutputShapes(sym.data(), 7, nullptr, 0, &out, 1, b) == 0 && out.nbDims == 4 && out.d[0] == sym[0].d[0] &&
+            out.d[1] == sym[0].d[1] && out.d[2] == sym[0].d[2] && out.d[3] == sym[0].d[3] && b.operations() == ops,
+        "scan2d.shapes.symbolic_is_x", last_error());
+
+  struct Case {
+    const char* name;
+    std::vector<std::pair<int, std::vector<int64_t>>> changes;
+    const char* message;
+  };
+  const Case bad[] = {
+      {"x_rank", {{0, {2, 5, 3}}}, "x must be (B, H, W, D), got shape (2, 5, 3)"},
+      {"Bs_rank", {{3, {2, 15, 4, 3}}}, "Bs must be (B, H, W, K, N), got shape (2, 15, 4, 3)"},
+      {"Bs_lead", {{3, {2, 5, 4, 4, 3}}, {4, {2, 5, 4, 4, 3}}},
+       "Bs shape (2, 5, 4, 4, 3) does not match x (B, H, W) = (2, 5, 3)"},
+      {"Bs_batch", {{3, {1, 5, 3, 4, 3}}}, "Bs shape (1, 5, 3, 4, 3) does not match x (B, H, W) = (2, 5, 3)"},
+      {"directions", {{3, {2, 5, 3, 2, 3}}, {4, {2, 5, 3, 2, 3}}},
+       "Bs.shape[3] is the number of directions K, which must be 4, got 2"},
+      {"Cs", {{4, {2, 5, 3, 4, 2}}}, "Cs shape (2, 5, 3, 4, 2) != Bs shape (2, 5, 3, 4, 3)"},
+      {"Cs_rank", {{4, {2, 5, 3, 12}}}, "Cs shape (2, 5, 3, 12) != Bs shape (2, 5, 3, 4, 3)"},
+      {"delta", {{1, {2, 5, 3, 6}}}, "delta must be (B, H, W, K*D) = (2, 5, 3, 24), got (2, 5, 3, 6)"},
+      {"delta_rank", {{1, {2, 15, 24}}}, "delta must be (B, H, W, K*D) = (2, 5, 3, 24), got (2, 15, 24)"},
+      {"delta_lead", {{1, {2, 3, 5, 24}}}, "delta must be (B, H, W, K*D) = (2, 5, 3, 24), got (2, 3, 5, 24)"},
+      {"A", {{2, {24, 4}}}, "A must be (24, 3), got (24, 4)"},
+      {"A_rows", {{2, {6, 3}}}, "A must be (24, 3), got (6, 3)"},
+      {"A_rank", {{2, {24}}}, "A must be (24, 3), got (24,)"},
+      {"Ds", {{5, {6}}}, "Ds must be (24,), got (6,)"},
+      {"delta_bias", {{6, {24, 1}}}, "delta_bias must be (24,), got (24, 1)"},
+      {"dstate_limit", {{2, {24, 17}}, {3, {2, 5, 3, 4, 17}}, {4, {2, 5, 3, 4, 17}}},
+       "dstate N = Bs.shape[4] must be in 1..16, got 17"},
+      {"dstate_zero", {{2, {24, 0}}, {3, {2, 5, 3, 4, 0}}, {4, {2, 5, 3, 4, 0}}},
+       "dstate N = Bs.shape[4] must be in 1..16, got 0"},
+  };
+  for (const Case& c : bad) {
+    std::vector<std::vector<int64_t>> dims = good;
+    for (const auto& change : c.changes) dims[change.first] = change.second;
+    std::vector<nvinfer1::DimsExprs> v = exprs(b, dims);
+    clear_last_error();
+    out = nvinfer1::DimsExprs{};
+    check(p->getOutputShapes(v.data(), 7, nullptr, 0, &out, 1, b) != 0, std::string("scan2d.shapes.bad_") + c.name);
+    check_error(std::string("scan2d.shapes.bad_") + c.name + "_message", {"SelectiveScan2D (layer 's2'): ", c.message});
+  }
+
+  // Partly known shapes: whatever is known is checked, whichever input carries it.
+  struct Partial {
+    const char* name;
+    std::vector<std::vector<int64_t>> dims;
+    std::vector<std::vector<std::string>> names;
+    const char* message;  // nullptr: accepted
+  };
+  const std::vector<std::string> b_only = {"B"};
+  const Partial partial[] = {
+      // Bs's batch is symbolic: Cs carries it.
+      {"Cs_batch", {{2, 5, 3, 6}, {2, 5, 3, 24}, {24, 3}, {-1, 5, 3, 4, 3}, {3, 5, 3, 4, 3}}, {{}, {}, {}, b_only},
+       "Cs shape (3, 5, 3, 4, 3) does not match x (B, H, W) = (2, 5, 3)"},
+      // Bs's K is symbolic: Cs carries it.
+      {"Cs_directions", {{2, 5, 3, 6}, {2, 5, 3, 24}, {24, 3}, {2, 5, 3, -1, 3}, {2, 5, 3, 3, 3}},
+       {{}, {}, {}, {"", "", "", "K"}}, "Cs.shape[3] is the number of directions K, which must be 4, got 3"},
+      // x's batch is symbolic: Bs carries it to delta.
+      {"delta_batch_from_Bs", {{-1, 5, 3, 6}, {3, 5, 3, 24}, {24, 3}, {2, 5, 3, 4, 3}, {2, 5, 3, 4, 3}}, {b_only},
+       "delta must be (B, H, W, K*D) = (2, 5, 3, 24), got (3, 5, 3, 24)"},
+      // x's D is symbolic: delta carries K*D to Ds.
+      {"channels_from_delta", {{2, 5, 3, -1}, {2, 5, 3, 24}, {24, 3}, {2, 5, 3, 4, 3}, {2, 5, 3, 4, 3}, {20}},
+       {{"", "", "", "D"}}, "Ds must be (24,), got (20,)"},
+      // x's D and delta's channels are symbolic: A carries them to Ds.
+      {"channels_from_A", {{2, 5, 3, -1}, {2, 5, 3, -1}, {24, 3}, {2, 5, 3, 4, 3}, {2, 5, 3, 4, 3}, {24}, {12}},
+       {{"", "", "", "D"}, {"", "", "", "C"}}, "delta_bias must be (24,), got (12,)"},
+      // N is symbolic in Bs and Cs: A carries it to the limit.
+      {"dstate_from_A", {{2, 5, 3, 6}, {2, 5, 3, 24}, {24, 20}, {2, 5, 3, 4, -1}, {2, 5, 3, 4, -1}},
+       {{}, {}, {}, {"", "", "", "", "N"}, {"", "", "", "", "N"}}, "dstate N = Bs.shape[4] must be in 1..16, got 20"},
+      // Consistent but partly symbolic: accepted (the rest is checked in configurePlugin / onShapeChange).
+      {"accepted", {{-1, -1, 3, 6}, {-1, -1, 3, 24}, {24, 3}, {-1, -1, 3, 4, 3}, {-1, -1, 3, 4, 3}, {24}},
+       {{"B", "H"}, {"B", "H"}, {}, {"B", "H"}, {"B", "H"}}, nullptr},
+  };
+  for (const Partial& c : partial) {
+    std::vector<nvinfer1::DimsExprs> v = exprs(b, c.dims, c.names);
+    clear_last_error();
+    out = nvinfer1::DimsExprs{};
+    const int32_t rc = p->getOutputShapes(v.data(), static_cast<int32_t>(v.size()), nullptr, 0, &out, 1, b);
+    const std::string name = std::string("scan2d.shapes.partial_") + c.name;
+    if (c.message == nullptr) {
+      check(rc == 0 && out.nbDims == 4 && out.d[0] == v[0].d[0] && out.d[1] == v[0].d[1], name, last_error());
+    } else {
+      check(rc != 0, name);
+      check_error(name + "_message", {"SelectiveScan2D (layer 's2'): ", c.message});
+    }
+  }
+  check(p->getOutputShapes(in.data(), 7, in.data(), 1, &out, 1, b) != 0, "scan2d.shapes.shape_inputs_refused");
+  check_error("scan2d.shapes.shape_inputs_message", {"SelectiveScan2D (layer 's2'): takes no shape inputs, got 1"});
+  check(p->getOutputShapes(in.data(), 4, nullptr, 0, &out, 1, b) != 0, "scan2d.shapes.four_inputs_refused");
+  check_error("scan2d.shapes.four_inputs_message", {"takes 5 to 7 inputs, got 4"});
+}
+
+void test_scan2d_configure_and_runtime() {
+  Fields f;
+  f.i32("delta_softplus", 0).i32("directions", 4);
+  auto p = scan2d_plugin("s2", f);
+  if (!p) return check(false, "configure.scan2d_plugin");
+  const DataType H = DataType::kHALF;
+  auto descs = [](const std::vector<std::vector<int64_t>>& dims, DataType t) {
+    std::vector<nvinfer1::DynamicPluginTensorDesc> v;
+    for (const auto& d : dims) v.push_back(desc(d, t));
+    return v;
+  };
+  // Build time: B, H, W vary over the profile (-1).
+  std::vector<std::vector<int64_t>> dyn = scan2d_dims(-1, -1, -1, 6, 3);
+  std::vector<nvinfer1::DynamicPluginTensorDesc> in = descs(dyn, H);
+  std::vector<nvinfer1::DynamicPluginTensorDesc> out = {desc({-1, -1, -1, 6}, H)};
+  check(p->configurePlugin(in.data(), 7, out.data(), 1) == 0 && p->configured_inputs() == 7, "configure.scan2d_dynamic",
+        last_error());
+  check(p->configurePlugin(in.data(), 5, out.data(), 1) == 0 && p->configured_inputs() == 5, "configure.scan2d_five",
+        last_error());
+  auto bad = in;
+  bad[2] = desc({24, 5}, H);
+  check(p->configurePlugin(bad.data(), 7, out.data(), 1) != 0, "configure.scan2d_bad_A");
+  check_error("configure.scan2d_bad_A_message", {"SelectiveScan2D (layer 's2'): A must be (24, 3), got (24, 5)"});
+  bad = in;
+  bad[1] = desc({-1, -1, -1, 6}, H);
+  check(p->configurePlugin(bad.data(), 7, out.data(), 1) != 0, "configure.scan2d_bad_delta");
+  check_error("configure.scan2d_bad_delta_message", {"delta must be (B, H, W, K*D) = (?, ?, ?, 24), got (?, ?, ?, 6)"});
+  auto mixed = in;
+  mixed[4] = desc(dyn[4], DataType::kFLOAT);
+  check(p->configurePlugin(mixed.data(), 7, out.data(), 1) != 0, "configure.scan2d_mixed_types");
+  check_error("configure.scan2d_mixed_types_message", {"input 'Cs' has element type float32"});
+  std::vector<nvinfer1::DynamicPluginTensorDesc> out_f = {desc({-1, -1, -1, 6}, DataType::kFLOAT)};
+  check(p->configurePlugin(in.data(), 7, out_f.data(), 1) != 0, "configure.scan2d_output_type");
+  check_error("configure.scan2d_output_type_message", {"output has element type float32, expected float16"});
+
+  // Run time: concrete shapes -> the kernel's shape struct.
+  auto tdescs = [](const std::vector<std::vector<int64_t>>& dims, DataType t) {
+    std::vector<nvinfer1::PluginTensorDesc> v;
+    for (const auto& d : dims) v.push_back(tdesc(d, t));
+    return v;
+  };
+  std::vector<nvinfer1::PluginTensorDesc> rin = tdescs(scan2d_dims(3, 5, 4, 6, 3), H);
+  std::vector<nvinfer1::PluginTensorDesc> rout = {tdesc({3, 5, 4, 6}, H)};
+  const bool ok = p->onShapeChange(rin.data(), 7, rout.data(), 1) == 0;
+  const ssm_scan2d_shape& s = p->kernel_shape();
+  check(ok && s.batch == 3 && s.height == 5 && s.width == 4 && s.dim == 6 && s.directions == 4 && s.dstate == 3 &&
+            s.delta_softplus == 0 && s.dtype == SSM_FLOAT16 && p->configured_inputs() == 7,
+        "runtime.scan2d_kernel_shape", last_error());
+  std::vector<nvinfer1::PluginTensorDesc> fin = tdescs(scan2d_dims(1, 2, 7, 8, 16), DataType::kFLOAT);
+  fin.resize(6);
+  std::vector<nvinfer1::PluginTensorDesc> fout = {tdesc({1, 2, 7, 8})};
+  auto q = scan2d_plugin("q", Fields(), nvinfer1::TensorRTPhase::kRUNTIME);
+  const bool fok = q && q->onShapeChange(fin.data(), 6, fout.data(), 1) == 0;
+  check(fok && q->kernel_shape().batch == 1 && q->kernel_shape().height == 2 && q->kernel_shape().width == 7 &&
+            q->kernel_shape().dim == 8 && q->kernel_shape().dstate == 16 && q->kernel_shape().delta_softplus == 1 &&
+            q->kernel_shape().dtype == SSM_FLOAT32 && q->configured_inputs() == 6,
+        "runtime.scan2d_kernel_shape_float32", last_error());
+  std::vector<nvinfer1::PluginTensorDesc> wrong_out = {tdesc({3, 5, 4, 24}, H)};
+  check(p->onShapeChange(rin.data(), 7, wrong_out.data(), 1) != 0, "runtime.scan2d_wrong_output");
+  check_error("runtime.scan2d_wrong_output_message", {"output shape (3, 5, 4, 24) != expected (3, 5, 4, 6)"});
+  auto unresolved = rin;
+  unresolved[0] = tdesc({3, -1, 4, 6}, H);
+  check(p->onShapeChange(unresolved.data(), 7, rout.data(), 1) != 0, "runtime.scan2d_unresolved");
+  check_error("runtime.scan2d_unresolved_message", {"input 'x' has unresolved shape (3, ?, 4, 6) at run time"});
+  auto bad_bs = rin;
+  bad_bs[3] = bad_bs[4] = tdesc({3, 5, 4, 2, 3}, H);
+  check(p->onShapeChange(bad_bs.data(), 7, rout.data(), 1) != 0, "runtime.scan2d_bad_directions");
+  check_error("runtime.scan2d_bad_directions_message", {"Bs.shape[3] is the number of directions K, which must be 4, "
+                                                        "got 2"});
+
+  // enqueue: an empty output (B, H, W or D is 0) needs no kernels; otherwise a missing kernel library is a clear
+  // error.
+  const std::vector<int64_t> empties[] = {{0, 5, 4, 6, 3}, {3, 0, 4, 6, 3}, {3, 5, 0, 6, 3}, {3, 5, 4, 0, 3}};
+  for (const auto& e : empties) {
+    std::vector<nvinfer1::PluginTensorDesc> ein = tdescs(scan2d_dims(e[0], e[1], e[2], e[3], e[4]), H);
+    std::vector<nvinfer1::PluginTensorDesc> eout = {tdesc({e[0], e[1], e[2], e[3]}, H)};
+    check(p->onShapeChange(ein.data(), 5, eout.data(), 1) == 0 &&
+              p->enqueue(ein.data(), eout.data(), nullptr, nullptr, nullptr, nullptr) == 0,
+          "runtime.scan2d_empty_" + shape_str({e[0], e[1], e[2], e[3]}), last_error());
+  }
+  std::string why;
+  if (cuda_kernels(&why) == nullptr) {
+    check(p->onShapeChange(rin.data(), 7, rout.data(), 1) == 0, "runtime.scan2d_reshape");
+    const void* ins[7] = {};
+    void* outs[1] = {};
+    clear_last_error();
+    check(p->enqueue(rin.data(), rout.data(), ins, outs, nullptr, nullptr) != 0, "runtime.scan2d_no_kernels");
+    check_error("runtime.scan2d_no_kernels_message", {"SelectiveScan2D (layer 's2'): cannot load the CUDA kernel "
+                                                      "library", "libssmpose_kernels_cuda.so"});
+  } else {
+    std::printf("skip runtime.scan2d_no_kernels: libssmpose_kernels_cuda.so is loadable here\n");
+  }
+}
+
+void test_scan2d_serialization() {
+  Fields f;
+  f.i32("delta_softplus", 0).i32("directions", 4).str("plugin_version", "1").str("plugin_namespace", "ssmpose");
+  auto p = scan2d_plugin("s2", f);
+  if (!p) return check(false, "serialize.scan2d_plugin");
+  const PluginFieldCollection* fc = p->getFieldsToSerialize();
+  check(fc != nullptr && fc->nbFields == 2 && std::strcmp(fc->fields[0].name, "delta_softplus") == 0 &&
+            *static_cast<const int32_t*>(fc->fields[0].data) == 0 &&
+            std::strcmp(fc->fields[1].name, "directions") == 0 && *static_cast<const int32_t*>(fc->fields[1].data) == 4,
+        "serialize.scan2d_fields");
+  check(fields_match_creator(fc, scan2d_creator()), "serialize.scan2d_fields_match_creator");
+  Fields copy = copy_fields(fc);
+  auto c = as_plugin<SelectiveScan2DPlugin>(p->clone());
+  auto attached = as_plugin<SelectiveScan2DPlugin>(p->attachToContext(nullptr));
+  p.reset();  // the original is gone, as after serialisation
+  auto q = scan2d_plugin("s2", copy, nvinfer1::TensorRTPhase::kRUNTIME);
+  check(q && q->attrs().delta_softplus == 0 && q->attrs().directions == 4, "serialize.scan2d_round_trip");
+  check(c && c->attrs().delta_softplus == 0 && c->attrs().directions == 4 && c->layer_name() == "s2" &&
+            std::strcmp(c->getPluginName(), "SelectiveScan2D") == 0,
+        "serialize.scan2d_clone");
+  check(attached && attached.get() != c.get() && attached->attrs().delta_softplus == 0, "serialize.scan2d_attach");
+  if (q) {
+    const int32_t n1 = q->getFieldsToSerialize()->nbFields;
+    const PluginFieldCollection* two = q->getFieldsToSerialize();
+    check(n1 == 2 && two->nbFields == 2 && *static_cast<const int32_t*>(two->fields[0].data) == 0,
+          "serialize.scan2d_repeatable");
+  }
+  // The default (softplus on) survives the round trip too.
+  auto d = scan2d_plugin("d");
+  Fields dcopy = copy_fields(d ? d->getFieldsToSerialize() : nullptr);
+  auto e = scan2d_plugin("d", dcopy, nvinfer1::TensorRTPhase::kRUNTIME);
+  check(e && e->attrs().delta_softplus == 1 && e->attrs().directions == 4, "serialize.scan2d_default_round_trip");
+}
+
+// "2,8,6,3" -> {2, 8, 6, 3}
+std::vector<int64_t> parse_dims(const char* text) {
+  std::vector<int64_t> dims;
+  const char* p = text;
+  while (*p != '\0') {
+    char* end = nullptr;
+    dims.push_back(std::strtoll(p, &end, 10));
+    if (*end != ',') break;
+    p = end + 1;
+  }
+  return dims;
+}
+
+int scan2d_mode(int argc, char** argv) {
+  if (argc < 7 || argc > 9) {
+    std::fprintf(stderr, "usage: %s scan2d X DELTA A BS CS [DS [DELTA_BIAS]]  (dims as 2,8,6,3)\n", argv[0]);
+    return 2;
+  }
+  std::vector<std::vector<int64_t>> dims;
+  for (int i = 2; i < argc; ++i) dims.push_back(parse_dims(argv[i]));
+  const int32_t n = static_cast<int32_t>(dims.size());
+  auto print = [](const char* stage, const std::vector<int64_t>& d) {
+    std::printf("%s", stage);
+    for (int64_t v : d) std::printf(" %lld", static_cast<long long>(v));
+    std::printf("\n");
+  };
+  auto p = scan2d_plugin("c");
+  FakeBuilder b;
+  std::vector<nvinfer1::DimsExprs> in = exprs(b, dims);
+  nvinfer1::DimsExprs out{};
+  if (p->getOutputShapes(in.data(), n, nullptr, 0, &out, 1, b) != 0) {
+    std::printf("build error: %s\n", last_error().c_str());
+  } else {
+    print("build", const_dims(out));
+  }
+  std::vector<nvinfer1::PluginTensorDesc> rin;
+  for (const auto& d : dims) rin.push_back(tdesc(d));
+  std::vector<nvinfer1::PluginTensorDesc> rout = {tdesc(dims[0])};
+  if (p->onShapeChange(rin.data(), n, rout.data(), 1) != 0) {
+    std::printf("run error: %s\n", last_error().c_str());
+  } else {
+    print("run", dims[0]);
+  }
+  return 0;
 }
 
 int outsize(int argc, char** argv) {
@@ -865,6 +1318,8 @@ int outsize(int argc, char** argv) {
 struct CpuKernels {
   int (*scan)(const ssm_scan_shape*, const void*, const void*, const void*, const void*, const void*, const void*,
               const void*, void*, int) = nullptr;
+  int (*scan2d)(const ssm_scan2d_shape*, const void*, const void*, const void*, const void*, const void*, const void*,
+                const void*, void*, int) = nullptr;
   int (*deform)(const ssm_deform_shape*, const void*, const void*, void*, int) = nullptr;
 };
 
@@ -872,8 +1327,9 @@ bool cpu_kernels(CpuKernels* k) {
   void* h = dlopen("libssmpose_kernels.so", RTLD_NOW | RTLD_LOCAL);
   if (h == nullptr) return false;
   k->scan = reinterpret_cast<decltype(k->scan)>(dlsym(h, "ssm_selective_scan_fwd_cpu"));
+  k->scan2d = reinterpret_cast<decltype(k->scan2d)>(dlsym(h, "ssm_selective_scan_2d_fwd_cpu"));
   k->deform = reinterpret_cast<decltype(k->deform)>(dlsym(h, "ssm_deform_aggregate_fwd_cpu"));
-  return k->scan != nullptr && k->deform != nullptr;
+  return k->scan != nullptr && k->scan2d != nullptr && k->deform != nullptr;
 }
 
 // Host buffers of one dtype (float32, or float16 stored as __half).
@@ -1008,6 +1464,40 @@ int gpu_mode() {
       }
       compare(name, got, want, half ? 2e-3 : 1e-5);
     }
+    // SelectiveScan2D: a non-square image (the column-major directions differ from the row-major ones), 5, 6 and 7
+    // inputs.
+    for (int32_t nin = 5; nin <= 7; ++nin) {
+      const int64_t B = 2, H = 5, W = 7, D = 6, N = 4;
+      uint32_t seed = 31u + nin;
+      std::vector<Buffer> in = {random_buffer(B * H * W * D, half, &seed, 1.0f),
+                                random_buffer(B * H * W * 4 * D, half, &seed, 0.5f),
+                                random_buffer(4 * D * N, half, &seed, 0.5f, -0.6f),
+                                random_buffer(B * H * W * 4 * N, half, &seed, 1.0f),
+                                random_buffer(B * H * W * 4 * N, half, &seed, 1.0f),
+                                random_buffer(4 * D, half, &seed, 1.0f), random_buffer(4 * D, half, &seed, 0.1f)};
+      in.resize(nin);
+      std::vector<std::vector<int64_t>> dims = scan2d_dims(B, H, W, D, N);
+      dims.resize(nin);
+      Fields f;
+      f.i32("delta_softplus", nin == 6 ? 0 : 1).i32("directions", 4);
+      auto p = scan2d_plugin("g", f, nvinfer1::TensorRTPhase::kRUNTIME);
+      std::vector<float> got;
+      const std::string name = std::string("gpu.scan2d_") + (half ? "f16_" : "f32_") + std::to_string(nin);
+      if (!run_on_gpu(p.get(), dims, in, {B, H, W, D}, half, &got, &why)) {
+        check(false, name, why);
+        continue;
+      }
+      ssm_scan2d_shape s{B, H, W, D, 4, N, nin == 6 ? 0 : 1, half ? SSM_FLOAT16 : SSM_FLOAT32};
+      Buffer want = zeros(B * H * W * D, half);
+      const int rc = cpu.scan2d(&s, in[0].host(), in[1].host(), in[2].host(), in[3].host(), in[4].host(),
+                                nin > 5 ? in[5].host() : nullptr, nin > 6 ? in[6].host() : nullptr,
+                                half ? static_cast<void*>(want.h.data()) : want.f.data(), 1);
+      if (rc != 0) {
+        check(false, name, "CPU kernel failed");
+        continue;
+      }
+      compare(name, got, want, half ? 2e-3 : 1e-5);
+    }
     // DeformAggregate: 3x3, stride 2, pad 1, dilation 1, G=2, C=8, P padded to 56 (>= 2*9*3 = 54), scale 0.75.
     const int64_t B = 2, H = 9, W = 7, G = 2, C = 8, P = 56;
     const int64_t Ho = deform_out_size(H, 3, 2, 1, 1), Wo = deform_out_size(W, 3, 2, 1, 1);
@@ -1044,6 +1534,7 @@ int gpu_mode() {
 int main(int argc, char** argv) {
   set_quiet(true);
   if (argc > 1 && std::strcmp(argv[1], "outsize") == 0) return outsize(argc, argv);
+  if (argc > 1 && std::strcmp(argv[1], "scan2d") == 0) return scan2d_mode(argc, argv);
   if (argc > 1 && std::strcmp(argv[1], "gpu") == 0) {
 #if defined(SSMPOSE_TRT_TEST_CUDA)
     return gpu_mode();
@@ -1061,6 +1552,11 @@ int main(int argc, char** argv) {
   test_deform_shapes();
   test_configure_and_runtime();
   test_serialization();
+  test_scan2d_fields();
+  test_scan2d_plugin();
+  test_scan2d_shapes();
+  test_scan2d_configure_and_runtime();
+  test_scan2d_serialization();
   std::printf("passed %d failed %d\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
