@@ -1,13 +1,14 @@
 """Whole model on one GPU: how the exported graph's variants compare (not a test: prints tables, writes JSON).
 
 Variants of the fp16 graph of one model, all exported from the same weights:
-  - custom v1 (op domain 1, opset 18, LPU as four convolutions): the default before issue 15's work;
+  - custom v1 (op domain 1, opset 18): the default before issue 15's work;
   - custom v2 (SelectiveScan2D, opset 20 with one-node Gelu): the default now;
+  - custom v3 (as v2, every LayerNorm as the project's ssmpose::LayerNorm kernel);
   - portable forms with each scan lowering (PORTABLE below).
 For each: node count of the file and of ONNX Runtime's optimised CUDA graph, images/s and p50/p90 latency at
-each batch size (with and without the CUDA graph for the custom forms), and the output against custom v1 on
-the same input. Eager PyTorch fp16 (old and new default paths) in the same run. Optionally a kernel profile of
-the default graph (`--profile-batch`).
+each batch size (with and without the CUDA graph for the custom forms), and the output against the first
+variant's on the same input. Eager PyTorch fp16 (old and new default paths) in the same run. Optionally a
+kernel profile of one variant (`--profile-batch`, `--profile-variant`).
 
     python benchmarks/bench_deploy_graphs.py --export-only --onnx-dir DIR     # anywhere (CPU is fine)
     python benchmarks/bench_deploy_graphs.py --onnx-dir DIR --batch 1 32 128 --json out.json   # on the GPU
@@ -31,8 +32,8 @@ from ssmpose.export import export_model
 CUSTOM = {  # name: (op_version, opset)
     "custom v1": (1, 18),
     "custom v2": (2, 20),
+    "custom v3": (3, 20),
 }
-DEFAULT_VARIANT = "custom v2"
 PORTABLE = {  # name: (scan lowering, chunk size)
     "portable matrix T32": ("matrix", 32),
     "portable matrix T16": ("matrix", 16),
@@ -106,7 +107,9 @@ def main() -> None:
     parser.add_argument("--portable-batch", nargs="+", type=int, default=[32, 128])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--no-eager", action="store_true")
-    parser.add_argument("--profile-batch", type=int, default=0, help="kernel profile of the default variant")
+    parser.add_argument("--no-cuda-graph", action="store_true", help="skip the CUDA-graph rows")
+    parser.add_argument("--profile-batch", type=int, default=0, help="kernel profile at this batch size")
+    parser.add_argument("--profile-variant", default="custom v2", choices=list(CUSTOM) + list(PORTABLE))
     parser.add_argument("--json", default=None)
     parser.add_argument("--export-only", action="store_true")
     args = parser.parse_args()
@@ -119,7 +122,7 @@ def main() -> None:
     from ssmpose import runtimes
     from ssmpose.custom_ops.ort_library import ort_library_path
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": args.model,
-              "rows": [], "nodes": {}, "vs_custom_v1": {}}
+              "rows": [], "nodes": {}, "outputs_vs": {}}
     import onnxruntime
     result["onnxruntime"] = onnxruntime.__version__
     rows = result["rows"]
@@ -143,22 +146,23 @@ def main() -> None:
         session = runtimes.load(str(path), "ort-cuda")
         out = session.run(probe).float().cpu().numpy()
         if reference is None:
-            reference = out
+            reference, result["outputs_vs"]["reference_variant"] = out, variant
         scale = float(np.abs(reference).max())
-        result["vs_custom_v1"][variant] = {"max_abs_over_max": float(np.abs(out - reference).max()) / scale,
+        result["outputs_vs"][variant] = {"max_abs_over_max": float(np.abs(out - reference).max()) / scale,
                                            "argmax_agreement": float(np.mean(
                                                out.reshape(*out.shape[:2], -1).argmax(-1)
                                                == reference.reshape(*out.shape[:2], -1).argmax(-1)))}
-        print(f"{variant}: against custom v1 {result['vs_custom_v1'][variant]}", flush=True)
+        print(f"{variant}: against {result['outputs_vs']['reference_variant']} {result['outputs_vs'][variant]}",
+              flush=True)
         measure(session, f"ort-cuda {variant}", args.batch if custom else args.portable_batch, args.repeats, rows,
                 variant=variant, cuda_graph=False)
-        if args.profile_batch and variant == DEFAULT_VARIANT:
+        if args.profile_batch and variant == args.profile_variant:
             from profile_models import print_profile, profile_session
             images = torch.randn(args.profile_batch, 3, h, w).cuda()
             result["profile"] = profile_session(session, images, iterations=5)
             print_profile(f"ort-cuda {variant}", result["profile"], args.profile_batch)
         del session
-        if custom:
+        if custom and not args.no_cuda_graph:
             session = runtimes.load(str(path), "ort-cuda", cuda_options={"enable_cuda_graph": "1"})
             measure(session, f"ort-cuda {variant} + CUDA graph", args.batch, args.repeats, rows, variant=variant,
                     cuda_graph=True)

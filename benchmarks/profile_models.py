@@ -24,7 +24,7 @@ from ssmpose.deploy_demo import demo_weights
 
 # First match wins; kernel names of cuDNN, cuBLAS, CUTLASS, PyTorch and ONNX Runtime.
 CATEGORIES = [
-    ("scan", r"scan_fwd|scan_bwd|selective_scan"),
+    ("scan", r"scan_fwd|scan_bwd|selective_scan|scan2d_"),
     ("deform", r"deform_"),
     ("resize", r"upsample|[Rr]esize|interpolat"),
     ("layout copy", r"[Tt]ranspose|nchwToNhwc|nhwcToNchw|nchw|nhwc|copy_kernel|[Cc]oncat|[Ss]lice|[Ss]plit|"

@@ -21,7 +21,8 @@ SCAN_LOWERINGS = ("matrix", "doubling")
               help="custom: ssmpose-domain SelectiveScan/DeformAggregate nodes (needs the ssmpose runtime "
                    "library); portable: standard ONNX operators only.")
 @click.option("--opset", default=None, type=int,
-              help="ONNX opset: custom form 18, 19 or 20 (default; GELU as one Gelu node), portable 18 (default) or 19.")
+              help="ONNX opset: custom form 18, 19 or 20 (default; GELU as one Gelu node), portable 18 "
+                   "(default) or 19.")
 @click.option("--fp16", is_flag=True, help="float16 weights and activations (float32 I/O; the scan, the "
                                             "deformable sampling and LayerNorm statistics compute in "
                                             "float32).")
@@ -30,9 +31,10 @@ SCAN_LOWERINGS = ("matrix", "doubling")
 @click.option("--scan-lowering", type=click.Choice(SCAN_LOWERINGS), default=None,
               help="Portable form: within-chunk part of the scan as T x T decay matrices (matrix, default) or "
                    "by prefix doubling (doubling, faster on CPU).")
-@click.option("--op-version", type=click.IntRange(1, 2), default=2, show_default=True,
+@click.option("--op-version", type=click.IntRange(1, 3), default=2, show_default=True,
               help="2: one SelectiveScan2D node per SS2D (ssmpose domain version 2); 1: cross-scan -> "
-                   "SelectiveScan -> cross-merge (domain version 1, for runtime libraries built before version 2).")
+                   "SelectiveScan -> cross-merge (domain version 1, for runtime libraries built before version 2); "
+                   "3: as 2, with the LayerNorms as ssmpose::LayerNorm nodes (custom form).")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="Output file (default: MODEL_HxW_FORM[_fp16].onnx in the current folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export summary as JSON.")

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-ABI_VERSION = 1  # must equal SSM_KERNELS_ABI_VERSION of ssmpose_kernels.h
+ABI_VERSION = 2  # must equal SSM_KERNELS_ABI_VERSION of ssmpose_kernels.h (2: adds LayerNorm)
 
 CPU_LIBRARY_NAME = "libssmpose_kernels.so"
 CUDA_LIBRARY_NAME = "libssmpose_kernels_cuda.so"
@@ -95,10 +95,22 @@ class DeformShape(ctypes.Structure):
     ]
 
 
+class LayerNormShape(ctypes.Structure):
+    """Mirror of `ssm_layer_norm_shape`."""
+
+    _fields_ = [
+        ("rows", ctypes.c_int64),
+        ("channels", ctypes.c_int64),
+        ("epsilon", ctypes.c_float),
+        ("dtype", ctypes.c_int32),
+    ]
+
+
 _P = ctypes.c_void_p
 _SCAN = ctypes.POINTER(ScanShape)
 _SCAN2D = ctypes.POINTER(Scan2DShape)
 _DEFORM = ctypes.POINTER(DeformShape)
+_LAYER_NORM = ctypes.POINTER(LayerNormShape)
 _I = ctypes.c_int
 
 _COMMON_SIGNATURES = {
@@ -113,6 +125,7 @@ _CPU_SIGNATURES = {
                                       _I),
     "ssm_deform_aggregate_fwd_cpu": ([_DEFORM, _P, _P, _P, _I], _I),
     "ssm_deform_aggregate_bwd_cpu": ([_DEFORM, _P, _P, _P, _P, _P, _I], _I),
+    "ssm_layer_norm_fwd_cpu": ([_LAYER_NORM, _P, _P, _P, _P, _I], _I),
 }
 _CUDA_SIGNATURES = {
     "ssm_selective_scan_fwd_cuda": ([_SCAN, _P, _P, _P, _P, _P, _P, _P, _P, _P], _I),
@@ -125,6 +138,7 @@ _CUDA_SIGNATURES = {
                                         _P], _I),
     "ssm_deform_aggregate_fwd_cuda": ([_DEFORM, _P, _P, _P, _P], _I),
     "ssm_deform_aggregate_bwd_cuda": ([_DEFORM, _P, _P, _P, _P, _P, _P], _I),
+    "ssm_layer_norm_fwd_cuda": ([_LAYER_NORM, _P, _P, _P, _P, _P], _I),
 }
 
 

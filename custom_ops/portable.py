@@ -66,6 +66,7 @@ DEFAULT_SCAN_LOWERING = "matrix"
 DEFAULT_CHUNKS = {"matrix": 32, "doubling": 64}   # measured best on 2 CPU cores (docs/export.md)
 DEFAULT_CHUNK = DEFAULT_CHUNKS[DEFAULT_SCAN_LOWERING]
 SOFTPLUS_THRESHOLD = reference.SOFTPLUS_THRESHOLD
+LAYER_NORM_EPSILON = 1e-5   # ssmpose::LayerNorm's default (export/schemas.py)
 SCAN_2D_DIRECTIONS = reference.SCAN_2D_DIRECTIONS
 DOMAIN = "ssmpose"
 DEFORM_ATTRIBUTES = ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w", "dilation_h", "dilation_w",
@@ -383,6 +384,9 @@ def _lower_node(node, chunk_size: int, method: str):
     elif node.op_type == "DeformAggregate":
         values = {name: attrs.get(name, _DEFORM_DEFAULTS[name]) for name in DEFORM_ATTRIBUTES}
         out = deform_aggregate_subgraph(builder, inputs[0], inputs[1], **values)
+    elif node.op_type == "LayerNorm":   # exactly ONNX's LayerNormalization over the last axis, float32 statistics
+        out = builder.LayerNormalization(inputs[0], inputs[1], inputs[2], axis=-1,
+                                         epsilon=float(attrs.get("epsilon", LAYER_NORM_EPSILON)), stash_type=1)
     else:
         raise ValueError(f"no portable lowering for {DOMAIN}::{node.op_type}")
     return builder.tape.nodes, out

@@ -35,10 +35,11 @@ import torch.nn as nn
 
 from ..custom_ops import ops
 from .metadata import build_metadata, write_metadata
-from .optimize import fuse_erf_gelu
-from .schemas import DOMAIN, op_domain_version, register_schemas
+from .optimize import fuse_erf_gelu, use_layer_norm_op
+from .schemas import DOMAIN, LAYER_NORM_DOMAIN_VERSION, op_domain_version, register_schemas
 
 FORMS = ("custom", "portable")
+OP_VERSIONS = (1, 2, 3)
 # Opset 20 brings the one-node Gelu (five nodes below it). The portable form stays below 20: TensorRT's parser
 # knows only GridSample's opset-16 mode names and samples nearest-neighbour with opset 20's "linear".
 SUPPORTED_OPSETS = {"custom": (18, 19, 20), "portable": (18, 19)}
@@ -275,7 +276,8 @@ def export_model(model: Union[str, nn.Module], output=None, *, checkpoint=None, 
     scan_lowering  portable form: "matrix" (T x T decay matrices, default) or "doubling" (prefix doubling)
     op_version  2 (default): one SelectiveScan2D node per SS2D (ssmpose domain version 2); 1: SS2D's scan as
                 cross-scan -> SelectiveScan -> cross-merge (domain version 1, for runtime libraries built
-                before version 2)
+                before version 2); 3: as 2, and every LayerNorm over the last axis as ssmpose::LayerNorm
+                (custom form)
     """
     if form not in FORMS:
         raise ExportError(f"export form must be one of {', '.join(FORMS)}, got {form!r}")
@@ -311,8 +313,8 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
     opsets = {form: DEFAULT_OPSETS[form] if opset is None else opset for form in forms}
     for form, form_opset in opsets.items():
         _check_opset(form_opset, form)
-    if op_version not in (1, 2):
-        raise ExportError(f"op_version must be 1 or 2, got {op_version!r}")
+    if op_version not in OP_VERSIONS:
+        raise ExportError(f"op_version must be one of {OP_VERSIONS}, got {op_version!r}")
     batch = parse_batch(batch)
     paths = {form: (Path(out) if out is not None else None) for form, out in outputs.items()}
     for path in paths.values():
@@ -325,10 +327,12 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
     name = meta_in.get("model", getattr(net, "name", type(net).__name__))
 
     stages = {}
-    with ops.scan_2d(op_version == 2):
+    with ops.scan_2d(op_version >= 2):
         # traced below opset 20 (the portable lowerings need it); the custom form is raised to 20 afterwards
         traced = _trace(net, size, batch, fp16, min(min(opsets.values()), GELU_OPSET - 1), output_name, stages)
     domain_version = op_domain_version(n.op_type for n in traced.graph if n.domain == DOMAIN)
+    if op_version >= LAYER_NORM_DOMAIN_VERSION:
+        domain_version = max(domain_version, LAYER_NORM_DOMAIN_VERSION)
     shared_s = time.perf_counter() - start
     results = {}
     for i, form in enumerate(forms):
@@ -338,6 +342,8 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
         proto = _finish(ir_model, form, chunk_size, scan_lowering, form_stages)
         if opsets[form] >= GELU_OPSET:
             fuse_erf_gelu(proto)
+        if form == "custom" and op_version >= LAYER_NORM_DOMAIN_VERSION:
+            use_layer_norm_op(proto)
         _normalise(proto, name, form, opsets[form])
         if form == "portable" and _portable_violations(proto):
             raise ExportError(f"portable export produced non-standard nodes: {_portable_violations(proto)}")

@@ -114,3 +114,33 @@ def fuse_erf_gelu(model) -> int:
     for info in [v for v in model.graph.value_info if v.name not in produced]:
         model.graph.value_info.remove(info)
     return fused
+
+
+def use_layer_norm_op(model) -> int:
+    """Replace every LayerNormalization over the last axis with float32 statistics (axis -1, stash_type 1,
+    scale and bias given, only the normalised output used) by one `ssmpose::LayerNorm` (domain version 3,
+    docs/ops.md), which computes exactly that. Works on an onnx.ModelProto in place (the caller imports the
+    domain at version 3); returns the number of nodes replaced."""
+    import onnx
+
+    from .schemas import DOMAIN, LAYER_NORM_EPSILON, PLUGIN_NAMESPACE, PLUGIN_VERSION
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in
+             list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
+             if v.type.tensor_type.HasField("shape")}
+    replaced = 0
+    for index, node in enumerate(model.graph.node):
+        if node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx"):
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        axis, stash_type = attrs.get("axis", -1), attrs.get("stash_type", 1)
+        last_axis = axis == -1 or (node.input[0] in ranks and axis == ranks[node.input[0]] - 1)
+        has_bias = len(node.input) == 3 and node.input[2] != ""
+        extra_outputs = any(name for name in node.output[1:])
+        if not last_axis or stash_type != 1 or not has_bias or extra_outputs:
+            continue
+        model.graph.node[index].CopyFrom(onnx.helper.make_node(
+            "LayerNorm", list(node.input), [node.output[0]], name=node.name, domain=DOMAIN,
+            epsilon=float(attrs.get("epsilon", LAYER_NORM_EPSILON)), plugin_version=PLUGIN_VERSION,
+            plugin_namespace=PLUGIN_NAMESPACE))
+        replaced += 1
+    return replaced

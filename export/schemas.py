@@ -1,8 +1,9 @@
 """ONNX operator schemas of the `ssmpose` domain, with type and shape inference.
 
-Domain version 1 has SelectiveScan and DeformAggregate; version 2 adds SelectiveScan2D (the first two are
-unchanged, so they resolve to their version-1 schemas in a version-2 graph). A graph imports the lowest
-version that has all its ops (`op_domain_version`): graphs without SelectiveScan2D stay version 1.
+Domain version 1 has SelectiveScan and DeformAggregate; version 2 adds SelectiveScan2D; version 3 adds
+LayerNorm (the earlier ops are unchanged, so they resolve to their first schemas in a later graph). A graph
+imports the lowest version that has all its ops (`op_domain_version`): a graph with SelectiveScan and
+DeformAggregate only stays version 1.
 
 Registering them (`register_schemas()`, done when `ssmpose.export` is imported) lets onnxscript emit the
 nodes, lets `onnx.checker.check_model(full_check=True)` check them and lets
@@ -26,9 +27,11 @@ from onnx import helper
 DOMAIN = "ssmpose"
 DOMAIN_VERSION = 1          # SelectiveScan, DeformAggregate
 SCAN_2D_DOMAIN_VERSION = 2  # SelectiveScan2D
-LATEST_DOMAIN_VERSION = SCAN_2D_DOMAIN_VERSION
+LAYER_NORM_DOMAIN_VERSION = 3  # LayerNorm
+LATEST_DOMAIN_VERSION = LAYER_NORM_DOMAIN_VERSION
 OP_SINCE_VERSION = {"SelectiveScan": DOMAIN_VERSION, "DeformAggregate": DOMAIN_VERSION,
-                    "SelectiveScan2D": SCAN_2D_DOMAIN_VERSION}
+                    "SelectiveScan2D": SCAN_2D_DOMAIN_VERSION, "LayerNorm": LAYER_NORM_DOMAIN_VERSION}
+LAYER_NORM_EPSILON = 1e-5
 PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = DOMAIN
 
@@ -177,6 +180,39 @@ def _selective_scan_2d_schema() -> onnx.defs.OpSchema:
     return schema
 
 
+def _infer_layer_norm(ctx) -> None:
+    op = "LayerNorm"
+    x = ctx.get_input_type(0)
+    xdims = _dims(x)
+    if xdims is not None and len(xdims) < 1:
+        _fail(op, "X must have rank >= 1, got a scalar")
+    if xdims and xdims[-1].HasField("dim_value") and xdims[-1].dim_value < 1:
+        _fail(op, "X must have at least one channel (last dimension), got 0")
+    for index, name in ((1, "weight"), (2, "bias")):
+        dims = _dims(ctx.get_input_type(index))
+        _check_rank(op, name, dims, 1)
+        if dims and xdims and dims[0].HasField("dim_value") and xdims[-1].HasField("dim_value") \
+                and dims[0].dim_value != xdims[-1].dim_value:
+            _fail(op, f"{name} has {dims[0].dim_value} values, X has {xdims[-1].dim_value} channels")
+    epsilon = _float_attr(ctx, "epsilon", LAYER_NORM_EPSILON)
+    if not 0.0 < epsilon < float("inf"):
+        _fail(op, f"attribute epsilon must be finite and > 0, got {epsilon}")
+    ctx.set_output_type(0, _output(x.tensor_type.elem_type, xdims))
+
+
+def _layer_norm_schema() -> onnx.defs.OpSchema:
+    schema = onnx.defs.OpSchema(
+        "LayerNorm", DOMAIN, LAYER_NORM_DOMAIN_VERSION,
+        "Layer normalisation over the last axis with float32 statistics (docs/ops.md): ONNX "
+        "LayerNormalization with axis -1 and stash_type 1. Y has the shape and type of X.",
+        inputs=[_Param("X", "T", "(..., C)"), _Param("weight", "T", "(C)"), _Param("bias", "T", "(C)")],
+        outputs=[_Param("Y", "T", "(..., C)")],
+        type_constraints=[("T", _FLOAT_TYPES, "float tensors")],
+        attributes=[_attribute("epsilon", LAYER_NORM_EPSILON, "added to the variance")] + _plugin_attributes())
+    schema.set_type_and_shape_inference_function(_infer_layer_norm)
+    return schema
+
+
 def _deform_aggregate_schema() -> onnx.defs.OpSchema:
     defaults = dict(kernel_h=3, kernel_w=3, stride_h=1, stride_w=1, pad_h=1, pad_w=1, dilation_h=1, dilation_w=1,
                     group=1, group_channels=1)
@@ -197,7 +233,8 @@ def _deform_aggregate_schema() -> onnx.defs.OpSchema:
 
 def register_schemas() -> None:
     """Register the ssmpose-domain schemas in this process (idempotent)."""
-    for factory in (_selective_scan_schema, _deform_aggregate_schema, _selective_scan_2d_schema):
+    for factory in (_selective_scan_schema, _deform_aggregate_schema, _selective_scan_2d_schema,
+                    _layer_norm_schema):
         schema = factory()
         if onnx.defs.has(schema.name, schema.since_version, DOMAIN):
             continue

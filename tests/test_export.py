@@ -253,7 +253,7 @@ def test_cli_inspect(exported):
     assert "images: float32 [batchx3x256x192]" in result.output and "hrvmamba_tiny" in result.output
     report = json.loads(CliRunner().invoke(main, ["inspect", str(path), "--json"]).output)
     assert report["metadata"]["model"] == "hrvmamba_tiny" and report["custom_ops"] == [
-        "ssmpose::DeformAggregate", "ssmpose::SelectiveScan"]
+        "ssmpose::DeformAggregate", "ssmpose::SelectiveScan2D"]
 
 
 # ---------------------------------------------------------------------------------------------------------

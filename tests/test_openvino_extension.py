@@ -49,13 +49,14 @@ def test_version_queries():
     lib.ssmpose_ov_openvino_version.restype = ctypes.c_char_p
     built_for = lib.ssmpose_ov_openvino_version().decode()
     assert built_for == ov.get_version().split("-")[0]
-    assert openvino_library.library_info() == {"version": openvino_library.OV_LIBRARY_VERSION, "kernels_abi": 1,
-                                               "openvino": built_for, "running_openvino": built_for}
+    assert openvino_library.library_info() == {
+        "version": openvino_library.OV_LIBRARY_VERSION, "kernels_abi": openvino_library.KERNELS_ABI_VERSION,
+        "openvino": built_for, "running_openvino": built_for}
 
 
 def test_a_build_for_another_openvino_release_is_refused(tmp_path):
-    info = {"version": openvino_library.OV_LIBRARY_VERSION, "kernels_abi": 1, "openvino": "2025.1.0",
-            "running_openvino": "2026.4.1"}
+    info = {"version": openvino_library.OV_LIBRARY_VERSION, "kernels_abi": openvino_library.KERNELS_ABI_VERSION,
+            "openvino": "2025.1.0", "running_openvino": "2026.4.1"}
     problem = openvino_library._problem(tmp_path / "libssmpose_ov.so", info)
     assert "built against OpenVINO 2025.1.0 but OpenVINO 2026.4.1 is running" in problem
     assert "extension version 0" in openvino_library._problem(tmp_path / "x.so", dict(info, version=0))

@@ -7,7 +7,8 @@ Three layers, each skipping with its reason where what it needs is absent:
    libssmpose_trt.so and ssmpose_trt_unit_tests (the real plugin sources against fakes of IExprBuilder /
    IDimensionExpr and hand-made field collections and tensor descriptors). The program's checks are asserted here,
    its output-size expressions are compared with the Python reference, SelectiveScan2D's shape rules with
-   ops.check_selective_scan_2d_args (same verdicts, same words), its field names with the ONNX schemas, and
+   ops.check_selective_scan_2d_args (same verdicts, same words), LayerNorm's with its ONNX schema's shape inference
+   (same verdicts), its field names with the ONNX schemas, and
    the library's exported symbols and dependencies are inspected. Headers are looked up in
    $SSMPOSE_TENSORRT_INCLUDE_DIR, $TENSORRT_ROOT/include, the project build's CMake cache, an installed kernel_lens
    package and <repo>/build/third_party/kernel_lens (docs/tensorrt.md). With SSMPOSE_REQUIRE_TRT_PLUGINS=1 (CI)
@@ -138,7 +139,11 @@ def test_unit_program_passes(unit_results):
                                    # SelectiveScan2D, in every area
                                    "creators.SelectiveScan2D.", "scan2d.fields.", "scan2d.create.", "plugin.scan2d_",
                                    "formats.scan2d_", "types.scan2d_", "scan2d.shapes.", "scan2d.shapes.partial_",
-                                   "configure.scan2d_", "runtime.scan2d_", "serialize.scan2d_"])
+                                   "configure.scan2d_", "runtime.scan2d_", "serialize.scan2d_",
+                                   # LayerNorm, in every area
+                                   "creators.LayerNorm.", "layernorm.fields.", "layernorm.create.",
+                                   "plugin.layernorm_", "formats.layernorm_", "types.layernorm_", "layernorm.shapes.",
+                                   "configure.layernorm_", "runtime.layernorm_", "serialize.layernorm_"])
 def test_unit_group(unit_results, group):
     """Each area is covered by at least one check, and none of its checks failed."""
     checks = {k: v for k, v in unit_results["results"].items() if k.startswith(group)}
@@ -267,6 +272,66 @@ def test_scan2d_shape_rules_match_ops(unit_build, case):
                                                                  1), line
 
 
+LAYER_NORM_CASES = [
+    # id, X, weight, bias shapes; None: the ONNX schema's verdict, else the plugin's own (stricter) message
+    ("rank-3", (2, 5, 96), (96,), (96,), None),
+    ("rank-1", (768,), (768,), (768,), None),
+    ("rank-5", (1, 2, 3, 4, 32), (32,), (32,), None),
+    ("one-channel", (7, 1), (1,), (1,), None),
+    ("no-rows", (0, 96), (96,), (96,), None),
+    ("no-rows-inner", (2, 0, 32), (32,), (32,), None),
+    ("scalar", (), (96,), (96,), None),
+    ("weight-length", (2, 5, 96), (32,), (96,), None),
+    ("bias-length", (2, 5, 96), (96,), (95,), None),
+    ("weight-rank", (2, 5, 96), (1, 96), (96,), None),
+    ("bias-rank", (2, 5, 96), (96,), (96, 1), None),
+    ("weight-scalar", (2, 5, 96), (), (96,), None),
+    ("no-channels", (4, 0), (0,), (0,), None),
+]
+
+
+@pytest.mark.parametrize("case", LAYER_NORM_CASES, ids=lambda c: c[0])
+def test_layer_norm_shape_rules_match_schema(unit_build, case):
+    """LayerNorm's shape rules in the plugin, from constant dims (getOutputShapes) and at run time (onShapeChange),
+    give the verdict of the ONNX schema's shape inference (export/schemas.py), and Y's shape when accepted."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from ssmpose.export import schemas
+    program, _ = unit_build
+    _, x, weight, bias, own_message = case
+    run = subprocess.run([str(program), "layernorm", *(",".join(map(str, s)) for s in (x, weight, bias))],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["build", "run"], run.stdout
+
+    schemas.register_schemas()
+    node = helper.make_node("LayerNorm", ["X", "weight", "bias"], ["Y"], domain=schemas.DOMAIN, epsilon=1e-5,
+                            plugin_version="1", plugin_namespace="ssmpose")
+    graph = helper.make_graph([node], "ln", [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s))
+                                             for n, s in (("X", x), ("weight", weight), ("bias", bias))],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid(schemas.DOMAIN,
+                                                                        schemas.OP_SINCE_VERSION["LayerNorm"])])
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        schema_ok = True
+        y = [d.dim_value for d in inferred.graph.output[0].type.tensor_type.shape.dim]
+        assert y == list(x)
+    except onnx.shape_inference.InferenceError:
+        schema_ok = False
+    for line in lines:
+        stage = line.split()[0]
+        if own_message is not None:
+            assert schema_ok and line == f"{stage} error: LayerNorm (layer 'c'): {own_message}", line
+        elif schema_ok:
+            assert line == " ".join(map(str, (stage, *x))), line
+        else:
+            assert line.startswith(f"{stage} error: LayerNorm (layer 'c'): "), line
+
+
 def test_library_exports_only_the_entry_points(unit_build):
     _, library = unit_build
     nm = shutil.which("nm")
@@ -296,7 +361,8 @@ def test_version_queries(unit_build):
     import json
     info = json.loads(run.stdout.strip().splitlines()[-1])
     assert info["version"] == trt_backend.PLUGIN_LIBRARY_VERSION
-    assert info["kernels_abi_version"] == 1
+    header = (REPO / "custom_ops" / "csrc" / "kernels" / "ssmpose_kernels.h").read_text()
+    assert info["kernels_abi_version"] == int(re.search(r"#define SSM_KERNELS_ABI_VERSION (\d+)", header).group(1))
     assert int(info["tensorrt_version"].split(".")[0]) >= 10
     if info["kernels_error"] is not None:
         assert "cannot load the CUDA kernel library" in info["kernels_error"]
@@ -505,4 +571,25 @@ def test_engine_selective_scan_2d(tmp_path):
                          domain_version=2)
     y = engine.run({k: v.cuda() for k, v in arrays.items()})["y"].cpu()
     expected = ref.selective_scan_2d_reference(*(arrays[k].double() for k in names), delta_softplus=True)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 96), (3, 768)], ids=lambda s: "x".join(map(str, s)))
+def test_engine_layer_norm(tmp_path, shape):
+    """A LayerNorm node (domain version 3) as the exporter writes it, against float64 layer normalisation."""
+    import torch
+    from onnx import helper
+
+    channels = shape[-1]
+    gen = torch.Generator().manual_seed(0)
+    arrays = {"X": torch.randn(*shape, generator=gen) * 2 + 3, "weight": torch.rand(channels, generator=gen) + 0.5,
+              "bias": torch.randn(channels, generator=gen) * 0.2}
+    names = list(arrays)
+    node = helper.make_node("LayerNorm", names, ["Y"], domain="ssmpose", epsilon=1e-3, plugin_version="1",
+                            plugin_namespace="ssmpose")
+    engine = _engine_for(tmp_path, node, names, "Y", {k: tuple(v.shape) for k, v in arrays.items()},
+                         domain_version=3)
+    y = engine.run({k: v.cuda() for k, v in arrays.items()})["Y"].cpu()
+    expected = torch.nn.functional.layer_norm(arrays["X"].double(), (channels,), arrays["weight"].double(),
+                                              arrays["bias"].double(), eps=1e-3)
     torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)

@@ -20,10 +20,16 @@ What it does
     cross_merge, on the GPU); agreement with the version-1 path (cross_scan -> SelectiveScan CUDA kernel ->
     cross_merge) on the same inputs; every forward and backward output bitwise identical over repeated calls
     (the 2-D kernels use no atomics);
+  * LayerNorm (domain version 3): forward in float32 / float16 / bfloat16 against a float64 reference for
+    channel counts 1..4096 (the register path with 16-byte vectors, the scalar path for odd counts or
+    misaligned pointers, the loop path for long rows), up to ~1e6 rows, rows with a large offset (two-pass
+    variance), bitwise-identical repeated calls;
   * checks that bad arguments return status codes;
   * times forward and backward of the HRVMamba-small/base shapes at batch 128 (float32 / float16) with
     CUDA events (median of 20 after warm-up) and prints the fraction of the measured device-to-device
-    copy bandwidth (bytes read + written / time); SelectiveScan2D beside the version-1 path it replaces.
+    copy bandwidth (bytes read + written / time); SelectiveScan2D beside the version-1 path it replaces;
+    LayerNorm for the HRVMamba widths and a sweep of channel counts, one line per case with the effective
+    GB/s (2 x rows x C x element size / time) beside torch.nn.functional.layer_norm on the same data.
 The references are self-checked against naive loops with --selftest-reference (runs on the CPU too).
 Exit status 0 when every check passed.
 """
@@ -74,13 +80,19 @@ class DeformShape(ctypes.Structure):
                 ("dtype", ctypes.c_int32)]
 
 
+class LayerNormShape(ctypes.Structure):
+    _fields_ = [("rows", ctypes.c_int64), ("channels", ctypes.c_int64), ("epsilon", ctypes.c_float),
+                ("dtype", ctypes.c_int32)]
+
+
 # ----------------------------------------------------------------------------------------------
 # Build and load
 
 def build_library(out_dir: str, arch: str, defines=(), name="libssmpose_kernels_cuda.so") -> str:
     os.makedirs(out_dir, exist_ok=True)
     cdir = os.path.join(KDIR, "cuda")
-    srcs = [os.path.join(cdir, n) for n in ("selective_scan.cu", "selective_scan_2d.cu", "deform_aggregate.cu")]
+    srcs = [os.path.join(cdir, n) for n in ("selective_scan.cu", "selective_scan_2d.cu", "deform_aggregate.cu",
+                                            "layer_norm.cu") if os.path.exists(os.path.join(cdir, n))]
     common = os.path.join(KDIR, "common.cpp")
     flags = ["-O3", "-std=c++17", f"-arch={arch}", "-Xcompiler", "-fPIC,-fvisibility=hidden",
              "-I", KDIR, *[f"-D{d}" for d in defines]]
@@ -118,6 +130,9 @@ def load_library(path: str):
         lib.ssm_selective_scan_2d_bwd_cuda_workspace_size.restype = ctypes.c_size_t
         lib.ssm_selective_scan_2d_bwd_cuda.argtypes = [ctypes.POINTER(Scan2DShape)] + [vp] * 17
         lib.ssm_selective_scan_2d_bwd_cuda.restype = ctypes.c_int
+    if hasattr(lib, "ssm_layer_norm_fwd_cuda"):  # absent from libraries older than domain version 3
+        lib.ssm_layer_norm_fwd_cuda.argtypes = [ctypes.POINTER(LayerNormShape)] + [vp] * 5
+        lib.ssm_layer_norm_fwd_cuda.restype = ctypes.c_int
     lib.ssm_deform_aggregate_fwd_cuda.argtypes = [ctypes.POINTER(DeformShape)] + [vp] * 4
     lib.ssm_deform_aggregate_fwd_cuda.restype = ctypes.c_int
     lib.ssm_deform_aggregate_bwd_cuda.argtypes = [ctypes.POINTER(DeformShape)] + [vp] * 6
@@ -876,6 +891,206 @@ def check_errors(lib, rep):
     rep.add("argument validation", ok, f"got {got} want {want}")
 
 
+# ----------------------------------------------------------------------------------------------
+# LayerNorm (domain version 3)
+
+TOL_LN = {torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def layer_norm_ref(x, w, b, eps):
+    """float64 LayerNorm over the last axis (epsilon as the float32 the kernel sees)."""
+    x, w, b = x.double(), w.double(), b.double()
+    mean = x.mean(-1, keepdim=True)
+    var = (x - mean).pow(2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + float(torch.tensor(eps, dtype=torch.float32))) * w + b
+
+
+def layer_norm_path(C, dtype, aligned=True):
+    """The kernel's plan (make_plan in layer_norm.cu), for the report."""
+    es = torch.finfo(dtype).bits // 8
+    if aligned and (C * es) % 16 == 0:
+        V = 16 // es
+        nvec = C // V
+        for lg in range(0 if nvec == 1 else 1, 6):
+            nv = -(-nvec // (1 << lg))
+            if nv <= 4 and ((1 << lg) * nv - nvec) * 8 <= (1 << lg) * nv:
+                return f"vec16 L{1 << lg} NV{nv}"
+        best = None
+        for lg in range(6):
+            nv = -(-nvec // (1 << lg))
+            if nv <= 8 and (best is None or (1 << lg) * nv - nvec < best[0]):
+                best = ((1 << lg) * nv - nvec, lg, nv)
+        return "loop vec16" if best is None else f"vec16 L{1 << best[1]} NV{best[2]}"
+    lg = 0
+    while lg < 5 and (1 << lg) < C:
+        lg += 1
+    nv = 1
+    while nv * (1 << lg) < C:
+        nv <<= 1
+    return "loop scalar" if nv > 32 else f"scalar L{1 << lg} NV{nv}"
+
+
+def layer_norm_inputs(rows, C, dtype, offset=0.0, scale=1.0, seed=0, misalign=False):
+    dev = "cuda"
+    gen = torch.Generator(device=dev).manual_seed(seed * 7919 + rows * 31 + C)
+    shift = 1 if misalign else 0  # one element into the allocation: not 16-byte aligned
+    xs = torch.empty(rows * C + shift, device=dev, dtype=dtype)
+    xs[shift:] = (torch.randn(rows * C, device=dev, generator=gen) * scale + offset).to(dtype)
+    x = xs[shift:].view(rows, C)
+    w = (1 + 0.5 * torch.randn(C, device=dev, generator=gen)).to(dtype)
+    b = (0.3 * torch.randn(C, device=dev, generator=gen)).to(dtype)
+    ys = torch.empty(rows * C + shift, device=dev, dtype=dtype)
+    y = ys[shift:].view(rows, C)
+    return x, w, b, y
+
+
+def layer_norm_call(lib, x, w, b, y, eps=1e-5):
+    rows, C = x.shape
+    sh = LayerNormShape(rows, C, eps, DTYPE_CODE[x.dtype])
+    return lib.ssm_layer_norm_fwd_cuda(ctypes.byref(sh), P(x), P(w), P(b), P(y), stream_ptr())
+
+
+def check_layer_norm(lib, rep, rows, C, dtype, offset=0.0, scale=1.0, eps=1e-5, misalign=False, tag=""):
+    x, w, b, y = layer_norm_inputs(rows, C, dtype, offset, scale, misalign=misalign)
+    path = layer_norm_path(C, dtype, aligned=not misalign)
+    name = f"layernorm {tag}rows={rows} C={C} {str(dtype)[6:]} {path}" + (f" offset={offset:g}" if offset else "")
+    y.fill_(float("nan"))
+    st = layer_norm_call(lib, x, w, b, y, eps)
+    torch.cuda.synchronize()
+    if st != SSM_OK:
+        rep.add(name, False, f"status {st}")
+        return
+    ref = layer_norm_ref(x, w, b, eps)
+    rel, mx = errs(y, ref)
+    # The float32 mean is exact to a few roundings of the row's largest |x|, and that error divided by the row's
+    # std reaches y: large offsets, or a few nearly equal values (C = 2), are ill-conditioned (a one-pass
+    # variance would be off by O(1) there). The bound grows with the worst row's max|x| / std.
+    xd = x.double()
+    std = (xd.var(dim=1, unbiased=False) + eps).sqrt()
+    conditioning = (xd.abs().amax(dim=1) / std).max().item() if rows else 0.0
+    tol = TOL_LN[dtype] + 2.0 ** -22 * conditioning
+    y1 = y.clone()
+    st2 = layer_norm_call(lib, x, w, b, y, eps)
+    torch.cuda.synchronize()
+    same = st2 == SSM_OK and torch.equal(y, y1)
+    ok = mx <= tol and same
+    detail = f"max err {mx:.2e} (tol {tol:.1e}), rel L2 {rel:.2e}, repeat bitwise {'equal' if same else 'DIFFERENT'}"
+    if not ok and math.isfinite(mx):
+        detail += f" | worst {top_errors(y, ref)}"
+    rep.add(name, ok, detail)
+
+
+def check_errors_layer_norm(lib, rep):
+    dev = "cuda"
+    x = torch.zeros(256, device=dev)
+    ln = lambda shp, *ptrs: lib.ssm_layer_norm_fwd_cuda(ctypes.byref(shp) if shp is not None else None, *ptrs,
+                                                        stream_ptr())
+    ok4 = (P(x), P(x), P(x), P(x))
+    codes = [
+        (ln(None, *ok4), SSM_ERR_NULL_POINTER),
+        (ln(LayerNormShape(4, 16, 1e-5, 0), None, P(x), P(x), P(x)), SSM_ERR_NULL_POINTER),
+        (ln(LayerNormShape(4, 16, 1e-5, 0), P(x), P(x), P(x), None), SSM_ERR_NULL_POINTER),
+        (ln(LayerNormShape(0, 16, 1e-5, 0), *ok4), SSM_OK),                      # nothing to do
+        (ln(LayerNormShape(-1, 16, 1e-5, 0), *ok4), SSM_ERR_BAD_SIZE),
+        (ln(LayerNormShape(4, 0, 1e-5, 0), *ok4), SSM_ERR_BAD_SIZE),
+        (ln(LayerNormShape(1, (1 << 30) + 1, 1e-5, 0), *ok4), SSM_ERR_BAD_SIZE),  # channels > 2^30
+        (ln(LayerNormShape(1 << 30, 1 << 30, 1e-5, 0), *ok4), SSM_ERR_BAD_SIZE),  # rows * C = 2^60
+        (ln(LayerNormShape(4, 16, 1e-5, 7), *ok4), SSM_ERR_BAD_DTYPE),
+        (ln(LayerNormShape(4, 16, 0.0, 0), *ok4), SSM_ERR_UNSUPPORTED),
+        (ln(LayerNormShape(4, 16, float("nan"), 0), *ok4), SSM_ERR_UNSUPPORTED),
+        (ln(LayerNormShape(4, 16, float("inf"), 0), *ok4), SSM_ERR_UNSUPPORTED),
+    ]
+    torch.cuda.synchronize()
+    got = [c for c, _ in codes]
+    want = [w for _, w in codes]
+    rep.add("layernorm argument validation", got == want, f"got {got} want {want}")
+
+
+def run_layer_norm_checks(lib, rep, quick=False):
+    if not hasattr(lib, "ssm_layer_norm_fwd_cuda"):
+        rep.add("layernorm", False, "the library has no ssm_layer_norm_fwd_cuda (built before domain version 3)")
+        return
+    f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
+    check_errors_layer_norm(lib, rep)
+    if quick:
+        for C in (1, 33, 32, 64, 768):
+            check_layer_norm(lib, rep, 37, C, f32)
+            check_layer_norm(lib, rep, 37, C, f16)
+        check_layer_norm(lib, rep, 5, 4096, f16)     # loop path, vectors
+        check_layer_norm(lib, rep, 5, 2051, f32)     # loop path, scalar
+        check_layer_norm(lib, rep, 9, 64, f16, misalign=True)
+        return
+    widths = (32, 64, 128, 256, 512, 768, 48, 96, 192, 320, 384, 640, 1000, 1024, 2048, 1, 2, 3, 4, 8, 12, 20, 33,
+              65, 129, 250, 513, 1025, 1536, 2051, 4096)
+    for C in widths:
+        for dt in (f32, f16):
+            check_layer_norm(lib, rep, 1000 + C % 7, C, dt)
+    for C in (32, 64, 96, 768, 33):
+        check_layer_norm(lib, rep, 513, C, bf16)
+    # many rows: the grid-stride loop, the last partial warp of rows
+    check_layer_norm(lib, rep, 1 << 20, 32, f16, tag="large ")
+    check_layer_norm(lib, rep, (1 << 20) - 3, 64, f32, tag="large ")
+    check_layer_norm(lib, rep, 1000003, 33, f32, tag="large ")
+    check_layer_norm(lib, rep, 300001, 256, f16, tag="large ")
+    check_layer_norm(lib, rep, 40000, 768, f16, tag="large ")
+    # (blocks that loop over several row groups: the "lnblocks" variant, --build-variants)
+    # the scalar path for vectorisable widths (pointers one element off 16-byte alignment)
+    for C in (32, 64, 512, 768):
+        check_layer_norm(lib, rep, 777, C, f16, misalign=True, tag="misaligned ")
+        check_layer_norm(lib, rep, 777, C, f32, misalign=True, tag="misaligned ")
+    # two-pass accuracy: mean 1e3, std 1
+    for C in (32, 96, 768, 1000, 33, 4096):
+        check_layer_norm(lib, rep, 2000, C, f32, offset=1e3, tag="offset ")
+        check_layer_norm(lib, rep, 2000, C, f16, offset=1e3, scale=4.0, tag="offset ")
+    # epsilon, constant rows (var = 0)
+    check_layer_norm(lib, rep, 999, 64, f32, eps=0.5, tag="eps=0.5 ")
+    check_layer_norm(lib, rep, 999, 128, f16, scale=0.0, tag="constant rows ")
+
+
+def bench_layer_norm(lib, bw, batch=128, dtypes=(torch.float32, torch.float16), tag=""):
+    """LayerNorm forward: the HRVMamba widths at their resolutions (batch images of H x W positions; the models
+    also normalise the d_inner = 2C wide tensors), then a sweep of widths at ~2^26 elements. One line per case:
+    effective GB/s = 2 x rows x C x element size / time, and torch.nn.functional.layer_norm on the same data."""
+    rows_out = []
+    cases = []
+    for model in ("small", "base"):
+        for C, (H, W) in zip(HRV[model], RES):
+            for c in (C, 2 * C):
+                cases.append((f"{model}{tag}", f"{H}x{W}", batch * H * W, c))
+    for C in (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1000, 1024, 33, 2048):
+        cases.append((f"sweep{tag}", "-", max(1, (1 << 26) // C), C))
+    print(f"{'layernorm case':34} {'dtype':8} {'path':16} {'ms':>8} {'GB/s':>7} {'frac':>5} {'torch ms':>9} "
+          f"{'torch GB/s':>10}")
+    for label, res, rows, C in cases:
+        for dtype in dtypes:
+            es = torch.finfo(dtype).bits // 8
+            byts = 2 * rows * C * es + 2 * C * es
+            nsets = max(1, min(4, math.ceil(L2_ROTATE_BYTES / max(1, byts))))
+            sets = [layer_norm_inputs(rows, C, dtype, seed=i) for i in range(nsets)]
+            it = [0]
+
+            def fwd():
+                x, w, b, y = sets[it[0] % nsets]
+                it[0] += 1
+                st = layer_norm_call(lib, x, w, b, y)
+                assert st == 0, st
+
+            def fwd_torch():
+                x, w, b, y = sets[it[0] % nsets]
+                it[0] += 1
+                torch.nn.functional.layer_norm(x, (C,), w, b, 1e-5)
+
+            t = time_call(fwd)
+            tt = time_call(fwd_torch)
+            path = layer_norm_path(C, dtype)
+            print(f"{label + ' ' + res + f' rows={rows} C={C}':34} {str(dtype)[6:]:8} {path:16} {t * 1e3:8.3f} "
+                  f"{byts / t / 1e9:7.0f} {byts / t / bw:5.2f} {tt * 1e3:9.3f} {byts / tt / 1e9:10.0f}", flush=True)
+            rows_out.append((label, res, "lnorm", "fwd", str(dtype)[6:], f"R{rows} C{C}", t, byts / t / bw))
+            del sets
+            torch.cuda.empty_cache()
+    return rows_out
+
+
 def run_checks(lib, rep, ops=("scan", "scan2d", "deform")):
     f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
     if "scan" in ops or "deform" in ops:
@@ -902,6 +1117,8 @@ def run_checks(lib, rep, ops=("scan", "scan2d", "deform")):
         run_scan2d_checks(lib, rep)
     if "deform" in ops:
         run_deform_checks(lib, rep)
+    if "layernorm" in ops:
+        run_layer_norm_checks(lib, rep)
 
 
 def run_deform_checks(lib, rep, tag="", bwd=True):
@@ -1254,6 +1471,8 @@ def run_quick_checks(lib, rep, ops=("scan", "scan2d", "deform")):
         check_scan(lib, rep, 2, 4, 40, 1, 48, bf16)                # 6 lanes per row, 5 rows per warp
     if "scan2d" in ops:
         run_scan2d_checks(lib, rep, quick=True)
+    if "layernorm" in ops:
+        run_layer_norm_checks(lib, rep, quick=True)
     if "deform" not in ops:
         return
     check_deform(lib, rep, 1, 9, 7, 2, 32, f32)
@@ -1277,12 +1496,17 @@ VARIANTS = {
     "direct": ["SSM_DEFORM_FORCE_DIRECT=1"],    # the fallback kernel (per-thread setup, the old design)
     "scanreps1": ["SSM_SCAN_ROW_REPS=1"],       # one row per lane segment in the scan forward
     "scanreps8": ["SSM_SCAN_ROW_REPS=8"],
+    "lnblocks": ["SSM_LN_MAX_BLOCKS=7"],       # LayerNorm: 7 blocks, each loops over many row groups
 }
 
 
 def run_variant_checks(lib, rep, name):
     """Variants differ in the forwards only: the forward checks that their options change."""
-    if name.startswith("scan"):
+    if name.startswith("ln"):
+        run_layer_norm_checks(lib, rep, quick=True)
+        for C, dt in ((32, torch.float16), (64, torch.float32), (33, torch.float32), (4096, torch.float16)):
+            check_layer_norm(lib, rep, 5000 + C, C, dt, tag=f"[{name}] ")
+    elif name.startswith("scan"):
         check_scan(lib, rep, 64, 4, 256, 1, 48, torch.float16, bwd=False, tag=f"[{name}] row-reps ")
         check_scan(lib, rep, 100, 4, 131, 2, 96, torch.float32, bwd=False, tag=f"[{name}] row-reps ")
     else:
@@ -1313,8 +1537,8 @@ def main():
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--quick", action="store_true", help="small checks only (e.g. under compute-sanitizer)")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--check-ops", default="scan,scan2d,deform", help="operators to check (comma list)")
-    ap.add_argument("--bench-ops", default="scan,scan2d,deform", help="operators to time (comma list)")
+    ap.add_argument("--check-ops", default="scan,scan2d,deform,layernorm", help="operators to check (comma list)")
+    ap.add_argument("--bench-ops", default="scan,scan2d,deform,layernorm", help="operators to time (comma list)")
     ap.add_argument("--bench-dirs", default="fwd,bwd", help="directions to time (comma list)")
     ap.add_argument("--selftest-reference", action="store_true", help="check the references against naive loops")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=LIB",
@@ -1378,8 +1602,10 @@ def main():
         dirs = tuple(d for d in args.bench_dirs.split(",") if d)
         rows = bench(lib, bw, args.batch, ops=ops, dirs=dirs)
         rows1 = bench(lib, bw, 1, models=("small", "base"), ops=ops, dirs=("fwd",), tag="/b1")
+        if "layernorm" in ops and hasattr(lib, "ssm_layer_norm_fwd_cuda"):
+            rows += bench_layer_norm(lib, bw, args.batch)
         if variants:
-            deform_v = [v for v in variants if not v[0].startswith("scan")]
+            deform_v = [v for v in variants if not v[0].startswith(("scan", "ln"))]
             scan_v = [v for v in variants if v[0].startswith("scan")]
             if deform_v:
                 vrows += bench_deform_fwd_compare([("default", lib)] + deform_v, bw, args.batch)

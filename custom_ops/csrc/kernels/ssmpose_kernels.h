@@ -37,7 +37,7 @@ extern "C" {
 #define SSM_API __attribute__((visibility("default")))
 #endif
 
-#define SSM_KERNELS_ABI_VERSION 1
+#define SSM_KERNELS_ABI_VERSION 2  /* 2: adds LayerNorm */
 
 typedef enum ssm_dtype {
   SSM_FLOAT32 = 0,
@@ -183,6 +183,28 @@ SSM_API int ssm_deform_aggregate_fwd_cuda(const ssm_deform_shape* shape, const v
 SSM_API int ssm_deform_aggregate_bwd_cuda(const ssm_deform_shape* shape, const void* value,
                                           const void* offset_mask, const void* grad_out,
                                           float* grad_value, float* grad_offset_mask, void* stream);
+
+/* ------------------------------------------------------------------------------------------------
+ * LayerNorm (domain version 3): layer normalisation over the last axis, what ONNX LayerNormalization
+ * computes with axis = -1 and stash_type = 1.
+ *   x      : (rows, channels)   dtype
+ *   weight : (channels)         dtype
+ *   bias   : (channels)         dtype
+ *   y      : (rows, channels)   dtype (output; may not alias x)
+ * y[r, c] = (x[r, c] - mean_r) / sqrt(var_r + epsilon) * weight[c] + bias[c], with mean_r and the biased
+ * variance var_r over the row's channels computed in float32 (two passes: the mean, then the squared
+ * deviations from it). rows may be 0 (nothing to do); channels >= 1; epsilon > 0 and finite. */
+typedef struct ssm_layer_norm_shape {
+  int64_t rows;
+  int64_t channels;
+  float epsilon;
+  int32_t dtype;  /* ssm_dtype */
+} ssm_layer_norm_shape;
+
+SSM_API int ssm_layer_norm_fwd_cpu(const ssm_layer_norm_shape* shape, const void* x, const void* weight,
+                                   const void* bias, void* y, int num_threads);
+SSM_API int ssm_layer_norm_fwd_cuda(const ssm_layer_norm_shape* shape, const void* x, const void* weight,
+                                    const void* bias, void* y, void* stream);
 
 #ifdef __cplusplus
 }

@@ -280,6 +280,15 @@ OrtStatus* read_float_attr(const Api& api, const OrtKernelInfo* info, const char
                     kind_name(kind));
 }
 
+OrtStatus* read_float_attr_or(const Api& api, const OrtKernelInfo* info, const char* op, const char* name,
+                              float fallback, float* out) {
+  if (attr_kind(api, info, name) == AttrKind::Missing) {
+    *out = fallback;
+    return nullptr;
+  }
+  return read_float_attr(api, info, op, name, out);
+}
+
 OrtStatus* check_attr_range(const Api& api, const char* op, const char* name, int64_t value, int64_t lo,
                             int64_t hi) {
   if (value >= lo && value <= hi) return nullptr;

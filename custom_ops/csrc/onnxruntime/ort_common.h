@@ -104,6 +104,10 @@ OrtStatus* read_int_attr_or(const Api& api, const OrtKernelInfo* info, const cha
 // Required float attribute (an int attribute is accepted and converted).
 OrtStatus* read_float_attr(const Api& api, const OrtKernelInfo* info, const char* op, const char* name,
                            float* out);
+// Optional float attribute: `fallback` when missing (an int attribute is accepted and converted), error if
+// present with another type.
+OrtStatus* read_float_attr_or(const Api& api, const OrtKernelInfo* info, const char* op, const char* name,
+                              float fallback, float* out);
 
 // Error unless lo <= value <= hi.
 OrtStatus* check_attr_range(const Api& api, const char* op, const char* name, int64_t value, int64_t lo, int64_t hi);
@@ -122,6 +126,7 @@ struct CudaKernels {
   decltype(&ssm_selective_scan_fwd_cuda) selective_scan_fwd;
   decltype(&ssm_selective_scan_2d_fwd_cuda) selective_scan_2d_fwd;
   decltype(&ssm_deform_aggregate_fwd_cuda) deform_aggregate_fwd;
+  decltype(&ssm_layer_norm_fwd_cuda) layer_norm_fwd;
   const char* (*status_string)(int status);
 };
 // The loaded CUDA kernels, or an error status saying why they cannot be loaded.
@@ -173,6 +178,7 @@ void set_since_version(OpDef* def, int since_version, bool declare);
 void selective_scan_op_defs(std::vector<const OpDef*>* defs);
 void selective_scan_2d_op_defs(std::vector<const OpDef*>* defs, bool op_versions);
 void deform_aggregate_op_defs(std::vector<const OpDef*>* defs);
+void layer_norm_op_defs(std::vector<const OpDef*>* defs, bool op_versions);
 
 }  // namespace ssmpose_ort
 

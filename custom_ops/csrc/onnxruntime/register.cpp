@@ -9,7 +9,7 @@
 #include "ssmpose_kernels.h"
 
 // Bump when the operators' interface (inputs, attributes, types, EPs) or these entry points change.
-#define SSMPOSE_ORT_LIBRARY_VERSION 2  // 2: SelectiveScan2D
+#define SSMPOSE_ORT_LIBRARY_VERSION 3  // 2: SelectiveScan2D; 3: LayerNorm
 
 namespace ssmpose_ort {
 namespace {
@@ -75,6 +75,7 @@ OrtStatus* register_ops(OrtSessionOptions* options, const OrtApiBase* base) {
   selective_scan_op_defs(&defs);
   selective_scan_2d_op_defs(&defs, reads_op_versions(base));
   deform_aggregate_op_defs(&defs);
+  layer_norm_op_defs(&defs, reads_op_versions(base));
 
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* st = api.CreateCustomOpDomain(kDomain, &domain)) return st;

@@ -7,7 +7,8 @@ nvinfer1::IPluginCreatorInterface* const* plugin_creators(int32_t* count) {
   static SelectiveScanCreator scan;
   static DeformAggregateCreator deform;
   static SelectiveScan2DCreator scan_2d;
-  static nvinfer1::IPluginCreatorInterface* const creators[] = {&scan, &deform, &scan_2d};
+  static LayerNormCreator layer_norm;
+  static nvinfer1::IPluginCreatorInterface* const creators[] = {&scan, &deform, &scan_2d, &layer_norm};
   *count = static_cast<int32_t>(sizeof(creators) / sizeof(creators[0]));
   return creators;
 }

@@ -1,6 +1,6 @@
 // The ssmpose TensorRT plugins (IPluginV3 with the V3One core/build/runtime capabilities) and their creators
-// (IPluginCreatorV3One): SelectiveScan, SelectiveScan2D and DeformAggregate. Plugin name = ONNX op type, version
-// "1", namespace "ssmpose" (DESIGN.md sections 1, 4); plugin fields = the ONNX attributes by the same names.
+// (IPluginCreatorV3One): SelectiveScan, SelectiveScan2D, DeformAggregate and LayerNorm. Plugin name = ONNX op type,
+// version "1", namespace "ssmpose" (DESIGN.md sections 1, 4); plugin fields = the ONNX attributes by the same names.
 // Semantics and shape rules: docs/ops.md.
 #ifndef SSMPOSE_TRT_PLUGINS_H
 #define SSMPOSE_TRT_PLUGINS_H
@@ -172,6 +172,51 @@ class DeformAggregateCreator : public CreatorBase {
                                     nvinfer1::TensorRTPhase phase) noexcept override;
 
   static bool parse(const nvinfer1::PluginFieldCollection* fc, DeformAttrs* attrs, std::string* err);
+};
+
+// ------------------------------------------------------------------------------------------------
+// LayerNorm (ssmpose domain version 3; plugin version "1" like the others): X (..., C) of rank >= 1, weight (C),
+// bias (C) -> Y of X's shape: (X - mean) / sqrt(var + epsilon) * weight + bias over the last axis, float32
+// statistics (ONNX LayerNormalization, axis -1, stash_type 1). C >= 1; the leading dims (the rows) may be empty.
+// Field epsilon (float, default 1e-5, finite and > 0).
+
+constexpr float kLayerNormEpsilon = 1e-5f;
+
+struct LayerNormAttrs {
+  float epsilon = kLayerNormEpsilon;
+};
+
+class LayerNormPlugin : public PluginBase {
+ public:
+  LayerNormPlugin(std::string layer_name, const LayerNormAttrs& attrs);
+  const LayerNormAttrs& attrs() const { return attrs_; }
+  const ssm_layer_norm_shape& kernel_shape() const { return shape_; }
+
+  nvinfer1::IPluginV3* clone() noexcept override { return clone_plugin(*this); }
+
+ protected:
+  bool infer_shape(const std::vector<std::vector<int64_t>>& in, std::vector<int64_t>* out,
+                   std::string* err) const override;
+  bool output_exprs(const nvinfer1::DimsExprs* inputs, nvinfer1::DimsExprs* out,
+                    nvinfer1::IExprBuilder& builder) const override;
+  void prepare(const std::vector<std::vector<int64_t>>& in, int32_t dtype) override;
+  int launch(const CudaKernels& cuda, const void* const* inputs, void* const* outputs, void* stream,
+             const char** kernel) const override;
+  void write_fields(FieldWriter* w) const override;
+  const char* input_name(int32_t index) const override;
+
+ private:
+  LayerNormAttrs attrs_;
+  ssm_layer_norm_shape shape_{};
+};
+
+class LayerNormCreator : public CreatorBase {
+ public:
+  LayerNormCreator();
+  nvinfer1::IPluginV3* createPlugin(const char* name, const nvinfer1::PluginFieldCollection* fc,
+                                    nvinfer1::TensorRTPhase phase) noexcept override;
+
+  static bool parse(const nvinfer1::PluginFieldCollection* fc, LayerNormAttrs* attrs, std::string* err);
 };
 
 // The creators the library exports through getCreators() (static objects, alive while the library is loaded).

@@ -23,13 +23,7 @@ const char* ScanPluginBase::input_name(int32_t index) const {
 
 bool ScanPluginBase::output_exprs(const nvinfer1::DimsExprs* inputs, nvinfer1::DimsExprs* out,
                                   nvinfer1::IExprBuilder& /*builder*/) const {
-  // y has the first input's shape (its rank was checked by infer_shape).
-  out->nbDims = inputs[0].nbDims;
-  for (int32_t i = 0; i < inputs[0].nbDims; ++i) {
-    if (inputs[0].d[i] == nullptr) return false;
-    out->d[i] = inputs[0].d[i];
-  }
-  return true;
+  return copy_exprs(inputs[0], out);  // y has the first input's shape (its rank was checked by infer_shape)
 }
 
 bool ScanPluginBase::check_parameters(const std::vector<std::vector<int64_t>>& in, const char* channels_name,

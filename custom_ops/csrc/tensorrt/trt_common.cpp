@@ -117,6 +117,16 @@ bool same_shape(const std::vector<int64_t>& a, const std::vector<int64_t>& b) {
   return true;
 }
 
+bool copy_exprs(const nvinfer1::DimsExprs& in, nvinfer1::DimsExprs* out) {
+  if (in.nbDims < 0 || in.nbDims > nvinfer1::Dims::MAX_DIMS) return false;
+  out->nbDims = in.nbDims;
+  for (int32_t i = 0; i < in.nbDims; ++i) {
+    if (in.d[i] == nullptr) return false;
+    out->d[i] = in.d[i];
+  }
+  return true;
+}
+
 // ------------------------------------------------------------------------------------------------
 // Fields
 

@@ -18,8 +18,8 @@
 #include "ssmpose_kernels.h"
 
 // Bump when the plugins' interface (names, fields, inputs, serialised fields) or the entry points change.
-// 2: adds SelectiveScan2D (ssmpose domain version 2).
-#define SSMPOSE_TRT_LIBRARY_VERSION 2
+// 2: adds SelectiveScan2D (ssmpose domain version 2). 3: adds LayerNorm (ssmpose domain version 3).
+#define SSMPOSE_TRT_LIBRARY_VERSION 3
 
 namespace nvinfer1 {
 class ILoggerFinder;  // declared by TensorRT's full headers (NvInferRuntimeCommon.h); only passed through here
@@ -60,6 +60,8 @@ std::string dim_str(int64_t v);
 bool unify(int64_t a, int64_t b, int64_t* merged);
 // Same rank and no two known dims that differ.
 bool same_shape(const std::vector<int64_t>& a, const std::vector<int64_t>& b);
+// *out = the dimension expressions of `in` (an output of an input's shape); false if one is missing.
+bool copy_exprs(const nvinfer1::DimsExprs& in, nvinfer1::DimsExprs* out);
 
 // ------------------------------------------------------------------------------------------------
 // Plugin fields (the ONNX attributes, by the same names). The ONNX parser hands INT attributes as kINT32 and FLOAT
@@ -114,6 +116,7 @@ struct CudaKernels {
   int (*selective_scan_2d_fwd)(const ssm_scan2d_shape*, const void*, const void*, const void*, const void*,
                                const void*, const void*, const void*, void*, void*) = nullptr;
   int (*deform_aggregate_fwd)(const ssm_deform_shape*, const void*, const void*, void*, void*) = nullptr;
+  int (*layer_norm_fwd)(const ssm_layer_norm_shape*, const void*, const void*, const void*, void*, void*) = nullptr;
 };
 
 // The loaded kernels, or NULL with the reason in *error.

@@ -17,9 +17,11 @@
 //                                          SelectiveScan2D's shape rules on constant input dims ("2,8,6,3" each):
 //                                          prints "build <output dims>" (getOutputShapes) and "run <output dims>"
 //                                          (onShapeChange), or "build error: ..." / "run error: ..."
+//   ssmpose_trt_unit_tests layernorm X WEIGHT BIAS
+//                                          LayerNorm's shape rules, likewise ("" for a scalar X)
 //   ssmpose_trt_unit_tests gpu             (built with the CUDA runtime) enqueue on a GPU through the real CUDA kernels,
-//                                          compared with the CPU kernels; needs libssmpose_kernels{,_cuda}.so on the
-//                                          loader path
+//                                          compared with the CPU kernels (LayerNorm: with a float64 reference computed
+//                                          here); needs libssmpose_kernels{,_cuda}.so on the loader path
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -323,6 +325,10 @@ SelectiveScan2DCreator& scan2d_creator() {
   int32_t n = 0;
   return *dynamic_cast<SelectiveScan2DCreator*>(plugin_creators(&n)[2]);
 }
+LayerNormCreator& layer_norm_creator() {
+  int32_t n = 0;
+  return *dynamic_cast<LayerNormCreator*>(plugin_creators(&n)[3]);
+}
 
 // The fields a plugin serialises are exactly its creator's field names (what the ONNX parser passes), with their
 // types.
@@ -358,9 +364,10 @@ const char* field_type(PluginFieldType t) {
 void test_creators() {
   int32_t n = 0;
   nvinfer1::IPluginCreatorInterface* const* list = plugin_creators(&n);
-  check(n == 3 && list[0] != nullptr && list[1] != nullptr && list[2] != nullptr, "creators.count");
-  const char* expected[] = {"SelectiveScan", "DeformAggregate", "SelectiveScan2D"};
-  for (int32_t i = 0; i < n && i < 3; ++i) {
+  check(n == 4 && list[0] != nullptr && list[1] != nullptr && list[2] != nullptr && list[3] != nullptr,
+        "creators.count");
+  const char* expected[] = {"SelectiveScan", "DeformAggregate", "SelectiveScan2D", "LayerNorm"};
+  for (int32_t i = 0; i < n && i < 4; ++i) {
     auto* c = dynamic_cast<nvinfer1::IPluginCreatorV3One*>(list[i]);
     const std::string tag = std::string("creators.") + expected[i];
     check(c != nullptr, tag + ".is_v3one");
@@ -1221,6 +1228,380 @@ void test_scan2d_serialization() {
   check(e && e->attrs().delta_softplus == 1 && e->attrs().directions == 4, "serialize.scan2d_default_round_trip");
 }
 
+// ------------------------------------------------------------------------------------------------
+// LayerNorm (domain version 3): X (..., C), weight (C), bias (C) -> Y of X's shape. Field epsilon (float).
+
+std::unique_ptr<LayerNormPlugin> layer_norm_plugin(const char* layer, Fields f = Fields(),
+                                                   nvinfer1::TensorRTPhase phase = nvinfer1::TensorRTPhase::kBUILD) {
+  return as_plugin<LayerNormPlugin>(layer_norm_creator().createPlugin(layer, f.fc(), phase));
+}
+
+// The inputs of one LayerNorm node: X, weight, bias.
+std::vector<std::vector<int64_t>> layer_norm_dims(std::vector<int64_t> x) {
+  const int64_t c = x.empty() ? 1 : x.back();
+  return {x, {c}, {c}};
+}
+
+void test_layer_norm_fields() {
+  LayerNormAttrs a;
+  std::string err;
+  Fields none;
+  check(LayerNormCreator::parse(none.fc(), &a, &err) && a.epsilon == 1e-5f, "layernorm.fields.default", err);
+  Fields exported;  // as the exporter writes the node
+  exported.f32("epsilon", 1e-6f).str("plugin_version", "1").str("plugin_namespace", "ssmpose");
+  check(LayerNormCreator::parse(exported.fc(), &a, &err) && a.epsilon == 1e-6f, "layernorm.fields.float32", err);
+  Fields wide;
+  wide.f64("epsilon", 1e-3);
+  check(LayerNormCreator::parse(wide.fc(), &a, &err) && a.epsilon == 1e-3f, "layernorm.fields.float64", err);
+  Fields int32;
+  int32.i32("epsilon", 1);
+  check(LayerNormCreator::parse(int32.fc(), &a, &err) && a.epsilon == 1.0f, "layernorm.fields.int32", err);
+  Fields int64;
+  int64.i64("epsilon", 2);
+  check(LayerNormCreator::parse(int64.fc(), &a, &err) && a.epsilon == 2.0f, "layernorm.fields.int64", err);
+  Fields tiny;  // a float32 denormal is still > 0
+  tiny.f32("epsilon", 1e-40f);
+  check(LayerNormCreator::parse(tiny.fc(), &a, &err) && a.epsilon > 0.0f, "layernorm.fields.denormal", err);
+
+  struct Bad {
+    const char* name;
+    Fields fields;
+    const char* message;
+  };
+  std::vector<Bad> bad;
+  bad.push_back({"zero", Fields().f32("epsilon", 0.0f), "LayerNorm: field epsilon must be finite and > 0, got 0"});
+  bad.push_back({"negative", Fields().f32("epsilon", -0.5f), "field epsilon must be finite and > 0, got -0.5"});
+  bad.push_back({"negative_zero", Fields().f32("epsilon", -0.0f), "field epsilon must be finite and > 0, got -0"});
+  bad.push_back({"int_zero", Fields().i32("epsilon", 0), "field epsilon must be finite and > 0, got 0"});
+  bad.push_back({"int_negative", Fields().i8("epsilon", -1), "field epsilon must be finite and > 0, got -1"});
+  bad.push_back({"float64_underflow", Fields().f64("epsilon", 1e-60), "field epsilon must be finite and > 0, got 0"});
+  bad.push_back({"nan", Fields().f32("epsilon", std::numeric_limits<float>::quiet_NaN()),
+                 "LayerNorm: field 'epsilon' must be a finite float32 value"});
+  bad.push_back({"inf", Fields().f64("epsilon", std::numeric_limits<double>::infinity()),
+                 "field 'epsilon' must be a finite float32 value"});
+  bad.push_back({"float64_overflow", Fields().f64("epsilon", 1e300), "field 'epsilon' must be a finite float32 value"});
+  bad.push_back({"string", Fields().str("epsilon", "1"),
+                 "LayerNorm: field 'epsilon' must be a float, got char (string)"});
+  bad.push_back({"length", Fields().i32s("epsilon", {1, 1}), "field 'epsilon' must hold one value, got 2 values"});
+  for (Bad& b : bad) {
+    err.clear();
+    check(!LayerNormCreator::parse(b.fields.fc(), &a, &err) && contains(err, b.message),
+          std::string("layernorm.fields.") + b.name, err);
+  }
+
+  Fields zero;
+  zero.f32("epsilon", 0.0f).str("plugin_version", "1").str("plugin_namespace", "ssmpose");
+  clear_last_error();
+  nvinfer1::IPluginV3* p = layer_norm_creator().createPlugin("ln_3", zero.fc(), nvinfer1::TensorRTPhase::kBUILD);
+  check(p == nullptr, "layernorm.create.refused");
+  check_error("layernorm.create.message", {"LayerNorm (layer 'ln_3'): field epsilon must be finite and > 0, got 0"});
+  delete p;
+  clear_last_error();
+  p = layer_norm_creator().createPlugin("", zero.fc(), nvinfer1::TensorRTPhase::kRUNTIME);
+  check(p == nullptr && last_error().rfind("LayerNorm: field epsilon", 0) == 0, "layernorm.create.unnamed",
+        last_error());
+  delete p;
+  auto ok = layer_norm_plugin("ok", exported);
+  check(ok && ok->attrs().epsilon == 1e-6f && ok->layer_name() == "ok", "layernorm.create.plugin");
+}
+
+void test_layer_norm_plugin() {
+  auto p = layer_norm_plugin("ln");
+  check(p != nullptr, "plugin.layernorm_created");
+  if (!p) return;
+  auto* core =
+      dynamic_cast<nvinfer1::IPluginV3OneCore*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE));
+  auto* build =
+      dynamic_cast<nvinfer1::IPluginV3OneBuild*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
+  auto* runtime = dynamic_cast<nvinfer1::IPluginV3OneRuntime*>(
+      p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+  check(core != nullptr && build != nullptr && runtime != nullptr, "plugin.layernorm_capabilities");
+  if (core && build && runtime) {
+    check(std::strcmp(core->getPluginName(), "LayerNorm") == 0 && std::strcmp(core->getPluginVersion(), "1") == 0 &&
+              std::strcmp(core->getPluginNamespace(), "ssmpose") == 0,
+          "plugin.layernorm_core_identity");
+    check(build->getNbOutputs() == 1 && build->getWorkspaceSize(nullptr, 0, nullptr, 0) == 0,
+          "plugin.layernorm_outputs");
+  }
+
+  // Formats: linear tensors, float32 or float16 picked by X, weight, bias and Y follow.
+  const DataType F = DataType::kFLOAT, H = DataType::kHALF;
+  auto io = [](DataType t, nvinfer1::TensorFormat fmt = nvinfer1::TensorFormat::kLINEAR) {
+    std::vector<std::vector<int64_t>> dims = layer_norm_dims({2, 5, 96});
+    dims.push_back({2, 5, 96});  // Y
+    std::vector<nvinfer1::DynamicPluginTensorDesc> v;
+    for (const auto& d : dims) v.push_back(desc(d, t, fmt));
+    return v;
+  };
+  auto all_ok = [&](std::vector<nvinfer1::DynamicPluginTensorDesc> v) {
+    for (int32_t pos = 0; pos < 4; ++pos) {
+      if (!p->supportsFormatCombination(pos, v.data(), 3, 1)) return false;
+    }
+    return true;
+  };
+  check(all_ok(io(F)), "formats.layernorm_float32_all");
+  check(all_ok(io(H)), "formats.layernorm_float16_all");
+  check(!p->supportsFormatCombination(0, io(DataType::kBF16).data(), 3, 1), "formats.layernorm_bfloat16_refused");
+  check(!p->supportsFormatCombination(0, io(DataType::kINT8).data(), 3, 1), "formats.layernorm_int8_refused");
+  check(!p->supportsFormatCombination(0, io(F, nvinfer1::TensorFormat::kHWC8).data(), 3, 1),
+        "formats.layernorm_non_linear_refused");
+  check(!p->supportsFormatCombination(0, io(H, nvinfer1::TensorFormat::kCHW16).data(), 3, 1),
+        "formats.layernorm_chw16_refused");
+  auto mixed = io(F);
+  mixed[1].desc.type = H;
+  check(!p->supportsFormatCombination(1, mixed.data(), 3, 1), "formats.layernorm_mixed_weight_refused");
+  auto mixed_bias = io(H);
+  mixed_bias[2].desc.type = F;
+  check(!p->supportsFormatCombination(2, mixed_bias.data(), 3, 1), "formats.layernorm_mixed_bias_refused");
+  auto mixed_out = io(H);
+  mixed_out[3].desc.type = F;
+  check(!p->supportsFormatCombination(3, mixed_out.data(), 3, 1), "formats.layernorm_output_type_follows_X");
+  check(!p->supportsFormatCombination(4, io(F).data(), 3, 1), "formats.layernorm_position_out_of_range");
+
+  DataType out = DataType::kINT32;
+  DataType in_f[] = {F, F, F, F};
+  check(p->getOutputDataTypes(&out, 1, in_f, 3) == 0 && out == F, "types.layernorm_float32");
+  DataType in_h[] = {H, H, H};
+  check(p->getOutputDataTypes(&out, 1, in_h, 3) == 0 && out == H, "types.layernorm_float16");
+  DataType in_mixed[] = {F, F, H};
+  clear_last_error();
+  check(p->getOutputDataTypes(&out, 1, in_mixed, 3) != 0, "types.layernorm_mixed_refused");
+  check_error("types.layernorm_mixed_message", {"LayerNorm (layer 'ln'): input 'bias' has element type float16, but "
+                                                "'X' has float32; all inputs must share one type"});
+  DataType in_int[] = {DataType::kINT32, DataType::kINT32, DataType::kINT32};
+  check(p->getOutputDataTypes(&out, 1, in_int, 3) != 0, "types.layernorm_int32_refused");
+  check_error("types.layernorm_int32_message", {"LayerNorm (layer 'ln'): X has element type int32; supported: "
+                                                "float32, float16"});
+  DataType in_bf[] = {DataType::kBF16, DataType::kBF16, DataType::kBF16};
+  check(p->getOutputDataTypes(&out, 1, in_bf, 3) != 0, "types.layernorm_bfloat16_refused");
+  check_error("types.layernorm_bfloat16_message", {"X has element type bfloat16; supported: float32, float16"});
+  check(p->getOutputDataTypes(&out, 1, in_f, 2) != 0, "types.layernorm_two_inputs_refused");
+  check_error("types.layernorm_count_message", {"LayerNorm (layer 'ln'): takes 3 inputs, got 2"});
+  check(p->getOutputDataTypes(&out, 1, in_f, 4) != 0, "types.layernorm_four_inputs_refused");
+  check_error("types.layernorm_count4_message", {"LayerNorm (layer 'ln'): takes 3 inputs, got 4"});
+  check(p->getOutputDataTypes(&out, 2, in_f, 3) != 0, "types.layernorm_two_outputs_refused");
+  check_error("types.layernorm_outputs_message", {"LayerNorm (layer 'ln'): has 1 output, got 2"});
+}
+
+void test_layer_norm_shapes() {
+  auto p = layer_norm_plugin("ln");
+  if (!p) return check(false, "layernorm.shapes.plugin");
+  FakeBuilder b;
+  nvinfer1::DimsExprs out{};
+  // Constant dims of ranks 1 to 5 (and empty rows): Y is X's shape.
+  const std::vector<int64_t> good[] = {{96}, {7, 96}, {2, 5, 96}, {2, 3, 4, 32}, {1, 2, 3, 4, 768}, {0, 96},
+                                       {2, 0, 32}, {1}};
+  for (const auto& x : good) {
+    std::vector<nvinfer1::DimsExprs> in = exprs(b, layer_norm_dims(x));
+    out = nvinfer1::DimsExprs{};
+    check(p->getOutputShapes(in.data(), 3, nullptr, 0, &out, 1, b) == 0 && const_dims(out) == x,
+          "layernorm.shapes.constant_" + shape_str(x), last_error());
+  }
+  // Symbolic dims: the output is X's expressions (no operation built), C included.
+  const size_t ops = b.operations();
+  std::vector<nvinfer1::DimsExprs> sym = exprs(b, {{-1, -1, 96}, {96}, {96}}, {{"B", "L"}});
+  out = nvinfer1::DimsExprs{};
+  check(p->getOutputShapes(sym.data(), 3, nullptr, 0, &out, 1, b) == 0 && out.nbDims == 3 &&
+            out.d[0] == sym[0].d[0] && out.d[1] == sym[0].d[1] && out.d[2] == sym[0].d[2] && b.operations() == ops,
+        "layernorm.shapes.symbolic_is_X", last_error());
+  std::vector<nvinfer1::DimsExprs> sym_c = exprs(b, {{-1, 7, -1}, {-1}, {-1}}, {{"B", "", "C"}, {"C"}, {"C"}});
+  out = nvinfer1::DimsExprs{};
+  check(p->getOutputShapes(sym_c.data(), 3, nullptr, 0, &out, 1, b) == 0 && out.nbDims == 3 &&
+            out.d[2] == sym_c[0].d[2] && !out.d[2]->isConstant(),
+        "layernorm.shapes.symbolic_channels", last_error());
+
+  struct Case {
+    const char* name;
+    std::vector<std::vector<int64_t>> dims;
+    std::vector<std::vector<std::string>> names;
+    const char* message;
+  };
+  const std::vector<std::string> c_only = {"C"};
+  const Case bad[] = {
+      {"scalar", {{}, {96}, {96}}, {}, "X must have rank >= 1 (it is normalised over its last axis), got shape ()"},
+      {"no_channels", {{4, 0}, {0}, {0}}, {}, "the last dimension C of X must be >= 1, got shape (4, 0)"},
+      {"no_channels_rank1", {{0}, {0}, {0}}, {}, "the last dimension C of X must be >= 1, got shape (0,)"},
+      {"weight", {{2, 5, 96}, {32}, {96}}, {}, "weight must be (C,) = (96,) for X of shape (2, 5, 96), got (32,)"},
+      {"weight_rank", {{2, 5, 96}, {1, 96}, {96}}, {},
+       "weight must be (C,) = (96,) for X of shape (2, 5, 96), got (1, 96)"},
+      {"weight_scalar", {{2, 5, 96}, {}, {96}}, {}, "weight must be (C,) = (96,) for X of shape (2, 5, 96), got ()"},
+      {"bias", {{2, 5, 96}, {96}, {95}}, {}, "bias must be (C,) = (96,) for X of shape (2, 5, 96), got (95,)"},
+      {"bias_rank", {{2, 5, 96}, {96}, {96, 1}}, {},
+       "bias must be (C,) = (96,) for X of shape (2, 5, 96), got (96, 1)"},
+      {"rows_overflow", {{int64_t(1) << 62, 4, 8}, {8}, {8}}, {}, "X has too many elements"},
+      // Partly known: C from whichever input knows it.
+      {"partial_bias", {{2, -1}, {96}, {32}}, {{"", "C"}},
+       "bias must be (C,) = (96,) for X of shape (2, ?), got (32,)"},
+      {"partial_weight_rank", {{2, -1}, {2, 3}, {96}}, {{"", "C"}},
+       "weight must be (C,) for X of shape (2, ?), got (2, 3)"},
+      {"partial_zero", {{2, -1}, {-1}, {0}}, {{"", "C"}, c_only},
+       "the last dimension C of X must be >= 1, got shape (2, ?) with C = 0 from bias"},
+      {"partial_zero_weight", {{-1}, {0}, {-1}}, {{"C"}, {}, c_only},
+       "the last dimension C of X must be >= 1, got shape (?,) with C = 0 from weight"},
+  };
+  for (const Case& c : bad) {
+    std::vector<nvinfer1::DimsExprs> v = exprs(b, c.dims, c.names);
+    clear_last_error();
+    out = nvinfer1::DimsExprs{};
+    check(p->getOutputShapes(v.data(), 3, nullptr, 0, &out, 1, b) != 0, std::string("layernorm.shapes.bad_") + c.name);
+    check_error(std::string("layernorm.shapes.bad_") + c.name + "_message", {"LayerNorm (layer 'ln'): ", c.message});
+  }
+  std::vector<nvinfer1::DimsExprs> in = exprs(b, layer_norm_dims({2, 5, 96}));
+  check(p->getOutputShapes(in.data(), 3, in.data(), 1, &out, 1, b) != 0, "layernorm.shapes.shape_inputs_refused");
+  check_error("layernorm.shapes.shape_inputs_message", {"LayerNorm (layer 'ln'): takes no shape inputs, got 1"});
+  check(p->getOutputShapes(in.data(), 2, nullptr, 0, &out, 1, b) != 0, "layernorm.shapes.two_inputs_refused");
+  check_error("layernorm.shapes.two_inputs_message", {"takes 3 inputs, got 2"});
+}
+
+void test_layer_norm_configure_and_runtime() {
+  Fields f;
+  f.f32("epsilon", 1e-6f);
+  auto p = layer_norm_plugin("ln", f);
+  if (!p) return check(false, "configure.layernorm_plugin");
+  const DataType H = DataType::kHALF, F = DataType::kFLOAT;
+  auto descs = [](const std::vector<std::vector<int64_t>>& dims, DataType t) {
+    std::vector<nvinfer1::DynamicPluginTensorDesc> v;
+    for (const auto& d : dims) v.push_back(desc(d, t));
+    return v;
+  };
+  // Build time: the rows vary over the profile (-1).
+  std::vector<nvinfer1::DynamicPluginTensorDesc> in = descs(layer_norm_dims({-1, -1, 96}), H);
+  std::vector<nvinfer1::DynamicPluginTensorDesc> out = {desc({-1, -1, 96}, H)};
+  check(p->configurePlugin(in.data(), 3, out.data(), 1) == 0 && p->configured_inputs() == 3,
+        "configure.layernorm_dynamic", last_error());
+  std::vector<nvinfer1::DynamicPluginTensorDesc> dyn_c = descs({{-1, -1}, {-1}, {-1}}, F);
+  std::vector<nvinfer1::DynamicPluginTensorDesc> out_c = {desc({-1, -1}, F)};
+  check(p->configurePlugin(dyn_c.data(), 3, out_c.data(), 1) == 0, "configure.layernorm_dynamic_channels",
+        last_error());
+  auto bad = in;
+  bad[1] = desc({48}, H);
+  check(p->configurePlugin(bad.data(), 3, out.data(), 1) != 0, "configure.layernorm_bad_weight");
+  check_error("configure.layernorm_bad_weight_message",
+              {"LayerNorm (layer 'ln'): weight must be (C,) = (96,) for X of shape (?, ?, 96), got (48,)"});
+  bad = in;
+  bad[0] = desc({-1, -1, 0}, H);
+  check(p->configurePlugin(bad.data(), 3, out.data(), 1) != 0, "configure.layernorm_no_channels");
+  check_error("configure.layernorm_no_channels_message",
+              {"the last dimension C of X must be >= 1, got shape (?, ?, 0)"});
+  auto mixed = in;
+  mixed[2] = desc({96}, F);
+  check(p->configurePlugin(mixed.data(), 3, out.data(), 1) != 0, "configure.layernorm_mixed_types");
+  check_error("configure.layernorm_mixed_types_message", {"input 'bias' has element type float32"});
+  std::vector<nvinfer1::DynamicPluginTensorDesc> out_f = {desc({-1, -1, 96}, F)};
+  check(p->configurePlugin(in.data(), 3, out_f.data(), 1) != 0, "configure.layernorm_output_type");
+  check_error("configure.layernorm_output_type_message", {"output has element type float32, expected float16"});
+
+  // Run time: concrete shapes -> the kernel's shape struct (rows = the product of X's leading dims).
+  auto tdescs = [](const std::vector<std::vector<int64_t>>& dims, DataType t) {
+    std::vector<nvinfer1::PluginTensorDesc> v;
+    for (const auto& d : dims) v.push_back(tdesc(d, t));
+    return v;
+  };
+  struct Run {
+    std::vector<int64_t> x;
+    DataType type;
+    int64_t rows;
+  };
+  const Run runs[] = {{{3, 5, 96}, H, 15}, {{768}, F, 1}, {{2, 3, 4, 32}, F, 24}, {{7, 1}, H, 7}};
+  for (const Run& r : runs) {
+    std::vector<nvinfer1::PluginTensorDesc> rin = tdescs(layer_norm_dims(r.x), r.type);
+    std::vector<nvinfer1::PluginTensorDesc> rout = {tdesc(r.x, r.type)};
+    const bool ok = p->onShapeChange(rin.data(), 3, rout.data(), 1) == 0;
+    const ssm_layer_norm_shape& s = p->kernel_shape();
+    check(ok && s.rows == r.rows && s.channels == r.x.back() && s.epsilon == 1e-6f &&
+              s.dtype == (r.type == H ? SSM_FLOAT16 : SSM_FLOAT32) && p->configured_inputs() == 3,
+          "runtime.layernorm_kernel_shape_" + shape_str(r.x), last_error());
+  }
+  auto q = layer_norm_plugin("q", Fields(), nvinfer1::TensorRTPhase::kRUNTIME);
+  std::vector<nvinfer1::PluginTensorDesc> qin = tdescs(layer_norm_dims({4, 32}), F);
+  std::vector<nvinfer1::PluginTensorDesc> qout = {tdesc({4, 32})};
+  check(q && q->onShapeChange(qin.data(), 3, qout.data(), 1) == 0 && q->kernel_shape().epsilon == 1e-5f,
+        "runtime.layernorm_default_epsilon", last_error());
+
+  std::vector<nvinfer1::PluginTensorDesc> rin = tdescs(layer_norm_dims({3, 5, 96}), H);
+  std::vector<nvinfer1::PluginTensorDesc> rout = {tdesc({3, 5, 96}, H)};
+  std::vector<nvinfer1::PluginTensorDesc> wrong_out = {tdesc({3, 5, 95}, H)};
+  check(p->onShapeChange(rin.data(), 3, wrong_out.data(), 1) != 0, "runtime.layernorm_wrong_output");
+  check_error("runtime.layernorm_wrong_output_message", {"output shape (3, 5, 95) != expected (3, 5, 96)"});
+  auto unresolved = rin;
+  unresolved[0] = tdesc({3, -1, 96}, H);
+  check(p->onShapeChange(unresolved.data(), 3, rout.data(), 1) != 0, "runtime.layernorm_unresolved");
+  check_error("runtime.layernorm_unresolved_message", {"input 'X' has unresolved shape (3, ?, 96) at run time"});
+  auto bad_bias = rin;
+  bad_bias[2] = tdesc({97}, H);
+  check(p->onShapeChange(bad_bias.data(), 3, rout.data(), 1) != 0, "runtime.layernorm_bad_bias");
+  check_error("runtime.layernorm_bad_bias_message",
+              {"LayerNorm (layer 'ln'): bias must be (C,) = (96,) for X of shape (3, 5, 96), got (97,)"});
+  std::vector<nvinfer1::PluginTensorDesc> no_c = tdescs({{3, 0}, {0}, {0}}, H);
+  std::vector<nvinfer1::PluginTensorDesc> no_c_out = {tdesc({3, 0}, H)};
+  check(p->onShapeChange(no_c.data(), 3, no_c_out.data(), 1) != 0, "runtime.layernorm_no_channels");
+  check_error("runtime.layernorm_no_channels_message",
+              {"LayerNorm (layer 'ln'): the last dimension C of X must be >= 1, got shape (3, 0)"});
+
+  // enqueue: no rows needs no kernels; otherwise a missing kernel library is a clear error.
+  const std::vector<int64_t> empties[] = {{0, 96}, {3, 0, 96}, {0, 5, 32}, {2, 3, 0, 768}};
+  for (const auto& e : empties) {
+    std::vector<nvinfer1::PluginTensorDesc> ein = tdescs(layer_norm_dims(e), H);
+    std::vector<nvinfer1::PluginTensorDesc> eout = {tdesc(e, H)};
+    check(p->onShapeChange(ein.data(), 3, eout.data(), 1) == 0 && p->kernel_shape().rows == 0 &&
+              p->enqueue(ein.data(), eout.data(), nullptr, nullptr, nullptr, nullptr) == 0,
+          "runtime.layernorm_empty_" + shape_str(e), last_error());
+  }
+  std::string why;
+  if (cuda_kernels(&why) == nullptr) {
+    check(p->onShapeChange(rin.data(), 3, rout.data(), 1) == 0, "runtime.layernorm_reshape");
+    const void* ins[3] = {};
+    void* outs[1] = {};
+    clear_last_error();
+    check(p->enqueue(rin.data(), rout.data(), ins, outs, nullptr, nullptr) != 0, "runtime.layernorm_no_kernels");
+    check_error("runtime.layernorm_no_kernels_message", {"LayerNorm (layer 'ln'): cannot load the CUDA kernel library",
+                                                         "libssmpose_kernels_cuda.so"});
+  } else {
+    std::printf("skip runtime.layernorm_no_kernels: libssmpose_kernels_cuda.so is loadable here\n");
+  }
+}
+
+void test_layer_norm_serialization() {
+  Fields f;
+  f.f32("epsilon", 1e-6f).str("plugin_version", "1").str("plugin_namespace", "ssmpose");
+  auto p = layer_norm_plugin("ln", f);
+  if (!p) return check(false, "serialize.layernorm_plugin");
+  const PluginFieldCollection* fc = p->getFieldsToSerialize();
+  check(fc != nullptr && fc->nbFields == 1 && std::strcmp(fc->fields[0].name, "epsilon") == 0 &&
+            fc->fields[0].type == PluginFieldType::kFLOAT32 && fc->fields[0].length == 1 &&
+            *static_cast<const float*>(fc->fields[0].data) == 1e-6f,
+        "serialize.layernorm_fields");
+  check(fields_match_creator(fc, layer_norm_creator()), "serialize.layernorm_fields_match_creator");
+  Fields copy = copy_fields(fc);
+  auto c = as_plugin<LayerNormPlugin>(p->clone());
+  auto attached = as_plugin<LayerNormPlugin>(p->attachToContext(nullptr));
+  p.reset();  // the original is gone, as after serialisation
+  auto q = layer_norm_plugin("ln", copy, nvinfer1::TensorRTPhase::kRUNTIME);
+  check(q && q->attrs().epsilon == 1e-6f, "serialize.layernorm_round_trip");
+  check(c && c->attrs().epsilon == 1e-6f && c->layer_name() == "ln" &&
+            std::strcmp(c->getPluginName(), "LayerNorm") == 0,
+        "serialize.layernorm_clone");
+  check(attached && attached.get() != c.get() && attached->attrs().epsilon == 1e-6f, "serialize.layernorm_attach");
+  if (q) {
+    const int32_t n1 = q->getFieldsToSerialize()->nbFields;
+    const PluginFieldCollection* two = q->getFieldsToSerialize();
+    check(n1 == 1 && two->nbFields == 1 && *static_cast<const float*>(two->fields[0].data) == 1e-6f,
+          "serialize.layernorm_repeatable");
+  }
+  // The default, and an epsilon given as float64, come back as the float32 field.
+  auto d = layer_norm_plugin("d");
+  Fields dcopy = copy_fields(d ? d->getFieldsToSerialize() : nullptr);
+  auto e = layer_norm_plugin("d", dcopy, nvinfer1::TensorRTPhase::kRUNTIME);
+  check(e && e->attrs().epsilon == 1e-5f, "serialize.layernorm_default_round_trip");
+  Fields wide;
+  wide.f64("epsilon", 0.25);
+  auto w = layer_norm_plugin("w", wide);
+  const PluginFieldCollection* wfc = w ? w->getFieldsToSerialize() : nullptr;
+  check(wfc && wfc->nbFields == 1 && wfc->fields[0].type == PluginFieldType::kFLOAT32 &&
+            *static_cast<const float*>(wfc->fields[0].data) == 0.25f,
+        "serialize.layernorm_float64_as_float32");
+}
+
 // "2,8,6,3" -> {2, 8, 6, 3}
 std::vector<int64_t> parse_dims(const char* text) {
   std::vector<int64_t> dims;
@@ -1260,6 +1641,40 @@ int scan2d_mode(int argc, char** argv) {
   for (const auto& d : dims) rin.push_back(tdesc(d));
   std::vector<nvinfer1::PluginTensorDesc> rout = {tdesc(dims[0])};
   if (p->onShapeChange(rin.data(), n, rout.data(), 1) != 0) {
+    std::printf("run error: %s\n", last_error().c_str());
+  } else {
+    print("run", dims[0]);
+  }
+  return 0;
+}
+
+// LayerNorm's shape rules on constant dims ("2,5,96" each; "" for a scalar): "build <dims>" / "build error: ..."
+// (getOutputShapes), then "run <dims>" / "run error: ..." (onShapeChange).
+int layer_norm_mode(int argc, char** argv) {
+  if (argc != 5) {
+    std::fprintf(stderr, "usage: %s layernorm X WEIGHT BIAS  (dims as 2,5,96; \"\" for a scalar)\n", argv[0]);
+    return 2;
+  }
+  std::vector<std::vector<int64_t>> dims;
+  for (int i = 2; i < argc; ++i) dims.push_back(parse_dims(argv[i]));
+  auto print = [](const char* stage, const std::vector<int64_t>& d) {
+    std::printf("%s", stage);
+    for (int64_t v : d) std::printf(" %lld", static_cast<long long>(v));
+    std::printf("\n");
+  };
+  auto p = layer_norm_plugin("c");
+  FakeBuilder b;
+  std::vector<nvinfer1::DimsExprs> in = exprs(b, dims);
+  nvinfer1::DimsExprs out{};
+  if (p->getOutputShapes(in.data(), 3, nullptr, 0, &out, 1, b) != 0) {
+    std::printf("build error: %s\n", last_error().c_str());
+  } else {
+    print("build", const_dims(out));
+  }
+  std::vector<nvinfer1::PluginTensorDesc> rin;
+  for (const auto& d : dims) rin.push_back(tdesc(d));
+  std::vector<nvinfer1::PluginTensorDesc> rout = {tdesc(dims[0])};
+  if (p->onShapeChange(rin.data(), 3, rout.data(), 1) != 0) {
     std::printf("run error: %s\n", last_error().c_str());
   } else {
     print("run", dims[0]);
@@ -1312,8 +1727,9 @@ int outsize(int argc, char** argv) {
 #if defined(SSMPOSE_TRT_TEST_CUDA)
 // ------------------------------------------------------------------------------------------------
 // GPU mode: the plugins' enqueue on real device buffers (the CUDA kernels dlopen()ed by the plugin code), compared
-// with the CPU kernels of libssmpose_kernels.so. Exercises onShapeChange -> enqueue as TensorRT would, without
-// TensorRT. Both libraries are found through the loader path (LD_LIBRARY_PATH=<build>/lib).
+// with the CPU kernels of libssmpose_kernels.so (LayerNorm: with a float64 reference computed here). Exercises
+// onShapeChange -> enqueue as TensorRT would, without TensorRT. Both libraries are found through the loader path
+// (LD_LIBRARY_PATH=<build>/lib).
 
 struct CpuKernels {
   int (*scan)(const ssm_scan_shape*, const void*, const void*, const void*, const void*, const void*, const void*,
@@ -1524,6 +1940,46 @@ int gpu_mode() {
     }
     compare(name, got, want, half ? 2e-3 : 1e-5);
   }
+  // LayerNorm: C = 32, 96 and 768, X of rank 1 to 3, a few epsilons; compared with a float64 reference of the same
+  // (rounded) inputs computed here. X's rows have a mean far from 0 (3, spread 2).
+  struct LayerNormCase {
+    std::vector<int64_t> x;
+    float epsilon;
+  };
+  const LayerNormCase ln_cases[] = {
+      {{2, 5, 32}, 1e-5f}, {{7, 96}, 1e-3f}, {{2, 64, 96}, 1e-5f}, {{3, 4, 768}, 1e-6f}, {{768}, 1e-5f}};
+  for (bool half : {false, true}) {
+    for (const LayerNormCase& c : ln_cases) {
+      const int64_t C = c.x.back();
+      const int64_t rows = static_cast<int64_t>(numel(c.x)) / C;
+      uint32_t seed = 5u + static_cast<uint32_t>(C + rows);
+      std::vector<Buffer> in = {random_buffer(rows * C, half, &seed, 2.0f, 3.0f),
+                                random_buffer(C, half, &seed, 0.5f, 1.0f), random_buffer(C, half, &seed, 0.2f)};
+      Fields f;
+      f.f32("epsilon", c.epsilon).str("plugin_version", "1").str("plugin_namespace", "ssmpose");
+      auto p = layer_norm_plugin("g", f, nvinfer1::TensorRTPhase::kRUNTIME);
+      std::string name = std::string("gpu.layernorm_") + (half ? "f16_" : "f32_");
+      for (size_t i = 0; i < c.x.size(); ++i) name += (i ? "x" : "") + std::to_string(c.x[i]);
+      std::vector<float> got;
+      if (!p || !run_on_gpu(p.get(), layer_norm_dims(c.x), in, c.x, half, &got, &why)) {
+        check(false, name, p ? why : last_error());
+        continue;
+      }
+      Buffer want = zeros(rows * C, false);
+      for (int64_t r = 0; r < rows; ++r) {
+        double mean = 0, var = 0;
+        for (int64_t k = 0; k < C; ++k) mean += in[0].at(r * C + k);
+        mean /= static_cast<double>(C);
+        for (int64_t k = 0; k < C; ++k) var += (in[0].at(r * C + k) - mean) * (in[0].at(r * C + k) - mean);
+        var /= static_cast<double>(C);
+        const double inv = 1.0 / std::sqrt(var + static_cast<double>(c.epsilon));
+        for (int64_t k = 0; k < C; ++k) {
+          want.f[r * C + k] = static_cast<float>((in[0].at(r * C + k) - mean) * inv * in[1].at(k) + in[2].at(k));
+        }
+      }
+      compare(name, got, want, half ? 2e-3 : 1e-5);
+    }
+  }
   std::printf("passed %d failed %d\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
@@ -1535,6 +1991,7 @@ int main(int argc, char** argv) {
   set_quiet(true);
   if (argc > 1 && std::strcmp(argv[1], "outsize") == 0) return outsize(argc, argv);
   if (argc > 1 && std::strcmp(argv[1], "scan2d") == 0) return scan2d_mode(argc, argv);
+  if (argc > 1 && std::strcmp(argv[1], "layernorm") == 0) return layer_norm_mode(argc, argv);
   if (argc > 1 && std::strcmp(argv[1], "gpu") == 0) {
 #if defined(SSMPOSE_TRT_TEST_CUDA)
     return gpu_mode();
@@ -1557,6 +2014,11 @@ int main(int argc, char** argv) {
   test_scan2d_shapes();
   test_scan2d_configure_and_runtime();
   test_scan2d_serialization();
+  test_layer_norm_fields();
+  test_layer_norm_plugin();
+  test_layer_norm_shapes();
+  test_layer_norm_configure_and_runtime();
+  test_layer_norm_serialization();
   std::printf("passed %d failed %d\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
