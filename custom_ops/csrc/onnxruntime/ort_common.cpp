@@ -440,4 +440,18 @@ void set_since_version(OpDef* def, int since_version, bool declare) {
   }
 }
 
+OpDefSet::OpDefSet(const char* op_name, const char* const* inputs, size_t num_inputs, size_t required_inputs,
+                   KernelFactory factory, int since_version, bool op_versions) {
+  const ONNXTensorElementDataType types[] = {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16};
+  for (int i = 0; i < kCount; ++i) {
+    const Device device = i < 2 ? Device::CPU : Device::CUDA;
+    init_op_def(&defs_[i], op_name, device, types[i % 2], inputs, num_inputs, required_inputs, factory);
+    set_since_version(&defs_[i], since_version, op_versions);
+  }
+}
+
+void OpDefSet::append_to(std::vector<const OpDef*>* defs) const {
+  for (const OpDef& def : defs_) defs->push_back(&def);
+}
+
 }  // namespace ssmpose_ort

@@ -173,6 +173,24 @@ void init_op_def(OpDef* def, const char* op_name, Device device, ONNXTensorEleme
 // registers it for every domain version, as it does all version-16 ops.
 void set_since_version(OpDef* def, int since_version, bool declare);
 
+// The OpDefs of one operator: float32 and float16 on the CPU EP and, in a CUDA build, on the CUDA EP, from
+// `ssmpose` domain version `since_version` on (declared when `op_versions`, see set_since_version). Keep it in a
+// function-local static: ONNX Runtime holds pointers to the OpDefs until the library is unloaded.
+class OpDefSet {
+ public:
+  OpDefSet(const char* op_name, const char* const* inputs, size_t num_inputs, size_t required_inputs,
+           KernelFactory factory, int since_version, bool op_versions);
+  void append_to(std::vector<const OpDef*>* defs) const;
+
+ private:
+#if defined(SSMPOSE_ORT_WITH_CUDA)
+  static constexpr int kCount = 4;
+#else
+  static constexpr int kCount = 2;
+#endif
+  OpDef defs_[kCount];
+};
+
 // Registration of each operator's OpDefs (one per EP and type), defined in the operator's file.
 // `op_versions`: the running ONNX Runtime reads OrtCustomOp::GetStartVersion (>= 1.17).
 void selective_scan_op_defs(std::vector<const OpDef*>* defs);

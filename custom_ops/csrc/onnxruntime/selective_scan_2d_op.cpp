@@ -141,41 +141,11 @@ OrtStatus* create(const OpDef& def, const Api& api, const OrtKernelInfo* info, K
   return nullptr;
 }
 
-struct Defs {
-  OpDef cpu_f32, cpu_f16;
-#if defined(SSMPOSE_ORT_WITH_CUDA)
-  OpDef cuda_f32, cuda_f16;
-#endif
-  explicit Defs(bool op_versions) {
-    init_op_def(&cpu_f32, kOp, Device::CPU, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, kInputs, kNumInputs,
-                kRequiredInputs, create);
-    init_op_def(&cpu_f16, kOp, Device::CPU, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, kInputs, kNumInputs,
-                kRequiredInputs, create);
-    set_since_version(&cpu_f32, kSinceVersion, op_versions);
-    set_since_version(&cpu_f16, kSinceVersion, op_versions);
-#if defined(SSMPOSE_ORT_WITH_CUDA)
-    init_op_def(&cuda_f32, kOp, Device::CUDA, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, kInputs, kNumInputs,
-                kRequiredInputs, create);
-    init_op_def(&cuda_f16, kOp, Device::CUDA, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, kInputs, kNumInputs,
-                kRequiredInputs, create);
-    set_since_version(&cuda_f32, kSinceVersion, op_versions);
-    set_since_version(&cuda_f16, kSinceVersion, op_versions);
-#endif
-  }
-};
-
 }  // namespace
 
 void selective_scan_2d_op_defs(std::vector<const OpDef*>* defs, bool op_versions) {
-  // Lives until the library is unloaded, as ONNX Runtime requires. A process has one ONNX Runtime, so the
-  // first registration's answer to `op_versions` holds for every later one.
-  static const Defs d(op_versions);
-  defs->push_back(&d.cpu_f32);
-  defs->push_back(&d.cpu_f16);
-#if defined(SSMPOSE_ORT_WITH_CUDA)
-  defs->push_back(&d.cuda_f32);
-  defs->push_back(&d.cuda_f16);
-#endif
+  static const OpDefSet ops(kOp, kInputs, kNumInputs, kRequiredInputs, create, kSinceVersion, op_versions);
+  ops.append_to(defs);
 }
 
 }  // namespace ssmpose_ort
