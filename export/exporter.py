@@ -331,8 +331,8 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
         # traced below opset 20 (the portable lowerings need it); the custom form is raised to 20 afterwards
         traced = _trace(net, size, batch, fp16, min(min(opsets.values()), GELU_OPSET - 1), output_name, stages)
     domain_version = op_domain_version(n.op_type for n in traced.graph if n.domain == DOMAIN)
-    if op_version >= LAYER_NORM_DOMAIN_VERSION:
-        domain_version = max(domain_version, LAYER_NORM_DOMAIN_VERSION)
+    if op_version >= LAYER_NORM_DOMAIN_VERSION and any(n.op_type == "LayerNormalization" for n in traced.graph):
+        domain_version = max(domain_version, LAYER_NORM_DOMAIN_VERSION)   # the custom form's LayerNorm nodes
     shared_s = time.perf_counter() - start
     results = {}
     for i, form in enumerate(forms):

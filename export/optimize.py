@@ -83,6 +83,7 @@ def fuse_erf_gelu(model) -> int:
     def other_input(node, known):
         return node.input[1] if node.input[0] == known else node.input[0] if node.input[1] == known else None
 
+    position = {id(n): i for i, n in enumerate(nodes)}   # the wrappers in `nodes` stay alive, so ids are stable
     removed, fused = set(), 0
     for erf in (n for n in nodes if n.op_type == "Erf" and n.domain in ("", "ai.onnx")):
         div = producer.get(erf.input[0])
@@ -100,11 +101,15 @@ def fuse_erf_gelu(model) -> int:
             continue
         if only_consumer(div) is not erf:
             continue
-        removed.update(id(n) for n in (div, erf, add, half))
+        removed.update(position[id(n)] for n in (div, erf, add, half))
         gelu = onnx.helper.make_node("Gelu", [x], list(final.output), name=final.name)
         final.CopyFrom(gelu)
         fused += 1
-    kept = [n for n in model.graph.node if id(n) not in removed]
+    kept = []
+    for i, node in enumerate(nodes):
+        if i not in removed:
+            kept.append(onnx.NodeProto())
+            kept[-1].CopyFrom(node)
     del model.graph.node[:]
     model.graph.node.extend(kept)
     used = {name for n in model.graph.node for name in n.input}

@@ -92,8 +92,12 @@ def test_flop_counter_counts_the_scan_and_the_projections_by_hand():
         "dt_proj": 2 * length * 4 * rank * d_inner,
         "scan": 2 * (9 * 4 * d_inner * length * d_state + 4 * d_inner * length),
     }
-    assert counted["by_op"]["ssmpose.selective_scan"] == expected["scan"]
+    assert counted["by_op"]["ssmpose.selective_scan_2d"] == expected["scan"]
     assert counted["total"] == sum(expected.values())
+    with ops.scan_2d(False):   # the version-1 path: the same count
+        counted_v1 = count_flops(mixer, torch.randn(2, dim, h, w))
+    assert counted_v1["by_op"]["ssmpose.selective_scan"] == expected["scan"]
+    assert counted_v1["total"] == counted["total"]
 
 
 @pytest.mark.parametrize("dataset", ["coco", "mpii", "ap10k"])

@@ -5,6 +5,8 @@ multiply-add; halving gives the papers' unit. It does not see inside the ssmpose
 their own formulas here:
 - SelectiveScan: 9 * B * G*D * L * N for the recurrence (VMamba's count for the selective scan: the
   discretisation exp(dt*A), dt*B*u, the state update and the C readout), plus B * G*D * L for the D term.
+  SelectiveScan2D is the same count for its K*D channels over L = H*W positions (what the version-1 path's
+  SelectiveScan on the cross-scanned sequences counts).
 - DeformAggregate: per output pixel, group and sampling point, 4 bilinear corners and the mask over the
   group's C channels: 5 * B * Hout * Wout * G * K * C.
 Element-wise operations, normalisation and activations are not counted (as in fvcore).
@@ -39,6 +41,13 @@ def deform_aggregate_macs(out_shape, kernel_points: int, group: int, group_chann
 def _scan_flops(u_shape, delta_shape, A_shape, Bs_shape, Cs_shape, Ds_shape, delta_bias_shape, delta_softplus,
                 *args, out_shape=None, **kwargs) -> int:
     return 2 * selective_scan_macs(u_shape, A_shape[1], Ds_shape is not None)
+
+
+@register_flop_formula(torch.ops.ssmpose.selective_scan_2d)
+def _scan_2d_flops(x_shape, delta_shape, A_shape, Bs_shape, Cs_shape, Ds_shape, delta_bias_shape, delta_softplus,
+                   *args, out_shape=None, **kwargs) -> int:
+    batch, height, width, _ = x_shape
+    return 2 * selective_scan_macs((batch, A_shape[0], height * width), A_shape[1], Ds_shape is not None)
 
 
 @register_flop_formula(torch.ops.ssmpose.deform_aggregate)
