@@ -70,12 +70,16 @@ def test_ops_pass_torch_library_checks():
     torch.library.opcheck(torch.ops.ssmpose.deform_aggregate.default, (value, om, *attrs))
 
 
-def test_model_traces_with_torch_export():
-    """Fake kernels let torch.export trace the whole model without running the operators."""
+@pytest.mark.parametrize("scan_2d", [True, False])
+def test_model_traces_with_torch_export(scan_2d):
+    """Fake kernels let torch.export trace the whole model without running the operators (SelectiveScan2D by
+    default, SelectiveScan on the version-1 path)."""
     model = ssmpose.build_model("hrvmamba_tiny").eval()
-    program = torch.export.export(model, (torch.randn(1, 3, 64, 64),))
+    with ops.scan_2d(scan_2d):
+        program = torch.export.export(model, (torch.randn(1, 3, 64, 64),))
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
-    assert "ssmpose.selective_scan.default" in targets
+    assert ("ssmpose.selective_scan_2d.default" in targets) == scan_2d
+    assert ("ssmpose.selective_scan.default" in targets) != scan_2d
     assert "ssmpose.deform_aggregate.default" in targets
 
 
