@@ -219,3 +219,54 @@ def deform_aggregate_reference(value, offset_mask, kernel_h, kernel_w, stride_h,
         term = (weight * mask).unsqueeze(-1) * picked
         result = result + torch.where(valid.unsqueeze(-1), term, 0).sum(-2)
     return result.reshape(batch, out_h, out_w, group * group_channels).to(value.dtype)
+
+
+def layer_norm_reference(x, weight, bias, epsilon: float = 1e-5):
+    """LayerNorm over the last axis (docs/ops.md), statistics in float32 (float64 for float64 inputs)."""
+    dtype = _compute_dtype(x)
+    xc = x.to(dtype)
+    mean = xc.mean(dim=-1, keepdim=True)
+    var = (xc - mean).square().mean(dim=-1, keepdim=True)
+    y = (xc - mean) / torch.sqrt(var + epsilon) * weight.to(dtype) + bias.to(dtype)
+    return y.to(x.dtype)
+
+
+def add_layer_norm_reference(x, residual, weight, bias, epsilon: float = 1e-5):
+    """AddLayerNorm (docs/ops.md): returns (Y, S) with S = X + R rounded to X's type and Y its LayerNorm."""
+    if residual.shape != x.shape:
+        raise ValueError(f"AddLayerNorm: R has shape {tuple(residual.shape)}, X has {tuple(x.shape)}")
+    dtype = _compute_dtype(x)
+    total = (x.to(dtype) + residual.to(dtype)).to(x.dtype)
+    return layer_norm_reference(total, weight, bias, epsilon), total
+
+
+def multi_kernel_depthwise_conv_reference(x, weight, bias, kernel_sizes, group_channels, shuffle_groups: int = 1,
+                                          activation: str = "none"):
+    """MultiKernelDepthwiseConv (docs/ops.md): x (B, H, W, C) channel-last, weight (C, K, K), bias (C).
+    Group g (consecutive channels) convolves with the central kernel_sizes[g] taps of its weights, zero
+    "same" padding; then ShuffleNet's channel shuffle over `shuffle_groups` and the activation."""
+    channels, kernel_max = weight.shape[0], weight.shape[-1]
+    if len(kernel_sizes) != len(group_channels) or sum(group_channels) != channels:
+        raise ValueError(f"MultiKernelDepthwiseConv: groups {list(group_channels)} with kernels "
+                         f"{list(kernel_sizes)} do not cover {channels} channels")
+    if channels % shuffle_groups:
+        raise ValueError(f"MultiKernelDepthwiseConv: {channels} channels are not divisible into "
+                         f"{shuffle_groups} shuffle groups")
+    if activation not in ("none", "gelu"):
+        raise ValueError(f"MultiKernelDepthwiseConv: activation must be 'none' or 'gelu', got {activation!r}")
+    dtype = _compute_dtype(x)
+    nchw = x.to(dtype).permute(0, 3, 1, 2)
+    outputs, start = [], 0
+    for k, c in zip(kernel_sizes, group_channels):
+        lo = kernel_max // 2 - k // 2
+        w = weight[start:start + c, lo:lo + k, lo:lo + k].to(dtype).unsqueeze(1)
+        outputs.append(F.conv2d(nchw[:, start:start + c], w, bias[start:start + c].to(dtype), padding=k // 2,
+                                groups=c))
+        start += c
+    z = torch.cat(outputs, dim=1)
+    b, _, h, w_ = z.shape
+    z = z.reshape(b, shuffle_groups, channels // shuffle_groups, h, w_).permute(0, 3, 4, 2, 1)
+    z = z.reshape(b, h, w_, channels)
+    if activation == "gelu":
+        z = F.gelu(z)
+    return z.to(x.dtype)

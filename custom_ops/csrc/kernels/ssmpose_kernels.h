@@ -37,7 +37,7 @@ extern "C" {
 #define SSM_API __attribute__((visibility("default")))
 #endif
 
-#define SSM_KERNELS_ABI_VERSION 2  /* 2: adds LayerNorm */
+#define SSM_KERNELS_ABI_VERSION 3  /* 2: adds LayerNorm; 3: adds AddLayerNorm and MultiKernelDepthwiseConv */
 
 typedef enum ssm_dtype {
   SSM_FLOAT32 = 0,
@@ -205,6 +205,64 @@ SSM_API int ssm_layer_norm_fwd_cpu(const ssm_layer_norm_shape* shape, const void
                                    const void* bias, void* y, int num_threads);
 SSM_API int ssm_layer_norm_fwd_cuda(const ssm_layer_norm_shape* shape, const void* x, const void* weight,
                                     const void* bias, void* y, void* stream);
+
+/* ------------------------------------------------------------------------------------------------
+ * AddLayerNorm (domain version 4): a residual Add and the LayerNorm of its result in one pass.
+ *   x, residual : (rows, channels)  dtype
+ *   weight, bias: (channels)        dtype
+ *   y, sum      : (rows, channels)  dtype (outputs; neither may alias an input or the other)
+ * sum[r, c] = x[r, c] + residual[r, c], computed in float32 and rounded to dtype; y is the LayerNorm above
+ * of sum as stored (rounded), so the pair equals an Add followed by LayerNorm bit for bit. Same shape
+ * rules and status codes as LayerNorm. */
+SSM_API int ssm_add_layer_norm_fwd_cpu(const ssm_layer_norm_shape* shape, const void* x, const void* residual,
+                                       const void* weight, const void* bias, void* y, void* sum,
+                                       int num_threads);
+SSM_API int ssm_add_layer_norm_fwd_cuda(const ssm_layer_norm_shape* shape, const void* x, const void* residual,
+                                        const void* weight, const void* bias, void* y, void* sum, void* stream);
+
+/* ------------------------------------------------------------------------------------------------
+ * MultiKernelDepthwiseConv (domain version 4): HRVMamba's LPU convolution on a channel-last tensor:
+ * depthwise convolutions whose kernel size depends on the channel group, stride 1, "same" zero padding,
+ * then an optional channel shuffle and GELU.
+ *   x      : (batch, height, width, channels)   dtype, channel-last
+ *   weight : (channels, kernel_max, kernel_max) dtype; channel c of group g uses only the central
+ *            kernel_sizes[g] x kernel_sizes[g] taps of its slice (the others are never read)
+ *   bias   : (channels)                         dtype
+ *   y      : (batch, height, width, channels)   dtype (output; may not alias x)
+ * Groups are consecutive channel ranges: group g holds group_channels[g] channels. For conv channel c of
+ * group g with k = kernel_sizes[g], r = k / 2:
+ *   z[b,h,w,c] = bias[c] + sum_{i,j in 0..k-1} x[b, h+i-r, w+j-r, c] * weight[c, R-r+i, R-r+j]  (R = kernel_max/2;
+ *                taps outside the image are 0), accumulated in float32;
+ *   with S = shuffle_groups and P = channels / S: y[b,h,w, q*S + s] = act(z[b,h,w, s*P + q]) for s < S, q < P
+ *   (ShuffleNet's channel shuffle; S = 1 is no shuffle), act = identity or exact GELU
+ *   0.5 * z * (1 + erf(z / sqrt 2)) in float32, then rounded to dtype.
+ * kernel_max and every kernel size are odd, 1..15; 1 <= num_groups <= SSM_DWCONV_MAX_GROUPS; the group
+ * channels are >= 1 and sum to channels; channels % shuffle_groups == 0. batch may be 0 (nothing to do). */
+#define SSM_DWCONV_MAX_GROUPS 16
+#define SSM_DWCONV_MAX_KERNEL 15
+
+typedef enum ssm_activation {
+  SSM_ACTIVATION_NONE = 0,
+  SSM_ACTIVATION_GELU = 1,
+} ssm_activation;
+
+typedef struct ssm_dwconv_shape {
+  int64_t batch;
+  int64_t height, width;
+  int64_t channels;
+  int32_t kernel_max;
+  int32_t num_groups;
+  int32_t group_channels[SSM_DWCONV_MAX_GROUPS];
+  int32_t kernel_sizes[SSM_DWCONV_MAX_GROUPS];
+  int32_t shuffle_groups;
+  int32_t activation;  /* ssm_activation */
+  int32_t dtype;       /* ssm_dtype */
+} ssm_dwconv_shape;
+
+SSM_API int ssm_depthwise_conv_fwd_cpu(const ssm_dwconv_shape* shape, const void* x, const void* weight,
+                                       const void* bias, void* y, int num_threads);
+SSM_API int ssm_depthwise_conv_fwd_cuda(const ssm_dwconv_shape* shape, const void* x, const void* weight,
+                                        const void* bias, void* y, void* stream);
 
 #ifdef __cplusplus
 }
