@@ -4,6 +4,8 @@ Variants of the fp16 graph of one model, all exported from the same weights:
   - custom v1 (op domain 1, opset 18): the default before issue 15's work;
   - custom v2 (SelectiveScan2D, opset 20 with one-node Gelu): the default now;
   - custom v3 (as v2, every LayerNorm as the project's ssmpose::LayerNorm kernel);
+  - custom v4 (as v3, residual Add + LayerNorm as ssmpose::AddLayerNorm and each LPU convolution chain as
+    ssmpose::MultiKernelDepthwiseConv);
   - portable forms with each scan lowering (PORTABLE below).
 For each: node count of the file and of ONNX Runtime's optimised CUDA graph, images/s and p50/p90 latency at
 each batch size (with and without the CUDA graph for the custom forms), and the output against the first
@@ -33,6 +35,7 @@ CUSTOM = {  # name: (op_version, opset)
     "custom v1": (1, 18),
     "custom v2": (2, 20),
     "custom v3": (3, 20),
+    "custom v4": (4, 20),
 }
 PORTABLE = {  # name: (scan lowering, chunk size)
     "portable matrix T32": ("matrix", 32),

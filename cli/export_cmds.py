@@ -31,10 +31,12 @@ SCAN_LOWERINGS = ("matrix", "doubling")
 @click.option("--scan-lowering", type=click.Choice(SCAN_LOWERINGS), default=None,
               help="Portable form: within-chunk part of the scan as T x T decay matrices (matrix, default) or "
                    "by prefix doubling (doubling, faster on CPU).")
-@click.option("--op-version", type=click.IntRange(1, 3), default=2, show_default=True,
+@click.option("--op-version", type=click.IntRange(1, 4), default=2, show_default=True,
               help="2: one SelectiveScan2D node per SS2D (ssmpose domain version 2); 1: cross-scan -> "
                    "SelectiveScan -> cross-merge (domain version 1, for runtime libraries built before version 2); "
-                   "3: as 2, with the LayerNorms as ssmpose::LayerNorm nodes (custom form).")
+                   "3: as 2, with the LayerNorms as ssmpose::LayerNorm nodes (custom form); 4: as 3, with each "
+                   "residual Add + LayerNorm as one AddLayerNorm and each LPU convolution chain as one "
+                   "MultiKernelDepthwiseConv (custom form; the GPU choice).")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="Output file (default: MODEL_HxW_FORM[_fp16].onnx in the current folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export summary as JSON.")

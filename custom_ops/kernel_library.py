@@ -22,7 +22,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-ABI_VERSION = 2  # must equal SSM_KERNELS_ABI_VERSION of ssmpose_kernels.h (2: adds LayerNorm)
+ABI_VERSION = 3  # must equal SSM_KERNELS_ABI_VERSION of ssmpose_kernels.h (2: adds LayerNorm; 3: AddLayerNorm,
+#                  MultiKernelDepthwiseConv)
 
 CPU_LIBRARY_NAME = "libssmpose_kernels.so"
 CUDA_LIBRARY_NAME = "libssmpose_kernels_cuda.so"
@@ -34,6 +35,9 @@ _DTYPE_CODES = {torch.float32: SSM_FLOAT32, torch.float16: SSM_FLOAT16, torch.bf
 
 MAX_DSTATE = 16
 SCAN_2D_DIRECTIONS = 4  # SelectiveScan2D: SS2D's four directions, the only value of domain version 2
+DWCONV_MAX_GROUPS = 16  # SSM_DWCONV_MAX_GROUPS
+DWCONV_MAX_KERNEL = 15  # SSM_DWCONV_MAX_KERNEL
+SSM_ACTIVATION_NONE, SSM_ACTIVATION_GELU = 0, 1
 
 
 class KernelLibraryError(RuntimeError):
@@ -106,11 +110,30 @@ class LayerNormShape(ctypes.Structure):
     ]
 
 
+class DwConvShape(ctypes.Structure):
+    """Mirror of `ssm_dwconv_shape` (MultiKernelDepthwiseConv)."""
+
+    _fields_ = [
+        ("batch", ctypes.c_int64),
+        ("height", ctypes.c_int64),
+        ("width", ctypes.c_int64),
+        ("channels", ctypes.c_int64),
+        ("kernel_max", ctypes.c_int32),
+        ("num_groups", ctypes.c_int32),
+        ("group_channels", ctypes.c_int32 * DWCONV_MAX_GROUPS),
+        ("kernel_sizes", ctypes.c_int32 * DWCONV_MAX_GROUPS),
+        ("shuffle_groups", ctypes.c_int32),
+        ("activation", ctypes.c_int32),
+        ("dtype", ctypes.c_int32),
+    ]
+
+
 _P = ctypes.c_void_p
 _SCAN = ctypes.POINTER(ScanShape)
 _SCAN2D = ctypes.POINTER(Scan2DShape)
 _DEFORM = ctypes.POINTER(DeformShape)
 _LAYER_NORM = ctypes.POINTER(LayerNormShape)
+_DWCONV = ctypes.POINTER(DwConvShape)
 _I = ctypes.c_int
 
 _COMMON_SIGNATURES = {
@@ -126,6 +149,8 @@ _CPU_SIGNATURES = {
     "ssm_deform_aggregate_fwd_cpu": ([_DEFORM, _P, _P, _P, _I], _I),
     "ssm_deform_aggregate_bwd_cpu": ([_DEFORM, _P, _P, _P, _P, _P, _I], _I),
     "ssm_layer_norm_fwd_cpu": ([_LAYER_NORM, _P, _P, _P, _P, _I], _I),
+    "ssm_add_layer_norm_fwd_cpu": ([_LAYER_NORM, _P, _P, _P, _P, _P, _P, _I], _I),
+    "ssm_depthwise_conv_fwd_cpu": ([_DWCONV, _P, _P, _P, _P, _I], _I),
 }
 _CUDA_SIGNATURES = {
     "ssm_selective_scan_fwd_cuda": ([_SCAN, _P, _P, _P, _P, _P, _P, _P, _P, _P], _I),
@@ -139,6 +164,8 @@ _CUDA_SIGNATURES = {
     "ssm_deform_aggregate_fwd_cuda": ([_DEFORM, _P, _P, _P, _P], _I),
     "ssm_deform_aggregate_bwd_cuda": ([_DEFORM, _P, _P, _P, _P, _P, _P], _I),
     "ssm_layer_norm_fwd_cuda": ([_LAYER_NORM, _P, _P, _P, _P, _P], _I),
+    "ssm_add_layer_norm_fwd_cuda": ([_LAYER_NORM, _P, _P, _P, _P, _P, _P, _P], _I),
+    "ssm_depthwise_conv_fwd_cuda": ([_DWCONV, _P, _P, _P, _P, _P], _I),
 }
 
 

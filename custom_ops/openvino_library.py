@@ -2,7 +2,9 @@
 
 The extension defines the ``ssmpose`` ops (SelectiveScan, SelectiveScan2D, DeformAggregate) for OpenVINO, with
 a CPU evaluate through the project's CPU kernels, and converts ``ssmpose``-domain ONNX nodes (domain versions 1
-to 3) to them; a LayerNorm node (version 3) becomes OpenVINO's own MVN, Multiply and Add instead. See
+to 4) to them. Three nodes become OpenVINO's own ops instead: LayerNorm (version 3) MVN, Multiply and Add;
+AddLayerNorm (version 4) an Add and the same; MultiKernelDepthwiseConv (version 4) Transpose, Split,
+GroupConvolution, Concat, the channel shuffle and Gelu. See
 ``custom_ops/csrc/openvino/``. It is searched for in the same folders as the ONNX Runtime library
 (:func:`ort_library.find_library`).
 
@@ -28,8 +30,8 @@ from typing import Dict, Optional, Tuple
 from .ort_library import find_library
 
 LIBRARY_NAME = "libssmpose_ov.so"
-OV_LIBRARY_VERSION = 3  # must equal SSMPOSE_OV_LIBRARY_VERSION of csrc/openvino/extension.cpp
-KERNELS_ABI_VERSION = 2  # kernel_library.ABI_VERSION (not imported: that module imports torch)
+OV_LIBRARY_VERSION = 4  # must equal SSMPOSE_OV_LIBRARY_VERSION of csrc/openvino/extension.cpp
+KERNELS_ABI_VERSION = 3  # kernel_library.ABI_VERSION (not imported: that module imports torch)
 
 
 def _release(version: str) -> str:

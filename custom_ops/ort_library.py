@@ -1,7 +1,7 @@
 """Locator of the ONNX Runtime custom-op library ``libssmpose_ort.so``.
 
 The library registers the ``ssmpose`` operator domain (SelectiveScan, DeformAggregate; SelectiveScan2D from domain
-version 2, LayerNorm from version 3) with ONNX Runtime; see
+version 2, LayerNorm from version 3, AddLayerNorm and MultiKernelDepthwiseConv from version 4) with ONNX Runtime; see
 ``custom_ops/csrc/onnxruntime/README.md``. It is looked up in the same folders, in the same order, as the kernel
 libraries (:mod:`kernel_library`):
 
@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 LIBRARY_NAME = "libssmpose_ort.so"
-ORT_LIBRARY_VERSION = 3  # must equal SSMPOSE_ORT_LIBRARY_VERSION of csrc/onnxruntime/register.cpp (3: LayerNorm)
+ORT_LIBRARY_VERSION = 4  # must equal SSMPOSE_ORT_LIBRARY_VERSION of csrc/onnxruntime/register.cpp (3: LayerNorm;
+#                          4: AddLayerNorm, MultiKernelDepthwiseConv)
 ORT_API_VERSION = 16  # the ONNX Runtime C API version the library requests
 MIN_ORT_VERSION = "1.16"  # the first ONNX Runtime with that API version
 DOMAIN = "ssmpose"

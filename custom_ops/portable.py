@@ -334,6 +334,40 @@ def deform_aggregate_subgraph(op, value, offset_mask, kernel_h: int, kernel_w: i
     return _to(op, out, out_type, current=ct)
 
 
+def depthwise_conv_subgraph(op, x, weight, bias, kernel_max: int, kernel_sizes, group_channels,
+                            shuffle_groups: int = 1, activation: str = "none"):
+    """MultiKernelDepthwiseConv in standard ops, in X's type, as the NCHW graph it replaces: Transpose to
+    NCHW, Split by group, one depthwise Conv per group (its central k x k slice of the weights), Concat,
+    Transpose back to channel-last, the shuffle as Reshape (B, H, W, S, C/S) -> Transpose -> Reshape, and
+    GELU in its erf form (opset 18 has no Gelu). `op` is an IRBuilder (the op has no torch translation)."""
+    ir = _ir()
+    nchw = op.Transpose(x, perm=[0, 3, 1, 2])
+    parts = [nchw]
+    if len(group_channels) > 1:
+        parts = op.op_multi_out("Split", [nchw, list(group_channels)], {"axis": 1},
+                                num_outputs=len(group_channels))
+    convs, start = [], 0
+    for part, k, c in zip(parts, kernel_sizes, group_channels):
+        lo = kernel_max // 2 - k // 2
+        w = op.Unsqueeze(op.Slice(weight, [start, lo, lo], [start + c, lo + k, lo + k], [0, 1, 2]), [1])
+        b = op.Slice(bias, [start], [start + c], [0])
+        convs.append(op.Conv(part, w, b, group=c, kernel_shape=[k, k], pads=[k // 2] * 4))
+        start += c
+    y = op.Transpose(convs[0] if len(convs) == 1 else op.Concat(*convs, axis=1), perm=[0, 2, 3, 1])
+    if shuffle_groups > 1:
+        per_group = sum(group_channels) // shuffle_groups
+        y = op.Reshape(op.Transpose(op.Reshape(y, [0, 0, 0, shuffle_groups, per_group]), perm=[0, 1, 2, 4, 3]),
+                       [0, 0, 0, -1])
+    if activation == "gelu":
+        numpy_type = ir.DataType(x.dtype).numpy()
+
+        def constant(number):
+            return op.Constant(value=ir.tensor(np.array(number, dtype=numpy_type), dtype=x.dtype))
+        erf = op.Erf(op.Div(y, constant(np.sqrt(2.0))))
+        y = op.Mul(y, op.Mul(op.Add(erf, constant(1.0)), constant(0.5)))
+    return y
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Builders and entry points
 
@@ -353,6 +387,10 @@ class IRBuilder:
 
     def Constant(self, value):  # noqa: N802  (ONNX op name)
         return self.tape.op("Constant", [], {"value": value})
+
+    def op_multi_out(self, op_type: str, inputs, attributes, num_outputs: int):
+        return self.tape.op_multi_out(op_type, [self._input(x) for x in inputs], attributes,
+                                      num_outputs=num_outputs)
 
     def __getattr__(self, op_type: str):
         if op_type.startswith("_"):
@@ -387,9 +425,32 @@ def _lower_node(node, chunk_size: int, method: str):
     elif node.op_type == "LayerNorm":   # exactly ONNX's LayerNormalization over the last axis, float32 statistics
         out = builder.LayerNormalization(inputs[0], inputs[1], inputs[2], axis=-1,
                                          epsilon=float(attrs.get("epsilon", LAYER_NORM_EPSILON)), stash_type=1)
+    elif node.op_type == "AddLayerNorm":   # Add, then the LayerNorm above: the same values bit for bit
+        total = builder.Add(inputs[0], inputs[1])
+        out = [builder.LayerNormalization(total, inputs[2], inputs[3], axis=-1,
+                                          epsilon=float(attrs.get("epsilon", LAYER_NORM_EPSILON)), stash_type=1),
+               total]
+    elif node.op_type == "MultiKernelDepthwiseConv":
+        out = _lower_depthwise_conv(builder, node, attrs, inputs)
     else:
         raise ValueError(f"no portable lowering for {DOMAIN}::{node.op_type}")
-    return builder.tape.nodes, out
+    return builder.tape.nodes, out if isinstance(out, list) else [out]
+
+
+def _lower_depthwise_conv(builder, node, attrs, inputs):
+    from ..export.schemas import depthwise_conv_attribute_error
+    weight_shape = inputs[1].shape
+    kernel_max = weight_shape[2] if weight_shape is not None and len(weight_shape) == 3 else None
+    if not isinstance(kernel_max, int):
+        raise ValueError(f"{DOMAIN}::MultiKernelDepthwiseConv {node.name!r}: the portable lowering needs the "
+                         f"weight's shape (C, K, K), got {weight_shape}")
+    values = dict(kernel_sizes=[int(k) for k in attrs.get("kernel_sizes", [])],
+                  group_channels=[int(c) for c in attrs.get("group_channels", [])],
+                  shuffle_groups=int(attrs.get("shuffle_groups", 1)), activation=str(attrs.get("activation", "none")))
+    problem = depthwise_conv_attribute_error(**values, channels=weight_shape[0], kernel_max=kernel_max)
+    if problem:
+        raise ValueError(f"{DOMAIN}::MultiKernelDepthwiseConv {node.name!r}: {problem}")
+    return depthwise_conv_subgraph(builder, inputs[0], inputs[1], inputs[2], kernel_max, **values)
 
 
 def lower_to_portable(model, chunk_size: int = None, method: str = DEFAULT_SCAN_LOWERING) -> int:
@@ -405,16 +466,31 @@ def lower_to_portable(model, chunk_size: int = None, method: str = DEFAULT_SCAN_
     for node in list(graph):
         if node.domain != DOMAIN:
             continue
-        new_nodes, out = _lower_node(node, chunk_size, method)
-        old = node.outputs[0]
-        out.shape, out.type = old.shape, old.type
-        name = old.name
-        ir.convenience.replace_nodes_and_values(graph, node, [node], new_nodes, [old], [out])
-        out.name = name
+        new_nodes, outs = _lower_node(node, chunk_size, method)
+        olds = list(node.outputs)[:len(outs)]
+        names = [old.name for old in olds]
+        for out, old in zip(outs, olds):
+            out.shape, out.type = old.shape, old.type
+        ir.convenience.replace_nodes_and_values(graph, node, [node], new_nodes, olds, outs)
+        for out, name in zip(outs, names):
+            out.name = name
         count += 1
+    if graph.opset_imports.get("", model.opset_imports.get("", 0)) >= 20:
+        _rename_grid_sample_modes(graph)
     model.opset_imports.pop(DOMAIN, None)
     graph.opset_imports.pop(DOMAIN, None)
     return count
+
+
+def _rename_grid_sample_modes(graph) -> None:
+    """Opset 20 renamed GridSample's modes "bilinear" / "bicubic" to "linear" / "cubic" (same sampling); the
+    lowerings write the opset-18 names, so a graph at opset 20 or later (a custom form) gets the new ones."""
+    ir = _ir()
+    renamed = {"bilinear": "linear", "bicubic": "cubic"}
+    for node in graph:
+        mode = node.attributes.get("mode")
+        if node.op_type == "GridSample" and node.domain == "" and mode is not None and mode.value in renamed:
+            node.attributes["mode"] = ir.AttrString("mode", renamed[mode.value])
 
 
 def translation_table(chunk_size: int = None, method: str = DEFAULT_SCAN_LOWERING) -> dict:

@@ -35,11 +35,11 @@ import torch.nn as nn
 
 from ..custom_ops import ops
 from .metadata import build_metadata, write_metadata
-from .optimize import fuse_erf_gelu, use_layer_norm_op
-from .schemas import DOMAIN, LAYER_NORM_DOMAIN_VERSION, op_domain_version, register_schemas
+from .fusions import fuse_erf_gelu, use_add_layer_norm_op, use_depthwise_conv_op, use_layer_norm_op
+from .schemas import DOMAIN, FUSED_DOMAIN_VERSION, LAYER_NORM_DOMAIN_VERSION, op_domain_version, register_schemas
 
 FORMS = ("custom", "portable")
-OP_VERSIONS = (1, 2, 3)
+OP_VERSIONS = (1, 2, 3, 4)
 # Opset 20 brings the one-node Gelu (five nodes below it). The portable form stays below 20: TensorRT's parser
 # knows only GridSample's opset-16 mode names and samples nearest-neighbour with opset 20's "linear".
 SUPPORTED_OPSETS = {"custom": (18, 19, 20), "portable": (18, 19)}
@@ -277,7 +277,8 @@ def export_model(model: Union[str, nn.Module], output=None, *, checkpoint=None, 
     op_version  2 (default): one SelectiveScan2D node per SS2D (ssmpose domain version 2); 1: SS2D's scan as
                 cross-scan -> SelectiveScan -> cross-merge (domain version 1, for runtime libraries built
                 before version 2); 3: as 2, and every LayerNorm over the last axis as ssmpose::LayerNorm
-                (custom form)
+                (custom form); 4: as 3, and the residual Add before each LayerNorm and the LPU's
+                convolutions fused (ssmpose::AddLayerNorm, ssmpose::MultiKernelDepthwiseConv; custom form)
     """
     if form not in FORMS:
         raise ExportError(f"export form must be one of {', '.join(FORMS)}, got {form!r}")
@@ -335,6 +336,7 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
         domain_version = max(domain_version, LAYER_NORM_DOMAIN_VERSION)   # the custom form's LayerNorm nodes
     shared_s = time.perf_counter() - start
     results = {}
+    forms.sort(key=lambda f: f != "custom")   # the custom form first: its fused nodes set the domain version
     for i, form in enumerate(forms):
         t0 = time.perf_counter()
         ir_model = traced if i == len(forms) - 1 else _copy_ir(traced)
@@ -344,6 +346,10 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
             fuse_erf_gelu(proto)
         if form == "custom" and op_version >= LAYER_NORM_DOMAIN_VERSION:
             use_layer_norm_op(proto)
+        if form == "custom" and op_version >= FUSED_DOMAIN_VERSION:
+            use_depthwise_conv_op(proto)
+            use_add_layer_norm_op(proto)
+            domain_version = op_domain_version(n.op_type for n in proto.graph.node if n.domain == DOMAIN)
         _normalise(proto, name, form, opsets[form])
         if form == "portable" and _portable_violations(proto):
             raise ExportError(f"portable export produced non-standard nodes: {_portable_violations(proto)}")
@@ -364,7 +370,7 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
             form_stages["write_s"] = time.perf_counter() - t
         seconds = shared_s + time.perf_counter() - t0
         results[form] = ExportResult(proto, paths[form], metadata, seconds, form_stages)
-    return results
+    return {form: results[form] for form in outputs}
 
 
 def _check_opset(opset, form: str) -> None:

@@ -1,7 +1,7 @@
 """ONNX operator schemas of the `ssmpose` domain, with type and shape inference.
 
 Domain version 1 has SelectiveScan and DeformAggregate; version 2 adds SelectiveScan2D; version 3 adds
-LayerNorm (the earlier ops are unchanged, so they resolve to their first schemas in a later graph). A graph
+LayerNorm; version 4 adds AddLayerNorm and MultiKernelDepthwiseConv (the earlier ops are unchanged, so they resolve to their first schemas in a later graph). A graph
 imports the lowest version that has all its ops (`op_domain_version`): a graph with SelectiveScan and
 DeformAggregate only stays version 1.
 
@@ -28,10 +28,15 @@ DOMAIN = "ssmpose"
 DOMAIN_VERSION = 1          # SelectiveScan, DeformAggregate
 SCAN_2D_DOMAIN_VERSION = 2  # SelectiveScan2D
 LAYER_NORM_DOMAIN_VERSION = 3  # LayerNorm
-LATEST_DOMAIN_VERSION = LAYER_NORM_DOMAIN_VERSION
+FUSED_DOMAIN_VERSION = 4  # AddLayerNorm, MultiKernelDepthwiseConv
+LATEST_DOMAIN_VERSION = FUSED_DOMAIN_VERSION
 OP_SINCE_VERSION = {"SelectiveScan": DOMAIN_VERSION, "DeformAggregate": DOMAIN_VERSION,
-                    "SelectiveScan2D": SCAN_2D_DOMAIN_VERSION, "LayerNorm": LAYER_NORM_DOMAIN_VERSION}
+                    "SelectiveScan2D": SCAN_2D_DOMAIN_VERSION, "LayerNorm": LAYER_NORM_DOMAIN_VERSION,
+                    "AddLayerNorm": FUSED_DOMAIN_VERSION, "MultiKernelDepthwiseConv": FUSED_DOMAIN_VERSION}
 LAYER_NORM_EPSILON = 1e-5
+DWCONV_MAX_KERNEL = 15   # SSM_DWCONV_MAX_KERNEL / SSM_DWCONV_MAX_GROUPS of the kernel library
+DWCONV_MAX_GROUPS = 16
+ACTIVATIONS = ("none", "gelu")
 PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = DOMAIN
 
@@ -180,15 +185,14 @@ def _selective_scan_2d_schema() -> onnx.defs.OpSchema:
     return schema
 
 
-def _infer_layer_norm(ctx) -> None:
-    op = "LayerNorm"
+def _infer_layer_norm(ctx, op: str = "LayerNorm", params: int = 1) -> None:
     x = ctx.get_input_type(0)
     xdims = _dims(x)
     if xdims is not None and len(xdims) < 1:
         _fail(op, "X must have rank >= 1, got a scalar")
     if xdims and xdims[-1].HasField("dim_value") and xdims[-1].dim_value < 1:
         _fail(op, "X must have at least one channel (last dimension), got 0")
-    for index, name in ((1, "weight"), (2, "bias")):
+    for index, name in ((params, "weight"), (params + 1, "bias")):
         dims = _dims(ctx.get_input_type(index))
         _check_rank(op, name, dims, 1)
         if dims and xdims and dims[0].HasField("dim_value") and xdims[-1].HasField("dim_value") \
@@ -198,6 +202,102 @@ def _infer_layer_norm(ctx) -> None:
     if not 0.0 < epsilon < float("inf"):
         _fail(op, f"attribute epsilon must be finite and > 0, got {epsilon}")
     ctx.set_output_type(0, _output(x.tensor_type.elem_type, xdims))
+
+
+def _infer_add_layer_norm(ctx) -> None:
+    op = "AddLayerNorm"
+    _infer_layer_norm(ctx, op, params=2)
+    xdims, rdims = _dims(ctx.get_input_type(0)), _dims(ctx.get_input_type(1))
+    if xdims is not None and rdims is not None:
+        known = lambda dims: [d.dim_value if d.HasField("dim_value") else None for d in dims]  # noqa: E731
+        xs, rs = known(xdims), known(rdims)
+        if len(xs) != len(rs) or any(a is not None and b is not None and a != b for a, b in zip(xs, rs)):
+            _fail(op, f"R must have X's shape (no broadcasting), got {rs} and {xs}")
+    x = ctx.get_input_type(0)
+    ctx.set_output_type(1, _output(x.tensor_type.elem_type, xdims))
+
+
+def _ints_attr(ctx, name: str) -> Optional[List[int]]:
+    attr = ctx.get_attribute(name)
+    return None if attr is None else list(attr.ints)
+
+
+def depthwise_conv_attribute_error(kernel_sizes, group_channels, shuffle_groups, activation,
+                                   channels: Optional[int] = None, kernel_max: Optional[int] = None):
+    """The first problem of MultiKernelDepthwiseConv's attributes (docs/ops.md), or None. `channels` and
+    `kernel_max` (X's C and the weight's K) are checked when known."""
+    if kernel_sizes is None or group_channels is None:
+        return "attributes kernel_sizes and group_channels are required"
+    if not 1 <= len(kernel_sizes) <= DWCONV_MAX_GROUPS or len(group_channels) != len(kernel_sizes):
+        return (f"kernel_sizes and group_channels must have the same length, 1 to {DWCONV_MAX_GROUPS}, got "
+                f"{len(kernel_sizes)} and {len(group_channels)}")
+    if kernel_max is not None and not (kernel_max % 2 == 1 and 1 <= kernel_max <= DWCONV_MAX_KERNEL):
+        return f"weight's kernel size K must be odd, 1 to {DWCONV_MAX_KERNEL}, got {kernel_max}"
+    limit = DWCONV_MAX_KERNEL if kernel_max is None else kernel_max
+    for k in kernel_sizes:
+        if k % 2 != 1 or not 1 <= k <= limit:
+            return f"kernel_sizes must be odd, 1 to {limit} (the weight's K), got {list(kernel_sizes)}"
+    if any(c < 1 for c in group_channels):
+        return f"group_channels must be >= 1, got {list(group_channels)}"
+    if channels is not None and sum(group_channels) != channels:
+        return f"group_channels {list(group_channels)} sum to {sum(group_channels)}, X has {channels} channels"
+    if shuffle_groups < 1 or (channels is not None and channels % shuffle_groups):
+        return f"shuffle_groups must be >= 1 and divide the {channels} channels, got {shuffle_groups}"
+    if activation not in ACTIVATIONS:
+        return f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}"
+    return None
+
+
+def _infer_depthwise_conv(ctx) -> None:
+    op = "MultiKernelDepthwiseConv"
+    x = ctx.get_input_type(0)
+    xdims, wdims = _dims(x), _dims(ctx.get_input_type(1))
+    _check_rank(op, "X", xdims, 4)
+    _check_rank(op, "weight", wdims, 3)
+    _check_rank(op, "bias", _dims(ctx.get_input_type(2)), 1)
+    value = lambda dims, i: dims[i].dim_value if dims and dims[i].HasField("dim_value") else None  # noqa: E731
+    channels, kernel_max = value(xdims, 3), value(wdims, 2)
+    if wdims is not None and value(wdims, 1) is not None and kernel_max is not None and value(wdims, 1) != kernel_max:
+        _fail(op, f"weight must be (C, K, K), got {[value(wdims, i) for i in range(3)]}")
+    activation = ctx.get_attribute("activation")
+    problem = depthwise_conv_attribute_error(
+        _ints_attr(ctx, "kernel_sizes"), _ints_attr(ctx, "group_channels"), _int_attr(ctx, "shuffle_groups", 1),
+        "none" if activation is None else activation.s.decode(), channels, kernel_max)
+    if problem:
+        _fail(op, problem)
+    ctx.set_output_type(0, _output(x.tensor_type.elem_type, xdims))
+
+
+def _add_layer_norm_schema() -> onnx.defs.OpSchema:
+    schema = onnx.defs.OpSchema(
+        "AddLayerNorm", DOMAIN, FUSED_DOMAIN_VERSION,
+        "S = X + R (rounded to the type) and Y = LayerNorm(S) over the last axis with float32 statistics "
+        "(docs/ops.md): ONNX Add followed by LayerNormalization (axis -1, stash_type 1).",
+        inputs=[_Param("X", "T", "(..., C)"), _Param("R", "T", "X's shape"), _Param("weight", "T", "(C)"),
+                _Param("bias", "T", "(C)")],
+        outputs=[_Param("Y", "T", "(..., C)"), _Param("S", "T", "(..., C), X + R")],
+        type_constraints=[("T", _FLOAT_TYPES, "float tensors")],
+        attributes=[_attribute("epsilon", LAYER_NORM_EPSILON, "added to the variance")] + _plugin_attributes())
+    schema.set_type_and_shape_inference_function(_infer_add_layer_norm)
+    return schema
+
+
+def _depthwise_conv_schema() -> onnx.defs.OpSchema:
+    required = onnx.defs.OpSchema.AttrType.INTS
+    schema = onnx.defs.OpSchema(
+        "MultiKernelDepthwiseConv", DOMAIN, FUSED_DOMAIN_VERSION,
+        "Depthwise convolutions of a channel-last tensor with a kernel size per channel group, stride 1, zero "
+        "'same' padding, then ShuffleNet's channel shuffle and an activation (docs/ops.md): HRVMamba's LPU.",
+        inputs=[_Param("X", "T", "(B, H, W, C) channel-last"), _Param("weight", "T", "(C, K, K)"),
+                _Param("bias", "T", "(C)")],
+        outputs=[_Param("Y", "T", "(B, H, W, C)")],
+        type_constraints=[("T", _FLOAT_TYPES, "float tensors")],
+        attributes=[onnx.defs.OpSchema.Attribute("kernel_sizes", required, "odd kernel size per channel group"),
+                    onnx.defs.OpSchema.Attribute("group_channels", required, "channels per group, in order"),
+                    _attribute("shuffle_groups", 1, "channel shuffle groups (1: none)"),
+                    _attribute("activation", "none", "'none' or 'gelu' (exact)")] + _plugin_attributes())
+    schema.set_type_and_shape_inference_function(_infer_depthwise_conv)
+    return schema
 
 
 def _layer_norm_schema() -> onnx.defs.OpSchema:
@@ -234,7 +334,7 @@ def _deform_aggregate_schema() -> onnx.defs.OpSchema:
 def register_schemas() -> None:
     """Register the ssmpose-domain schemas in this process (idempotent)."""
     for factory in (_selective_scan_schema, _deform_aggregate_schema, _selective_scan_2d_schema,
-                    _layer_norm_schema):
+                    _layer_norm_schema, _add_layer_norm_schema, _depthwise_conv_schema):
         schema = factory()
         if onnx.defs.has(schema.name, schema.since_version, DOMAIN):
             continue

@@ -27,7 +27,7 @@ from conftest import perturb  # noqa: E402
 from ssmpose.cli.main import main  # noqa: E402
 from ssmpose.export import (DEFAULT_OPSETS, ExportError, export_forms, export_model, inspect_model,  # noqa: E402
                             read_metadata)
-from ssmpose.export.optimize import fuse_erf_gelu  # noqa: E402
+from ssmpose.export.fusions import fuse_erf_gelu  # noqa: E402
 from ssmpose.training.codec import decode_heatmaps  # noqa: E402
 from ssmpose.training.models.dcnv4 import DCNv4  # noqa: E402
 from ssmpose.training.models.hrvmamba import pose_metadata  # noqa: E402

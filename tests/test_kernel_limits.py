@@ -1,4 +1,5 @@
-"""Shape limits of the kernels at their boundaries (docs/ops.md, "Limits").
+"""Shape limits of the kernels at their boundaries (docs/ops.md, "Limits"): SelectiveScan, DeformAggregate,
+AddLayerNorm and MultiKernelDepthwiseConv (LayerNorm's are in tests/test_layer_norm_op.py).
 
 The C entry points check the shape before the data pointers, so a call with NULL data pointers returns
 SSM_ERR_NULL_POINTER for a shape within the limits and SSM_ERR_BAD_SIZE for one beyond them, without
@@ -46,6 +47,36 @@ def deform(**changes):
              remove_center=0, offset_scale=1.0, dtype=kl.SSM_FLOAT32)
     s.update(changes)
     return kl.DeformShape(**s)
+
+
+def layer_norm(rows, channels):
+    return kl.LayerNormShape(rows, channels, 1e-5, kl.SSM_FLOAT32)
+
+
+def dwconv(**changes):
+    """A MultiKernelDepthwiseConv shape: one group of all channels unless kernel_sizes / group_channels are given."""
+    s = dict(batch=1, height=4, width=4, channels=8, kernel_max=3, kernel_sizes=None, group_channels=None,
+             shuffle_groups=1, activation=kl.SSM_ACTIVATION_NONE, dtype=kl.SSM_FLOAT32)
+    s.update(changes)
+    kernels = s.pop("kernel_sizes") or [s["kernel_max"]]
+    groups = s.pop("group_channels") or [s["channels"]]
+    return kl.DwConvShape(num_groups=len(kernels), kernel_sizes=(ctypes.c_int32 * kl.DWCONV_MAX_GROUPS)(*kernels),
+                          group_channels=(ctypes.c_int32 * kl.DWCONV_MAX_GROUPS)(*groups), **s)
+
+
+def add_layer_norm_status(lib, device, shape):
+    """Status of AddLayerNorm for NULL data pointers (LayerNorm's limits: tests/test_layer_norm_op.py)."""
+    n = None
+    if device == "cpu":
+        return lib.ssm_add_layer_norm_fwd_cpu(ctypes.byref(shape), n, n, n, n, n, n, 1)
+    return lib.ssm_add_layer_norm_fwd_cuda(ctypes.byref(shape), n, n, n, n, n, n, n)
+
+
+def dwconv_status(lib, device, shape):
+    n = None
+    if device == "cpu":
+        return lib.ssm_depthwise_conv_fwd_cpu(ctypes.byref(shape), n, n, n, n, 1)
+    return lib.ssm_depthwise_conv_fwd_cuda(ctypes.byref(shape), n, n, n, n, n)
 
 
 def scan_status(lib, device, shape):
@@ -146,6 +177,75 @@ DEFORM_CUDA = [
     (deform(kernel_h=4096, groups=1, offset_stride=3 * 4096 * 3), OUT),
     (deform(dilation_w=65536), OUT),
 ]
+
+ADD_LAYER_NORM_CPU = [
+    (layer_norm(1 << 30, (1 << 30) - 1), IN),  # rows*C = 2^60 - 2^30
+    (layer_norm(1 << 30, 1 << 30), OUT),  # rows*C = 2^60
+    (layer_norm(1, (1 << 60) - 1), IN),
+    (layer_norm(3, 1 << 62), OUT),  # rows*C overflows int64
+]
+
+ADD_LAYER_NORM_CUDA = [
+    (layer_norm(1, 1 << 30), IN),  # C <= 2^30: offsets inside a row are 32-bit
+    (layer_norm(1, (1 << 30) + 1), OUT),
+    (layer_norm(1 << 30, (1 << 30) - 1), IN),
+    (layer_norm(1 << 30, 1 << 30), OUT),  # rows*C = 2^60
+]
+
+_ROWS_15 = ((1 << 60) - 1) // 17  # widest single-channel row with kernel_max 15: 17 row buffers
+_ROWS_1 = ((1 << 60) - 1) // 3  # kernel_max 1: 3 row buffers
+
+DWCONV_CPU = [
+    (dwconv(), IN),
+    (dwconv(batch=1 << 20, height=1 << 20, width=1 << 10, channels=(1 << 10) - 1), IN),  # x with 2^60 - 2^50
+    (dwconv(batch=1 << 20, height=1 << 20, width=1 << 10, channels=1 << 10), OUT),  # x with 2^60 elements
+    (dwconv(batch=1 << 40, height=1 << 40, width=1, channels=1), OUT),  # B*H*W*C overflows int64
+    # the per-thread float32 row buffers: (kernel_max + 2) * W * C <= 2^60 - 1
+    (dwconv(kernel_max=15, height=1, width=_ROWS_15, channels=1), IN),
+    (dwconv(kernel_max=15, height=1, width=_ROWS_15 + 1, channels=1), OUT),
+    (dwconv(kernel_max=1, height=1, width=_ROWS_1, channels=1), IN),
+    (dwconv(kernel_max=1, height=1, width=_ROWS_1 + 1, channels=1), OUT),
+    # the channel count is 64-bit: 16 groups of 2^31 - 1 channels
+    (dwconv(channels=16 * ((1 << 31) - 1), kernel_sizes=[3] * 16, group_channels=[(1 << 31) - 1] * 16), IN),
+]
+
+DWCONV_CUDA = [
+    (dwconv(), IN),
+    # H, W and C <= 2^30: coordinates, channels and shared-memory offsets are 32-bit
+    (dwconv(height=1 << 30, width=1, channels=1), IN),
+    (dwconv(height=(1 << 30) + 1, width=1, channels=1), OUT),
+    (dwconv(height=1, width=1 << 30, channels=1), IN),
+    (dwconv(height=1, width=(1 << 30) + 1, channels=1), OUT),
+    (dwconv(height=1, width=1, channels=1 << 30), IN),
+    (dwconv(height=1, width=1, channels=(1 << 30) + 1, kernel_sizes=[3, 3], group_channels=[1 << 30, 1]), OUT),
+    # B*H*W*C <= 2^60 - 1 (global offsets are 64-bit)
+    (dwconv(batch=(1 << 31) - 1, height=1 << 29, width=1, channels=1), IN),
+    (dwconv(batch=1 << 31, height=1 << 29, width=1, channels=1), OUT),
+]
+
+
+@needs_cpu
+@pytest.mark.parametrize("shape,expected", ADD_LAYER_NORM_CPU)
+def test_add_layer_norm_cpu_limits(shape, expected):
+    assert add_layer_norm_status(CPU, "cpu", shape) == expected
+
+
+@needs_cuda_lib
+@pytest.mark.parametrize("shape,expected", ADD_LAYER_NORM_CUDA)
+def test_add_layer_norm_cuda_limits(shape, expected):
+    assert add_layer_norm_status(CUDA, "cuda", shape) == expected
+
+
+@needs_cpu
+@pytest.mark.parametrize("shape,expected", DWCONV_CPU)
+def test_dwconv_cpu_limits(shape, expected):
+    assert dwconv_status(CPU, "cpu", shape) == expected
+
+
+@needs_cuda_lib
+@pytest.mark.parametrize("shape,expected", DWCONV_CUDA)
+def test_dwconv_cuda_limits(shape, expected):
+    assert dwconv_status(CUDA, "cuda", shape) == expected
 
 
 @needs_cpu

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 import ssmpose
 from ssmpose.cli.main import main
 from ssmpose.export import export_forms, read_metadata
-from ssmpose.export.optimize import use_layer_norm_op
+from ssmpose.export.fusions import use_layer_norm_op
 
 ort = pytest.importorskip("onnxruntime")
 SIZE = (64, 48)
@@ -122,5 +122,5 @@ def test_cli_op_version_3(tmp_path):
                                        "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert read_metadata(out)["op_domain_version"] == 3
-    result = CliRunner().invoke(main, ["export", "mamkpd_small", "--op-version", "4", "-o", str(out)])
+    result = CliRunner().invoke(main, ["export", "mamkpd_small", "--op-version", "5", "-o", str(out)])
     assert result.exit_code == 2 and "op-version" in result.output

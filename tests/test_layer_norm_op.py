@@ -1,5 +1,5 @@
-"""LayerNorm (ssmpose domain version 3): the CPU kernel through ctypes and the ONNX Runtime op on the CPU EP,
-against a float64 numpy reference (docs/ops.md, "LayerNorm").
+"""LayerNorm (ssmpose domain version 3) and AddLayerNorm (domain version 4): the CPU kernels through ctypes and the
+ONNX Runtime ops on the CPU EP, against a float64 numpy reference (docs/ops.md, "LayerNorm", "AddLayerNorm").
 
 Tolerances (max abs error, relative to the largest reference magnitude):
 - float32: 1e-6 (a few float32 roundings of y; mean and variance in float32)
@@ -55,8 +55,8 @@ def test_libraries_present():
         if os.environ.get("SSMPOSE_REQUIRE_KERNELS") == "1":
             pytest.fail(f"SSMPOSE_REQUIRE_KERNELS=1 but not built: {', '.join(missing)}")
         pytest.skip(f"not built: {', '.join(missing)}")
-    assert LIB.ssm_abi_version() == kl.ABI_VERSION == 2
-    assert ort_library.library_info()["version"] == ort_library.ORT_LIBRARY_VERSION == 3
+    assert LIB.ssm_abi_version() == kl.ABI_VERSION == 3
+    assert ort_library.library_info()["version"] == ort_library.ORT_LIBRARY_VERSION == 4
 
 
 # ------------------------------------------------------------------------------------------------
@@ -406,3 +406,222 @@ def test_ort_domain_versions():
     y, y1 = ort_session(model).run(None, feeds)
     assert_close(y, reference(x, w, b), 1e-6)
     assert y1.shape == (1, 2, 6) and np.isfinite(y1).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# AddLayerNorm (domain version 4): S = X + R rounded to the type, Y = LayerNorm(S). The sum is checked bit for bit
+# against reference.add_layer_norm_reference (float32 arithmetic, rounded), Y against the float64 LayerNorm of that
+# S with the tolerances above.
+
+
+def make_residual(shape, dtype, seed):
+    return np.random.default_rng(seed + 1000).standard_normal(shape).astype(dtype)
+
+
+def add_kernel(x, r, weight, bias, eps=EPS, threads=0, dtype_code=None):
+    """Calls ssm_add_layer_norm_fwd_cpu on numpy arrays; returns (y, s)."""
+    x, r = np.ascontiguousarray(x), np.ascontiguousarray(r)
+    C = x.shape[-1]
+    rows = x.size // C if C else 0
+    code = CODES[x.dtype.type] if dtype_code is None else dtype_code
+    y, s = np.empty_like(x), np.empty_like(x)
+    shape = kl.LayerNormShape(rows, C, eps, code)
+    st = LIB.ssm_add_layer_norm_fwd_cpu(ctypes.byref(shape), p(x), p(r), p(np.ascontiguousarray(weight)),
+                                        p(np.ascontiguousarray(bias)), p(y), p(s), threads)
+    assert st == SSM_OK, f"status {st}: {LIB.ssm_status_string(st).decode()}"
+    return y, s
+
+
+def add_reference_sum(x, r, w, b):
+    """S of reference.add_layer_norm_reference, in x's type."""
+    import torch
+    from ssmpose.custom_ops.reference import add_layer_norm_reference
+    t = [torch.from_numpy(np.ascontiguousarray(a)) for a in (x, r, w, b)]
+    return add_layer_norm_reference(*t, epsilon=EPS)[1].numpy()
+
+
+@needs_lib
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["float32", "float16"])
+@pytest.mark.parametrize("shape,offset,scale", SHAPES, ids=[str(s[0]) for s in SHAPES])
+def test_add_cpu_kernel_matches_the_reference(shape, offset, scale, dtype):
+    x, w, b = make_inputs(shape, dtype, seed=sum(shape) + 2, offset=offset, scale=scale)
+    r = make_residual(shape, dtype, sum(shape))
+    y, s = add_kernel(x, r, w, b)
+    assert y.dtype == s.dtype == dtype and y.shape == s.shape == x.shape
+    s_ref = add_reference_sum(x, r, w, b)
+    np.testing.assert_array_equal(s, s_ref)
+    assert_close(y, reference(s_ref, w, b), TOL[dtype], what=f"{shape} {dtype.__name__}")
+
+
+def to_bf16(a):  # round to nearest even, as bits
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def from_bf16(bits):
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+@needs_lib
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, "bfloat16"])
+@pytest.mark.parametrize("shape", [(3, 1), (6, 40), (300, 96), (5, 5000)], ids=str)
+def test_add_cpu_kernel_equals_add_then_layer_norm(shape, dtype):
+    """The fused kernel gives the bits of an Add (float32, rounded to the type) followed by the LayerNorm kernel,
+    for every thread count (C = 5000 is more than one conversion block per row)."""
+    x, w, b = make_inputs(shape, np.float32, seed=shape[-1])
+    r = make_residual(shape, np.float32, shape[-1])
+    if dtype == "bfloat16":
+        x, r, w, b = (to_bf16(a) for a in (x, r, w, b))
+        code = kl.SSM_BFLOAT16
+        added = to_bf16(from_bf16(x) + from_bf16(r))
+    else:
+        x, r, w, b = (a.astype(dtype) for a in (x, r, w, b))
+        code = CODES[dtype]
+        added = (x.astype(np.float32) + r.astype(np.float32)).astype(dtype)
+    expected_y = kernel(added, w, b, dtype_code=code)
+    for threads in (1, 2, 0):
+        y, s = add_kernel(x, r, w, b, threads=threads, dtype_code=code)
+        np.testing.assert_array_equal(s, added)
+        np.testing.assert_array_equal(y, expected_y)
+
+
+@needs_lib
+@pytest.mark.parametrize("shape,expected", ARG_CASES)
+def test_add_cpu_kernel_argument_checks(shape, expected):
+    """The same shape rules and status codes as LayerNorm; the shape before the six pointers."""
+    n = None
+    assert LIB.ssm_add_layer_norm_fwd_cpu(ctypes.byref(shape), n, n, n, n, n, n, 1) == expected
+    assert LIB.ssm_add_layer_norm_fwd_cpu(None, n, n, n, n, n, n, 1) == NULL_POINTER
+    if expected == NULL_POINTER and shape.rows > 0 and shape.rows * shape.channels < 1 << 20:
+        x = np.zeros(shape.rows * shape.channels, np.float32)
+        w = np.ones(shape.channels, np.float32)
+        for missing in range(6):  # each pointer NULL in turn
+            args = [p(x), p(x.copy()), p(w), p(w), p(x.copy()), p(x.copy())]
+            args[missing] = None
+            assert LIB.ssm_add_layer_norm_fwd_cpu(ctypes.byref(shape), *args, 1) == NULL_POINTER
+
+
+@needs_cuda_lib
+@pytest.mark.parametrize("shape,expected", ARG_CASES + CUDA_ARG_CASES)
+def test_add_cuda_kernel_argument_checks(shape, expected):
+    n = None
+    assert CUDA.ssm_add_layer_norm_fwd_cuda(ctypes.byref(shape), n, n, n, n, n, n, n) == expected
+
+
+def add_single_node(rank_shape, elem=None, domain_version=4, types=None, outputs=("Y", "S"), **attributes):
+    """A graph of one AddLayerNorm node with inputs of unknown shape; `types` overrides input element types."""
+    from onnx import TensorProto, helper
+    elem = TensorProto.FLOAT if elem is None else elem
+    types = {"X": elem, "R": elem, "weight": elem, "bias": elem, **(types or {})}
+    inputs = [helper.make_tensor_value_info(n, types[n], None) for n in ("X", "R", "weight", "bias")]
+    attributes.setdefault("plugin_version", "1")
+    attributes.setdefault("plugin_namespace", "ssmpose")
+    node = helper.make_node("AddLayerNorm", ["X", "R", "weight", "bias"], list(outputs), domain="ssmpose",
+                            name="add_ln_node", **attributes)
+    graph = helper.make_graph([node], "add_layer_norm", inputs,
+                              [helper.make_tensor_value_info(n, elem, None) for n in outputs])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                   helper.make_opsetid("ssmpose", domain_version)])
+
+
+ADD_ORT_SHAPES = [s for s in SHAPES if s[0] in ((0, 64), (5, 32), (2, 3, 64), (2, 2, 3, 768), (1, 4, 0, 48),
+                                                  (9, 1031))]
+
+
+@needs_ort_lib
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["float32", "float16"])
+@pytest.mark.parametrize("shape,offset,scale", ADD_ORT_SHAPES, ids=[str(s[0]) for s in ADD_ORT_SHAPES])
+def test_ort_add_op_matches_the_reference(shape, offset, scale, dtype):
+    from onnx import TensorProto
+    elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16
+    x, w, b = make_inputs(shape, dtype, seed=sum(shape) + 3, offset=offset, scale=scale)
+    r = make_residual(shape, dtype, sum(shape) + 3)
+    y, s = ort_session(add_single_node(shape, elem)).run(None, {"X": x, "R": r, "weight": w, "bias": b})
+    assert y.dtype == s.dtype == dtype and y.shape == s.shape == x.shape
+    s_ref = add_reference_sum(x, r, w, b)
+    np.testing.assert_array_equal(s, s_ref)
+    assert_close(y, reference(s_ref, w, b), TOL[dtype], what=f"{shape} {dtype.__name__}")
+
+
+@needs_ort_lib
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["float32", "float16"])
+def test_ort_add_op_matches_onnx_add_and_layer_normalization(dtype):
+    """The same numbers as ONNX Add + LayerNormalization(axis=-1, stash_type=1) run by ONNX Runtime itself: S bit for
+    bit, Y within a float32 rounding (float32) or one float16 rounding (float16) of ONNX Runtime's LayerNorm."""
+    from onnx import TensorProto, helper
+    elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16
+    shape = (4, 6, 96)
+    x, w, b = make_inputs(shape, dtype, seed=19, offset=0.7, scale=2.0)
+    r = make_residual(shape, dtype, 19)
+    nodes = [helper.make_node("Add", ["X", "R"], ["S"]),
+             helper.make_node("LayerNormalization", ["S", "weight", "bias"], ["Y"], axis=-1, epsilon=1e-5,
+                              stash_type=1)]
+    graph = helper.make_graph(nodes, "onnx_add_ln",
+                              [helper.make_tensor_value_info("X", elem, shape),
+                               helper.make_tensor_value_info("R", elem, shape),
+                               helper.make_tensor_value_info("weight", elem, [96]),
+                               helper.make_tensor_value_info("bias", elem, [96])],
+                              [helper.make_tensor_value_info("Y", elem, shape),
+                               helper.make_tensor_value_info("S", elem, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    feeds = {"X": x, "R": r, "weight": w, "bias": b}
+    onnx_y, onnx_s = ort_session(model, register=False).run(None, feeds)
+    y, s = ort_session(add_single_node(shape, elem)).run(None, feeds)
+    np.testing.assert_array_equal(s, onnx_s)
+    atol = (2e-6 if dtype == np.float32 else 2.0 ** -10) * np.abs(onnx_y.astype(np.float64)).max()
+    np.testing.assert_allclose(y.astype(np.float64), onnx_y.astype(np.float64), rtol=0, atol=atol)
+
+
+@needs_ort_lib
+def test_ort_add_op_errors():
+    from onnx import TensorProto
+    from onnxruntime.capi import onnxruntime_pybind11_state as errors
+    x, w, b = make_inputs((2, 3, 8), np.float32)
+    r = make_residual((2, 3, 8), np.float32, 0)
+    session = ort_session(add_single_node((2, 3, 8)))
+    for feeds, message in (
+            ({"R": r[:, :, :7]}, r"R must have X's shape \(2, 3, 8\) \(no broadcasting\), got \(2, 3, 7\)"),
+            ({"R": r[0]}, r"R must have X's shape \(2, 3, 8\) \(no broadcasting\), got \(3, 8\)"),
+            ({"R": r[:1]}, r"R must have X's shape \(2, 3, 8\) \(no broadcasting\), got \(1, 3, 8\)"),
+            ({"weight": w[:7]}, r"weight must be \(C,\) = \(8,\) for X of shape \(2, 3, 8\), got \(7,\)"),
+            ({"bias": b.reshape(1, 8)}, r"bias must be \(C,\) = \(8,\) for X of shape \(2, 3, 8\), got \(1, 8\)"),
+            ({"X": np.array(1.0, np.float32), "R": np.array(1.0, np.float32), "weight": w[:1], "bias": b[:1]},
+             r"X must have rank >= 1 \(it is normalised over its last axis\), got shape \(\)"),
+            ({"X": np.zeros((2, 0), np.float32), "R": np.zeros((2, 0), np.float32), "weight": w[:0], "bias": b[:0]},
+             r"the last dimension C of X must be >= 1, got shape \(2, 0\)")):
+        bad = {"X": x, "R": r, "weight": w, "bias": b, **feeds}
+        with pytest.raises(errors.InvalidArgument, match="AddLayerNorm: " + message) as info:
+            session.run(None, bad)
+        assert "add_ln_node" in str(info.value)
+    for name in ("R", "weight", "bias"):
+        mixed = ort_session(add_single_node((2, 3, 8), types={name: TensorProto.FLOAT16}))
+        feeds = {"X": x, "R": r, "weight": w, "bias": b}
+        feeds[name] = feeds[name].astype(np.float16)
+        with pytest.raises(errors.InvalidArgument,
+                           match=f"AddLayerNorm: input '{name}' has element type float16, expected float32"):
+            mixed.run(None, feeds)
+    for eps in (0.0, -1e-5, float("inf"), float("nan")):
+        with pytest.raises(Exception, match="AddLayerNorm: attribute epsilon must be finite and > 0"):
+            ort_session(add_single_node((2, 3, 8), epsilon=eps))
+    with pytest.raises(Exception, match="AddLayerNorm: attribute 'epsilon' must be a float, got a string"):
+        ort_session(add_single_node((2, 3, 8), epsilon="small"))
+    # S is a required output: a node that lists only Y is refused when the session is created
+    with pytest.raises(Exception, match=r"AddLayerNorm.* has output size 1 not in range \[min=2, max=2\]"):
+        ort_session(add_single_node((2, 3, 8), outputs=("Y",)))
+
+
+@needs_ort_lib
+def test_ort_add_op_domain_versions():
+    """AddLayerNorm exists from domain version 4 on (ONNX Runtime >= 1.17); a version-4 graph still runs LayerNorm."""
+    from onnx import helper
+    if ort_version() >= (1, 17):
+        for version in (1, 2, 3):
+            with pytest.raises(Exception, match="AddLayerNorm.* is not a registered function/op"):
+                ort_session(add_single_node((2, 8), domain_version=version))
+    model = add_single_node((2, 3, 8))
+    model.graph.node.append(helper.make_node("LayerNorm", ["S", "weight", "bias"], ["Y2"], domain="ssmpose"))
+    model.graph.output.append(helper.make_tensor_value_info("Y2", 1, None))
+    x, w, b = make_inputs((2, 3, 8), np.float32, seed=23)
+    r = make_residual((2, 3, 8), np.float32, 23)
+    y, s, y2 = ort_session(model).run(None, {"X": x, "R": r, "weight": w, "bias": b})
+    np.testing.assert_array_equal(y, y2)  # LayerNorm of the stored S: the fused op's Y

@@ -1,14 +1,18 @@
-"""LayerNorm (ssmpose domain version 3) in the OpenVINO extension (libssmpose_ov.so), whose ONNX frontend
-conversion builds OpenVINO's own ops (Gather + Subtract of the row's first value, MVN over the last axis,
-Multiply, Add; Convert to f32 and back for float16), on OpenVINO's CPU device, against a float64 numpy reference
-on the inputs as the runtime sees them.
+"""LayerNorm (ssmpose domain version 3) and AddLayerNorm (domain version 4) in the OpenVINO extension
+(libssmpose_ov.so), whose ONNX frontend conversions build OpenVINO's own ops (Gather + Subtract of the row's first
+value, MVN over the last axis, Multiply, Add; Convert to f32 and back for float16; AddLayerNorm: an Add first, and
+for float16 the sum rounded to float16 by arithmetic before the normalisation), on OpenVINO's CPU device, against
+float64 references on the inputs as the runtime sees them.
 
-- One-node graphs (opset imports {"": 18, "ssmpose": 3}), float32 and float16, X of rank 2..5, C = 1, 32, 48, 96,
-  768, static and symbolic (batch) dimensions, default and explicit epsilon; rows with a mean offset of 1e3 and a
-  standard deviation of 0.1 (where float32 sums of the raw values lose the spread). Tolerance: max abs error
-  <= 1e-6 (float32) or 2e-3 (float16) of max|reference|, plus 1e-6.
+- One-node graphs (opset imports {"": 18, "ssmpose": 3}, or 4 for AddLayerNorm), float32 and float16, X of rank
+  2..5, C = 1, 32, 48, 96, 768, static and symbolic (batch) dimensions, default and explicit epsilon; rows with a
+  mean offset of 1e3 and a standard deviation of 0.1 (where float32 sums of the raw values lose the spread).
+  Tolerance: max abs error <= 1e-6 (float32) or 2e-3 (float16) of max|reference|, plus 1e-6.
+- AddLayerNorm: S must equal the reference's X + R rounded to the type bit for bit, and Y is compared with the
+  float64 LayerNorm of that rounded S (`custom_ops.reference.add_layer_norm_reference`), also on rows whose
+  float16 sums fall on ties and between float16 values, where the LayerNorm of the unrounded sum is far off.
 - The same graph, weight and bias as initializers, through ssmpose's `openvino` runtime backend.
-- Malformed nodes refused when the model is read, with an error naming LayerNorm, the node and the problem.
+- Malformed nodes refused when the model is read, with an error naming the op, the node and the problem.
 
 Tests skip when the extension is not built, unless SSMPOSE_REQUIRE_KERNELS=1 (CI; test_openvino_extension.py
 fails there).
@@ -17,9 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from ssmpose import runtimes
 from ssmpose.custom_ops import openvino_library
+from ssmpose.custom_ops.reference import add_layer_norm_reference, layer_norm_reference
 
 ov = pytest.importorskip("openvino")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -92,17 +98,17 @@ DATA = {"unit": dict(offset=0.0, std=1.0), "offset": dict(offset=1e3, std=0.1)}
 
 
 @needs_lib
-def test_library_version_3_has_layer_norm():
-    assert openvino_library.OV_LIBRARY_VERSION == 3 and openvino_library.KERNELS_ABI_VERSION == 2
-    assert openvino_library.library_info()["version"] == 3
+def test_library_version_4_has_layer_norm_and_add_layer_norm():
+    assert openvino_library.OV_LIBRARY_VERSION == 4 and openvino_library.KERNELS_ABI_VERSION == 3
+    assert openvino_library.library_info()["version"] == 4
 
 
-def test_a_library_without_layer_norm_is_refused(tmp_path):
-    info = {"version": 2, "kernels_abi": 2, "openvino": "2026.4.1", "running_openvino": "2026.4.1"}
+def test_a_library_without_add_layer_norm_is_refused(tmp_path):
+    info = {"version": 3, "kernels_abi": 3, "openvino": "2026.4.1", "running_openvino": "2026.4.1"}
     problem = openvino_library._problem(tmp_path / "libssmpose_ov.so", info)
-    assert "is extension version 2, this ssmpose needs 3: the library is stale" in problem
-    problem = openvino_library._problem(tmp_path / "libssmpose_ov.so", dict(info, version=3, kernels_abi=1))
-    assert "uses kernel ABI 1, this ssmpose needs 2" in problem
+    assert "is extension version 3, this ssmpose needs 4: the library is stale" in problem
+    problem = openvino_library._problem(tmp_path / "libssmpose_ov.so", dict(info, version=4, kernels_abi=2))
+    assert "uses kernel ABI 2, this ssmpose needs 3" in problem
 
 
 @needs_lib
@@ -224,3 +230,172 @@ def read_error(model):
 def test_malformed_nodes_are_refused(what, model, message):
     text = read_error(model())
     assert "ssmpose LayerNorm node 'ln0'" in text and message in text, text
+
+
+# ------------------------------------------------------------------------------------------------
+# AddLayerNorm (domain version 4)
+
+ADD_NAMES = ["X", "R", "weight", "bias"]
+
+
+def add_node_model(x_shape, r_shape=None, channels=None, elem=F32, types=None, inputs=None, outputs=("Y", "S"),
+                   graph_outputs=None, **attrs):
+    """A graph of one AddLayerNorm node named 'aln0'; R has X's shape unless `r_shape` says otherwise; the graph
+    outputs `graph_outputs` (default: the node's outputs)."""
+    types = types or {}
+    inputs = ADD_NAMES if inputs is None else inputs
+    channels = x_shape[-1] if channels is None else channels
+    shapes = {"X": x_shape, "R": x_shape if r_shape is None else r_shape, "weight": [channels], "bias": [channels]}
+    graph_inputs = [helper.make_tensor_value_info(n, types.get(n, elem), shapes[n]) for n in dict.fromkeys(inputs)
+                    if n]
+    node = helper.make_node("AddLayerNorm", inputs, list(outputs), domain="ssmpose", name="aln0", **attrs)
+    graph_outputs = [o for o in outputs if o] if graph_outputs is None else graph_outputs
+    graph = helper.make_graph([node], "add_layer_norm", graph_inputs,
+                              [helper.make_tensor_value_info(o, elem, None) for o in graph_outputs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("ssmpose", 4)])
+    model.ir_version = 8
+    return model
+
+
+def add_arrays_of(shape, np_type, seed=0, offset=0.0, std=1.0):
+    arrays = arrays_of(shape, np_type, seed=seed, offset=offset, std=std)
+    rng = np.random.default_rng(seed + 1)
+    arrays["R"] = (std * rng.standard_normal(shape)).astype(np_type)
+    return arrays
+
+
+def add_reference(arrays, epsilon=1e-5):
+    """(Y, S): S = X + R rounded to the type by the reference, Y the float64 LayerNorm of that S."""
+    x, r, w, b = (torch.from_numpy(arrays[n]) for n in ADD_NAMES)
+    _, s = add_layer_norm_reference(x, r, w, b, epsilon)
+    y = layer_norm_reference(s.double(), w.double(), b.double(), float(np.float32(epsilon)))
+    return y.numpy(), s.numpy()
+
+
+def run_add(compiled, arrays):
+    out = compiled(arrays)
+    return out[compiled.output(0)], out[compiled.output(1)]
+
+
+def check_add(compiled, arrays, elem, epsilon=1e-5, what=""):
+    y, s = run_add(compiled, arrays)
+    y_ref, s_ref = add_reference(arrays, epsilon)
+    assert y.dtype == s.dtype == NP_TYPES[elem] and y.shape == s.shape == arrays["X"].shape
+    np.testing.assert_array_equal(s, s_ref, err_msg=f"{what}: S")
+    return check(y, y_ref, TOLERANCE[elem], what) if y.size else 0.0  # rows may be 0
+
+
+@needs_lib
+@pytest.mark.parametrize("data", list(DATA))
+@pytest.mark.parametrize("elem", [F32, F16], ids=["f32", "f16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_add_static_shapes(shape, elem, data):
+    arrays = add_arrays_of(shape, NP_TYPES[elem], seed=len(shape) * 1000 + shape[-1], **DATA[data])
+    check_add(compile_model(add_node_model(list(shape), elem=elem)), arrays, elem, what=f"{shape} {data}")
+
+
+@needs_lib
+@pytest.mark.parametrize("elem", [F32, F16], ids=["f32", "f16"])
+@pytest.mark.parametrize("channels", [1, 32, 96, 768])
+def test_add_dynamic_batch_dimensions_and_epsilon(channels, elem):
+    for rank in (2, 3, 4):
+        x_shape = [f"d{i}" for i in range(rank - 1)] + [channels]
+        for epsilon in (1e-5, 0.5):
+            compiled = compile_model(add_node_model(x_shape, elem=elem, epsilon=epsilon))
+            for seed, lead in enumerate([(1,) * (rank - 1), tuple(range(2, rank + 1)), (0,) + (3,) * (rank - 2)]):
+                arrays = add_arrays_of(lead + (channels,), NP_TYPES[elem], seed=seed, **DATA["offset"])
+                check_add(compiled, arrays, elem, epsilon, f"rank {rank} {lead} eps {epsilon}")
+
+
+def rounding_rows(rng, rows, channels):
+    """float16 X and R whose sums fall on float16 ties and between float16 values, with a spread of a few float16
+    steps, in several binades: the sums' rounding moves Y by tenths."""
+    xs, rs = [], []
+    for _ in range(rows):
+        exponent = int(rng.choice([-10, -3, 0, 4, 10, 14]))
+        step = 2.0 ** (exponent - 10)  # float16 spacing in [2^e, 2^(e+1))
+        x = 2.0 ** exponent + step * rng.integers(0, 6, channels)
+        r = step * rng.choice([-0.75, -0.5, -0.25, 0.25, 0.5, 0.75, 1.5, -1.5], channels)
+        xs.append(x)
+        rs.append(r)
+    return np.array(xs).astype(np.float16), np.array(rs).astype(np.float16)
+
+
+@needs_lib
+def test_add_float16_sums_are_rounded_before_the_normalisation():
+    """OpenVINO's CPU plugin computes a float16 graph in float32, so without the conversion's own rounding the
+    LayerNorm would read the exact sums."""
+    rng = np.random.default_rng(5)
+    channels, epsilon = 24, 1e-30
+    x, r = rounding_rows(rng, 64, channels)
+    arrays = {"X": x, "R": r, "weight": np.ones(channels, np.float16), "bias": np.zeros(channels, np.float16)}
+    rel = check_add(compile_model(add_node_model(["n", channels], elem=F16, epsilon=epsilon)), arrays, F16,
+                    epsilon, "float16 ties")
+    y_ref, _ = add_reference(arrays, epsilon)
+    exact = layer_norm_reference(torch.from_numpy(x.astype(np.float64) + r.astype(np.float64)),
+                                 torch.ones(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64),
+                                 epsilon).numpy()
+    assert np.abs(exact - y_ref).max() > 100 * rel * np.abs(y_ref).max()  # the rounding matters here
+
+
+@needs_lib
+def test_add_float16_overflow():
+    """X + R beyond float16's range: S is inf and the row's Y NaN, as in the reference; other rows are unaffected."""
+    x = np.array([[60000, 1, 2, 3], [1, 2, 3, 4]], np.float16)
+    r = np.array([[10000, 1, 1, 1], [1, 1, 1, 1]], np.float16)
+    arrays = {"X": x, "R": r, "weight": np.ones(4, np.float16), "bias": np.zeros(4, np.float16)}
+    y, s = run_add(compile_model(add_node_model([2, 4], elem=F16)), arrays)
+    y_ref, s_ref = add_reference(arrays)
+    np.testing.assert_array_equal(s, s_ref)
+    assert s[0, 0] == np.inf and np.isnan(y[0]).all() and np.isnan(y_ref[0]).all()
+    check(y[1], y_ref[1], TOLERANCE[F16], "finite row")
+
+
+@needs_lib
+def test_add_s_may_be_left_unused():
+    arrays = add_arrays_of((3, 32), np.float32)
+    y_ref, _ = add_reference(arrays)
+    for outputs in (("Y", "S"), ("Y", ""), ("Y",)):
+        compiled = compile_model(add_node_model([3, 32], outputs=outputs, graph_outputs=["Y"]))
+        assert len(compiled.outputs) == 1
+        check(next(iter(compiled(arrays).values())), y_ref, TOLERANCE[F32], str(outputs))
+
+
+@needs_lib
+def test_add_conversion_uses_openvino_ops_only():
+    core = ov.Core()
+    openvino_library.add_to_core(core)
+    for elem in (F32, F16):
+        model = core.read_model(add_node_model(["b", 8, 32], elem=elem).SerializeToString(), b"")
+        types = [op.get_type_name() for op in model.get_ordered_ops()]
+        assert types.count("MVN") == 1, types
+        assert types.count("Convert") == (0 if elem == F32 else 4), types
+        assert all(op.get_type_info().version_id != "ssmpose" for op in model.get_ordered_ops()), types
+
+
+@needs_lib
+@pytest.mark.parametrize("what, model, message", [
+    ("r_shape", lambda: add_node_model([2, 32], r_shape=[2, 31]),
+     "R has shape [2,31] but X has shape [2,32] (R must have X's shape; no broadcasting)"),
+    ("r_broadcast", lambda: add_node_model([2, 32], r_shape=[1, 32]), "R has shape [1,32] but X has shape [2,32]"),
+    ("r_rank", lambda: add_node_model([2, 3, 32], r_shape=[3, 32]), "R has shape [3,32] but X has shape [2,3,32]"),
+    ("r_symbolic", lambda: add_node_model(["b", 32], r_shape=["b", 16]), "R has shape [?,16] but X has shape [?,32]"),
+    ("weight_length", lambda: add_node_model([2, 32], channels=31), "weight has 31 values, X has 32 channels"),
+    ("r_type", lambda: add_node_model([2, 32], types={"R": F16}), "input R has element type f16 but X has f32"),
+    ("bias_type", lambda: add_node_model([2, 32], elem=F16, types={"bias": F32}),
+     "input bias has element type f32 but X has f16"),
+    ("double", lambda: add_node_model([2, 32], elem=TensorProto.DOUBLE),
+     "X has element type f64, which is not supported; supported: f32, f16"),
+    ("epsilon_zero", lambda: add_node_model([2, 32], epsilon=0.0), "attribute epsilon must be finite and > 0, got 0"),
+    ("epsilon_nan", lambda: add_node_model([2, 32], epsilon=float("nan")),
+     "attribute epsilon must be finite and > 0, got nan"),
+    ("epsilon_int", lambda: add_node_model([2, 32], epsilon=1), "attribute epsilon must be a float, got an int"),
+    ("three_inputs", lambda: add_node_model([2, 32], inputs=["X", "weight", "bias"]),
+     "expects 4 inputs (X, R, weight, bias), got 3"),
+    ("omitted_r", lambda: add_node_model([2, 32], inputs=["X", "", "weight", "bias"]),
+     "required input 1 (R) is missing"),
+    ("scalar", lambda: add_node_model([], channels=4), "X must have rank >= 1 (..., C), got a scalar"),
+])
+def test_add_malformed_nodes_are_refused(what, model, message):
+    text = read_error(model())
+    assert "ssmpose AddLayerNorm node 'aln0'" in text and message in text, text

@@ -126,6 +126,7 @@ enum {
   SSM_ORT_ReleaseStatus = 93,                      /* v1 */
   SSM_ORT_ReleaseTensorTypeAndShapeInfo = 99,      /* v1 */
   SSM_ORT_ReleaseCustomOpDomain = 101,             /* v1, last member of version 1 */
+  SSM_ORT_KernelInfoGetAttributeArray_int64 = 163, /* v8 (GetCurrentGpuDeviceId = 161 ends version 7) */
   SSM_ORT_KernelContext_GetGPUComputeStream = 193, /* v10 */
   SSM_ORT_TABLE_MIN_SIZE = 194                     /* members needed; GetApi(16) guarantees 266 */
 };
@@ -155,6 +156,9 @@ typedef OrtStatus*(SSM_ORT_CALL* OrtKernelInfoGetAttributeInt64Fn)(const OrtKern
 /* out == NULL: *size receives the length including the terminating NUL. */
 typedef OrtStatus*(SSM_ORT_CALL* OrtKernelInfoGetAttributeStringFn)(const OrtKernelInfo* info, const char* name,
                                                                      char* out, size_t* size);
+/* out == NULL: *size receives the number of values. An attribute that is not a list of ints reads as empty. */
+typedef OrtStatus*(SSM_ORT_CALL* OrtKernelInfoGetAttributeArrayInt64Fn)(const OrtKernelInfo* info, const char* name,
+                                                                         int64_t* out, size_t* size);
 typedef OrtStatus*(SSM_ORT_CALL* OrtKernelContextGetCountFn)(const OrtKernelContext* context, size_t* out);
 /* *out is NULL for an omitted optional input. */
 typedef OrtStatus*(SSM_ORT_CALL* OrtKernelContextGetInputFn)(const OrtKernelContext* context, size_t index,

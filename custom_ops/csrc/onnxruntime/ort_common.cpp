@@ -43,6 +43,7 @@ bool Api::resolve(const OrtApi* api) noexcept {
   member(api, SSM_ORT_KernelInfoGetAttribute_float, &KernelInfoGetAttribute_float);
   member(api, SSM_ORT_KernelInfoGetAttribute_int64, &KernelInfoGetAttribute_int64);
   member(api, SSM_ORT_KernelInfoGetAttribute_string, &KernelInfoGetAttribute_string);
+  member(api, SSM_ORT_KernelInfoGetAttributeArray_int64, &KernelInfoGetAttributeArray_int64);
   member(api, SSM_ORT_KernelContext_GetInputCount, &KernelContext_GetInputCount);
   member(api, SSM_ORT_KernelContext_GetOutputCount, &KernelContext_GetOutputCount);
   member(api, SSM_ORT_KernelContext_GetInput, &KernelContext_GetInput);
@@ -289,6 +290,47 @@ OrtStatus* read_float_attr_or(const Api& api, const OrtKernelInfo* info, const c
   return read_float_attr(api, info, op, name, out);
 }
 
+OrtStatus* read_ints_attr(const Api& api, const OrtKernelInfo* info, const char* op, const char* name,
+                          std::vector<int64_t>* out) {
+  out->clear();
+  size_t size = 0;
+  OrtStatus* st = api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &size);
+  if (st) {
+    api.ReleaseStatus(st);
+    return make_error(api, ORT_INVALID_ARGUMENT, "%s: missing required attribute '%s' (ints)", op, name);
+  }
+  if (size == 0) {  // an empty list, or an attribute of another type (which reads as an empty list)
+    const AttrKind kind = attr_kind(api, info, name);
+    if (kind != AttrKind::Missing) {
+      return make_error(api, ORT_INVALID_ARGUMENT, "%s: attribute '%s' must be a list of ints, got %s", op, name,
+                        kind_name(kind));
+    }
+    return make_error(api, ORT_INVALID_ARGUMENT, "%s: attribute '%s' must be a non-empty list of ints", op, name);
+  }
+  out->resize(size);
+  return api.KernelInfoGetAttributeArray_int64(info, name, out->data(), &size);
+}
+
+OrtStatus* read_string_attr_or(const Api& api, const OrtKernelInfo* info, const char* op, const char* name,
+                               const char* fallback, std::string* out) {
+  size_t size = 0;
+  OrtStatus* st = api.KernelInfoGetAttribute_string(info, name, nullptr, &size);
+  if (st) {
+    api.ReleaseStatus(st);
+    const AttrKind kind = attr_kind(api, info, name);
+    if (kind == AttrKind::Missing) {
+      *out = fallback;
+      return nullptr;
+    }
+    return make_error(api, ORT_INVALID_ARGUMENT, "%s: attribute '%s' must be a string, got %s", op, name,
+                      kind_name(kind));
+  }
+  std::vector<char> buf(size + 1, '\0');  // size counts the terminating NUL
+  if (OrtStatus* s = api.KernelInfoGetAttribute_string(info, name, buf.data(), &size)) return s;
+  *out = buf.data();
+  return nullptr;
+}
+
 OrtStatus* check_attr_range(const Api& api, const char* op, const char* name, int64_t value, int64_t lo,
                             int64_t hi) {
   if (value >= lo && value <= hi) return nullptr;
@@ -342,7 +384,7 @@ size_t SSM_ORT_CALL get_input_count(const OrtCustomOp* op) { return def_of(op).n
 
 ONNXTensorElementDataType SSM_ORT_CALL get_output_type(const OrtCustomOp* op, size_t) { return def_of(op).type; }
 
-size_t SSM_ORT_CALL get_output_count(const OrtCustomOp*) { return 1; }
+size_t SSM_ORT_CALL get_output_count(const OrtCustomOp* op) { return def_of(op).num_outputs; }
 
 OrtCustomOpInputOutputCharacteristic SSM_ORT_CALL get_input_characteristic(const OrtCustomOp* op, size_t index) {
   return index >= def_of(op).required_inputs ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
@@ -441,12 +483,13 @@ void set_since_version(OpDef* def, int since_version, bool declare) {
 }
 
 OpDefSet::OpDefSet(const char* op_name, const char* const* inputs, size_t num_inputs, size_t required_inputs,
-                   KernelFactory factory, int since_version, bool op_versions) {
+                   KernelFactory factory, int since_version, bool op_versions, size_t num_outputs) {
   const ONNXTensorElementDataType types[] = {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16};
   for (int i = 0; i < kCount; ++i) {
     const Device device = i < 2 ? Device::CPU : Device::CUDA;
     init_op_def(&defs_[i], op_name, device, types[i % 2], inputs, num_inputs, required_inputs, factory);
     set_since_version(&defs_[i], since_version, op_versions);
+    defs_[i].num_outputs = num_outputs;
   }
 }
 

@@ -33,6 +33,7 @@ struct Api {
   OrtKernelInfoGetAttributeFloatFn KernelInfoGetAttribute_float = nullptr;
   OrtKernelInfoGetAttributeInt64Fn KernelInfoGetAttribute_int64 = nullptr;
   OrtKernelInfoGetAttributeStringFn KernelInfoGetAttribute_string = nullptr;
+  OrtKernelInfoGetAttributeArrayInt64Fn KernelInfoGetAttributeArray_int64 = nullptr;
   OrtKernelContextGetCountFn KernelContext_GetInputCount = nullptr;
   OrtKernelContextGetCountFn KernelContext_GetOutputCount = nullptr;
   OrtKernelContextGetInputFn KernelContext_GetInput = nullptr;
@@ -109,6 +110,13 @@ OrtStatus* read_float_attr(const Api& api, const OrtKernelInfo* info, const char
 OrtStatus* read_float_attr_or(const Api& api, const OrtKernelInfo* info, const char* op, const char* name,
                               float fallback, float* out);
 
+// Required list-of-ints attribute with at least one value (error naming it if missing, empty or of another type).
+OrtStatus* read_ints_attr(const Api& api, const OrtKernelInfo* info, const char* op, const char* name,
+                          std::vector<int64_t>* out);
+// Optional string attribute: `fallback` when missing, error if present with another type.
+OrtStatus* read_string_attr_or(const Api& api, const OrtKernelInfo* info, const char* op, const char* name,
+                               const char* fallback, std::string* out);
+
 // Error unless lo <= value <= hi.
 OrtStatus* check_attr_range(const Api& api, const char* op, const char* name, int64_t value, int64_t lo, int64_t hi);
 
@@ -127,6 +135,8 @@ struct CudaKernels {
   decltype(&ssm_selective_scan_2d_fwd_cuda) selective_scan_2d_fwd;
   decltype(&ssm_deform_aggregate_fwd_cuda) deform_aggregate_fwd;
   decltype(&ssm_layer_norm_fwd_cuda) layer_norm_fwd;
+  decltype(&ssm_add_layer_norm_fwd_cuda) add_layer_norm_fwd;
+  decltype(&ssm_depthwise_conv_fwd_cuda) depthwise_conv_fwd;
   const char* (*status_string)(int status);
 };
 // The loaded CUDA kernels, or an error status saying why they cannot be loaded.
@@ -152,7 +162,8 @@ using KernelFactory = OrtStatus* (*)(const OpDef& def, const Api& api, const Ort
 
 // An OrtCustomOp for one (operator, execution provider, element type T). `inputs` names the inputs; those at
 // index >= `required_inputs` are optional. Input 0 is typed T (it selects the kernel and the output type);
-// the other inputs accept any type and the kernel checks they are T, so a mix is reported by name.
+// the other inputs accept any type and the kernel checks they are T, so a mix is reported by name. The
+// `num_outputs` outputs are all required and of type T.
 struct OpDef : OrtCustomOp {
   const char* op_name = "";
   Device device = Device::CPU;
@@ -160,6 +171,7 @@ struct OpDef : OrtCustomOp {
   const char* const* inputs = nullptr;
   size_t num_inputs = 0;
   size_t required_inputs = 0;
+  size_t num_outputs = 1;
   KernelFactory factory = nullptr;
   int since_version = 1;  // first `ssmpose` domain version with this op (declared only when > 1)
 };
@@ -174,12 +186,13 @@ void init_op_def(OpDef* def, const char* op_name, Device device, ONNXTensorEleme
 void set_since_version(OpDef* def, int since_version, bool declare);
 
 // The OpDefs of one operator: float32 and float16 on the CPU EP and, in a CUDA build, on the CUDA EP, from
-// `ssmpose` domain version `since_version` on (declared when `op_versions`, see set_since_version). Keep it in a
-// function-local static: ONNX Runtime holds pointers to the OpDefs until the library is unloaded.
+// `ssmpose` domain version `since_version` on (declared when `op_versions`, see set_since_version), with
+// `num_outputs` outputs. Keep it in a function-local static: ONNX Runtime holds pointers to the OpDefs until the
+// library is unloaded.
 class OpDefSet {
  public:
   OpDefSet(const char* op_name, const char* const* inputs, size_t num_inputs, size_t required_inputs,
-           KernelFactory factory, int since_version, bool op_versions);
+           KernelFactory factory, int since_version, bool op_versions, size_t num_outputs = 1);
   void append_to(std::vector<const OpDef*>* defs) const;
 
  private:
@@ -196,7 +209,8 @@ class OpDefSet {
 void selective_scan_op_defs(std::vector<const OpDef*>* defs);
 void selective_scan_2d_op_defs(std::vector<const OpDef*>* defs, bool op_versions);
 void deform_aggregate_op_defs(std::vector<const OpDef*>* defs);
-void layer_norm_op_defs(std::vector<const OpDef*>* defs, bool op_versions);
+void layer_norm_op_defs(std::vector<const OpDef*>* defs, bool op_versions);  // LayerNorm and AddLayerNorm
+void depthwise_conv_op_defs(std::vector<const OpDef*>* defs, bool op_versions);
 
 }  // namespace ssmpose_ort
 

@@ -9,7 +9,7 @@
 #include "ssmpose_kernels.h"
 
 // Bump when the operators' interface (inputs, attributes, types, EPs) or these entry points change.
-#define SSMPOSE_ORT_LIBRARY_VERSION 3  // 2: SelectiveScan2D; 3: LayerNorm
+#define SSMPOSE_ORT_LIBRARY_VERSION 4  // 2: SelectiveScan2D; 3: LayerNorm; 4: AddLayerNorm, MultiKernelDepthwiseConv
 
 namespace ssmpose_ort {
 namespace {
@@ -76,6 +76,7 @@ OrtStatus* register_ops(OrtSessionOptions* options, const OrtApiBase* base) {
   selective_scan_2d_op_defs(&defs, reads_op_versions(base));
   deform_aggregate_op_defs(&defs);
   layer_norm_op_defs(&defs, reads_op_versions(base));
+  depthwise_conv_op_defs(&defs, reads_op_versions(base));
 
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* st = api.CreateCustomOpDomain(kDomain, &domain)) return st;

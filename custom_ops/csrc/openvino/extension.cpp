@@ -1,34 +1,43 @@
 // Entry points of libssmpose_ov.so: the OpenVINO extension list (the ops SelectiveScan, SelectiveScan2D and
 // DeformAggregate, for models read from IR, and their ONNX frontend conversions from `ssmpose` domain nodes; the
-// conversion of LayerNorm, which builds OpenVINO's own ops) and the version queries the Python loader checks
-// before handing the library to OpenVINO.
+// conversions of LayerNorm, AddLayerNorm and MultiKernelDepthwiseConv (depthwise_conv_conversion.cpp), which build
+// OpenVINO's own ops) and the version queries the Python loader checks before handing the library to OpenVINO.
 #include <cmath>
+#include <limits>
 #include <string>
+#include <vector>
 
+#include "conversions.hpp"
 #include "openvino/core/extension.hpp"
 #include "openvino/core/op_extension.hpp"
 #include "openvino/core/version.hpp"
 #include "openvino/frontend/onnx/extension/conversion.hpp"
+#include "openvino/op/abs.hpp"
 #include "openvino/op/add.hpp"
 #include "openvino/op/constant.hpp"
 #include "openvino/op/convert.hpp"
 #include "openvino/op/gather.hpp"
+#include "openvino/op/greater.hpp"
+#include "openvino/op/less_eq.hpp"
 #include "openvino/op/multiply.hpp"
 #include "openvino/op/mvn.hpp"
+#include "openvino/op/select.hpp"
 #include "openvino/op/subtract.hpp"
 #include "ops.hpp"
 #include "ssmpose_kernels.h"
 
 // Bumped whenever an op is added or the ops' attributes, inputs or semantics change
 // (custom_ops/openvino_library.py checks it). 2: SelectiveScan2D (ssmpose domain version 2). 3: the LayerNorm
-// conversion (domain version 3).
-#define SSMPOSE_OV_LIBRARY_VERSION 3
+// conversion (domain version 3). 4: the AddLayerNorm and MultiKernelDepthwiseConv conversions (domain version 4).
+#define SSMPOSE_OV_LIBRARY_VERSION 4
 #define SSMPOSE_OV_STR2(x) #x
 #define SSMPOSE_OV_STR(x) SSMPOSE_OV_STR2(x)
 
 namespace ssmpose_ov {
 
-namespace {
+std::string node_where(const ov::frontend::NodeContext& node, const char* op) {
+  return std::string("ssmpose ") + op + " node '" + node.get_name() + "': ";
+}
 
 // An optional ONNX input that the node leaves out (empty name) reaches a converter as the ONNX frontend's
 // placeholder node, which has no public type; it is recognised by its type name.
@@ -37,6 +46,49 @@ bool omitted(const ov::frontend::NodeContext& node, size_t index) {
   const ov::Output<ov::Node> input = node.get_input(static_cast<int>(index));
   return input.get_node() == nullptr || std::string(input.get_node()->get_type_name()) == "NullNode";
 }
+
+ov::OutputVector required_inputs(const ov::frontend::NodeContext& node, const std::string& where,
+                                 const std::vector<const char*>& names) {
+  const size_t count = node.get_input_size();
+  if (count != names.size()) {
+    std::string list;
+    for (const char* name : names) list += (list.empty() ? "" : ", ") + std::string(name);
+    OPENVINO_THROW(where, "expects ", names.size(), " inputs (", list, "), got ", count);
+  }
+  ov::OutputVector inputs;
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (omitted(node, i)) OPENVINO_THROW(where, "required input ", i, " (", names[i], ") is missing");
+    inputs.push_back(node.get_input(static_cast<int>(i)));
+  }
+  return inputs;
+}
+
+ov::element::Type common_float_type(const std::string& where, const ov::OutputVector& inputs,
+                                    const std::vector<const char*>& names) {
+  const ov::element::Type type = inputs[0].get_element_type();
+  if (type != ov::element::f32 && type != ov::element::f16) {
+    OPENVINO_THROW(where, names[0], " has element type ", type, ", which is not supported; supported: f32, f16");
+  }
+  for (size_t i = 1; i < inputs.size(); ++i) {
+    if (inputs[i].get_element_type() != type) {
+      OPENVINO_THROW(where, "input ", names[i], " has element type ", inputs[i].get_element_type(), " but ",
+                     names[0], " has ", type, " (all inputs must have one type)");
+    }
+  }
+  return type;
+}
+
+std::string describe_attribute(const ov::Any& value) {
+  if (value.is<int64_t>()) return "an int";
+  if (value.is<float>() || value.is<double>()) return "a float";
+  if (value.is<std::string>()) return "a string";
+  if (value.is<std::vector<int64_t>>()) return "a list of ints";
+  if (value.is<std::vector<float>>() || value.is<std::vector<double>>()) return "a list of floats";
+  if (value.is<std::vector<std::string>>()) return "a list of strings";
+  return std::string("a value of type ") + value.type_info().name();
+}
+
+namespace {
 
 // The attribute's value, which must be an int (as the ONNX Runtime library: the frontend would otherwise turn a
 // float such as pad_h=2.5 into 2 silently, and a string into an error that does not name the attribute; found by
@@ -151,27 +203,10 @@ ov::OutputVector convert_deform_aggregate(const ov::frontend::NodeContext& node)
 // the mean and variance are f32 as the contract says (ONNX LayerNormalization with axis -1 and stash_type 1) and
 // the result is rounded once.
 // Like SelectiveScan2D, the op is accepted whatever ssmpose version the graph imports (the frontend does not say).
-ov::OutputVector convert_layer_norm(const ov::frontend::NodeContext& node) {
-  constexpr const char* kNames[] = {"X", "weight", "bias"};
-  const std::string where = "ssmpose LayerNorm node '" + node.get_name() + "': ";
-  const size_t count = node.get_input_size();
-  if (count != 3) OPENVINO_THROW(where, "expects 3 inputs (X, weight, bias), got ", count);
-  ov::OutputVector inputs;
-  for (size_t i = 0; i < 3; ++i) {
-    if (omitted(node, i)) OPENVINO_THROW(where, "required input ", i, " (", kNames[i], ") is missing");
-    inputs.push_back(node.get_input(static_cast<int>(i)));
-  }
-  const ov::element::Type type = inputs[0].get_element_type();
-  if (type != ov::element::f32 && type != ov::element::f16) {
-    OPENVINO_THROW(where, "X has element type ", type, ", which is not supported; supported: f32, f16");
-  }
-  for (size_t i = 1; i < 3; ++i) {
-    if (inputs[i].get_element_type() != type) {
-      OPENVINO_THROW(where, "input ", kNames[i], " has element type ", inputs[i].get_element_type(), " but X has ",
-                     type, " (all inputs must have one type)");
-    }
-  }
+// AddLayerNorm (domain version 4) checks its inputs and attribute with the same functions and applies the same
+// graph to its sum.
 
+float epsilon_attribute(const ov::frontend::NodeContext& node, const std::string& where) {
   float epsilon = 1e-5f;
   if (node.has_attribute("epsilon")) {
     const ov::Any value = node.get_attribute_as_any("epsilon");
@@ -180,14 +215,19 @@ ov::OutputVector convert_layer_norm(const ov::frontend::NodeContext& node) {
     } else if (value.is<double>()) {
       epsilon = static_cast<float>(value.as<double>());
     } else {
-      OPENVINO_THROW(where, "attribute epsilon must be a float, got ", value.type_info().name());
+      OPENVINO_THROW(where, "attribute epsilon must be a float, got ", describe_attribute(value));
     }
   }
   if (!std::isfinite(epsilon) || !(epsilon > 0.0f)) {
     OPENVINO_THROW(where, "attribute epsilon must be finite and > 0, got ", epsilon);
   }
+  return epsilon;
+}
 
-  const ov::PartialShape& x_shape = inputs[0].get_partial_shape();
+// X (rank >= 1, C >= 1 where known), weight and bias (C) where their shapes are known.
+void check_layer_norm_shapes(const std::string& where, const ov::Output<ov::Node>& x,
+                             const ov::Output<ov::Node>& weight, const ov::Output<ov::Node>& bias) {
+  const ov::PartialShape& x_shape = x.get_partial_shape();
   if (x_shape.rank().is_static() && x_shape.size() == 0) {
     OPENVINO_THROW(where, "X must have rank >= 1 (..., C), got a scalar");
   }
@@ -195,21 +235,29 @@ ov::OutputVector convert_layer_norm(const ov::frontend::NodeContext& node) {
   if (channels.is_static() && channels.get_length() < 1) {
     OPENVINO_THROW(where, "X has ", channels.get_length(), " channels (last dimension), needs >= 1");
   }
-  for (size_t i = 1; i < 3; ++i) {
-    const ov::PartialShape& shape = inputs[i].get_partial_shape();
+  const std::pair<const char*, const ov::Output<ov::Node>*> params[] = {{"weight", &weight}, {"bias", &bias}};
+  for (const auto& [name, param] : params) {
+    const ov::PartialShape& shape = param->get_partial_shape();
     if (shape.rank().is_dynamic()) continue;
-    if (shape.size() != 1) OPENVINO_THROW(where, kNames[i], " must be (C), got shape ", shape);
+    if (shape.size() != 1) OPENVINO_THROW(where, name, " must be (C), got shape ", shape);
     if (shape[0].is_static() && channels.is_static() && shape[0].get_length() != channels.get_length()) {
-      OPENVINO_THROW(where, kNames[i], " has ", shape[0].get_length(), " values, X has ", channels.get_length(),
+      OPENVINO_THROW(where, name, " has ", shape[0].get_length(), " values, X has ", channels.get_length(),
                      " channels (last dimension of X shape ", x_shape, ")");
     }
   }
+}
 
+// The graph of a LayerNorm of x (inputs checked by the functions above); the result has x's type.
+ov::Output<ov::Node> layer_norm(const ov::frontend::NodeContext& node, ov::Output<ov::Node> x,
+                                ov::Output<ov::Node> weight, ov::Output<ov::Node> bias, float epsilon) {
   // Where C or a length is unknown until run time, the lengths are not checked here: a mismatch fails in
   // Multiply or Add when the model runs, except a weight or bias of length 1, which they broadcast. (A Reshape to
   // X's last dimension as a run-time check does not work: OpenVINO's CPU plugin removes a 1-D to 1-D Reshape.)
+  const ov::element::Type type = x.get_element_type();
   if (type == ov::element::f16) {
-    for (auto& input : inputs) input = node.mark_node(std::make_shared<ov::op::v0::Convert>(input, ov::element::f32));
+    for (auto* input : {&x, &weight, &bias}) {
+      *input = node.mark_node(std::make_shared<ov::op::v0::Convert>(*input, ov::element::f32));
+    }
   }
   // MVN sums the row in float32 from its raw values, so a row with a large mean and a small spread loses the
   // spread (offset 1e3, std 0.1, C = 768: 5e-4 of max|Y| off the float64 result). Layer normalisation does not
@@ -219,14 +267,89 @@ ov::OutputVector convert_layer_norm(const ov::frontend::NodeContext& node) {
   const auto last_axis = node.mark_node(ov::op::v0::Constant::create(ov::element::i64, ov::Shape{1}, {-1}));
   const auto first = node.mark_node(ov::op::v0::Constant::create(ov::element::i64, ov::Shape{1}, {0}));
   const auto gather_axis = node.mark_node(ov::op::v0::Constant::create(ov::element::i64, ov::Shape{}, {-1}));
-  const auto shift = node.mark_node(std::make_shared<ov::op::v8::Gather>(inputs[0], first, gather_axis));
-  const auto shifted = node.mark_node(std::make_shared<ov::op::v1::Subtract>(inputs[0], shift));
+  const auto shift = node.mark_node(std::make_shared<ov::op::v8::Gather>(x, first, gather_axis));
+  const auto shifted = node.mark_node(std::make_shared<ov::op::v1::Subtract>(x, shift));
   ov::Output<ov::Node> y = node.mark_node(
       std::make_shared<ov::op::v6::MVN>(shifted, last_axis, true, epsilon, ov::op::MVNEpsMode::INSIDE_SQRT));
-  y = node.mark_node(std::make_shared<ov::op::v1::Multiply>(y, inputs[1]));
-  y = node.mark_node(std::make_shared<ov::op::v1::Add>(y, inputs[2]));
+  y = node.mark_node(std::make_shared<ov::op::v1::Multiply>(y, weight));
+  y = node.mark_node(std::make_shared<ov::op::v1::Add>(y, bias));
   if (type == ov::element::f16) y = node.mark_node(std::make_shared<ov::op::v0::Convert>(y, ov::element::f16));
-  return {y};
+  return y;
+}
+
+ov::OutputVector convert_layer_norm(const ov::frontend::NodeContext& node) {
+  const std::vector<const char*> names = {"X", "weight", "bias"};
+  const std::string where = node_where(node, "LayerNorm");
+  const ov::OutputVector inputs = required_inputs(node, where, names);
+  common_float_type(where, inputs, names);
+  const float epsilon = epsilon_attribute(node, where);
+  check_layer_norm_shapes(where, inputs[0], inputs[1], inputs[2]);
+  return {layer_norm(node, inputs[0], inputs[1], inputs[2], epsilon)};
+}
+
+// `s`, an f32 sum of two f16 values, rounded to f16 (to nearest, ties to even) by arithmetic: a Convert to f16 and
+// back would not do, because OpenVINO's CPU plugin runs an f16 graph in f32 unless the CPU computes f16 natively,
+// and its ConvertPrecision pass then turns every Convert to f16 into a Convert to f32 and removes it.
+// Veltkamp's split: c = 8193 s (as 8192 s + s), d = c - s, hi = c - d is s rounded to 24 - 13 = 11 significant
+// bits, f16's precision, in f32 arithmetic. Sums below 2^-14 (f16's subnormal range) are multiples of 2^-24 with
+// at most 10 significant bits, so they stay exact, as in f16. Every f16 value and every midpoint and quarter
+// point between neighbouring normal f16 values, and 60 million random sums of two f16 values, were checked against
+// numpy's rounding. The products are by powers of two (exact), so a fused multiply-add changes nothing. Where the
+// plugin runs these ops in f16 (or bf16), the split degenerates to 0 or NaN; the result is then s itself, kept by
+// the test |hi - s| <= 2^-11 |s|, which a correct rounding always passes. |hi| > 65504 (f16 overflows to inf) gives
+// NaN, so that the LayerNorm of the row is NaN, as that of a row holding inf is. 13 elementwise ops, which the
+// plugin fuses.
+ov::Output<ov::Node> round_to_f16(const ov::frontend::NodeContext& node, const ov::Output<ov::Node>& s) {
+  const auto scalar = [&node](float value) {
+    return node.mark_node(ov::op::v0::Constant::create(ov::element::f32, ov::Shape{}, {value}));
+  };
+  const auto c = node.mark_node(
+      std::make_shared<ov::op::v1::Add>(node.mark_node(std::make_shared<ov::op::v1::Multiply>(s, scalar(8192.0f))), s));
+  const auto d = node.mark_node(std::make_shared<ov::op::v1::Subtract>(c, s));
+  const auto hi = node.mark_node(std::make_shared<ov::op::v1::Subtract>(c, d));
+  const auto error = node.mark_node(
+      std::make_shared<ov::op::v0::Abs>(node.mark_node(std::make_shared<ov::op::v1::Subtract>(hi, s))));
+  const auto bound = node.mark_node(std::make_shared<ov::op::v1::Multiply>(
+      node.mark_node(std::make_shared<ov::op::v0::Abs>(s)), scalar(std::ldexp(1.0f, -11))));
+  const auto rounded = node.mark_node(std::make_shared<ov::op::v1::Select>(
+      node.mark_node(std::make_shared<ov::op::v1::LessEqual>(error, bound)), hi, s));
+  const auto overflow = node.mark_node(std::make_shared<ov::op::v1::Greater>(
+      node.mark_node(std::make_shared<ov::op::v0::Abs>(rounded)), scalar(65504.0f)));
+  return node.mark_node(std::make_shared<ov::op::v1::Select>(
+      overflow, scalar(std::numeric_limits<float>::quiet_NaN()), rounded));
+}
+
+// AddLayerNorm (domain version 4): inputs X (rank >= 1, last dimension C), R (X's shape, no broadcasting), weight
+// (C), bias (C), all f32 or all f16; attribute epsilon as LayerNorm's. Outputs Y = LayerNorm(S) and S = X + R, an
+// Add in the input type (AutoBroadcastType::NONE), which the plugin rounds to that type. The LayerNorm above
+// reads S as rounded, as the contract says: for f32 that is the Add's output; for f16 it is the Add's output
+// rounded to f16 by round_to_f16, because the CPU plugin computes an f16 graph in f32 and so would pass the
+// unrounded sum on. Shapes known when the model is read are compared here, so that the error names the op.
+ov::OutputVector convert_add_layer_norm(const ov::frontend::NodeContext& node) {
+  const std::vector<const char*> names = {"X", "R", "weight", "bias"};
+  const std::string where = node_where(node, "AddLayerNorm");
+  const ov::OutputVector inputs = required_inputs(node, where, names);
+  const ov::element::Type type = common_float_type(where, inputs, names);
+  const float epsilon = epsilon_attribute(node, where);
+  check_layer_norm_shapes(where, inputs[0], inputs[2], inputs[3]);
+  const ov::PartialShape& x_shape = inputs[0].get_partial_shape();
+  const ov::PartialShape& r_shape = inputs[1].get_partial_shape();
+  if (!x_shape.compatible(r_shape)) {
+    OPENVINO_THROW(where, "R has shape ", r_shape, " but X has shape ", x_shape, " (R must have X's shape; ",
+                   "no broadcasting)");
+  }
+  // Dimensions unknown until run time are not compared when the model runs: the CPU plugin broadcasts a
+  // mismatched R of extent 1 despite AutoBroadcastType::NONE (a mismatch of other extents fails in the Add).
+  const ov::Output<ov::Node> sum = node.mark_node(std::make_shared<ov::op::v1::Add>(
+      inputs[0], inputs[1], ov::op::AutoBroadcastSpec(ov::op::AutoBroadcastType::NONE)));
+  if (type != ov::element::f16) return {layer_norm(node, sum, inputs[2], inputs[3], epsilon), sum};
+  // f16: the LayerNorm gets f32 inputs (so it converts nothing itself), the sum rounded to f16 precision.
+  const auto to_f32 = [&node](const ov::Output<ov::Node>& input) -> ov::Output<ov::Node> {
+    return node.mark_node(std::make_shared<ov::op::v0::Convert>(input, ov::element::f32));
+  };
+  const ov::Output<ov::Node> y =
+      layer_norm(node, round_to_f16(node, to_f32(sum)), to_f32(inputs[2]), to_f32(inputs[3]), epsilon);
+  return {node.mark_node(std::make_shared<ov::op::v0::Convert>(y, ov::element::f16)), sum};
 }
 
 }  // namespace
@@ -254,4 +377,8 @@ OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({
     std::make_shared<ov::frontend::onnx::ConversionExtension>("DeformAggregate", "ssmpose",
                                                               ssmpose_ov::convert_deform_aggregate),
     std::make_shared<ov::frontend::onnx::ConversionExtension>("LayerNorm", "ssmpose", ssmpose_ov::convert_layer_norm),
+    std::make_shared<ov::frontend::onnx::ConversionExtension>("AddLayerNorm", "ssmpose",
+                                                              ssmpose_ov::convert_add_layer_norm),
+    std::make_shared<ov::frontend::onnx::ConversionExtension>("MultiKernelDepthwiseConv", "ssmpose",
+                                                              ssmpose_ov::convert_multi_kernel_depthwise_conv),
 }));

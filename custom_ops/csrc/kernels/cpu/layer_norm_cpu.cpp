@@ -6,6 +6,10 @@
 // the same way whatever the thread count, so results do not depend on it.
 // float16 / bfloat16: weight and bias are converted to float32 once; x is converted, and y converted back,
 // a block of rows at a time (a few thousand elements) through a per-thread float32 buffer.
+//
+// AddLayerNorm (domain version 4) is the same row loop with the residual added as each block of rows is
+// loaded: the sum is stored (rounded to dtype) and the block is normalised from the stored values, so the pair
+// equals an Add followed by this LayerNorm bit for bit.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -53,44 +57,88 @@ SSM_HOT void norm_rows(const float* x, const float* w, const float* b, float* y,
   }
 }
 
-int layer_norm_forward(const ssm_layer_norm_shape* sh, const void* x, const void* weight, const void* bias,
-                       void* y, int num_threads) {
+// The tensors of one LayerNorm or AddLayerNorm call. residual and sum are NULL for LayerNorm.
+struct NormTensors {
+  const void* x;
+  const void* residual;
+  const void* weight;
+  const void* bias;
+  void* y;
+  void* sum;
+};
+
+// s = x + r over n float32 values (s may be x).
+SSM_HOT void add_span(const float* x, const float* r, float* s, int64_t n) {
+  SSM_SIMD
+  for (int64_t i = 0; i < n; ++i) s[i] = x[i] + r[i];
+}
+
+// float32: rows [r0, r1) a block at a time. With a residual, the block's sum is stored first and normalised from
+// the output buffer (still in cache), so y is the LayerNorm of the stored sum.
+void forward_rows_f32(const ssm_layer_norm_shape* sh, const NormTensors& t, int64_t r0, int64_t r1,
+                      int64_t rows_per_step) {
+  const int64_t C = sh->channels;
+  const float* x = static_cast<const float*>(t.x);
+  const float* res = static_cast<const float*>(t.residual);
+  float* y = static_cast<float*>(t.y);
+  float* sum = static_cast<float*>(t.sum);
+  for (int64_t r = r0; r < r1; r += rows_per_step) {
+    const int64_t n = std::min(rows_per_step, r1 - r);
+    const float* src = x + r * C;
+    if (res != nullptr) {
+      add_span(src, res + r * C, sum + r * C, n * C);
+      src = sum + r * C;
+    }
+    norm_rows(src, static_cast<const float*>(t.weight), static_cast<const float*>(t.bias), y + r * C, n, C,
+              sh->epsilon);
+  }
+}
+
+// float16 / bfloat16: rows [r0, r1) a block at a time through float32 buffers (buf, and rbuf for the residual).
+// The sum is rounded to dtype when stored and read back, so y is the LayerNorm of the rounded sum.
+void forward_rows_half(const ssm_layer_norm_shape* sh, const NormTensors& t, const float* w, const float* b,
+                       int64_t r0, int64_t r1, int64_t rows_per_step, float* buf, float* rbuf) {
+  const int64_t C = sh->channels;
+  const int dtype = sh->dtype;
+  for (int64_t r = r0; r < r1; r += rows_per_step) {
+    const int64_t n = std::min(rows_per_step, r1 - r);
+    span_to_float(dtype, t.x, r * C, buf, n * C);
+    if (t.residual != nullptr) {
+      span_to_float(dtype, t.residual, r * C, rbuf, n * C);
+      add_span(buf, rbuf, buf, n * C);
+      span_from_float(dtype, buf, t.sum, r * C, n * C);
+      span_to_float(dtype, t.sum, r * C, buf, n * C);
+    }
+    norm_rows(buf, w, b, buf, n, C, sh->epsilon);
+    span_from_float(dtype, buf, t.y, r * C, n * C);
+  }
+}
+
+int layer_norm_forward(const ssm_layer_norm_shape* sh, const NormTensors& t, int num_threads) {
   const int64_t rows = sh->rows, C = sh->channels;
   if (rows == 0) return SSM_OK;
   const int dtype = sh->dtype;
-  const float eps = sh->epsilon;
-  const double work_per_row = 8.0 * static_cast<double>(C);
+  const double work_per_row = (t.residual ? 10.0 : 8.0) * static_cast<double>(C);
+  const int64_t rows_per_step = std::max<int64_t>(1, kBlockElements / C);
   if (dtype == SSM_FLOAT32) {
-    const float* xf = static_cast<const float*>(x);
-    const float* wf = static_cast<const float*>(weight);
-    const float* bf = static_cast<const float*>(bias);
-    float* yf = static_cast<float*>(y);
-    parallel_for(rows, num_threads, work_per_row, [&](int64_t r0, int64_t r1) {
-      norm_rows(xf + r0 * C, wf, bf, yf + r0 * C, r1 - r0, C, eps);
-    });
+    parallel_for(rows, num_threads, work_per_row,
+                 [&](int64_t r0, int64_t r1) { forward_rows_f32(sh, t, r0, r1, rows_per_step); });
     return SSM_OK;
   }
   std::vector<float> wb(static_cast<size_t>(2 * C));
-  span_to_float(dtype, weight, 0, wb.data(), C);
-  span_to_float(dtype, bias, 0, wb.data() + C, C);
-  const float* wf = wb.data();
-  const float* bf = wb.data() + C;
-  const int64_t rows_per_step = std::max<int64_t>(1, kBlockElements / C);
-  std::atomic<bool> failed(false);  // a thread could not allocate its buffer (not expected: a few KB)
+  span_to_float(dtype, t.weight, 0, wb.data(), C);
+  span_to_float(dtype, t.bias, 0, wb.data() + C, C);
+  std::atomic<bool> failed(false);  // a thread could not allocate its buffers (not expected: a few KB)
   parallel_for(rows, num_threads, work_per_row, [&](int64_t r0, int64_t r1) {
+    const size_t n = static_cast<size_t>(std::min(rows_per_step, r1 - r0) * C);
     std::vector<float> buf;
     try {
-      buf.resize(static_cast<size_t>(std::min(rows_per_step, r1 - r0) * C));
+      buf.resize(t.residual ? 2 * n : n);
     } catch (...) {
       failed.store(true);
       return;
     }
-    for (int64_t r = r0; r < r1; r += rows_per_step) {
-      const int64_t n = std::min(rows_per_step, r1 - r);
-      span_to_float(dtype, x, r * C, buf.data(), n * C);
-      norm_rows(buf.data(), wf, bf, buf.data(), n, C, eps);
-      span_from_float(dtype, buf.data(), y, r * C, n * C);
-    }
+    forward_rows_half(sh, t, wb.data(), wb.data() + C, r0, r1, rows_per_step, buf.data(), buf.data() + n);
   });
   return failed.load() ? SSM_ERR_BAD_SIZE : SSM_OK;
 }
@@ -108,7 +156,21 @@ SSM_API int ssm_layer_norm_fwd_cpu(const ssm_layer_norm_shape* shape, const void
   if (st != SSM_OK) return st;
   if (!x || !weight || !bias || !y) return SSM_ERR_NULL_POINTER;
   try {
-    return ssm::cpu::layer_norm_forward(shape, x, weight, bias, y, num_threads);
+    return ssm::cpu::layer_norm_forward(shape, {x, nullptr, weight, bias, y, nullptr}, num_threads);
+  } catch (...) {
+    return SSM_ERR_BAD_SIZE;  // allocation failure
+  }
+}
+
+SSM_API int ssm_add_layer_norm_fwd_cpu(const ssm_layer_norm_shape* shape, const void* x, const void* residual,
+                                       const void* weight, const void* bias, void* y, void* sum,
+                                       int num_threads) {
+  if (!shape) return SSM_ERR_NULL_POINTER;
+  const int st = ssm::cpu::validate(shape);
+  if (st != SSM_OK) return st;
+  if (!x || !residual || !weight || !bias || !y || !sum) return SSM_ERR_NULL_POINTER;
+  try {
+    return ssm::cpu::layer_norm_forward(shape, {x, residual, weight, bias, y, sum}, num_threads);
   } catch (...) {
     return SSM_ERR_BAD_SIZE;  // allocation failure
   }

@@ -1,0 +1,341 @@
+"""Node fusions on the exported onnx.ModelProto: each replaces a pattern of standard nodes by one node that
+computes exactly the same values, and checks every constant and shape it relies on, so that look-alikes are
+left alone.
+
+- `fuse_erf_gelu`: the five-node erf GELU -> one opset-20 `Gelu` (custom form at opset 20).
+- `use_layer_norm_op`: LayerNormalization over the last axis -> `ssmpose::LayerNorm` (domain version 3).
+- `use_depthwise_conv_op`: HRVMamba's LPU chain (Transpose to NCHW, Split, depthwise Convs, Concat, channel
+  shuffle back to channel-last, Gelu) or a depthwise Conv between two Transposes -> one
+  `ssmpose::MultiKernelDepthwiseConv` (domain version 4).
+- `use_add_layer_norm_op`: a residual Add whose sum feeds a `ssmpose::LayerNorm` -> one `ssmpose::AddLayerNorm`
+  (domain version 4).
+"""
+from __future__ import annotations
+
+def _rebuild(model, removed) -> None:
+    """Drop the nodes at the positions in `removed` (in place), then the initializers and value_info entries
+    nothing uses or produces any more."""
+    import onnx
+    kept = []
+    for i, node in enumerate(model.graph.node):
+        if i not in removed:
+            kept.append(onnx.NodeProto())
+            kept[-1].CopyFrom(node)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    graph_outputs = {o.name for o in model.graph.output}
+    used = {name for n in model.graph.node for name in n.input}
+    produced = {name for n in model.graph.node for name in n.output}
+    for init in [i for i in model.graph.initializer if i.name not in used and i.name not in graph_outputs]:
+        model.graph.initializer.remove(init)
+    for info in [v for v in model.graph.value_info if v.name not in produced]:
+        model.graph.value_info.remove(info)
+
+
+def _scalar_initializers(model) -> dict:
+    import numpy as np
+    from onnx import numpy_helper
+    return {init.name: float(np.asarray(numpy_helper.to_array(init)).reshape(-1)[0])
+            for init in model.graph.initializer if int(np.prod(init.dims)) == 1}
+
+
+def fuse_erf_gelu(model) -> int:
+    """Replace every x * (0.5 * (erf(x / sqrt 2) + 1)), the five nodes torch.onnx writes for F.gelu below opset
+    20, by one Gelu (opset 20, approximate "none": defined by that same formula). Works on an onnx.ModelProto
+    in place (the caller sets the opset import to 20); returns the number of Gelu nodes made."""
+    import math
+
+    import onnx
+    scalars = _scalar_initializers(model)
+    nodes = list(model.graph.node)
+    producer = {out: n for n in nodes for out in n.output}
+    consumers = {}
+    for n in nodes:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    graph_outputs = {o.name for o in model.graph.output}
+
+    def is_scalar(name, value):
+        return name in scalars and math.isclose(scalars[name], value, rel_tol=1e-3)
+
+    def only_consumer(node):
+        users = consumers.get(node.output[0], [])
+        return users[0] if len(users) == 1 and node.output[0] not in graph_outputs else None
+
+    def other_input(node, known):
+        return node.input[1] if node.input[0] == known else node.input[0] if node.input[1] == known else None
+
+    position = {id(n): i for i, n in enumerate(nodes)}   # the wrappers in `nodes` stay alive, so ids are stable
+    removed, fused = set(), 0
+    for erf in (n for n in nodes if n.op_type == "Erf" and n.domain in ("", "ai.onnx")):
+        div = producer.get(erf.input[0])
+        if div is None or div.op_type != "Div" or not is_scalar(div.input[1], math.sqrt(2.0)):
+            continue
+        x = div.input[0]
+        add = only_consumer(erf)
+        if add is None or add.op_type != "Add" or not is_scalar(other_input(add, erf.output[0]), 1.0):
+            continue
+        half = only_consumer(add)
+        if half is None or half.op_type != "Mul" or not is_scalar(other_input(half, add.output[0]), 0.5):
+            continue
+        final = only_consumer(half)
+        if final is None or final.op_type != "Mul" or other_input(final, half.output[0]) != x:
+            continue
+        if only_consumer(div) is not erf:
+            continue
+        removed.update(position[id(n)] for n in (div, erf, add, half))
+        gelu = onnx.helper.make_node("Gelu", [x], list(final.output), name=final.name)
+        final.CopyFrom(gelu)
+        fused += 1
+    _rebuild(model, removed)
+    return fused
+
+
+def use_layer_norm_op(model) -> int:
+    """Replace every LayerNormalization over the last axis with float32 statistics (axis -1, stash_type 1,
+    scale and bias given, only the normalised output used) by one `ssmpose::LayerNorm` (domain version 3,
+    docs/ops.md), which computes exactly that. Works on an onnx.ModelProto in place (the caller imports the
+    domain at version 3); returns the number of nodes replaced."""
+    import onnx
+
+    from .schemas import DOMAIN, LAYER_NORM_EPSILON, PLUGIN_NAMESPACE, PLUGIN_VERSION
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in
+             list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
+             if v.type.tensor_type.HasField("shape")}
+    replaced = 0
+    for index, node in enumerate(model.graph.node):
+        if node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx"):
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        axis, stash_type = attrs.get("axis", -1), attrs.get("stash_type", 1)
+        last_axis = axis == -1 or (node.input[0] in ranks and axis == ranks[node.input[0]] - 1)
+        has_bias = len(node.input) == 3 and node.input[2] != ""
+        extra_outputs = any(name for name in node.output[1:])
+        if not last_axis or stash_type != 1 or not has_bias or extra_outputs:
+            continue
+        model.graph.node[index].CopyFrom(onnx.helper.make_node(
+            "LayerNorm", list(node.input), [node.output[0]], name=node.name, domain=DOMAIN,
+            epsilon=float(attrs.get("epsilon", LAYER_NORM_EPSILON)), plugin_version=PLUGIN_VERSION,
+            plugin_namespace=PLUGIN_NAMESPACE))
+        replaced += 1
+    return replaced
+
+
+class _GraphIndex:
+    """Who produces and who consumes each value of an onnx.ModelProto's main graph, its constant initializers
+    and the shapes the exporter recorded (a dimension is its int value or its symbol; None when unknown)."""
+
+    def __init__(self, model):
+        from onnx import numpy_helper
+        self.model = model
+        self.nodes = list(model.graph.node)   # the wrappers stay alive, so id() identifies a node
+        self.position = {id(n): i for i, n in enumerate(self.nodes)}
+        self.producer = {out: n for n in self.nodes for out in n.output}
+        self.consumers = {}
+        for n in self.nodes:
+            for name in n.input:
+                self.consumers.setdefault(name, []).append(n)
+        self.graph_outputs = {o.name for o in model.graph.output}
+        self.initializers = {i.name: i for i in model.graph.initializer}
+        self._to_array = numpy_helper.to_array
+        self.shapes = {}
+        for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+            if v.type.tensor_type.HasField("shape"):
+                self.shapes[v.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                       for d in v.type.tensor_type.shape.dim]
+
+    def array(self, name):
+        return self._to_array(self.initializers[name]) if name in self.initializers else None
+
+    def sole_consumer(self, name):
+        users = self.consumers.get(name, [])
+        return users[0] if len(users) == 1 and name not in self.graph_outputs else None
+
+    def new_initializer(self, stem: str, values) -> str:
+        from onnx import numpy_helper
+        name, n = stem, 0
+        while name in self.initializers or name in self.producer:
+            n += 1
+            name = f"{stem}_{n}"
+        tensor = numpy_helper.from_array(values, name)
+        self.model.graph.initializer.append(tensor)
+        self.initializers[name] = tensor
+        return name
+
+
+def _attributes(node) -> dict:
+    import onnx
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _is(node, op_type: str) -> bool:
+    return node is not None and node.op_type == op_type and node.domain in ("", "ai.onnx")
+
+
+def _depthwise_kernel(index: _GraphIndex, conv):
+    """(weight (c, k, k), bias (c) or None) of a stride-1, "same"-padded depthwise Conv with constant
+    weights, else None."""
+    weight = index.array(conv.input[1]) if len(conv.input) > 1 else None
+    if weight is None or weight.ndim != 4 or weight.shape[1] != 1 or weight.shape[2] != weight.shape[3]:
+        return None
+    channels, k = weight.shape[0], weight.shape[2]
+    attrs = _attributes(conv)
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    if k % 2 != 1 or attrs.get("group", 1) != channels or auto_pad not in (b"NOTSET", "NOTSET") \
+            or list(attrs.get("strides", [1, 1])) != [1, 1] or list(attrs.get("dilations", [1, 1])) != [1, 1] \
+            or list(attrs.get("pads", [0] * 4)) != [k // 2] * 4:
+        return None
+    bias = None
+    if len(conv.input) > 2 and conv.input[2]:
+        bias = index.array(conv.input[2])
+        if bias is None or bias.shape != (channels,):
+            return None
+    return weight[:, 0], bias
+
+
+def _match_convolutions(index: _GraphIndex, nchw: str):
+    """The depthwise Conv(s) reading the NCHW value `nchw`: one Conv, or Split(axis 1) -> one Conv per part
+    -> Concat(axis 1) in the same order. Returns (nodes, kernels, output value) or None."""
+    first = index.sole_consumer(nchw)
+    if _is(first, "Conv"):
+        kernel = _depthwise_kernel(index, first)
+        return None if kernel is None else ([first], [kernel], first.output[0])
+    if not _is(first, "Split") or _attributes(first).get("axis") != 1 or len(first.input) < 2:
+        return None
+    sizes = index.array(first.input[1])
+    convs = [index.sole_consumer(part) for part in first.output]
+    if sizes is None or any(not _is(c, "Conv") or c.input[0] != part for c, part in zip(convs, first.output)):
+        return None
+    kernels = [_depthwise_kernel(index, c) for c in convs]
+    if any(k is None for k in kernels) or [k[0].shape[0] for k in kernels] != [int(s) for s in sizes]:
+        return None
+    concat = index.sole_consumer(convs[0].output[0])
+    if not _is(concat, "Concat") or _attributes(concat).get("axis") != 1 \
+            or list(concat.input) != [c.output[0] for c in convs] \
+            or any(index.sole_consumer(c.output[0]) is not concat for c in convs):
+        return None
+    return [first, *convs, concat], kernels, concat.output[0]
+
+
+def _match_to_channels_last(index: _GraphIndex, nchw: str, channels: int):
+    """The nodes that bring the NCHW value `nchw` back to channel-last: Transpose(0, 2, 3, 1) (no shuffle), or
+    ShuffleNet's Reshape (B, S, C/S, H, W) -> Transpose(0, 3, 4, 2, 1) -> Reshape (B, H, W, C). Returns
+    (nodes, shuffle groups) or None."""
+    shape = index.shapes.get(nchw)
+    if shape is None or len(shape) != 4 or shape[1] != channels or not all(isinstance(d, int) for d in shape[2:]):
+        return None
+    height, width = shape[2], shape[3]
+    first = index.sole_consumer(nchw)
+    if _is(first, "Transpose"):
+        return ([first], 1) if list(_attributes(first).get("perm", [])) == [0, 2, 3, 1] else None
+    if not _is(first, "Reshape"):
+        return None
+    split_shape = index.array(first.input[1])
+    transpose = index.sole_consumer(first.output[0])
+    if split_shape is None or len(split_shape) != 5 or not _is(transpose, "Transpose") \
+            or list(_attributes(transpose).get("perm", [])) != [0, 3, 4, 2, 1]:
+        return None
+    groups, per_group = int(split_shape[1]), int(split_shape[2])
+    if groups < 1 or groups * per_group != channels or [int(d) for d in split_shape[3:]] != [height, width]:
+        return None
+    merge = index.sole_consumer(transpose.output[0])
+    merge_shape = index.array(merge.input[1]) if _is(merge, "Reshape") else None
+    if merge_shape is None or [int(d) for d in merge_shape[1:]] != [height, width, channels] \
+            or int(split_shape[0]) not in (-1, shape[0]) or int(merge_shape[0]) not in (-1, shape[0]):
+        return None
+    return [first, transpose, merge], groups
+
+
+def use_depthwise_conv_op(model) -> int:
+    """Replace every channel-last depthwise convolution written in NCHW ONNX, the chain
+    Transpose(0, 3, 1, 2) -> [Split ->] depthwise Conv(s) [-> Concat] -> back to channel-last (plain Transpose or
+    the channel-shuffle Reshape-Transpose-Reshape) [-> Gelu], by one `ssmpose::MultiKernelDepthwiseConv`
+    (domain version 4, docs/ops.md). HRVMamba's LPU is the Split form with kernels 3/5/7/9, the shuffle and
+    GELU; hrvmamba_tiny's position convolutions are the one-Conv form. The Convs must be stride 1, "same"
+    padded, with constant weights; every intermediate value must have this chain as its only user. Works on
+    an onnx.ModelProto in place (the caller imports the domain at version 4); returns the nodes made."""
+    import numpy as np
+    import onnx
+
+    from .schemas import DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION
+    index = _GraphIndex(model)
+    removed, made = set(), 0
+    for start in (n for n in index.nodes if _is(n, "Transpose")):
+        if list(_attributes(start).get("perm", [])) != [0, 3, 1, 2] or index.position[id(start)] in removed:
+            continue
+        convolutions = _match_convolutions(index, start.output[0])
+        if convolutions is None:
+            continue
+        conv_nodes, kernels, nchw_out = convolutions
+        group_channels = [int(w.shape[0]) for w, _ in kernels]
+        back = _match_to_channels_last(index, nchw_out, sum(group_channels))
+        if back is None:
+            continue
+        back_nodes, shuffle_groups = back
+        chain = [start, *conv_nodes, *back_nodes]
+        activation = "none"
+        gelu = index.sole_consumer(chain[-1].output[0])
+        if _is(gelu, "Gelu") and _attributes(gelu).get("approximate", b"none") in (b"none", "none"):
+            chain.append(gelu)
+            activation = "gelu"
+        dtypes = {w.dtype for w, _ in kernels} | {b.dtype for _, b in kernels if b is not None}
+        if len(dtypes) != 1:
+            continue
+        dtype = dtypes.pop()
+        kernel_sizes = [int(w.shape[-1]) for w, _ in kernels]
+        kernel_max = max(kernel_sizes)
+        weight = np.zeros((sum(group_channels), kernel_max, kernel_max), dtype=dtype)
+        bias = np.zeros(sum(group_channels), dtype=dtype)
+        offset = 0
+        for (w, b), k in zip(kernels, kernel_sizes):
+            lo = kernel_max // 2 - k // 2
+            weight[offset:offset + w.shape[0], lo:lo + k, lo:lo + k] = w
+            if b is not None:
+                bias[offset:offset + w.shape[0]] = b
+            offset += w.shape[0]
+        stem = chain[-1].name or chain[-1].output[0]
+        node = onnx.helper.make_node(
+            "MultiKernelDepthwiseConv",
+            [start.input[0], index.new_initializer(f"{stem}.dwconv_weight", weight),
+             index.new_initializer(f"{stem}.dwconv_bias", bias)],
+            [chain[-1].output[0]], name=stem, domain=DOMAIN, kernel_sizes=kernel_sizes,
+            group_channels=group_channels, shuffle_groups=shuffle_groups, activation=activation,
+            plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE)
+        chain[-1].CopyFrom(node)
+        removed.update(index.position[id(n)] for n in chain[:-1])
+        made += 1
+    _rebuild(model, removed)
+    return made
+
+
+def use_add_layer_norm_op(model) -> int:
+    """Replace every Add of two same-shaped activations whose sum feeds a `ssmpose::LayerNorm` by one
+    `ssmpose::AddLayerNorm` (domain version 4, docs/ops.md) at the Add's place: its second output is the
+    sum, under the Add's output name, so the residual stream's other users read it unchanged. Run after
+    `use_layer_norm_op`. Works on an onnx.ModelProto in place; returns the nodes made."""
+    import onnx
+
+    from .schemas import DOMAIN, LAYER_NORM_EPSILON, PLUGIN_NAMESPACE, PLUGIN_VERSION
+    index = _GraphIndex(model)
+    removed, made = set(), 0
+    for norm in index.nodes:
+        if norm.op_type != "LayerNorm" or norm.domain != DOMAIN:
+            continue
+        add = index.producer.get(norm.input[0])
+        if not _is(add, "Add") or index.position[id(add)] in removed or add.output[0] != norm.input[0]:
+            continue
+        x, residual = add.input
+        shape = index.shapes.get(x)
+        if x in index.initializers or residual in index.initializers or shape is None or None in shape \
+                or index.shapes.get(residual) != shape:
+            continue
+        epsilon = float(_attributes(norm).get("epsilon", LAYER_NORM_EPSILON))
+        fused = onnx.helper.make_node(
+            "AddLayerNorm", [x, residual, norm.input[1], norm.input[2]], [norm.output[0], add.output[0]],
+            name=norm.name or norm.output[0], domain=DOMAIN, epsilon=epsilon, plugin_version=PLUGIN_VERSION,
+            plugin_namespace=PLUGIN_NAMESPACE)
+        add.CopyFrom(fused)
+        removed.add(index.position[id(norm)])
+        made += 1
+    _rebuild(model, removed)
+    return made
