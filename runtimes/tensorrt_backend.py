@@ -3,8 +3,8 @@
 Custom-form files (``ssmpose`` domain nodes) need the project's plugin library ``libssmpose_trt.so``
 (``custom_ops/csrc/tensorrt``, docs/tensorrt.md), which is loaded into TensorRT's plugin registry before the file is
 parsed or a cached engine is deserialised; portable files need nothing but TensorRT. The library carries a plugin
-for every op of the domain, versions 1 to 3 (2 added SelectiveScan2D, 3 LayerNorm), so files exported with any op
-version build.
+for every op of the domain, versions 1 to 4 (2 added SelectiveScan2D, 3 LayerNorm, 4 AddLayerNorm and
+MultiKernelDepthwiseConv), so files exported with any op version build.
 
 Precision: a float32 export builds an fp32 engine (TF32 off, so that results stay within the fp32 parity
 tolerance) unless ``precision="fp16"``, which lets TensorRT pick float16 kernels (the ssmpose plugins then
@@ -37,11 +37,13 @@ from .onnx_metadata import read_onnx_metadata
 
 PLUGIN_LIBRARY_NAME = "libssmpose_trt.so"
 # Must equal SSMPOSE_TRT_LIBRARY_VERSION of custom_ops/csrc/tensorrt/trt_common.h. 2: SelectiveScan2D (domain
-# version 2) added; 3: LayerNorm (domain version 3) added. An older library is refused as stale.
-PLUGIN_LIBRARY_VERSION = 3
+# version 2) added; 3: LayerNorm (domain version 3) added; 4: AddLayerNorm and MultiKernelDepthwiseConv (domain
+# version 4) added. An older library is refused as stale.
+PLUGIN_LIBRARY_VERSION = 4
 PLUGIN_NAMESPACE = "ssmpose"
 PLUGIN_VERSION = "1"  # of every plugin, later ones included (the domain version is not the plugin version)
-PLUGIN_NAMES = ("SelectiveScan", "DeformAggregate", "SelectiveScan2D", "LayerNorm")  # every op of the ssmpose domain
+PLUGIN_NAMES = ("SelectiveScan", "DeformAggregate", "SelectiveScan2D", "LayerNorm", "AddLayerNorm",
+                "MultiKernelDepthwiseConv")  # every op of the ssmpose domain
 MIN_TENSORRT_MAJOR = 10  # IPluginV3
 DEFAULT_BATCH_RANGE = (1, 32, 128)  # (min, opt, max) of the optimisation profile for a dynamic-batch file
 PRECISIONS = ("fp32", "fp16")

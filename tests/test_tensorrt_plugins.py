@@ -7,8 +7,9 @@ Three layers, each skipping with its reason where what it needs is absent:
    libssmpose_trt.so and ssmpose_trt_unit_tests (the real plugin sources against fakes of IExprBuilder /
    IDimensionExpr and hand-made field collections and tensor descriptors). The program's checks are asserted here,
    its output-size expressions are compared with the Python reference, SelectiveScan2D's shape rules with
-   ops.check_selective_scan_2d_args (same verdicts, same words), LayerNorm's with its ONNX schema's shape inference
-   (same verdicts), its field names with the ONNX schemas, and
+   ops.check_selective_scan_2d_args (same verdicts, same words), LayerNorm's, AddLayerNorm's and
+   MultiKernelDepthwiseConv's (fields included) with their ONNX schemas' shape inference (same verdicts), its field
+   names and types with the ONNX schemas, and
    the library's exported symbols and dependencies are inspected. Headers are looked up in
    $SSMPOSE_TENSORRT_INCLUDE_DIR, $TENSORRT_ROOT/include, the project build's CMake cache, an installed kernel_lens
    package and <repo>/build/third_party/kernel_lens (docs/tensorrt.md). With SSMPOSE_REQUIRE_TRT_PLUGINS=1 (CI)
@@ -143,7 +144,16 @@ def test_unit_program_passes(unit_results):
                                    # LayerNorm, in every area
                                    "creators.LayerNorm.", "layernorm.fields.", "layernorm.create.",
                                    "plugin.layernorm_", "formats.layernorm_", "types.layernorm_", "layernorm.shapes.",
-                                   "configure.layernorm_", "runtime.layernorm_", "serialize.layernorm_"])
+                                   "configure.layernorm_", "runtime.layernorm_", "serialize.layernorm_",
+                                   # AddLayerNorm, in every area
+                                   "creators.AddLayerNorm.", "addlayernorm.fields.", "addlayernorm.create.",
+                                   "plugin.addlayernorm_", "formats.addlayernorm_", "types.addlayernorm_",
+                                   "addlayernorm.shapes.", "configure.addlayernorm_", "runtime.addlayernorm_",
+                                   "serialize.addlayernorm_",
+                                   # MultiKernelDepthwiseConv, in every area
+                                   "creators.MultiKernelDepthwiseConv.", "dwconv.fields.", "dwconv.create.",
+                                   "plugin.dwconv_", "formats.dwconv_", "types.dwconv_", "dwconv.shapes.",
+                                   "configure.dwconv_", "runtime.dwconv_", "serialize.dwconv_"])
 def test_unit_group(unit_results, group):
     """Each area is covered by at least one check, and none of its checks failed."""
     checks = {k: v for k, v in unit_results["results"].items() if k.startswith(group)}
@@ -154,13 +164,15 @@ def test_unit_group(unit_results, group):
 
 def test_plugin_fields_are_the_onnx_attributes(unit_results):
     """The creators' field names (what TensorRT's ONNX parser looks up on the node) are the operators' ONNX
-    attributes, minus the TensorRT-only plugin_version / plugin_namespace, with matching types."""
+    attributes, minus the TensorRT-only plugin_version / plugin_namespace, with matching types (the parser passes
+    INT as int32, FLOAT as float32, INTS as an int32 array, STRING as char)."""
     import onnx
     from onnx import AttributeProto
 
     from ssmpose.export import schemas
     schemas.register_schemas()
-    kinds = {AttributeProto.INT: "int32", AttributeProto.FLOAT: "float32"}
+    kinds = {AttributeProto.INT: "int32", AttributeProto.FLOAT: "float32", AttributeProto.INTS: "int32s",
+             AttributeProto.STRING: "char"}
     assert set(unit_results["fields"]) == set(schemas.OP_SINCE_VERSION)  # every op of the domain has a plugin
     for op, version in schemas.OP_SINCE_VERSION.items():
         schema = onnx.defs.get_schema(op, version, schemas.DOMAIN)
@@ -332,6 +344,137 @@ def test_layer_norm_shape_rules_match_schema(unit_build, case):
             assert line.startswith(f"{stage} error: LayerNorm (layer 'c'): "), line
 
 
+def _schema_verdict(op, inputs, outputs, attrs):
+    """(accepted, the first output's dims) by the ONNX schema's strict shape inference of one `op` node whose inputs
+    have the given shapes."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from ssmpose.export import schemas
+    schemas.register_schemas()
+    if op not in schemas.OP_SINCE_VERSION:
+        pytest.skip(f"export/schemas.py has no schema of {op}")
+    node = helper.make_node(op, [n for n, _ in inputs], outputs, domain=schemas.DOMAIN, plugin_version="1",
+                            plugin_namespace="ssmpose", **attrs)
+    graph = helper.make_graph([node], "one", [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s))
+                                              for n, s in inputs],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid(schemas.DOMAIN, schemas.OP_SINCE_VERSION[op])])
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except onnx.shape_inference.InferenceError:
+        return False, None
+    return True, [[d.dim_value for d in out.type.tensor_type.shape.dim] for out in inferred.graph.output]
+
+
+ADD_LAYER_NORM_CASES = [
+    # id, X, R, weight, bias shapes
+    ("rank-3", (2, 5, 96), (2, 5, 96), (96,), (96,)),
+    ("rank-1", (768,), (768,), (768,), (768,)),
+    ("one-channel", (7, 1), (7, 1), (1,), (1,)),
+    ("no-rows", (0, 96), (0, 96), (96,), (96,)),
+    ("scalar", (), (), (96,), (96,)),
+    ("R-broadcast", (2, 5, 96), (1, 5, 96), (96,), (96,)),
+    ("R-rank", (2, 5, 96), (5, 96), (96,), (96,)),
+    ("R-channels", (2, 5, 96), (2, 5, 95), (96,), (96,)),
+    ("weight-length", (2, 5, 96), (2, 5, 96), (32,), (96,)),
+    ("bias-rank", (2, 5, 96), (2, 5, 96), (96,), (96, 1)),
+    ("no-channels", (4, 0), (4, 0), (0,), (0,)),
+]
+
+
+@pytest.mark.parametrize("case", ADD_LAYER_NORM_CASES, ids=lambda c: c[0])
+def test_add_layer_norm_shape_rules_match_schema(unit_build, case):
+    """AddLayerNorm's shape rules in the plugin, from constant dims (getOutputShapes) and at run time
+    (onShapeChange), give the verdict of the ONNX schema's shape inference, and Y's and S's shape (X's) when
+    accepted."""
+    program, _ = unit_build
+    _, x, r, weight, bias = case
+    run = subprocess.run([str(program), "addlayernorm", *(",".join(map(str, s)) for s in (x, r, weight, bias))],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["build", "run"], run.stdout
+    ok, outputs = _schema_verdict("AddLayerNorm", [("X", x), ("R", r), ("weight", weight), ("bias", bias)],
+                                  ["Y", "S"], {"epsilon": 1e-5})
+    if ok:
+        assert outputs == [list(x), list(x)]
+    for line in lines:
+        stage = line.split()[0]
+        if ok:
+            assert line == " ".join(map(str, (stage, *x))), line
+        else:
+            assert line.startswith(f"{stage} error: AddLayerNorm (layer 'c'): "), line
+
+
+DWCONV_GOOD = {"X": (2, 9, 7, 32), "weight": (32, 9, 9), "bias": (32,), "kernel_sizes": [3, 5, 7, 9],
+               "group_channels": [8, 8, 8, 8], "shuffle_groups": 4, "activation": "gelu"}
+DWCONV_CASES = [
+    # id, changes to DWCONV_GOOD; None: the schema's verdict, else the plugin's own (stricter) message
+    ("lpu", {}, None),
+    ("one-group", {"X": (1, 4, 6, 5), "weight": (5, 3, 3), "bias": (5,), "kernel_sizes": [3], "group_channels": [5],
+                   "shuffle_groups": 1, "activation": "none"}, None),
+    ("wide-weight", {"weight": (32, 11, 11)}, None),
+    ("k15", {"X": (2, 3, 20, 16), "weight": (16, 15, 15), "bias": (16,), "kernel_sizes": [1, 15, 7],
+             "group_channels": [1, 2, 13], "shuffle_groups": 2}, None),
+    ("empty-batch", {"X": (0, 9, 7, 32)}, None),
+    ("empty-image", {"X": (2, 0, 7, 32)}, None),
+    ("x-rank-3", {"X": (2, 9, 32)}, None),
+    ("x-nchw", {"X": (2, 32, 9, 7)}, None),
+    ("channels", {"X": (2, 9, 7, 30)}, None),
+    ("weight-rank", {"weight": (32, 81)}, None),
+    ("weight-not-square", {"weight": (32, 9, 7)}, None),
+    ("weight-even", {"weight": (32, 10, 10)}, None),
+    ("weight-17", {"weight": (32, 17, 17)}, None),
+    ("weight-small", {"weight": (32, 7, 7)}, None),
+    ("bias-rank", {"bias": (32, 1)}, None),
+    ("weight-channels", {"weight": (16, 9, 9)},
+     "weight must be (C, K, K) = (32, K, K) with K odd in [1, 15], got (16, 9, 9)"),
+    ("bias-length", {"bias": (31,)}, "bias must be (C,) = (32,), got (31,)"),
+    # fields
+    ("kernel-even", {"kernel_sizes": [3, 4, 7, 9]}, None),
+    ("kernel-17", {"kernel_sizes": [3, 5, 7, 17]}, None),
+    ("lengths", {"kernel_sizes": [3, 5, 7]}, None),
+    ("groups-17", {"X": (2, 9, 7, 17), "weight": (17, 3, 3), "bias": (17,), "kernel_sizes": [3] * 17,
+                   "group_channels": [1] * 17, "shuffle_groups": 1}, None),
+    ("group-zero", {"group_channels": [8, 0, 8, 16]}, None),
+    ("shuffle-3", {"shuffle_groups": 3}, None),
+    ("shuffle-0", {"shuffle_groups": 0}, None),
+    ("activation-relu", {"activation": "relu"}, None),
+]
+
+
+@pytest.mark.parametrize("case", DWCONV_CASES, ids=lambda c: c[0])
+def test_dwconv_rules_match_schema(unit_build, case):
+    """MultiKernelDepthwiseConv's field rules (the creator) and shape rules (getOutputShapes, onShapeChange) give
+    the verdict of the ONNX schema's inference over the node's attributes and input shapes, and Y's shape (X's)
+    when accepted. The schema does not compare weight's and bias's channels with C; the plugin does."""
+    program, _ = unit_build
+    _, changes, own_message = case
+    c = {**DWCONV_GOOD, **changes}
+    args = [",".join(map(str, c[k])) for k in ("X", "weight", "bias", "kernel_sizes", "group_channels")]
+    run = subprocess.run([str(program), "dwconv", *args, str(c["shuffle_groups"]), c["activation"]],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    stages = [line.split()[0] for line in lines]
+    assert stages in (["create"], ["build", "run"]), run.stdout
+    ok, outputs = _schema_verdict("MultiKernelDepthwiseConv", [(k, c[k]) for k in ("X", "weight", "bias")], ["Y"],
+                                  {k: c[k] for k in ("kernel_sizes", "group_channels", "shuffle_groups",
+                                                     "activation")})
+    if ok:
+        assert outputs == [list(c["X"])]
+    for line in lines:
+        stage = line.split()[0]
+        if own_message is not None:
+            assert ok and line == f"{stage} error: MultiKernelDepthwiseConv (layer 'c'): {own_message}", line
+        elif ok:
+            assert line == " ".join(map(str, (stage, *c["X"]))), line
+        else:
+            assert line.startswith(f"{stage} error: MultiKernelDepthwiseConv (layer 'c'): "), line
+
+
 def test_library_exports_only_the_entry_points(unit_build):
     _, library = unit_build
     nm = shutil.which("nm")
@@ -496,15 +639,17 @@ def _tensorrt_or_skip():
 
 
 def _engine_for(tmp_path, node, inputs, output, shapes, domain_version=1):
-    """Build an engine of a one-node ssmpose graph through the backend's helpers."""
+    """Build an engine of a one-node ssmpose graph through the backend's helpers (`output`: a name, or a list of
+    names)."""
     import torch
     from onnx import TensorProto, helper
     import onnx
 
     trt, library = _tensorrt_or_skip()
+    outputs = [output] if isinstance(output, str) else list(output)
     graph = helper.make_graph([node], "one", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
                                               for n in inputs],
-                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)])
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid("ssmpose", domain_version)])
     path = tmp_path / "one.onnx"
@@ -592,4 +737,47 @@ def test_engine_layer_norm(tmp_path, shape):
     y = engine.run({k: v.cuda() for k, v in arrays.items()})["Y"].cpu()
     expected = torch.nn.functional.layer_norm(arrays["X"].double(), (channels,), arrays["weight"].double(),
                                               arrays["bias"].double(), eps=1e-3)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 96), (3, 768)], ids=lambda s: "x".join(map(str, s)))
+def test_engine_add_layer_norm(tmp_path, shape):
+    """An AddLayerNorm node (domain version 4) as the exporter writes it: Y against float64 layer normalisation of
+    S, and S = X + R."""
+    import torch
+    from onnx import helper
+
+    channels = shape[-1]
+    gen = torch.Generator().manual_seed(0)
+    arrays = {"X": torch.randn(*shape, generator=gen) * 2 + 3, "R": torch.randn(*shape, generator=gen) - 1,
+              "weight": torch.rand(channels, generator=gen) + 0.5, "bias": torch.randn(channels, generator=gen) * 0.2}
+    names = list(arrays)
+    node = helper.make_node("AddLayerNorm", names, ["Y", "S"], domain="ssmpose", epsilon=1e-3, plugin_version="1",
+                            plugin_namespace="ssmpose")
+    engine = _engine_for(tmp_path, node, names, ["Y", "S"], {k: tuple(v.shape) for k, v in arrays.items()},
+                         domain_version=4)
+    out = {k: v.cpu() for k, v in engine.run({k: v.cuda() for k, v in arrays.items()}).items()}
+    y, s = ref.add_layer_norm_reference(*(arrays[k].double() for k in names), epsilon=1e-3)
+    torch.testing.assert_close(out["S"].double(), s, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out["Y"].double(), y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "none"])
+def test_engine_depthwise_conv(tmp_path, activation):
+    """A MultiKernelDepthwiseConv node (domain version 4) as the exporter writes it (INTS and STRING attributes),
+    HRVMamba's LPU layout on a non-square image, against the float64 reference."""
+    import torch
+    from onnx import helper
+
+    attrs = dict(kernel_sizes=[3, 5, 7, 9], group_channels=[8, 8, 8, 8], shuffle_groups=4, activation=activation)
+    gen = torch.Generator().manual_seed(0)
+    arrays = {"X": torch.randn(2, 9, 7, 32, generator=gen), "weight": torch.randn(32, 9, 9, generator=gen) * 0.3,
+              "bias": torch.randn(32, generator=gen) * 0.1}
+    names = list(arrays)
+    node = helper.make_node("MultiKernelDepthwiseConv", names, ["Y"], domain="ssmpose", plugin_version="1",
+                            plugin_namespace="ssmpose", **attrs)
+    engine = _engine_for(tmp_path, node, names, "Y", {k: tuple(v.shape) for k, v in arrays.items()},
+                         domain_version=4)
+    y = engine.run({k: v.cuda() for k, v in arrays.items()})["Y"].cpu()
+    expected = ref.multi_kernel_depthwise_conv_reference(*(arrays[k].double() for k in names), **attrs)
     torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)

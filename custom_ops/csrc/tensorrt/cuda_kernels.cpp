@@ -62,6 +62,12 @@ Loaded load() {
     return p;
   };
   auto abi = reinterpret_cast<int (*)(void)>(sym("ssm_abi_version"));
+  // A library of another ABI is named as such, before any symbol it lacks (a stale build lacks the newer kernels).
+  if (abi != nullptr && abi() != SSM_KERNELS_ABI_VERSION) {
+    out.error = std::string(kCudaLibrary) + " implements kernel ABI version " + std::to_string(abi()) +
+                ", libssmpose_trt needs " + std::to_string(SSM_KERNELS_ABI_VERSION) + ": rebuild the libraries";
+    return out;
+  }
   out.kernels.status_string = reinterpret_cast<const char* (*)(int)>(sym("ssm_status_string"));
   out.kernels.selective_scan_fwd =
       reinterpret_cast<decltype(out.kernels.selective_scan_fwd)>(sym("ssm_selective_scan_fwd_cuda"));
@@ -71,10 +77,10 @@ Loaded load() {
       reinterpret_cast<decltype(out.kernels.deform_aggregate_fwd)>(sym("ssm_deform_aggregate_fwd_cuda"));
   out.kernels.layer_norm_fwd =
       reinterpret_cast<decltype(out.kernels.layer_norm_fwd)>(sym("ssm_layer_norm_fwd_cuda"));
-  if (out.error.empty() && abi() != SSM_KERNELS_ABI_VERSION) {
-    out.error = std::string(kCudaLibrary) + " implements kernel ABI version " + std::to_string(abi()) +
-                ", libssmpose_trt needs " + std::to_string(SSM_KERNELS_ABI_VERSION) + ": rebuild the libraries";
-  }
+  out.kernels.add_layer_norm_fwd =
+      reinterpret_cast<decltype(out.kernels.add_layer_norm_fwd)>(sym("ssm_add_layer_norm_fwd_cuda"));
+  out.kernels.depthwise_conv_fwd =
+      reinterpret_cast<decltype(out.kernels.depthwise_conv_fwd)>(sym("ssm_depthwise_conv_fwd_cuda"));
   // The handle stays open for the life of the process (engines may run until exit).
   return out;
 }

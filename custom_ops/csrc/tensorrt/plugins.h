@@ -1,6 +1,7 @@
 // The ssmpose TensorRT plugins (IPluginV3 with the V3One core/build/runtime capabilities) and their creators
-// (IPluginCreatorV3One): SelectiveScan, SelectiveScan2D, DeformAggregate and LayerNorm. Plugin name = ONNX op type,
-// version "1", namespace "ssmpose" (DESIGN.md sections 1, 4); plugin fields = the ONNX attributes by the same names.
+// (IPluginCreatorV3One): SelectiveScan, SelectiveScan2D, DeformAggregate, LayerNorm, AddLayerNorm and
+// MultiKernelDepthwiseConv. Plugin name = ONNX op type, version "1", namespace "ssmpose" (DESIGN.md sections 1, 4);
+// plugin fields = the ONNX attributes by the same names.
 // Semantics and shape rules: docs/ops.md.
 #ifndef SSMPOSE_TRT_PLUGINS_H
 #define SSMPOSE_TRT_PLUGINS_H
@@ -179,6 +180,10 @@ class DeformAggregateCreator : public CreatorBase {
 // bias (C) -> Y of X's shape: (X - mean) / sqrt(var + epsilon) * weight + bias over the last axis, float32
 // statistics (ONNX LayerNormalization, axis -1, stash_type 1). C >= 1; the leading dims (the rows) may be empty.
 // Field epsilon (float, default 1e-5, finite and > 0).
+//
+// AddLayerNorm (ssmpose domain version 4): X (..., C), R (X's shape, no broadcasting), weight (C), bias (C) -> Y
+// and S, both of X's shape: S = X + R (float32, rounded to the type), Y = LayerNorm(S). Same field, same rules for
+// X, weight and bias, same kernel shape struct.
 
 constexpr float kLayerNormEpsilon = 1e-5f;
 
@@ -186,11 +191,101 @@ struct LayerNormAttrs {
   float epsilon = kLayerNormEpsilon;
 };
 
-class LayerNormPlugin : public PluginBase {
+// The field epsilon of both creators (float, default 1e-5, finite and > 0 as a float32); messages start with `op`.
+bool parse_layer_norm_fields(const char* op, const nvinfer1::PluginFieldCollection* fc, LayerNormAttrs* attrs,
+                             std::string* err);
+
+// What LayerNorm and AddLayerNorm share: the field, the shape rules of X, weight and bias (and R when there is a
+// residual), the output shapes (X's expressions), the kernel shape struct.
+class LayerNormPluginBase : public PluginBase {
  public:
-  LayerNormPlugin(std::string layer_name, const LayerNormAttrs& attrs);
   const LayerNormAttrs& attrs() const { return attrs_; }
   const ssm_layer_norm_shape& kernel_shape() const { return shape_; }
+
+ protected:
+  // residual: AddLayerNorm (inputs X, R, weight, bias; outputs Y, S), else LayerNorm (X, weight, bias; Y).
+  LayerNormPluginBase(const char* op, std::string layer_name, const LayerNormAttrs& attrs, bool residual);
+
+  bool infer_shape(const std::vector<std::vector<int64_t>>& in, std::vector<int64_t>* out,
+                   std::string* err) const override;
+  bool output_exprs(const nvinfer1::DimsExprs* inputs, nvinfer1::DimsExprs* out,
+                    nvinfer1::IExprBuilder& builder) const override;
+  void prepare(const std::vector<std::vector<int64_t>>& in, int32_t dtype) override;
+  void write_fields(FieldWriter* w) const override;
+  const char* input_name(int32_t index) const override;
+  const char* output_name(int32_t index) const override;
+
+  LayerNormAttrs attrs_;
+  bool residual_;
+  ssm_layer_norm_shape shape_{};
+};
+
+class LayerNormPlugin : public LayerNormPluginBase {
+ public:
+  LayerNormPlugin(std::string layer_name, const LayerNormAttrs& attrs);
+
+  nvinfer1::IPluginV3* clone() noexcept override { return clone_plugin(*this); }
+
+ protected:
+  int launch(const CudaKernels& cuda, const void* const* inputs, void* const* outputs, void* stream,
+             const char** kernel) const override;
+};
+
+class LayerNormCreator : public CreatorBase {
+ public:
+  LayerNormCreator();
+  nvinfer1::IPluginV3* createPlugin(const char* name, const nvinfer1::PluginFieldCollection* fc,
+                                    nvinfer1::TensorRTPhase phase) noexcept override;
+
+  static bool parse(const nvinfer1::PluginFieldCollection* fc, LayerNormAttrs* attrs, std::string* err);
+};
+
+class AddLayerNormPlugin : public LayerNormPluginBase {
+ public:
+  AddLayerNormPlugin(std::string layer_name, const LayerNormAttrs& attrs);
+
+  nvinfer1::IPluginV3* clone() noexcept override { return clone_plugin(*this); }
+
+ protected:
+  int launch(const CudaKernels& cuda, const void* const* inputs, void* const* outputs, void* stream,
+             const char** kernel) const override;
+};
+
+class AddLayerNormCreator : public CreatorBase {
+ public:
+  AddLayerNormCreator();
+  nvinfer1::IPluginV3* createPlugin(const char* name, const nvinfer1::PluginFieldCollection* fc,
+                                    nvinfer1::TensorRTPhase phase) noexcept override;
+
+  static bool parse(const nvinfer1::PluginFieldCollection* fc, LayerNormAttrs* attrs, std::string* err);
+};
+
+// ------------------------------------------------------------------------------------------------
+// MultiKernelDepthwiseConv (ssmpose domain version 4): X (B, H, W, C) channel-last, weight (C, K, K), bias (C) ->
+// Y (B, H, W, C): per channel group g (consecutive channels) a depthwise convolution with the central
+// kernel_sizes[g] x kernel_sizes[g] taps of its weights, stride 1, zero "same" padding; then ShuffleNet's channel
+// shuffle over shuffle_groups and the activation. B, H or W may be 0 (an empty output); K is odd, 1..15, and at
+// least every kernel size. Fields: kernel_sizes (ints, required: 1 to 16 odd sizes 1..15), group_channels (ints,
+// required: as many channel counts >= 1, summing to C), shuffle_groups (int, default 1, >= 1, dividing C),
+// activation (string, "none" (the default) or "gelu").
+
+struct DepthwiseConvAttrs {
+  std::vector<int32_t> kernel_sizes;
+  std::vector<int32_t> group_channels;
+  int32_t shuffle_groups = 1;
+  int32_t activation = SSM_ACTIVATION_NONE;  // ssm_activation
+
+  int64_t channels() const;         // the sum of group_channels: X's C
+  int32_t largest_kernel() const;   // the largest of kernel_sizes: the least K of the weight
+};
+
+const char* activation_name(int32_t activation);  // "none", "gelu"
+
+class DepthwiseConvPlugin : public PluginBase {
+ public:
+  DepthwiseConvPlugin(std::string layer_name, const DepthwiseConvAttrs& attrs);
+  const DepthwiseConvAttrs& attrs() const { return attrs_; }
+  const ssm_dwconv_shape& kernel_shape() const { return shape_; }
 
   nvinfer1::IPluginV3* clone() noexcept override { return clone_plugin(*this); }
 
@@ -206,17 +301,17 @@ class LayerNormPlugin : public PluginBase {
   const char* input_name(int32_t index) const override;
 
  private:
-  LayerNormAttrs attrs_;
-  ssm_layer_norm_shape shape_{};
+  DepthwiseConvAttrs attrs_;
+  ssm_dwconv_shape shape_{};
 };
 
-class LayerNormCreator : public CreatorBase {
+class DepthwiseConvCreator : public CreatorBase {
  public:
-  LayerNormCreator();
+  DepthwiseConvCreator();
   nvinfer1::IPluginV3* createPlugin(const char* name, const nvinfer1::PluginFieldCollection* fc,
                                     nvinfer1::TensorRTPhase phase) noexcept override;
 
-  static bool parse(const nvinfer1::PluginFieldCollection* fc, LayerNormAttrs* attrs, std::string* err);
+  static bool parse(const nvinfer1::PluginFieldCollection* fc, DepthwiseConvAttrs* attrs, std::string* err);
 };
 
 // The creators the library exports through getCreators() (static objects, alive while the library is loaded).

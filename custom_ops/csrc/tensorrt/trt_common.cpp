@@ -147,15 +147,41 @@ const char* field_type_name(PluginFieldType t) {
   }
 }
 
-// The integer in `f` (false if it is not an integer field).
-bool integer_value(const PluginField& f, int64_t* v) {
+// The integer at `index` of `f` (false if it is not an integer field). The data may be unaligned.
+bool integer_value(const PluginField& f, int64_t* v, int32_t index = 0) {
+  const char* p = static_cast<const char*>(f.data);
   switch (f.type) {
-    case PluginFieldType::kINT8: *v = *static_cast<const int8_t*>(f.data); return true;
-    case PluginFieldType::kINT16: *v = *static_cast<const int16_t*>(f.data); return true;
-    case PluginFieldType::kINT32: *v = *static_cast<const int32_t*>(f.data); return true;
-    case PluginFieldType::kINT64: *v = *static_cast<const int64_t*>(f.data); return true;
+    case PluginFieldType::kINT8: {
+      int8_t x;
+      std::memcpy(&x, p + index * sizeof x, sizeof x);
+      *v = x;
+      return true;
+    }
+    case PluginFieldType::kINT16: {
+      int16_t x;
+      std::memcpy(&x, p + index * sizeof x, sizeof x);
+      *v = x;
+      return true;
+    }
+    case PluginFieldType::kINT32: {
+      int32_t x;
+      std::memcpy(&x, p + index * sizeof x, sizeof x);
+      *v = x;
+      return true;
+    }
+    case PluginFieldType::kINT64: {
+      int64_t x;
+      std::memcpy(&x, p + index * sizeof x, sizeof x);
+      *v = x;
+      return true;
+    }
     default: return false;
   }
+}
+
+bool is_integer_type(PluginFieldType t) {
+  return t == PluginFieldType::kINT8 || t == PluginFieldType::kINT16 || t == PluginFieldType::kINT32 ||
+         t == PluginFieldType::kINT64;
 }
 
 }  // namespace
@@ -234,22 +260,102 @@ bool FieldReader::get_float(const char* name, bool required, float def, float* o
   return true;
 }
 
+bool FieldReader::get_ints(const char* name, bool required, int32_t min_count, int32_t max_count,
+                           std::vector<int64_t>* out, std::string* err) const {
+  out->clear();
+  const PluginField* f = find(name);
+  if (f == nullptr) {
+    if (required) {
+      *err = std::string(op_) + ": missing required field '" + name + "' (ints)";
+      return false;
+    }
+    return true;
+  }
+  if (!is_integer_type(f->type)) {
+    *err = std::string(op_) + ": field '" + name + "' must hold integers, got " + field_type_name(f->type);
+    return false;
+  }
+  const int32_t n = f->data == nullptr ? 0 : f->length;
+  if (n < min_count || n > max_count) {
+    *err = std::string(op_) + ": field '" + name + "' must hold " + std::to_string(min_count) + " to " +
+           std::to_string(max_count) + " values, got " +
+           (f->data == nullptr ? std::string("no data") : std::to_string(f->length) + " values");
+    return false;
+  }
+  for (int32_t i = 0; i < n; ++i) {
+    int64_t v = 0;
+    integer_value(*f, &v, i);
+    out->push_back(v);
+  }
+  return true;
+}
+
+bool FieldReader::get_string(const char* name, bool required, const char* def, std::string* out,
+                             std::string* err) const {
+  const PluginField* f = find(name);
+  if (f == nullptr) {
+    if (required) {
+      *err = std::string(op_) + ": missing required field '" + name + "' (string)";
+      return false;
+    }
+    *out = def;
+    return true;
+  }
+  if (f->type != PluginFieldType::kCHAR) {
+    *err = std::string(op_) + ": field '" + name + "' must be a string (char), got " + field_type_name(f->type);
+    return false;
+  }
+  if (f->length < 0 || (f->data == nullptr && f->length != 0)) {
+    *err = std::string(op_) + ": field '" + name + "' has no data for its length " + std::to_string(f->length);
+    return false;
+  }
+  const char* p = static_cast<const char*>(f->data);
+  const size_t length = p == nullptr ? 0 : static_cast<size_t>(f->length);
+  const void* nul = length == 0 ? nullptr : std::memchr(p, '\0', length);
+  out->assign(p == nullptr ? "" : p, nul != nullptr ? static_cast<size_t>(static_cast<const char*>(nul) - p) : length);
+  return true;
+}
+
+std::string quoted(const std::string& text) {
+  std::string q = "\"";
+  for (size_t i = 0; i < text.size() && i < 64; ++i) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    q += c >= 0x20 && c < 0x7f ? static_cast<char>(c) : '?';
+  }
+  if (text.size() > 64) q += "...";
+  return q + "\"";
+}
+
+std::string list_str(const std::vector<int64_t>& values) {
+  std::string s = "[";
+  for (size_t i = 0; i < values.size(); ++i) s += (i ? ", " : "") + std::to_string(values[i]);
+  return s + "]";
+}
+
 void FieldWriter::clear() {
   ints_.clear();
   floats_.clear();
+  strings_.clear();
   fields_.clear();
-  ints_.reserve(32);
-  floats_.reserve(8);
 }
 
-void FieldWriter::add_int(const char* name, int32_t value) {
-  ints_.push_back(value);  // capacity reserved by clear(): earlier pointers stay valid
-  fields_.emplace_back(name, &ints_.back(), PluginFieldType::kINT32, 1);
+void FieldWriter::add_int(const char* name, int32_t value) { add_ints(name, {value}); }
+
+void FieldWriter::add_ints(const char* name, const std::vector<int32_t>& values) {
+  ints_.push_back(values);  // a deque: the earlier elements, which earlier fields point into, stay in place
+  fields_.emplace_back(name, ints_.back().data(), PluginFieldType::kINT32, static_cast<int32_t>(values.size()));
 }
 
 void FieldWriter::add_float(const char* name, float value) {
   floats_.push_back(value);
   fields_.emplace_back(name, &floats_.back(), PluginFieldType::kFLOAT32, 1);
+}
+
+void FieldWriter::add_string(const char* name, const std::string& value) {
+  strings_.push_back(value);
+  // As TensorRT's ONNX parser passes a STRING attribute: the bytes and a terminating NUL.
+  fields_.emplace_back(name, strings_.back().c_str(), PluginFieldType::kCHAR,
+                       static_cast<int32_t>(value.size() + 1));
 }
 
 const nvinfer1::PluginFieldCollection* FieldWriter::collection() {
@@ -286,8 +392,15 @@ bool PluginBase::check_counts(int32_t nbInputs, int32_t nbOutputs) const {
                 (min_inputs_ == max_inputs_ ? std::string() : " to " + std::to_string(max_inputs_)) +
                 " inputs, got " + std::to_string(nbInputs));
   }
-  if (nbOutputs != 1) return fail("has 1 output, got " + std::to_string(nbOutputs));
+  if (nbOutputs != nb_outputs_) {
+    return fail("has " + std::to_string(nb_outputs_) + (nb_outputs_ == 1 ? " output" : " outputs") + ", got " +
+                std::to_string(nbOutputs));
+  }
   return true;
+}
+
+std::string PluginBase::output_label(int32_t index) const {
+  return nb_outputs_ == 1 ? std::string("output") : std::string("output '") + output_name(index) + "'";
 }
 
 bool PluginBase::check_types(const DataType* types, int32_t nbInputs) const {
@@ -309,7 +422,7 @@ int32_t PluginBase::getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs,
                                        int32_t nbInputs) const noexcept {
   try {
     if (!check_counts(nbInputs, nbOutputs) || !check_types(inputTypes, nbInputs)) return -1;
-    outputTypes[0] = inputTypes[0];  // the output takes the dtype of the first input
+    for (int32_t j = 0; j < nbOutputs; ++j) outputTypes[j] = inputTypes[0];  // the outputs take the first input's
     return 0;
   } catch (const std::exception& e) {
     report_error(std::string(op_) + ": " + e.what());
@@ -322,7 +435,7 @@ int32_t PluginBase::getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs,
 bool PluginBase::supportsFormatCombination(int32_t pos, const nvinfer1::DynamicPluginTensorDesc* inOut,
                                            int32_t nbInputs, int32_t nbOutputs) noexcept {
   // Dense row-major tensors only (the kernels' layout); float32 or float16 chosen by the first input, every other
-  // input and the output in the same type. TensorRT asks position by position, with 0..pos-1 already decided.
+  // input and the outputs in the same type. TensorRT asks position by position, with 0..pos-1 already decided.
   if (inOut == nullptr || pos < 0 || pos >= nbInputs + nbOutputs) return false;
   const nvinfer1::PluginTensorDesc& d = inOut[pos].desc;
   if (d.format != nvinfer1::TensorFormat::kLINEAR) return false;
@@ -341,10 +454,12 @@ int32_t PluginBase::configurePlugin(const nvinfer1::DynamicPluginTensorDesc* in,
       dims.push_back(dims_vec(in[i].desc.dims));
     }
     if (!check_types(types.data(), nbInputs)) return -1;
-    if (out[0].desc.type != in[0].desc.type) {
-      fail(std::string("output has element type ") + type_name(out[0].desc.type) + ", expected " +
-           type_name(in[0].desc.type));
-      return -1;
+    for (int32_t j = 0; j < nbOutputs; ++j) {
+      if (out[j].desc.type != in[0].desc.type) {
+        fail(output_label(j) + " has element type " + type_name(out[j].desc.type) + ", expected " +
+             type_name(in[0].desc.type));
+        return -1;
+      }
     }
     std::vector<int64_t> expected;
     std::string err;
@@ -381,6 +496,7 @@ int32_t PluginBase::getOutputShapes(const nvinfer1::DimsExprs* inputs, int32_t n
     std::string err;
     if (!infer_shape(dims, &expected, &err)) return fail(err), -1;
     if (!output_exprs(inputs, &outputs[0], exprBuilder)) return fail("could not build the output shape"), -1;
+    for (int32_t j = 1; j < nbOutputs; ++j) outputs[j] = outputs[0];  // every output has the first one's shape
     return 0;
   } catch (const std::exception& e) {
     report_error(std::string(op_) + ": " + e.what());
@@ -408,9 +524,11 @@ int32_t PluginBase::onShapeChange(const nvinfer1::PluginTensorDesc* in, int32_t 
     std::vector<int64_t> expected;
     std::string err;
     if (!infer_shape(dims, &expected, &err)) return fail(err), -1;
-    const std::vector<int64_t> got = dims_vec(out[0].dims);
-    if (got != expected) {
-      return fail("output shape " + shape_str(got) + " != expected " + shape_str(expected)), -1;
+    for (int32_t j = 0; j < nbOutputs; ++j) {
+      const std::vector<int64_t> got = dims_vec(out[j].dims);
+      if (got != expected) {
+        return fail(output_label(j) + " shape " + shape_str(got) + " != expected " + shape_str(expected)), -1;
+      }
     }
     int32_t dtype = 0;
     to_ssm_dtype(types[0], &dtype);
@@ -467,8 +585,8 @@ const nvinfer1::PluginFieldCollection* PluginBase::getFieldsToSerialize() noexce
 // ------------------------------------------------------------------------------------------------
 // CreatorBase
 
-void CreatorBase::add_field(const char* name, PluginFieldType type) {
-  fields_.emplace_back(name, nullptr, type, 1);
+void CreatorBase::add_field(const char* name, PluginFieldType type, int32_t length) {
+  fields_.emplace_back(name, nullptr, type, length);
   fc_.nbFields = static_cast<int32_t>(fields_.size());
   fc_.fields = fields_.data();
 }

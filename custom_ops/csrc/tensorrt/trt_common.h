@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <exception>
 #include <string>
 #include <vector>
@@ -18,8 +19,9 @@
 #include "ssmpose_kernels.h"
 
 // Bump when the plugins' interface (names, fields, inputs, serialised fields) or the entry points change.
-// 2: adds SelectiveScan2D (ssmpose domain version 2). 3: adds LayerNorm (ssmpose domain version 3).
-#define SSMPOSE_TRT_LIBRARY_VERSION 3
+// 2: adds SelectiveScan2D (ssmpose domain version 2). 3: adds LayerNorm (ssmpose domain version 3). 4: adds
+// AddLayerNorm and MultiKernelDepthwiseConv (ssmpose domain version 4; kernel ABI 3).
+#define SSMPOSE_TRT_LIBRARY_VERSION 4
 
 namespace nvinfer1 {
 class ILoggerFinder;  // declared by TensorRT's full headers (NvInferRuntimeCommon.h); only passed through here
@@ -58,6 +60,10 @@ inline bool known(int64_t v) { return v >= 0; }
 std::string dim_str(int64_t v);
 // Two dims that must be equal: false if both are known and differ; *merged gets the known one (or -1).
 bool unify(int64_t a, int64_t b, int64_t* merged);
+// "[3, 5, 7]" (the values of an array field).
+std::string list_str(const std::vector<int64_t>& values);
+// A field's string value for a message: in double quotes, non-printable bytes as '?', cut after 64 bytes.
+std::string quoted(const std::string& text);
 // Same rank and no two known dims that differ.
 bool same_shape(const std::vector<int64_t>& a, const std::vector<int64_t>& b);
 // *out = the dimension expressions of `in` (an output of an input's shape); false if one is missing.
@@ -66,7 +72,9 @@ bool copy_exprs(const nvinfer1::DimsExprs& in, nvinfer1::DimsExprs* out);
 // ------------------------------------------------------------------------------------------------
 // Plugin fields (the ONNX attributes, by the same names). The ONNX parser hands INT attributes as kINT32 and FLOAT
 // attributes as kFLOAT32; any integer or floating field type of length 1 is accepted, as other producers (the
-// network API, Polygraphy, torch-tensorrt) may use kINT64 or kFLOAT64. Fields not named here are ignored.
+// network API, Polygraphy, torch-tensorrt) may use kINT64 or kFLOAT64. INTS attributes come as kINT32 with one
+// entry per value (any integer type is accepted), STRING attributes as kCHAR whose length counts the bytes and,
+// from the ONNX parser, a terminating NUL (with or without it is accepted). Fields not named here are ignored.
 
 class FieldReader {
  public:
@@ -76,6 +84,12 @@ class FieldReader {
                std::string* err) const;
   // Float field `name` (an integer field is converted, as the ONNX Runtime adapter accepts an int attribute).
   bool get_float(const char* name, bool required, float def, float* out, std::string* err) const;
+  // Integer array field `name` holding min_count..max_count values (not range-checked here). A missing field is
+  // an error if required, else *out is left empty.
+  bool get_ints(const char* name, bool required, int32_t min_count, int32_t max_count, std::vector<int64_t>* out,
+                std::string* err) const;
+  // String field `name` (kCHAR): its bytes up to the first NUL or its length; `def` when absent and not required.
+  bool get_string(const char* name, bool required, const char* def, std::string* out, std::string* err) const;
 
  private:
   const nvinfer1::PluginField* find(const char* name) const;
@@ -95,12 +109,17 @@ class FieldWriter {
   }
   void clear();
   void add_int(const char* name, int32_t value);
+  void add_ints(const char* name, const std::vector<int32_t>& values);  // kINT32, one entry per value
   void add_float(const char* name, float value);
+  void add_string(const char* name, const std::string& value);  // kCHAR, length counting a terminating NUL
   const nvinfer1::PluginFieldCollection* collection();
 
  private:
-  std::vector<int32_t> ints_;  // reserved up front: the fields point into these vectors
-  std::vector<float> floats_;
+  // One element per field; a deque keeps the earlier elements in place as it grows, so the fields' pointers stay
+  // valid.
+  std::deque<std::vector<int32_t>> ints_;
+  std::deque<float> floats_;
+  std::deque<std::string> strings_;
   std::vector<nvinfer1::PluginField> fields_;
   nvinfer1::PluginFieldCollection fc_{};
 };
@@ -117,23 +136,31 @@ struct CudaKernels {
                                const void*, const void*, const void*, void*, void*) = nullptr;
   int (*deform_aggregate_fwd)(const ssm_deform_shape*, const void*, const void*, void*, void*) = nullptr;
   int (*layer_norm_fwd)(const ssm_layer_norm_shape*, const void*, const void*, const void*, void*, void*) = nullptr;
+  int (*add_layer_norm_fwd)(const ssm_layer_norm_shape*, const void*, const void*, const void*, const void*, void*,
+                            void*, void*) = nullptr;
+  int (*depthwise_conv_fwd)(const ssm_dwconv_shape*, const void*, const void*, const void*, void*, void*) = nullptr;
 };
 
 // The loaded kernels, or NULL with the reason in *error.
 const CudaKernels* cuda_kernels(std::string* error) noexcept;
 
 // ------------------------------------------------------------------------------------------------
-// What every plugin shares: one output of the first input's type, linear formats, float32/float16, no workspace,
-// validation of shapes at every stage (build: configurePlugin, getOutputShapes; run: onShapeChange), and enqueue
-// of one CUDA kernel (nothing for an empty output).
+// What every plugin shares: its outputs (one, or more of one shape: AddLayerNorm's Y and S) of the first input's
+// type, linear formats, float32/float16, no workspace, validation of shapes at every stage (build:
+// configurePlugin, getOutputShapes; run: onShapeChange), and enqueue of one CUDA kernel (nothing for an empty
+// output).
 
 class PluginBase : public nvinfer1::IPluginV3,
                    public nvinfer1::IPluginV3OneCore,
                    public nvinfer1::IPluginV3OneBuild,
                    public nvinfer1::IPluginV3OneRuntime {
  public:
-  PluginBase(const char* op, std::string layer_name, int32_t min_inputs, int32_t max_inputs)
-      : op_(op), layer_name_(std::move(layer_name)), min_inputs_(min_inputs), max_inputs_(max_inputs) {}
+  PluginBase(const char* op, std::string layer_name, int32_t min_inputs, int32_t max_inputs, int32_t nb_outputs = 1)
+      : op_(op),
+        layer_name_(std::move(layer_name)),
+        min_inputs_(min_inputs),
+        max_inputs_(max_inputs),
+        nb_outputs_(nb_outputs) {}
   ~PluginBase() override = default;
 
   // IPluginV3
@@ -154,7 +181,7 @@ class PluginBase : public nvinfer1::IPluginV3,
                           nvinfer1::IExprBuilder& exprBuilder) noexcept override;
   bool supportsFormatCombination(int32_t pos, const nvinfer1::DynamicPluginTensorDesc* inOut, int32_t nbInputs,
                                  int32_t nbOutputs) noexcept override;
-  int32_t getNbOutputs() const noexcept override { return 1; }
+  int32_t getNbOutputs() const noexcept override { return nb_outputs_; }
   size_t getWorkspaceSize(const nvinfer1::DynamicPluginTensorDesc*, int32_t, const nvinfer1::DynamicPluginTensorDesc*,
                           int32_t) const noexcept override {
     return 0;
@@ -174,10 +201,12 @@ class PluginBase : public nvinfer1::IPluginV3,
 
  protected:
   // Shape rules of the operator, on dims where -1 means "not known yet" (build time). Checks every relation whose
-  // dimensions are known; on success fills *out (entries may be -1). Returns false with the problem in *err.
+  // dimensions are known; on success fills *out, the shape of every output (entries may be -1). Returns false with
+  // the problem in *err.
   virtual bool infer_shape(const std::vector<std::vector<int64_t>>& in, std::vector<int64_t>* out,
                            std::string* err) const = 0;
-  // The output dims as expressions of the input dims (ranks and known values already checked by infer_shape).
+  // The output dims as expressions of the input dims (ranks and known values already checked by infer_shape); the
+  // other outputs, if any, get the same expressions.
   virtual bool output_exprs(const nvinfer1::DimsExprs* inputs, nvinfer1::DimsExprs* out,
                             nvinfer1::IExprBuilder& builder) const = 0;
   // Concrete shapes at run time (all dims known and checked by infer_shape): prepare the kernel call.
@@ -189,14 +218,19 @@ class PluginBase : public nvinfer1::IPluginV3,
   virtual void write_fields(FieldWriter* w) const = 0;
   // The input names, for messages.
   virtual const char* input_name(int32_t index) const = 0;
+  // The output names, for messages of plugins with several outputs.
+  virtual const char* output_name(int32_t /*index*/) const { return "?"; }
 
   bool fail(const std::string& problem) const;  // reports "<Op> [layer]: <problem>"; returns false
   bool check_counts(int32_t nbInputs, int32_t nbOutputs) const;
   bool check_types(const nvinfer1::DataType* types, int32_t nbInputs) const;
+  // "output", or "output 'S'" when there are several.
+  std::string output_label(int32_t index) const;
 
   const char* op_;
   std::string layer_name_;
   int32_t min_inputs_, max_inputs_;
+  int32_t nb_outputs_;
   int32_t nb_inputs_ = 0;     // from configurePlugin / onShapeChange; enqueue reads the optional inputs by it
   bool empty_output_ = false; // set by prepare(): nothing to compute
   FieldWriter serialized_;
@@ -228,7 +262,8 @@ class CreatorBase : public nvinfer1::IPluginCreatorV3One {
   explicit CreatorBase(const char* op) : op_(op) {}
   CreatorBase(const CreatorBase&) = delete;  // fc_ points into fields_
   CreatorBase& operator=(const CreatorBase&) = delete;
-  void add_field(const char* name, nvinfer1::PluginFieldType type);
+  // `length`: 1 for a scalar; for an array or string field, the most values it may hold (a string's NUL included).
+  void add_field(const char* name, nvinfer1::PluginFieldType type, int32_t length = 1);
 
   // `parse` reads the fields into Attrs (messages start with the op name); the plugin is Plugin(name, attrs).
   template <typename Plugin, typename Attrs>

@@ -19,9 +19,16 @@
 //                                          (onShapeChange), or "build error: ..." / "run error: ..."
 //   ssmpose_trt_unit_tests layernorm X WEIGHT BIAS
 //                                          LayerNorm's shape rules, likewise ("" for a scalar X)
+//   ssmpose_trt_unit_tests addlayernorm X R WEIGHT BIAS
+//                                          AddLayerNorm's shape rules, likewise (the "build"/"run" lines give Y's
+//                                          shape, which S shares)
+//   ssmpose_trt_unit_tests dwconv X WEIGHT BIAS KERNEL_SIZES GROUP_CHANNELS [SHUFFLE_GROUPS [ACTIVATION]]
+//                                          MultiKernelDepthwiseConv's field rules ("create error: ..." when the
+//                                          creator refuses them; lists as 3,5,7,9), then its shape rules, likewise
 //   ssmpose_trt_unit_tests gpu             (built with the CUDA runtime) enqueue on a GPU through the real CUDA kernels,
-//                                          compared with the CPU kernels (LayerNorm: with a float64 reference computed
-//                                          here); needs libssmpose_kernels{,_cuda}.so on the loader path
+//                                          compared with the CPU kernels (LayerNorm, AddLayerNorm and
+//                                          MultiKernelDepthwiseConv: with float64 references computed here); needs
+//                                          libssmpose_kernels{,_cuda}.so on the loader path
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -231,6 +238,20 @@ class Fields {
   Fields& i32s(const char* name, std::vector<int32_t> v) {
     return add(name, PluginFieldType::kINT32, v.data(), v.size() * sizeof(int32_t), static_cast<int32_t>(v.size()));
   }
+  Fields& i64s(const char* name, std::vector<int64_t> v) {
+    return add(name, PluginFieldType::kINT64, v.data(), v.size() * sizeof(int64_t), static_cast<int32_t>(v.size()));
+  }
+  Fields& i8s(const char* name, std::vector<int8_t> v) {
+    return add(name, PluginFieldType::kINT8, v.data(), v.size(), static_cast<int32_t>(v.size()));
+  }
+  // A string as TensorRT's ONNX parser passes it: the bytes and a terminating NUL, counted in the length.
+  Fields& cstr(const char* name, const char* v) {
+    return add(name, PluginFieldType::kCHAR, v, std::strlen(v) + 1, static_cast<int32_t>(std::strlen(v) + 1));
+  }
+  // Any field: `length` values of `bytes` bytes in all.
+  Fields& raw(const char* name, PluginFieldType t, const void* p, size_t bytes, int32_t length) {
+    return add(name, t, p, bytes, length);
+  }
   Fields& without(const char* name) {
     for (size_t i = 0; i < names_.size(); ++i) {
       if (names_[i] == name) {
@@ -329,6 +350,14 @@ LayerNormCreator& layer_norm_creator() {
   int32_t n = 0;
   return *dynamic_cast<LayerNormCreator*>(plugin_creators(&n)[3]);
 }
+AddLayerNormCreator& add_layer_norm_creator() {
+  int32_t n = 0;
+  return *dynamic_cast<AddLayerNormCreator*>(plugin_creators(&n)[4]);
+}
+DepthwiseConvCreator& dwconv_creator() {
+  int32_t n = 0;
+  return *dynamic_cast<DepthwiseConvCreator*>(plugin_creators(&n)[5]);
+}
 
 // The fields a plugin serialises are exactly its creator's field names (what the ONNX parser passes), with their
 // types.
@@ -346,28 +375,49 @@ bool fields_match_creator(const PluginFieldCollection* fc, nvinfer1::IPluginCrea
   return same;
 }
 
-// A copy of a serialised collection (as TensorRT stores it in the plan), independent of the plugin's storage.
+// The bytes of one value of a field type (0 for those the plugins never write).
+size_t field_value_bytes(PluginFieldType t) {
+  switch (t) {
+    case PluginFieldType::kINT8:
+    case PluginFieldType::kCHAR: return 1;
+    case PluginFieldType::kINT16:
+    case PluginFieldType::kFLOAT16: return 2;
+    case PluginFieldType::kINT32:
+    case PluginFieldType::kFLOAT32: return 4;
+    case PluginFieldType::kINT64:
+    case PluginFieldType::kFLOAT64: return 8;
+    default: return 0;
+  }
+}
+
+// A copy of a serialised collection (as TensorRT stores it in the plan: name, type, length and the bytes),
+// independent of the plugin's storage.
 Fields copy_fields(const PluginFieldCollection* fc) {
   Fields copy;
   for (int32_t i = 0; fc && i < fc->nbFields; ++i) {
     const PluginField& f = fc->fields[i];
-    if (f.type == PluginFieldType::kINT32) copy.i32(f.name, *static_cast<const int32_t*>(f.data));
-    if (f.type == PluginFieldType::kFLOAT32) copy.f32(f.name, *static_cast<const float*>(f.data));
+    copy.raw(f.name, f.type, f.data, field_value_bytes(f.type) * static_cast<size_t>(f.length), f.length);
   }
   return copy;
 }
 
-const char* field_type(PluginFieldType t) {
-  return t == PluginFieldType::kINT32 ? "int32" : t == PluginFieldType::kFLOAT32 ? "float32" : "other";
+// The type of a creator's field as the tests name it: "int32", "float32", "int32s" (an int32 array: declared with a
+// length other than 1), "char" (a string), else "other".
+std::string field_type(const PluginField& f) {
+  if (f.type == PluginFieldType::kINT32) return f.length == 1 ? "int32" : "int32s";
+  if (f.type == PluginFieldType::kFLOAT32 && f.length == 1) return "float32";
+  if (f.type == PluginFieldType::kCHAR) return "char";
+  return "other";
 }
 
 void test_creators() {
   int32_t n = 0;
   nvinfer1::IPluginCreatorInterface* const* list = plugin_creators(&n);
-  check(n == 4 && list[0] != nullptr && list[1] != nullptr && list[2] != nullptr && list[3] != nullptr,
+  check(n == 6 && std::all_of(list, list + n, [](nvinfer1::IPluginCreatorInterface* c) { return c != nullptr; }),
         "creators.count");
-  const char* expected[] = {"SelectiveScan", "DeformAggregate", "SelectiveScan2D", "LayerNorm"};
-  for (int32_t i = 0; i < n && i < 4; ++i) {
+  const char* expected[] = {"SelectiveScan", "DeformAggregate",  "SelectiveScan2D",
+                            "LayerNorm",     "AddLayerNorm",     "MultiKernelDepthwiseConv"};
+  for (int32_t i = 0; i < n && i < 6; ++i) {
     auto* c = dynamic_cast<nvinfer1::IPluginCreatorV3One*>(list[i]);
     const std::string tag = std::string("creators.") + expected[i];
     check(c != nullptr, tag + ".is_v3one");
@@ -380,7 +430,7 @@ void test_creators() {
     const PluginFieldCollection* fc = c->getFieldNames();
     std::string line = std::string("fields ") + expected[i];
     for (int32_t k = 0; k < fc->nbFields; ++k) {
-      line += std::string(" ") + fc->fields[k].name + ":" + field_type(fc->fields[k].type);
+      line += std::string(" ") + fc->fields[k].name + ":" + field_type(fc->fields[k]);
     }
     std::printf("%s\n", line.c_str());
   }
@@ -1602,6 +1652,882 @@ void test_layer_norm_serialization() {
         "serialize.layernorm_float64_as_float32");
 }
 
+// ------------------------------------------------------------------------------------------------
+// AddLayerNorm (domain version 4): X (..., C), R (X's shape), weight (C), bias (C) -> Y and S of X's shape. Field
+// epsilon (float), as LayerNorm's.
+
+std::unique_ptr<AddLayerNormPlugin> add_layer_norm_plugin(
+    const char* layer, Fields f = Fields(), nvinfer1::TensorRTPhase phase = nvinfer1::TensorRTPhase::kBUILD) {
+  return as_plugin<AddLayerNormPlugin>(add_layer_norm_creator().createPlugin(layer, f.fc(), phase));
+}
+
+// The inputs of one AddLayerNorm node: X, R, weight, bias.
+std::vector<std::vector<int64_t>> add_layer_norm_dims(std::vector<int64_t> x) {
+  const int64_t c = x.empty() ? 1 : x.back();
+  return {x, x, {c}, {c}};
+}
+
+void test_add_layer_norm_fields() {
+  LayerNormAttrs a;
+  std::string err;
+  Fields none;
+  check(AddLayerNormCreator::parse(none.fc(), &a, &err) && a.epsilon == 1e-5f, "addlayernorm.fields.default", err);
+  Fields exported;  // as the exporter writes the node
+  exported.f32("epsilon", 1e-6f).cstr("plugin_version", "1").cstr("plugin_namespace", "ssmpose");
+  check(AddLayerNormCreator::parse(exported.fc(), &a, &err) && a.epsilon == 1e-6f, "addlayernorm.fields.float32",
+        err);
+  Fields wide;
+  wide.f64("epsilon", 1e-3);
+  check(AddLayerNormCreator::parse(wide.fc(), &a, &err) && a.epsilon == 1e-3f, "addlayernorm.fields.float64", err);
+  Fields int64;
+  int64.i64("epsilon", 2);
+  check(AddLayerNormCreator::parse(int64.fc(), &a, &err) && a.epsilon == 2.0f, "addlayernorm.fields.int64", err);
+
+  struct Bad {
+    const char* name;
+    Fields fields;
+    const char* message;
+  };
+  std::vector<Bad> bad;
+  bad.push_back({"zero", Fields().f32("epsilon", 0.0f), "AddLayerNorm: field epsilon must be finite and > 0, got 0"});
+  bad.push_back({"negative", Fields().f32("epsilon", -0.5f),
+                 "AddLayerNorm: field epsilon must be finite and > 0, got -0.5"});
+  bad.push_back({"float64_underflow", Fields().f64("epsilon", 1e-60), "field epsilon must be finite and > 0, got 0"});
+  bad.push_back({"nan", Fields().f32("epsilon", std::numeric_limits<float>::quiet_NaN()),
+                 "AddLayerNorm: field 'epsilon' must be a finite float32 value"});
+  bad.push_back({"string", Fields().str("epsilon", "1"),
+                 "AddLayerNorm: field 'epsilon' must be a float, got char (string)"});
+  bad.push_back({"length", Fields().i32s("epsilon", {1, 1}),
+                 "AddLayerNorm: field 'epsilon' must hold one value, got 2 values"});
+  for (Bad& b : bad) {
+    err.clear();
+    check(!AddLayerNormCreator::parse(b.fields.fc(), &a, &err) && contains(err, b.message),
+          std::string("addlayernorm.fields.") + b.name, err);
+  }
+
+  Fields zero;
+  zero.f32("epsilon", 0.0f).cstr("plugin_version", "1").cstr("plugin_namespace", "ssmpose");
+  clear_last_error();
+  nvinfer1::IPluginV3* p = add_layer_norm_creator().createPlugin("aln_1", zero.fc(), nvinfer1::TensorRTPhase::kBUILD);
+  check(p == nullptr, "addlayernorm.create.refused");
+  check_error("addlayernorm.create.message",
+              {"AddLayerNorm (layer 'aln_1'): field epsilon must be finite and > 0, got 0"});
+  delete p;
+  clear_last_error();
+  p = add_layer_norm_creator().createPlugin("", zero.fc(), nvinfer1::TensorRTPhase::kRUNTIME);
+  check(p == nullptr && last_error().rfind("AddLayerNorm: field epsilon", 0) == 0, "addlayernorm.create.unnamed",
+        last_error());
+  delete p;
+  auto ok = add_layer_norm_plugin("ok", exported);
+  check(ok && ok->attrs().epsilon == 1e-6f && ok->layer_name() == "ok" &&
+            std::strcmp(ok->getPluginName(), "AddLayerNorm") == 0,
+        "addlayernorm.create.plugin");
+}
+
+void test_add_layer_norm_plugin() {
+  auto p = add_layer_norm_plugin("aln");
+  check(p != nullptr, "plugin.addlayernorm_created");
+  if (!p) return;
+  auto* core =
+      dynamic_cast<nvinfer1::IPluginV3OneCore*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE));
+  auto* build =
+      dynamic_cast<nvinfer1::IPluginV3OneBuild*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
+  auto* runtime = dynamic_cast<nvinfer1::IPluginV3OneRuntime*>(
+      p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+  check(core != nullptr && build != nullptr && runtime != nullptr, "plugin.addlayernorm_capabilities");
+  if (core && build && runtime) {
+    check(std::strcmp(core->getPluginName(), "AddLayerNorm") == 0 && std::strcmp(core->getPluginVersion(), "1") == 0 &&
+              std::strcmp(core->getPluginNamespace(), "ssmpose") == 0,
+          "plugin.addlayernorm_core_identity");
+    check(build->getNbOutputs() == 2 && build->getWorkspaceSize(nullptr, 0, nullptr, 0) == 0,
+          "plugin.addlayernorm_two_outputs");
+  }
+
+  // Formats: linear tensors, float32 or float16 picked by X; R, weight, bias, Y and S follow.
+  const DataType F = DataType::kFLOAT, H = DataType::kHALF;
+  auto io = [](DataType t, nvinfer1::TensorFormat fmt = nvinfer1::TensorFormat::kLINEAR) {
+    std::vector<std::vector<int64_t>> dims = add_layer_norm_dims({2, 5, 96});
+    dims.push_back({2, 5, 96});  // Y
+    dims.push_back({2, 5, 96});  // S
+    std::vector<nvinfer1::DynamicPluginTensorDesc> v;
+    for (const auto& d : dims) v.push_back(desc(d, t, fmt));
+    return v;
+  };
+  auto all_ok = [&](std::vector<nvinfer1::DynamicPluginTensorDesc> v) {
+    for (int32_t pos = 0; pos < 6; ++pos) {
+      if (!p->supportsFormatCombination(pos, v.data(), 4, 2)) return false;
+    }
+    return true;
+  };
+  check(all_ok(io(F)), "formats.addlayernorm_float32_all");
+  check(all_ok(io(H)), "formats.addlayernorm_float16_all");
+  check(!p->supportsFormatCombination(0, io(DataType::kBF16).data(), 4, 2), "formats.addlayernorm_bfloat16_refused");
+  check(!p->supportsFormatCombination(0, io(F, nvinfer1::TensorFormat::kHWC8).data(), 4, 2),
+        "formats.addlayernorm_non_linear_refused");
+  auto mixed = io(F);
+  mixed[1].desc.type = H;
+  check(!p->supportsFormatCombination(1, mixed.data(), 4, 2), "formats.addlayernorm_mixed_R_refused");
+  auto mixed_y = io(H);
+  mixed_y[4].desc.type = F;
+  check(!p->supportsFormatCombination(4, mixed_y.data(), 4, 2), "formats.addlayernorm_Y_type_follows_X");
+  auto mixed_s = io(H);
+  mixed_s[5].desc.type = F;
+  check(!p->supportsFormatCombination(5, mixed_s.data(), 4, 2), "formats.addlayernorm_S_type_follows_X");
+  auto s_fmt = io(F);
+  s_fmt[5].desc.format = nvinfer1::TensorFormat::kCHW32;
+  check(!p->supportsFormatCombination(5, s_fmt.data(), 4, 2), "formats.addlayernorm_S_non_linear_refused");
+  check(!p->supportsFormatCombination(6, io(F).data(), 4, 2), "formats.addlayernorm_position_out_of_range");
+
+  DataType out[2] = {DataType::kINT32, DataType::kINT32};
+  DataType in_f[] = {F, F, F, F, F};
+  check(p->getOutputDataTypes(out, 2, in_f, 4) == 0 && out[0] == F && out[1] == F, "types.addlayernorm_float32");
+  DataType in_h[] = {H, H, H, H};
+  check(p->getOutputDataTypes(out, 2, in_h, 4) == 0 && out[0] == H && out[1] == H, "types.addlayernorm_float16");
+  DataType in_mixed[] = {F, H, F, F};
+  clear_last_error();
+  check(p->getOutputDataTypes(out, 2, in_mixed, 4) != 0, "types.addlayernorm_mixed_refused");
+  check_error("types.addlayernorm_mixed_message", {"AddLayerNorm (layer 'aln'): input 'R' has element type float16, "
+                                                   "but 'X' has float32; all inputs must share one type"});
+  DataType in_int[] = {DataType::kINT32, DataType::kINT32, DataType::kINT32, DataType::kINT32};
+  check(p->getOutputDataTypes(out, 2, in_int, 4) != 0, "types.addlayernorm_int32_refused");
+  check_error("types.addlayernorm_int32_message", {"AddLayerNorm (layer 'aln'): X has element type int32; supported: "
+                                                   "float32, float16"});
+  check(p->getOutputDataTypes(out, 2, in_f, 3) != 0, "types.addlayernorm_three_inputs_refused");
+  check_error("types.addlayernorm_count_message", {"AddLayerNorm (layer 'aln'): takes 4 inputs, got 3"});
+  check(p->getOutputDataTypes(out, 1, in_f, 4) != 0, "types.addlayernorm_one_output_refused");
+  check_error("types.addlayernorm_outputs_message", {"AddLayerNorm (layer 'aln'): has 2 outputs, got 1"});
+}
+
+void test_add_layer_norm_shapes() {
+  auto p = add_layer_norm_plugin("aln");
+  if (!p) return check(false, "addlayernorm.shapes.plugin");
+  FakeBuilder b;
+  nvinfer1::DimsExprs out[2];
+  // Constant dims of ranks 1 to 5 (and empty rows): Y and S have X's shape.
+  const std::vector<int64_t> good[] = {{96}, {7, 96}, {2, 5, 96}, {2, 3, 4, 32}, {1, 2, 3, 4, 768}, {0, 96},
+                                       {2, 0, 32}, {1}};
+  for (const auto& x : good) {
+    std::vector<nvinfer1::DimsExprs> in = exprs(b, add_layer_norm_dims(x));
+    out[0] = out[1] = nvinfer1::DimsExprs{};
+    check(p->getOutputShapes(in.data(), 4, nullptr, 0, out, 2, b) == 0 && const_dims(out[0]) == x &&
+              const_dims(out[1]) == x,
+          "addlayernorm.shapes.constant_" + shape_str(x), last_error());
+  }
+  // Symbolic dims: both outputs are X's expressions (no operation built).
+  const size_t ops = b.operations();
+  std::vector<nvinfer1::DimsExprs> sym = exprs(b, {{-1, -1, 96}, {-1, -1, 96}, {96}, {96}}, {{"B", "L"}, {"B", "L"}});
+  out[0] = out[1] = nvinfer1::DimsExprs{};
+  check(p->getOutputShapes(sym.data(), 4, nullptr, 0, out, 2, b) == 0 && out[0].nbDims == 3 && out[1].nbDims == 3 &&
+            out[0].d[0] == sym[0].d[0] && out[0].d[1] == sym[0].d[1] && out[1].d[0] == sym[0].d[0] &&
+            out[1].d[1] == sym[0].d[1] && out[1].d[2] == sym[0].d[2] && b.operations() == ops,
+        "addlayernorm.shapes.symbolic_is_X", last_error());
+  // X's dims symbolic, R's constant: accepted, the outputs stay X's expressions.
+  std::vector<nvinfer1::DimsExprs> from_r = exprs(b, {{-1, 5, -1}, {3, 5, 64}, {64}, {64}}, {{"B", "", "C"}});
+  out[0] = out[1] = nvinfer1::DimsExprs{};
+  check(p->getOutputShapes(from_r.data(), 4, nullptr, 0, out, 2, b) == 0 && out[0].d[0] == from_r[0].d[0] &&
+            out[1].d[2] == from_r[0].d[2],
+        "addlayernorm.shapes.symbolic_X_constant_R", last_error());
+
+  struct Case {
+    const char* name;
+    std::vector<std::vector<int64_t>> dims;
+    std::vector<std::vector<std::string>> names;
+    const char* message;
+  };
+  const std::vector<std::string> c_only = {"C"};
+  const Case bad[] = {
+      {"scalar", {{}, {}, {96}, {96}}, {}, "X must have rank >= 1 (it is normalised over its last axis), got shape ()"},
+      {"no_channels", {{4, 0}, {4, 0}, {0}, {0}}, {}, "the last dimension C of X must be >= 1, got shape (4, 0)"},
+      {"R_channels", {{2, 5, 96}, {2, 5, 95}, {96}, {96}}, {},
+       "R must have X's shape (2, 5, 96) (no broadcasting), got (2, 5, 95)"},
+      {"R_broadcast", {{2, 5, 96}, {1, 5, 96}, {96}, {96}}, {},
+       "R must have X's shape (2, 5, 96) (no broadcasting), got (1, 5, 96)"},
+      {"R_lower_rank", {{2, 5, 96}, {5, 96}, {96}, {96}}, {},
+       "R must have X's shape (2, 5, 96) (no broadcasting), got (5, 96)"},
+      {"R_higher_rank", {{5, 96}, {1, 5, 96}, {96}, {96}}, {},
+       "R must have X's shape (5, 96) (no broadcasting), got (1, 5, 96)"},
+      {"R_scalar", {{96}, {}, {96}, {96}}, {}, "R must have X's shape (96,) (no broadcasting), got ()"},
+      {"weight", {{2, 5, 96}, {2, 5, 96}, {32}, {96}}, {},
+       "weight must be (C,) = (96,) for X of shape (2, 5, 96), got (32,)"},
+      {"bias_rank", {{2, 5, 96}, {2, 5, 96}, {96}, {96, 1}}, {},
+       "bias must be (C,) = (96,) for X of shape (2, 5, 96), got (96, 1)"},
+      {"rows_overflow", {{int64_t(1) << 62, 4, 8}, {int64_t(1) << 62, 4, 8}, {8}, {8}}, {}, "X has too many elements"},
+      // Partly known: each dimension from whichever input knows it.
+      {"partial_R", {{-1, 4, 96}, {2, 5, 96}, {96}, {96}}, {{"B"}},
+       "R must have X's shape (?, 4, 96) (no broadcasting), got (2, 5, 96)"},
+      {"partial_R_zero", {{2, -1}, {2, 0}, {-1}, {-1}}, {{"", "C"}, {}, c_only, c_only},
+       "the last dimension C of X must be >= 1, got shape (2, ?) with C = 0 from R"},
+      {"partial_bias_from_R", {{2, -1}, {2, 64}, {64}, {32}}, {{"", "C"}},
+       "bias must be (C,) = (64,) for X of shape (2, ?), got (32,)"},
+      {"partial_weight_zero", {{2, -1}, {2, -1}, {0}, {-1}}, {{"", "C"}, {"", "C"}, {}, c_only},
+       "the last dimension C of X must be >= 1, got shape (2, ?) with C = 0 from weight"},
+      {"partial_rows_from_R", {{-1, 4, 8}, {int64_t(1) << 62, 4, 8}, {8}, {8}}, {{"B"}}, "X has too many elements"},
+  };
+  for (const Case& c : bad) {
+    std::vector<nvinfer1::DimsExprs> v = exprs(b, c.dims, c.names);
+    clear_last_error();
+    out[0] = out[1] = nvinfer1::DimsExprs{};
+    check(p->getOutputShapes(v.data(), 4, nullptr, 0, out, 2, b) != 0,
+          std::string("addlayernorm.shapes.bad_") + c.name);
+    check_error(std::string("addlayernorm.shapes.bad_") + c.name + "_message",
+                {"AddLayerNorm (layer 'aln'): ", c.message});
+  }
+  std::vector<nvinfer1::DimsExprs> in = exprs(b, add_layer_norm_dims({2, 5, 96}));
+  check(p->getOutputShapes(in.data(), 4, in.data(), 1, out, 2, b) != 0, "addlayernorm.shapes.shape_inputs_refused");
+  check_error("addlayernorm.shapes.shape_inputs_message", {"AddLayerNorm (layer 'aln'): takes no shape inputs, got 1"});
+  check(p->getOutputShapes(in.data(), 3, nullptr, 0, out, 2, b) != 0, "addlayernorm.shapes.three_inputs_refused");
+  check_error("addlayernorm.shapes.three_inputs_message", {"takes 4 inputs, got 3"});
+  check(p->getOutputShapes(in.data(), 4, nullptr, 0, out, 1, b) != 0, "addlayernorm.shapes.one_output_refused");
+  check_error("addlayernorm.shapes.one_output_message", {"AddLayerNorm (layer 'aln'): has 2 outputs, got 1"});
+}
+
+void test_add_layer_norm_configure_and_runtime() {
+  Fields f;
+  f.f32("epsilon", 1e-6f);
+  auto p = add_layer_norm_plugin("aln", f);
+  if (!p) return check(false, "configure.addlayernorm_plugin");
+  const DataType H = DataType::kHALF, F = DataType::kFLOAT;
+  auto descs = [](const std::vector<std::vector<int64_t>>& dims, DataType t) {
+    std::vector<nvinfer1::DynamicPluginTensorDesc> v;
+    for (const auto& d : dims) v.push_back(desc(d, t));
+    return v;
+  };
+  // Build time: the rows vary over the profile (-1).
+  std::vector<nvinfer1::DynamicPluginTensorDesc> in = descs(add_layer_norm_dims({-1, -1, 96}), H);
+  std::vector<nvinfer1::DynamicPluginTensorDesc> out = descs({{-1, -1, 96}, {-1, -1, 96}}, H);
+  check(p->configurePlugin(in.data(), 4, out.data(), 2) == 0 && p->configured_inputs() == 4,
+        "configure.addlayernorm_dynamic", last_error());
+  auto bad = in;
+  bad[1] = desc({-1, -1, 48}, H);
+  check(p->configurePlugin(bad.data(), 4, out.data(), 2) != 0, "configure.addlayernorm_bad_R");
+  check_error("configure.addlayernorm_bad_R_message",
+              {"AddLayerNorm (layer 'aln'): R must have X's shape (?, ?, 96) (no broadcasting), got (?, ?, 48)"});
+  bad = in;
+  bad[3] = desc({95}, H);
+  check(p->configurePlugin(bad.data(), 4, out.data(), 2) != 0, "configure.addlayernorm_bad_bias");
+  check_error("configure.addlayernorm_bad_bias_message",
+              {"bias must be (C,) = (96,) for X of shape (?, ?, 96), got (95,)"});
+  auto mixed = in;
+  mixed[2] = desc({96}, F);
+  check(p->configurePlugin(mixed.data(), 4, out.data(), 2) != 0, "configure.addlayernorm_mixed_types");
+  check_error("configure.addlayernorm_mixed_types_message", {"input 'weight' has element type float32"});
+  auto out_s = out;
+  out_s[1] = desc({-1, -1, 96}, F);
+  check(p->configurePlugin(in.data(), 4, out_s.data(), 2) != 0, "configure.addlayernorm_S_type");
+  check_error("configure.addlayernorm_S_type_message",
+              {"AddLayerNorm (layer 'aln'): output 'S' has element type float32, expected float16"});
+  auto out_y = out;
+  out_y[0] = desc({-1, -1, 96}, F);
+  check(p->configurePlugin(in.data(), 4, out_y.data(), 2) != 0, "configure.addlayernorm_Y_type");
+  check_error("configure.addlayernorm_Y_type_message", {"output 'Y' has element type float32, expected float16"});
+  check(p->configurePlugin(in.data(), 4, out.data(), 1) != 0, "configure.addlayernorm_one_output");
+  check_error("configure.addlayernorm_one_output_message", {"has 2 outputs, got 1"});
+
+  // Run time: concrete shapes -> the kernel's shape struct (rows = the product of X's leading dims).
+  auto tdescs = [](const std::vector<std::vector<int64_t>>& dims, DataType t) {
+    std::vector<nvinfer1::PluginTensorDesc> v;
+    for (const auto& d : dims) v.push_back(tdesc(d, t));
+    return v;
+  };
+  struct Run {
+    std::vector<int64_t> x;
+    DataType type;
+    int64_t rows;
+  };
+  const Run runs[] = {{{3, 5, 96}, H, 15}, {{768}, F, 1}, {{2, 3, 4, 32}, F, 24}, {{7, 1}, H, 7}};
+  for (const Run& r : runs) {
+    std::vector<nvinfer1::PluginTensorDesc> rin = tdescs(add_layer_norm_dims(r.x), r.type);
+    std::vector<nvinfer1::PluginTensorDesc> rout = tdescs({r.x, r.x}, r.type);
+    const bool ok = p->onShapeChange(rin.data(), 4, rout.data(), 2) == 0;
+    const ssm_layer_norm_shape& s = p->kernel_shape();
+    check(ok && s.rows == r.rows && s.channels == r.x.back() && s.epsilon == 1e-6f &&
+              s.dtype == (r.type == H ? SSM_FLOAT16 : SSM_FLOAT32) && p->configured_inputs() == 4,
+          "runtime.addlayernorm_kernel_shape_" + shape_str(r.x), last_error());
+  }
+  auto q = add_layer_norm_plugin("q", Fields(), nvinfer1::TensorRTPhase::kRUNTIME);
+  std::vector<nvinfer1::PluginTensorDesc> qin = tdescs(add_layer_norm_dims({4, 32}), F);
+  std::vector<nvinfer1::PluginTensorDesc> qout = tdescs({{4, 32}, {4, 32}}, F);
+  check(q && q->onShapeChange(qin.data(), 4, qout.data(), 2) == 0 && q->kernel_shape().epsilon == 1e-5f,
+        "runtime.addlayernorm_default_epsilon", last_error());
+
+  std::vector<nvinfer1::PluginTensorDesc> rin = tdescs(add_layer_norm_dims({3, 5, 96}), H);
+  std::vector<nvinfer1::PluginTensorDesc> rout = tdescs({{3, 5, 96}, {3, 5, 96}}, H);
+  auto wrong_s = rout;
+  wrong_s[1] = tdesc({3, 5, 95}, H);
+  check(p->onShapeChange(rin.data(), 4, wrong_s.data(), 2) != 0, "runtime.addlayernorm_wrong_S");
+  check_error("runtime.addlayernorm_wrong_S_message", {"output 'S' shape (3, 5, 95) != expected (3, 5, 96)"});
+  auto wrong_y = rout;
+  wrong_y[0] = tdesc({15, 96}, H);
+  check(p->onShapeChange(rin.data(), 4, wrong_y.data(), 2) != 0, "runtime.addlayernorm_wrong_Y");
+  check_error("runtime.addlayernorm_wrong_Y_message", {"output 'Y' shape (15, 96) != expected (3, 5, 96)"});
+  auto unresolved = rin;
+  unresolved[1] = tdesc({3, -1, 96}, H);
+  check(p->onShapeChange(unresolved.data(), 4, rout.data(), 2) != 0, "runtime.addlayernorm_unresolved");
+  check_error("runtime.addlayernorm_unresolved_message", {"input 'R' has unresolved shape (3, ?, 96) at run time"});
+  auto bad_r = rin;
+  bad_r[1] = tdesc({3, 1, 96}, H);
+  check(p->onShapeChange(bad_r.data(), 4, rout.data(), 2) != 0, "runtime.addlayernorm_bad_R");
+  check_error("runtime.addlayernorm_bad_R_message",
+              {"AddLayerNorm (layer 'aln'): R must have X's shape (3, 5, 96) (no broadcasting), got (3, 1, 96)"});
+
+  // enqueue: no rows needs no kernels; otherwise a missing kernel library is a clear error.
+  const std::vector<int64_t> empties[] = {{0, 96}, {3, 0, 96}, {2, 3, 0, 768}};
+  for (const auto& e : empties) {
+    std::vector<nvinfer1::PluginTensorDesc> ein = tdescs(add_layer_norm_dims(e), H);
+    std::vector<nvinfer1::PluginTensorDesc> eout = tdescs({e, e}, H);
+    check(p->onShapeChange(ein.data(), 4, eout.data(), 2) == 0 && p->kernel_shape().rows == 0 &&
+              p->enqueue(ein.data(), eout.data(), nullptr, nullptr, nullptr, nullptr) == 0,
+          "runtime.addlayernorm_empty_" + shape_str(e), last_error());
+  }
+  std::string why;
+  if (cuda_kernels(&why) == nullptr) {
+    check(p->onShapeChange(rin.data(), 4, rout.data(), 2) == 0, "runtime.addlayernorm_reshape");
+    const void* ins[4] = {};
+    void* outs[2] = {};
+    clear_last_error();
+    check(p->enqueue(rin.data(), rout.data(), ins, outs, nullptr, nullptr) != 0, "runtime.addlayernorm_no_kernels");
+    check_error("runtime.addlayernorm_no_kernels_message",
+                {"AddLayerNorm (layer 'aln'): cannot load the CUDA kernel library", "libssmpose_kernels_cuda.so"});
+  } else {
+    std::printf("skip runtime.addlayernorm_no_kernels: libssmpose_kernels_cuda.so is loadable here\n");
+  }
+}
+
+void test_add_layer_norm_serialization() {
+  Fields f;
+  f.f32("epsilon", 1e-6f).cstr("plugin_version", "1").cstr("plugin_namespace", "ssmpose");
+  auto p = add_layer_norm_plugin("aln", f);
+  if (!p) return check(false, "serialize.addlayernorm_plugin");
+  const PluginFieldCollection* fc = p->getFieldsToSerialize();
+  check(fc != nullptr && fc->nbFields == 1 && std::strcmp(fc->fields[0].name, "epsilon") == 0 &&
+            fc->fields[0].type == PluginFieldType::kFLOAT32 && fc->fields[0].length == 1 &&
+            *static_cast<const float*>(fc->fields[0].data) == 1e-6f,
+        "serialize.addlayernorm_fields");
+  check(fields_match_creator(fc, add_layer_norm_creator()), "serialize.addlayernorm_fields_match_creator");
+  Fields copy = copy_fields(fc);
+  auto c = as_plugin<AddLayerNormPlugin>(p->clone());
+  auto attached = as_plugin<AddLayerNormPlugin>(p->attachToContext(nullptr));
+  p.reset();  // the original is gone, as after serialisation
+  auto q = add_layer_norm_plugin("aln", copy, nvinfer1::TensorRTPhase::kRUNTIME);
+  check(q && q->attrs().epsilon == 1e-6f && q->getNbOutputs() == 2, "serialize.addlayernorm_round_trip");
+  check(c && c->attrs().epsilon == 1e-6f && c->layer_name() == "aln" && c->getNbOutputs() == 2 &&
+            std::strcmp(c->getPluginName(), "AddLayerNorm") == 0,
+        "serialize.addlayernorm_clone");
+  check(attached && attached.get() != c.get() && attached->attrs().epsilon == 1e-6f,
+        "serialize.addlayernorm_attach");
+  if (q) {
+    const int32_t n1 = q->getFieldsToSerialize()->nbFields;
+    const PluginFieldCollection* two = q->getFieldsToSerialize();
+    check(n1 == 1 && two->nbFields == 1 && *static_cast<const float*>(two->fields[0].data) == 1e-6f,
+          "serialize.addlayernorm_repeatable");
+  }
+  auto d = add_layer_norm_plugin("d");
+  Fields dcopy = copy_fields(d ? d->getFieldsToSerialize() : nullptr);
+  auto e = add_layer_norm_plugin("d", dcopy, nvinfer1::TensorRTPhase::kRUNTIME);
+  check(e && e->attrs().epsilon == 1e-5f, "serialize.addlayernorm_default_round_trip");
+}
+
+// ------------------------------------------------------------------------------------------------
+// MultiKernelDepthwiseConv (domain version 4): X (B, H, W, C), weight (C, K, K), bias (C) -> Y (B, H, W, C). Fields
+// kernel_sizes, group_channels (ints), shuffle_groups (int), activation (string).
+
+// The fields of one node as TensorRT's ONNX parser passes them (INTS as int32 arrays, the string with its NUL).
+Fields dwconv_fields(std::vector<int32_t> kernel_sizes = {3, 5, 7, 9}, std::vector<int32_t> group_channels = {8, 8, 8, 8},
+                     int32_t shuffle_groups = 4, const char* activation = "gelu") {
+  Fields f;
+  f.i32s("kernel_sizes", kernel_sizes).i32s("group_channels", group_channels).i32("shuffle_groups", shuffle_groups);
+  f.cstr("activation", activation).cstr("plugin_version", "1").cstr("plugin_namespace", "ssmpose");
+  return f;
+}
+
+std::unique_ptr<DepthwiseConvPlugin> dwconv_plugin(const char* layer, Fields f = dwconv_fields(),
+                                                   nvinfer1::TensorRTPhase phase = nvinfer1::TensorRTPhase::kBUILD) {
+  return as_plugin<DepthwiseConvPlugin>(dwconv_creator().createPlugin(layer, f.fc(), phase));
+}
+
+// The inputs of one node: X (B, H, W, C), weight (C, K, K), bias (C).
+std::vector<std::vector<int64_t>> dwconv_dims(int64_t B, int64_t H, int64_t W, int64_t C, int64_t K) {
+  return {{B, H, W, C}, {C, K, K}, {C}};
+}
+
+// A serialised collection has the creator's field names, once each, with the declared types.
+bool fields_named_like_creator(const PluginFieldCollection* fc, nvinfer1::IPluginCreatorV3One& creator) {
+  const PluginFieldCollection* names = creator.getFieldNames();
+  bool same = fc != nullptr && fc->nbFields == names->nbFields;
+  for (int32_t i = 0; same && i < fc->nbFields; ++i) {
+    int found = 0;
+    for (int32_t j = 0; j < names->nbFields; ++j) {
+      found += std::strcmp(fc->fields[i].name, names->fields[j].name) == 0 &&
+               fc->fields[i].type == names->fields[j].type && fc->fields[i].length >= 1;
+    }
+    same = same && found == 1;
+  }
+  return same;
+}
+
+void test_dwconv_fields() {
+  DepthwiseConvAttrs a;
+  std::string err;
+  Fields all = dwconv_fields();
+  check(DepthwiseConvCreator::parse(all.fc(), &a, &err) && a.kernel_sizes == std::vector<int32_t>{3, 5, 7, 9} &&
+            a.group_channels == std::vector<int32_t>{8, 8, 8, 8} && a.shuffle_groups == 4 &&
+            a.activation == SSM_ACTIVATION_GELU && a.channels() == 32 && a.largest_kernel() == 9,
+        "dwconv.fields.all", err);
+  Fields required;  // shuffle_groups and activation absent: 1 and "none"
+  required.i32s("kernel_sizes", {7, 3}).i32s("group_channels", {5, 11});
+  check(DepthwiseConvCreator::parse(required.fc(), &a, &err) && a.kernel_sizes == std::vector<int32_t>{7, 3} &&
+            a.group_channels == std::vector<int32_t>{5, 11} && a.shuffle_groups == 1 &&
+            a.activation == SSM_ACTIVATION_NONE && a.channels() == 16 && a.largest_kernel() == 7,
+        "dwconv.fields.defaults", err);
+  Fields wide;
+  wide.i64s("kernel_sizes", {1, 15}).i64s("group_channels", {3, 3}).i64("shuffle_groups", 6).cstr("activation", "none");
+  check(DepthwiseConvCreator::parse(wide.fc(), &a, &err) && a.kernel_sizes == std::vector<int32_t>{1, 15} &&
+            a.group_channels == std::vector<int32_t>{3, 3} && a.shuffle_groups == 6 &&
+            a.activation == SSM_ACTIVATION_NONE,
+        "dwconv.fields.int64", err);
+  Fields narrow;
+  narrow.i8s("kernel_sizes", {5}).i8s("group_channels", {12}).i8("shuffle_groups", 3);
+  check(DepthwiseConvCreator::parse(narrow.fc(), &a, &err) && a.kernel_sizes == std::vector<int32_t>{5} &&
+            a.group_channels == std::vector<int32_t>{12} && a.shuffle_groups == 3,
+        "dwconv.fields.int8", err);
+  Fields no_nul;  // a string whose length does not count a NUL
+  no_nul.i32s("kernel_sizes", {3}).i32s("group_channels", {4}).str("activation", "gelu");
+  check(DepthwiseConvCreator::parse(no_nul.fc(), &a, &err) && a.activation == SSM_ACTIVATION_GELU,
+        "dwconv.fields.string_without_nul", err);
+  std::vector<int32_t> sixteen_k(16, 3), sixteen_c(16, 2);
+  Fields sixteen = dwconv_fields(sixteen_k, sixteen_c, 32, "none");
+  check(DepthwiseConvCreator::parse(sixteen.fc(), &a, &err) && a.kernel_sizes.size() == 16 && a.channels() == 32 &&
+            a.shuffle_groups == 32,
+        "dwconv.fields.sixteen_groups", err);
+
+  struct Bad {
+    const char* name;
+    Fields fields;
+    const char* message;
+  };
+  const char* op = "MultiKernelDepthwiseConv: ";
+  std::vector<Bad> bad;
+  bad.push_back({"missing_kernel_sizes", Fields().i32s("group_channels", {8}),
+                 "MultiKernelDepthwiseConv: missing required field 'kernel_sizes' (ints)"});
+  bad.push_back({"missing_group_channels", Fields().i32s("kernel_sizes", {3}),
+                 "MultiKernelDepthwiseConv: missing required field 'group_channels' (ints)"});
+  bad.push_back({"kernel_sizes_float", Fields().f32("kernel_sizes", 3.0f).i32s("group_channels", {8}),
+                 "field 'kernel_sizes' must hold integers, got float32"});
+  bad.push_back({"group_channels_string", Fields().i32s("kernel_sizes", {3}).cstr("group_channels", "8"),
+                 "field 'group_channels' must hold integers, got char (string)"});
+  bad.push_back({"kernel_sizes_empty", Fields().i32s("kernel_sizes", {}).i32s("group_channels", {}),
+                 "field 'kernel_sizes' must hold 1 to 16 values, got 0 values"});
+  bad.push_back({"kernel_sizes_17", dwconv_fields(std::vector<int32_t>(17, 3), std::vector<int32_t>(17, 1), 1),
+                 "field 'kernel_sizes' must hold 1 to 16 values, got 17 values"});
+  bad.push_back({"group_channels_17", Fields().i32s("kernel_sizes", {3}).i32s("group_channels",
+                                                                              std::vector<int32_t>(17, 1)),
+                 "field 'group_channels' must hold 1 to 16 values, got 17 values"});
+  bad.push_back({"lengths", dwconv_fields({3, 5, 7}, {8, 8, 8, 8}, 1),
+                 "MultiKernelDepthwiseConv: fields kernel_sizes [3, 5, 7] and group_channels [8, 8, 8, 8] must have "
+                 "the same length (one value per group)"});
+  bad.push_back({"kernel_even", dwconv_fields({3, 4, 7, 9}),
+                 "MultiKernelDepthwiseConv: field kernel_sizes must hold odd sizes in [1, 15], got [3, 4, 7, 9]"});
+  bad.push_back({"kernel_17", dwconv_fields({3, 5, 7, 17}),
+                 "field kernel_sizes must hold odd sizes in [1, 15], got [3, 5, 7, 17]"});
+  bad.push_back({"kernel_zero", dwconv_fields({0, 5, 7, 9}),
+                 "field kernel_sizes must hold odd sizes in [1, 15], got [0, 5, 7, 9]"});
+  bad.push_back({"kernel_negative", dwconv_fields({3, -1, 7, 9}),
+                 "field kernel_sizes must hold odd sizes in [1, 15], got [3, -1, 7, 9]"});
+  bad.push_back({"group_zero", dwconv_fields({3, 5, 7, 9}, {8, 0, 8, 8}, 1),
+                 "MultiKernelDepthwiseConv: field group_channels must hold channel counts in [1, 2^31 - 1], got "
+                 "[8, 0, 8, 8]"});
+  bad.push_back({"group_negative", dwconv_fields({3, 5}, {-8, 8}, 1),
+                 "field group_channels must hold channel counts in [1, 2^31 - 1], got [-8, 8]"});
+  bad.push_back({"group_int64_overflow",
+                 Fields().i32s("kernel_sizes", {3, 5}).i64s("group_channels", {int64_t(1) << 31, 8}),
+                 "field group_channels must hold channel counts in [1, 2^31 - 1], got [2147483648, 8]"});
+  bad.push_back({"shuffle_zero", dwconv_fields({3, 5, 7, 9}, {8, 8, 8, 8}, 0),
+                 "MultiKernelDepthwiseConv: field shuffle_groups must be in [1, 2147483647], got 0"});
+  bad.push_back({"shuffle_3", dwconv_fields({3, 5, 7, 9}, {8, 8, 8, 8}, 3),
+                 "MultiKernelDepthwiseConv: field shuffle_groups = 3 must divide the channel count C = 32 (the sum of "
+                 "group_channels [8, 8, 8, 8])"});
+  bad.push_back({"shuffle_64", dwconv_fields({3, 5, 7, 9}, {8, 8, 8, 8}, 64),
+                 "field shuffle_groups = 64 must divide the channel count C = 32 (the sum of group_channels [8, 8, 8, "
+                 "8])"});
+  bad.push_back({"shuffle_array", Fields().i32s("kernel_sizes", {3}).i32s("group_channels", {8})
+                                      .i32s("shuffle_groups", {2, 2}),
+                 "field 'shuffle_groups' must hold one value, got 2 values"});
+  bad.push_back({"shuffle_float", Fields().i32s("kernel_sizes", {3}).i32s("group_channels", {8})
+                                      .f32("shuffle_groups", 2.0f),
+                 "field 'shuffle_groups' must be an integer, got float32"});
+  bad.push_back({"activation_relu", dwconv_fields({3, 5, 7, 9}, {8, 8, 8, 8}, 4, "relu"),
+                 "MultiKernelDepthwiseConv: field activation must be \"none\" or \"gelu\", got \"relu\""});
+  bad.push_back({"activation_case", dwconv_fields({3, 5, 7, 9}, {8, 8, 8, 8}, 4, "GELU"),
+                 "field activation must be \"none\" or \"gelu\", got \"GELU\""});
+  bad.push_back({"activation_empty", dwconv_fields({3, 5, 7, 9}, {8, 8, 8, 8}, 4, ""),
+                 "field activation must be \"none\" or \"gelu\", got \"\""});
+  bad.push_back({"activation_int", Fields().i32s("kernel_sizes", {3}).i32s("group_channels", {8})
+                                       .i32("activation", 1),
+                 "MultiKernelDepthwiseConv: field 'activation' must be a string (char), got int32"});
+  for (Bad& b : bad) {
+    err.clear();
+    check(!DepthwiseConvCreator::parse(b.fields.fc(), &a, &err) && contains(err, b.message) &&
+              err.rfind(op, 0) == 0,
+          std::string("dwconv.fields.") + b.name, err);
+  }
+
+  Fields even = dwconv_fields({3, 4, 7, 9});
+  clear_last_error();
+  nvinfer1::IPluginV3* p = dwconv_creator().createPlugin("lpu_1", even.fc(), nvinfer1::TensorRTPhase::kBUILD);
+  check(p == nullptr, "dwconv.create.refused");
+  check_error("dwconv.create.message", {"MultiKernelDepthwiseConv (layer 'lpu_1'): field kernel_sizes must hold odd "
+                                        "sizes in [1, 15], got [3, 4, 7, 9]"});
+  delete p;
+  clear_last_error();
+  p = dwconv_creator().createPlugin("", Fields().fc(), nvinfer1::TensorRTPhase::kRUNTIME);
+  check(p == nullptr && last_error() == "MultiKernelDepthwiseConv: missing required field 'kernel_sizes' (ints)",
+        "dwconv.create.unnamed", last_error());
+  delete p;
+  auto ok = dwconv_plugin("ok");
+  check(ok && ok->attrs().kernel_sizes == std::vector<int32_t>{3, 5, 7, 9} && ok->attrs().shuffle_groups == 4 &&
+            ok->attrs().activation == SSM_ACTIVATION_GELU && ok->layer_name() == "ok",
+        "dwconv.create.plugin");
+}
+
+void test_dwconv_plugin() {
+  auto p = dwconv_plugin("lpu");
+  check(p != nullptr, "plugin.dwconv_created");
+  if (!p) return;
+  auto* core =
+      dynamic_cast<nvinfer1::IPluginV3OneCore*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE));
+  auto* build =
+      dynamic_cast<nvinfer1::IPluginV3OneBuild*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
+  auto* runtime = dynamic_cast<nvinfer1::IPluginV3OneRuntime*>(
+      p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+  check(core != nullptr && build != nullptr && runtime != nullptr, "plugin.dwconv_capabilities");
+  if (core && build && runtime) {
+    check(std::strcmp(core->getPluginName(), "MultiKernelDepthwiseConv") == 0 &&
+              std::strcmp(core->getPluginVersion(), "1") == 0 &&
+              std::strcmp(core->getPluginNamespace(), "ssmpose") == 0,
+          "plugin.dwconv_core_identity");
+    check(build->getNbOutputs() == 1 && build->getWorkspaceSize(nullptr, 0, nullptr, 0) == 0,
+          "plugin.dwconv_outputs");
+  }
+
+  // Formats: linear tensors, float32 or float16 picked by X; weight, bias and Y follow.
+  const DataType F = DataType::kFLOAT, H = DataType::kHALF;
+  auto io = [](DataType t, nvinfer1::TensorFormat fmt = nvinfer1::TensorFormat::kLINEAR) {
+    std::vector<std::vector<int64_t>> dims = dwconv_dims(2, 9, 7, 32, 9);
+    dims.push_back({2, 9, 7, 32});  // Y
+    std::vector<nvinfer1::DynamicPluginTensorDesc> v;
+    for (const auto& d : dims) v.push_back(desc(d, t, fmt));
+    return v;
+  };
+  auto all_ok = [&](std::vector<nvinfer1::DynamicPluginTensorDesc> v) {
+    for (int32_t pos = 0; pos < 4; ++pos) {
+      if (!p->supportsFormatCombination(pos, v.data(), 3, 1)) return false;
+    }
+    return true;
+  };
+  check(all_ok(io(F)), "formats.dwconv_float32_all");
+  check(all_ok(io(H)), "formats.dwconv_float16_all");
+  check(!p->supportsFormatCombination(0, io(DataType::kBF16).data(), 3, 1), "formats.dwconv_bfloat16_refused");
+  check(!p->supportsFormatCombination(0, io(DataType::kINT8).data(), 3, 1), "formats.dwconv_int8_refused");
+  check(!p->supportsFormatCombination(0, io(F, nvinfer1::TensorFormat::kHWC8).data(), 3, 1),
+        "formats.dwconv_non_linear_refused");
+  check(!p->supportsFormatCombination(0, io(H, nvinfer1::TensorFormat::kCHW16).data(), 3, 1),
+        "formats.dwconv_chw16_refused");
+  auto mixed = io(F);
+  mixed[1].desc.type = H;
+  check(!p->supportsFormatCombination(1, mixed.data(), 3, 1), "formats.dwconv_mixed_weight_refused");
+  auto mixed_out = io(H);
+  mixed_out[3].desc.type = F;
+  check(!p->supportsFormatCombination(3, mixed_out.data(), 3, 1), "formats.dwconv_output_type_follows_X");
+  check(!p->supportsFormatCombination(4, io(F).data(), 3, 1), "formats.dwconv_position_out_of_range");
+
+  DataType out = DataType::kINT32;
+  DataType in_f[] = {F, F, F, F};
+  check(p->getOutputDataTypes(&out, 1, in_f, 3) == 0 && out == F, "types.dwconv_float32");
+  DataType in_h[] = {H, H, H};
+  check(p->getOutputDataTypes(&out, 1, in_h, 3) == 0 && out == H, "types.dwconv_float16");
+  DataType in_mixed[] = {H, F, H};
+  clear_last_error();
+  check(p->getOutputDataTypes(&out, 1, in_mixed, 3) != 0, "types.dwconv_mixed_refused");
+  check_error("types.dwconv_mixed_message", {"MultiKernelDepthwiseConv (layer 'lpu'): input 'weight' has element type "
+                                             "float32, but 'X' has float16; all inputs must share one type"});
+  DataType in_bf[] = {DataType::kBF16, DataType::kBF16, DataType::kBF16};
+  check(p->getOutputDataTypes(&out, 1, in_bf, 3) != 0, "types.dwconv_bfloat16_refused");
+  check_error("types.dwconv_bfloat16_message", {"MultiKernelDepthwiseConv (layer 'lpu'): X has element type "
+                                                "bfloat16; supported: float32, float16"});
+  check(p->getOutputDataTypes(&out, 1, in_f, 4) != 0, "types.dwconv_four_inputs_refused");
+  check_error("types.dwconv_count_message", {"MultiKernelDepthwiseConv (layer 'lpu'): takes 3 inputs, got 4"});
+  check(p->getOutputDataTypes(&out, 2, in_f, 3) != 0, "types.dwconv_two_outputs_refused");
+  check_error("types.dwconv_outputs_message", {"has 1 output, got 2"});
+}
+
+void test_dwconv_shapes() {
+  auto p = dwconv_plugin("lpu");  // C = 32 in four groups, kernel sizes up to 9
+  if (!p) return check(false, "dwconv.shapes.plugin");
+  FakeBuilder b;
+  nvinfer1::DimsExprs out{};
+  struct Good {
+    std::vector<std::vector<int64_t>> dims;
+  };
+  // The last three are empty outputs (B, H or W = 0), as in the ONNX Runtime adapter.
+  const Good good[] = {{dwconv_dims(2, 9, 7, 32, 9)}, {dwconv_dims(1, 64, 48, 32, 11)}, {dwconv_dims(3, 2, 5, 32, 15)},
+                       {dwconv_dims(1, 1, 1, 32, 9)}, {dwconv_dims(0, 9, 7, 32, 9)},   {dwconv_dims(2, 0, 7, 32, 9)},
+                       {dwconv_dims(2, 9, 0, 32, 9)}};
+  for (const Good& g : good) {
+    std::vector<nvinfer1::DimsExprs> in = exprs(b, g.dims);
+    out = nvinfer1::DimsExprs{};
+    check(p->getOutputShapes(in.data(), 3, nullptr, 0, &out, 1, b) == 0 && const_dims(out) == g.dims[0],
+          "dwconv.shapes.constant_" + shape_str(g.dims[0]) + "_K" + std::to_string(g.dims[1][1]), last_error());
+  }
+  // Symbolic B, H, W (and C): the output is X's expressions, no operation built.
+  const size_t ops = b.operations();
+  std::vector<nvinfer1::DimsExprs> sym = exprs(b, dwconv_dims(-1, -1, -1, 32, 9), {{"B", "H", "W"}});
+  out = nvinfer1::DimsExprs{};
+  check(p->getOutputShapes(sym.data(), 3, nullptr, 0, &out, 1, b) == 0 && out.nbDims == 4 &&
+            out.d[0] == sym[0].d[0] && out.d[1] == sym[0].d[1] && out.d[2] == sym[0].d[2] &&
+            out.d[3] == sym[0].d[3] && b.operations() == ops,
+        "dwconv.shapes.symbolic_is_X", last_error());
+  std::vector<nvinfer1::DimsExprs> sym_c =
+      exprs(b, {{-1, 9, 7, -1}, {-1, -1, -1}, {-1}}, {{"B", "", "", "C"}, {"C", "K", "K"}, {"C"}});
+  out = nvinfer1::DimsExprs{};
+  check(p->getOutputShapes(sym_c.data(), 3, nullptr, 0, &out, 1, b) == 0 && out.d[3] == sym_c[0].d[3],
+        "dwconv.shapes.symbolic_channels", last_error());
+
+  struct Case {
+    const char* name;
+    std::vector<std::vector<int64_t>> dims;
+    std::vector<std::vector<std::string>> names;
+    const char* message;
+  };
+  const Case bad[] = {
+      {"x_rank", {{2, 9, 32}, {32, 9, 9}, {32}}, {}, "X must be (B, H, W, C) (channel-last), got shape (2, 9, 32)"},
+      {"x_rank5", {{2, 9, 7, 1, 32}, {32, 9, 9}, {32}}, {},
+       "X must be (B, H, W, C) (channel-last), got shape (2, 9, 7, 1, 32)"},
+      {"channels", dwconv_dims(2, 9, 7, 30, 9), {},
+       "X has C = 30 channels (shape (2, 9, 7, 30)), but group_channels [8, 8, 8, 8] sum to 32"},
+      {"nchw", {{2, 32, 9, 7}, {32, 9, 9}, {32}}, {},
+       "X has C = 7 channels (shape (2, 32, 9, 7)), but group_channels [8, 8, 8, 8] sum to 32"},
+      {"weight_channels", {{2, 9, 7, 32}, {16, 9, 9}, {32}}, {},
+       "weight must be (C, K, K) = (32, K, K) with K odd in [1, 15], got (16, 9, 9)"},
+      {"weight_not_square", {{2, 9, 7, 32}, {32, 9, 7}, {32}}, {},
+       "weight must be (C, K, K) = (32, K, K) with K odd in [1, 15], got (32, 9, 7)"},
+      {"weight_rank", {{2, 9, 7, 32}, {32, 81}, {32}}, {},
+       "weight must be (C, K, K) = (32, K, K) with K odd in [1, 15], got (32, 81)"},
+      {"weight_nchw", {{2, 9, 7, 32}, {32, 1, 9, 9}, {32}}, {},
+       "weight must be (C, K, K) = (32, K, K) with K odd in [1, 15], got (32, 1, 9, 9)"},
+      {"weight_even", dwconv_dims(2, 9, 7, 32, 10), {},
+       "weight must be (C, K, K) = (32, K, K) with K odd in [1, 15], got (32, 10, 10)"},
+      {"weight_17", dwconv_dims(2, 9, 7, 32, 17), {},
+       "weight must be (C, K, K) = (32, K, K) with K odd in [1, 15], got (32, 17, 17)"},
+      {"weight_zero", dwconv_dims(2, 9, 7, 32, 0), {},
+       "weight must be (C, K, K) = (32, K, K) with K odd in [1, 15], got (32, 0, 0)"},
+      {"weight_small", dwconv_dims(2, 9, 7, 32, 7), {},
+       "weight has K = 7 (shape (32, 7, 7)), smaller than the largest of kernel_sizes [3, 5, 7, 9]"},
+      {"bias", {{2, 9, 7, 32}, {32, 9, 9}, {31}}, {}, "bias must be (C,) = (32,), got (31,)"},
+      {"bias_rank", {{2, 9, 7, 32}, {32, 9, 9}, {32, 1}}, {}, "bias must be (C,) = (32,), got (32, 1)"},
+      {"too_many", dwconv_dims(int64_t(1) << 40, int64_t(1) << 20, int64_t(1) << 10, 32, 9), {},
+       "X has too many elements"},
+      // Partly known: whatever is known is checked.
+      {"partial_K", {{2, 9, 7, 32}, {32, -1, 8}, {32}}, {{}, {"", "K"}},
+       "weight must be (C, K, K) = (32, K, K) with K odd in [1, 15], got (32, ?, 8)"},
+      {"partial_K_small", {{2, 9, 7, 32}, {-1, 5, -1}, {32}}, {{}, {"C", "", "K"}},
+       "weight has K = 5 (shape (?, 5, ?)), smaller than the largest of kernel_sizes [3, 5, 7, 9]"},
+      {"partial_weight_channels", {{-1, -1, -1, -1}, {16, -1, -1}, {-1}},
+       {{"B", "H", "W", "C"}, {"", "K", "K"}, {"C"}},
+       "weight must be (C, K, K) = (32, K, K) with K odd in [1, 15], got (16, ?, ?)"},
+      {"partial_bias", {{-1, -1, -1, -1}, {-1, 9, 9}, {33}}, {{"B", "H", "W", "C"}, {"C"}},
+       "bias must be (C,) = (32,), got (33,)"},
+      {"partial_channels", {{-1, -1, -1, 16}, {-1, -1, -1}, {-1}}, {{"B", "H", "W"}, {"C", "K", "K"}, {"C"}},
+       "X has C = 16 channels (shape (?, ?, ?, 16)), but group_channels [8, 8, 8, 8] sum to 32"},
+  };
+  for (const Case& c : bad) {
+    std::vector<nvinfer1::DimsExprs> v = exprs(b, c.dims, c.names);
+    clear_last_error();
+    out = nvinfer1::DimsExprs{};
+    check(p->getOutputShapes(v.data(), 3, nullptr, 0, &out, 1, b) != 0, std::string("dwconv.shapes.bad_") + c.name);
+    check_error(std::string("dwconv.shapes.bad_") + c.name + "_message",
+                {"MultiKernelDepthwiseConv (layer 'lpu'): ", c.message});
+  }
+  std::vector<nvinfer1::DimsExprs> in = exprs(b, dwconv_dims(2, 9, 7, 32, 9));
+  check(p->getOutputShapes(in.data(), 3, in.data(), 1, &out, 1, b) != 0, "dwconv.shapes.shape_inputs_refused");
+  check_error("dwconv.shapes.shape_inputs_message",
+              {"MultiKernelDepthwiseConv (layer 'lpu'): takes no shape inputs, got 1"});
+  check(p->getOutputShapes(in.data(), 2, nullptr, 0, &out, 1, b) != 0, "dwconv.shapes.two_inputs_refused");
+  check_error("dwconv.shapes.two_inputs_message", {"takes 3 inputs, got 2"});
+}
+
+void test_dwconv_configure_and_runtime() {
+  auto p = dwconv_plugin("lpu");
+  if (!p) return check(false, "configure.dwconv_plugin");
+  const DataType H = DataType::kHALF, F = DataType::kFLOAT;
+  auto descs = [](const std::vector<std::vector<int64_t>>& dims, DataType t) {
+    std::vector<nvinfer1::DynamicPluginTensorDesc> v;
+    for (const auto& d : dims) v.push_back(desc(d, t));
+    return v;
+  };
+  // Build time: B, H, W vary over the profile (-1).
+  std::vector<nvinfer1::DynamicPluginTensorDesc> in = descs(dwconv_dims(-1, -1, -1, 32, 9), H);
+  std::vector<nvinfer1::DynamicPluginTensorDesc> out = {desc({-1, -1, -1, 32}, H)};
+  check(p->configurePlugin(in.data(), 3, out.data(), 1) == 0 && p->configured_inputs() == 3,
+        "configure.dwconv_dynamic", last_error());
+  auto bad = in;
+  bad[1] = desc({32, 7, 7}, H);
+  check(p->configurePlugin(bad.data(), 3, out.data(), 1) != 0, "configure.dwconv_small_kernel");
+  check_error("configure.dwconv_small_kernel_message",
+              {"MultiKernelDepthwiseConv (layer 'lpu'): weight has K = 7 (shape (32, 7, 7)), smaller than the largest "
+               "of kernel_sizes [3, 5, 7, 9]"});
+  bad = in;
+  bad[0] = desc({-1, -1, -1, 64}, H);
+  check(p->configurePlugin(bad.data(), 3, out.data(), 1) != 0, "configure.dwconv_channels");
+  check_error("configure.dwconv_channels_message",
+              {"X has C = 64 channels (shape (?, ?, ?, 64)), but group_channels [8, 8, 8, 8] sum to 32"});
+  auto mixed = in;
+  mixed[2] = desc({32}, F);
+  check(p->configurePlugin(mixed.data(), 3, out.data(), 1) != 0, "configure.dwconv_mixed_types");
+  check_error("configure.dwconv_mixed_types_message", {"input 'bias' has element type float32"});
+  std::vector<nvinfer1::DynamicPluginTensorDesc> out_f = {desc({-1, -1, -1, 32}, F)};
+  check(p->configurePlugin(in.data(), 3, out_f.data(), 1) != 0, "configure.dwconv_output_type");
+  check_error("configure.dwconv_output_type_message", {"output has element type float32, expected float16"});
+
+  // Run time: concrete shapes -> the kernel's shape struct.
+  auto tdescs = [](const std::vector<std::vector<int64_t>>& dims, DataType t) {
+    std::vector<nvinfer1::PluginTensorDesc> v;
+    for (const auto& d : dims) v.push_back(tdesc(d, t));
+    return v;
+  };
+  std::vector<nvinfer1::PluginTensorDesc> rin = tdescs(dwconv_dims(2, 9, 7, 32, 11), H);
+  std::vector<nvinfer1::PluginTensorDesc> rout = {tdesc({2, 9, 7, 32}, H)};
+  bool ok = p->onShapeChange(rin.data(), 3, rout.data(), 1) == 0;
+  const ssm_dwconv_shape& s = p->kernel_shape();
+  bool groups_ok = s.num_groups == 4;
+  for (int g = 0; groups_ok && g < 4; ++g) {
+    groups_ok = s.group_channels[g] == 8 && s.kernel_sizes[g] == 3 + 2 * g;
+  }
+  check(ok && s.batch == 2 && s.height == 9 && s.width == 7 && s.channels == 32 && s.kernel_max == 11 && groups_ok &&
+            s.shuffle_groups == 4 && s.activation == SSM_ACTIVATION_GELU && s.dtype == SSM_FLOAT16 &&
+            p->configured_inputs() == 3,
+        "runtime.dwconv_kernel_shape", last_error());
+  Fields plain;
+  plain.i32s("kernel_sizes", {1, 15, 7}).i32s("group_channels", {1, 2, 13});
+  auto q = dwconv_plugin("q", plain, nvinfer1::TensorRTPhase::kRUNTIME);
+  std::vector<nvinfer1::PluginTensorDesc> qin = tdescs(dwconv_dims(1, 3, 20, 16, 15), F);
+  std::vector<nvinfer1::PluginTensorDesc> qout = {tdesc({1, 3, 20, 16})};
+  ok = q && q->onShapeChange(qin.data(), 3, qout.data(), 1) == 0;
+  const ssm_dwconv_shape* t = q ? &q->kernel_shape() : nullptr;
+  check(ok && t->batch == 1 && t->height == 3 && t->width == 20 && t->channels == 16 && t->kernel_max == 15 &&
+            t->num_groups == 3 && t->group_channels[0] == 1 && t->group_channels[2] == 13 &&
+            t->kernel_sizes[1] == 15 && t->kernel_sizes[2] == 7 && t->shuffle_groups == 1 &&
+            t->activation == SSM_ACTIVATION_NONE && t->dtype == SSM_FLOAT32,
+        "runtime.dwconv_kernel_shape_float32", last_error());
+
+  std::vector<nvinfer1::PluginTensorDesc> wrong_out = {tdesc({2, 9, 7, 16}, H)};
+  check(p->onShapeChange(rin.data(), 3, wrong_out.data(), 1) != 0, "runtime.dwconv_wrong_output");
+  check_error("runtime.dwconv_wrong_output_message", {"output shape (2, 9, 7, 16) != expected (2, 9, 7, 32)"});
+  auto unresolved = rin;
+  unresolved[0] = tdesc({2, -1, 7, 32}, H);
+  check(p->onShapeChange(unresolved.data(), 3, rout.data(), 1) != 0, "runtime.dwconv_unresolved");
+  check_error("runtime.dwconv_unresolved_message", {"input 'X' has unresolved shape (2, ?, 7, 32) at run time"});
+  auto bad_w = rin;
+  bad_w[1] = tdesc({32, 13, 11}, H);
+  check(p->onShapeChange(bad_w.data(), 3, rout.data(), 1) != 0, "runtime.dwconv_bad_weight");
+  check_error("runtime.dwconv_bad_weight_message",
+              {"MultiKernelDepthwiseConv (layer 'lpu'): weight must be (C, K, K) = (32, K, K) with K odd in [1, 15], "
+               "got (32, 13, 11)"});
+
+  // enqueue: an empty output (B, H or W is 0) needs no kernels (which refuse H or W = 0); otherwise a missing
+  // kernel library is a clear error.
+  const std::vector<int64_t> empties[] = {{0, 9, 7}, {2, 0, 7}, {2, 9, 0}, {0, 0, 0}};
+  for (const auto& e : empties) {
+    std::vector<nvinfer1::PluginTensorDesc> ein = tdescs(dwconv_dims(e[0], e[1], e[2], 32, 9), H);
+    std::vector<nvinfer1::PluginTensorDesc> eout = {tdesc({e[0], e[1], e[2], 32}, H)};
+    check(p->onShapeChange(ein.data(), 3, eout.data(), 1) == 0 &&
+              p->enqueue(ein.data(), eout.data(), nullptr, nullptr, nullptr, nullptr) == 0,
+          "runtime.dwconv_empty_" + shape_str({e[0], e[1], e[2], 32}), last_error());
+  }
+  std::string why;
+  if (cuda_kernels(&why) == nullptr) {
+    check(p->onShapeChange(rin.data(), 3, rout.data(), 1) == 0, "runtime.dwconv_reshape");
+    const void* ins[3] = {};
+    void* outs[1] = {};
+    clear_last_error();
+    check(p->enqueue(rin.data(), rout.data(), ins, outs, nullptr, nullptr) != 0, "runtime.dwconv_no_kernels");
+    check_error("runtime.dwconv_no_kernels_message",
+                {"MultiKernelDepthwiseConv (layer 'lpu'): cannot load the CUDA kernel library",
+                 "libssmpose_kernels_cuda.so"});
+  } else {
+    std::printf("skip runtime.dwconv_no_kernels: libssmpose_kernels_cuda.so is loadable here\n");
+  }
+}
+
+void test_dwconv_serialization() {
+  auto p = dwconv_plugin("lpu", dwconv_fields({3, 5, 7, 9}, {8, 8, 8, 8}, 4, "gelu"));
+  if (!p) return check(false, "serialize.dwconv_plugin");
+  const PluginFieldCollection* fc = p->getFieldsToSerialize();
+  auto ints = [](const PluginField& f) {
+    std::vector<int32_t> v(static_cast<size_t>(f.length));
+    std::memcpy(v.data(), f.data, v.size() * sizeof(int32_t));
+    return v;
+  };
+  const bool shape_ok = fc != nullptr && fc->nbFields == 4;
+  check(shape_ok && std::strcmp(fc->fields[0].name, "kernel_sizes") == 0 &&
+            fc->fields[0].type == PluginFieldType::kINT32 && ints(fc->fields[0]) == std::vector<int32_t>{3, 5, 7, 9} &&
+            std::strcmp(fc->fields[1].name, "group_channels") == 0 && fc->fields[1].type == PluginFieldType::kINT32 &&
+            ints(fc->fields[1]) == std::vector<int32_t>{8, 8, 8, 8} &&
+            std::strcmp(fc->fields[2].name, "shuffle_groups") == 0 && fc->fields[2].length == 1 &&
+            ints(fc->fields[2]) == std::vector<int32_t>{4} && std::strcmp(fc->fields[3].name, "activation") == 0 &&
+            fc->fields[3].type == PluginFieldType::kCHAR && fc->fields[3].length == 5 &&
+            std::memcmp(fc->fields[3].data, "gelu", 5) == 0,
+        "serialize.dwconv_fields");
+  check(fields_named_like_creator(fc, dwconv_creator()), "serialize.dwconv_fields_match_creator");
+  Fields copy = copy_fields(fc);
+  auto c = as_plugin<DepthwiseConvPlugin>(p->clone());
+  auto attached = as_plugin<DepthwiseConvPlugin>(p->attachToContext(nullptr));
+  p.reset();  // the original is gone, as after serialisation
+  auto q = dwconv_plugin("lpu", copy, nvinfer1::TensorRTPhase::kRUNTIME);
+  auto same = [](const DepthwiseConvPlugin* x) {
+    return x != nullptr && x->attrs().kernel_sizes == std::vector<int32_t>{3, 5, 7, 9} &&
+           x->attrs().group_channels == std::vector<int32_t>{8, 8, 8, 8} && x->attrs().shuffle_groups == 4 &&
+           x->attrs().activation == SSM_ACTIVATION_GELU;
+  };
+  check(same(q.get()), "serialize.dwconv_round_trip");
+  check(same(c.get()) && c->layer_name() == "lpu" && std::strcmp(c->getPluginName(), "MultiKernelDepthwiseConv") == 0,
+        "serialize.dwconv_clone");
+  check(same(attached.get()) && attached.get() != c.get(), "serialize.dwconv_attach");
+  if (q) {
+    const int32_t n1 = q->getFieldsToSerialize()->nbFields;
+    const PluginFieldCollection* two = q->getFieldsToSerialize();
+    check(n1 == 4 && two->nbFields == 4 && ints(two->fields[1]) == std::vector<int32_t>{8, 8, 8, 8} &&
+              std::memcmp(two->fields[3].data, "gelu", 5) == 0,
+          "serialize.dwconv_repeatable");
+  }
+  // The defaults (no shuffle, no activation), sixteen groups, and int64 arrays come back as the int32 fields.
+  Fields plain;
+  plain.i32s("kernel_sizes", {1}).i32s("group_channels", {3});
+  auto d = dwconv_plugin("d", plain);
+  Fields dcopy = copy_fields(d ? d->getFieldsToSerialize() : nullptr);
+  auto e = dwconv_plugin("d", dcopy, nvinfer1::TensorRTPhase::kRUNTIME);
+  check(e && e->attrs().kernel_sizes == std::vector<int32_t>{1} && e->attrs().shuffle_groups == 1 &&
+            e->attrs().activation == SSM_ACTIVATION_NONE,
+        "serialize.dwconv_default_round_trip");
+  std::vector<int32_t> ks(16), gc(16);
+  for (int i = 0; i < 16; ++i) {
+    ks[i] = 1 + 2 * (i % 8);
+    gc[i] = i + 1;
+  }
+  auto m = dwconv_plugin("m", dwconv_fields(ks, gc, 8, "none"));  // 136 channels
+  Fields mcopy = copy_fields(m ? m->getFieldsToSerialize() : nullptr);
+  auto n = dwconv_plugin("m", mcopy, nvinfer1::TensorRTPhase::kRUNTIME);
+  check(n && n->attrs().kernel_sizes == ks && n->attrs().group_channels == gc && n->attrs().shuffle_groups == 8,
+        "serialize.dwconv_sixteen_groups_round_trip");
+  Fields wide;
+  wide.i64s("kernel_sizes", {5, 3}).i64s("group_channels", {4, 4}).i64("shuffle_groups", 2);
+  auto w = dwconv_plugin("w", wide);
+  const PluginFieldCollection* wfc = w ? w->getFieldsToSerialize() : nullptr;
+  check(wfc && wfc->nbFields == 4 && wfc->fields[0].type == PluginFieldType::kINT32 && wfc->fields[0].length == 2 &&
+            ints(wfc->fields[0]) == std::vector<int32_t>{5, 3} && wfc->fields[2].type == PluginFieldType::kINT32 &&
+            std::memcmp(wfc->fields[3].data, "none", 5) == 0,
+        "serialize.dwconv_int64_as_int32");
+}
+
 // "2,8,6,3" -> {2, 8, 6, 3}
 std::vector<int64_t> parse_dims(const char* text) {
   std::vector<int64_t> dims;
@@ -1663,6 +2589,87 @@ int layer_norm_mode(int argc, char** argv) {
     std::printf("\n");
   };
   auto p = layer_norm_plugin("c");
+  FakeBuilder b;
+  std::vector<nvinfer1::DimsExprs> in = exprs(b, dims);
+  nvinfer1::DimsExprs out{};
+  if (p->getOutputShapes(in.data(), 3, nullptr, 0, &out, 1, b) != 0) {
+    std::printf("build error: %s\n", last_error().c_str());
+  } else {
+    print("build", const_dims(out));
+  }
+  std::vector<nvinfer1::PluginTensorDesc> rin;
+  for (const auto& d : dims) rin.push_back(tdesc(d));
+  std::vector<nvinfer1::PluginTensorDesc> rout = {tdesc(dims[0])};
+  if (p->onShapeChange(rin.data(), 3, rout.data(), 1) != 0) {
+    std::printf("run error: %s\n", last_error().c_str());
+  } else {
+    print("run", dims[0]);
+  }
+  return 0;
+}
+
+// AddLayerNorm's shape rules on constant dims, as layer_norm_mode (the lines give Y's shape; S is checked to have
+// it too).
+int add_layer_norm_mode(int argc, char** argv) {
+  if (argc != 6) {
+    std::fprintf(stderr, "usage: %s addlayernorm X R WEIGHT BIAS  (dims as 2,5,96; \"\" for a scalar)\n", argv[0]);
+    return 2;
+  }
+  std::vector<std::vector<int64_t>> dims;
+  for (int i = 2; i < argc; ++i) dims.push_back(parse_dims(argv[i]));
+  auto print = [](const char* stage, const std::vector<int64_t>& d) {
+    std::printf("%s", stage);
+    for (int64_t v : d) std::printf(" %lld", static_cast<long long>(v));
+    std::printf("\n");
+  };
+  auto p = add_layer_norm_plugin("c");
+  FakeBuilder b;
+  std::vector<nvinfer1::DimsExprs> in = exprs(b, dims);
+  nvinfer1::DimsExprs out[2];
+  if (p->getOutputShapes(in.data(), 4, nullptr, 0, out, 2, b) != 0) {
+    std::printf("build error: %s\n", last_error().c_str());
+  } else if (const_dims(out[0]) != const_dims(out[1])) {
+    std::printf("build error: S has another shape than Y\n");
+  } else {
+    print("build", const_dims(out[0]));
+  }
+  std::vector<nvinfer1::PluginTensorDesc> rin;
+  for (const auto& d : dims) rin.push_back(tdesc(d));
+  std::vector<nvinfer1::PluginTensorDesc> rout = {tdesc(dims[0]), tdesc(dims[0])};
+  if (p->onShapeChange(rin.data(), 4, rout.data(), 2) != 0) {
+    std::printf("run error: %s\n", last_error().c_str());
+  } else {
+    print("run", dims[0]);
+  }
+  return 0;
+}
+
+// MultiKernelDepthwiseConv: the creator's verdict on the fields ("create error: ..."), then the shape rules on
+// constant dims as layer_norm_mode. The lists come as int64 fields, so that no value is cut to 32 bits here.
+int dwconv_mode(int argc, char** argv) {
+  if (argc < 7 || argc > 9) {
+    std::fprintf(stderr,
+                 "usage: %s dwconv X WEIGHT BIAS KERNEL_SIZES GROUP_CHANNELS [SHUFFLE_GROUPS [ACTIVATION]]  (dims and "
+                 "lists as 2,9,7,32)\n",
+                 argv[0]);
+    return 2;
+  }
+  std::vector<std::vector<int64_t>> dims;
+  for (int i = 2; i < 5; ++i) dims.push_back(parse_dims(argv[i]));
+  Fields f;
+  f.i64s("kernel_sizes", parse_dims(argv[5])).i64s("group_channels", parse_dims(argv[6]));
+  if (argc > 7) f.i64("shuffle_groups", std::atoll(argv[7]));
+  if (argc > 8) f.cstr("activation", argv[8]);
+  auto print = [](const char* stage, const std::vector<int64_t>& d) {
+    std::printf("%s", stage);
+    for (int64_t v : d) std::printf(" %lld", static_cast<long long>(v));
+    std::printf("\n");
+  };
+  auto p = as_plugin<DepthwiseConvPlugin>(dwconv_creator().createPlugin("c", f.fc(), nvinfer1::TensorRTPhase::kBUILD));
+  if (!p) {
+    std::printf("create error: %s\n", last_error().c_str());
+    return 0;
+  }
   FakeBuilder b;
   std::vector<nvinfer1::DimsExprs> in = exprs(b, dims);
   nvinfer1::DimsExprs out{};
@@ -1782,14 +2789,16 @@ size_t numel(const std::vector<int64_t>& d) {
   return n;
 }
 
-// Runs `plugin` on device copies of `inputs` and returns the output (host, as float).
-bool run_on_gpu(PluginBase* plugin, const std::vector<std::vector<int64_t>>& dims, const std::vector<Buffer>& inputs,
-                const std::vector<int64_t>& out_dims, bool half, std::vector<float>* out, std::string* err) {
+// Runs `plugin` on device copies of `inputs` and returns its `nb_outputs` outputs, all of `out_dims` (host, as
+// float). Each output buffer starts as NaNs, so that unwritten elements show.
+bool run_on_gpu_outputs(PluginBase* plugin, const std::vector<std::vector<int64_t>>& dims,
+                        const std::vector<Buffer>& inputs, const std::vector<int64_t>& out_dims, int32_t nb_outputs,
+                        bool half, std::vector<std::vector<float>>* outs, std::string* err) {
   const DataType t = half ? DataType::kHALF : DataType::kFLOAT;
   std::vector<nvinfer1::PluginTensorDesc> in_desc;
   for (const auto& d : dims) in_desc.push_back(tdesc(d, t));
-  std::vector<nvinfer1::PluginTensorDesc> out_desc = {tdesc(out_dims, t)};
-  if (plugin->onShapeChange(in_desc.data(), static_cast<int32_t>(dims.size()), out_desc.data(), 1) != 0) {
+  std::vector<nvinfer1::PluginTensorDesc> out_desc(static_cast<size_t>(nb_outputs), tdesc(out_dims, t));
+  if (plugin->onShapeChange(in_desc.data(), static_cast<int32_t>(dims.size()), out_desc.data(), nb_outputs) != 0) {
     *err = last_error();
     return false;
   }
@@ -1798,27 +2807,85 @@ bool run_on_gpu(PluginBase* plugin, const std::vector<std::vector<int64_t>>& dim
     cudaMalloc(&dev[i], inputs[i].bytes());
     cudaMemcpy(dev[i], inputs[i].host(), inputs[i].bytes(), cudaMemcpyHostToDevice);
   }
-  Buffer result = zeros(numel(out_dims), half);
-  void* dout = nullptr;
-  cudaMalloc(&dout, result.bytes());
-  cudaMemset(dout, 0xff, result.bytes());  // NaN pattern: unwritten elements show
+  std::vector<Buffer> results(static_cast<size_t>(nb_outputs), zeros(numel(out_dims), half));
+  std::vector<void*> dout(static_cast<size_t>(nb_outputs), nullptr);
+  for (int32_t j = 0; j < nb_outputs; ++j) {
+    cudaMalloc(&dout[j], results[j].bytes());
+    cudaMemset(dout[j], 0xff, results[j].bytes());  // NaN pattern: unwritten elements show
+  }
   cudaStream_t stream = nullptr;
   cudaStreamCreate(&stream);
-  const int rc = plugin->enqueue(in_desc.data(), out_desc.data(), const_cast<const void* const*>(dev.data()), &dout,
-                                 nullptr, stream);
+  const int rc = plugin->enqueue(in_desc.data(), out_desc.data(), const_cast<const void* const*>(dev.data()),
+                                 dout.data(), nullptr, stream);
   const cudaError_t sync = cudaStreamSynchronize(stream);
-  cudaMemcpy(half ? static_cast<void*>(result.h.data()) : result.f.data(), dout, result.bytes(),
-             cudaMemcpyDeviceToHost);
+  for (int32_t j = 0; j < nb_outputs; ++j) {
+    Buffer& r = results[j];
+    cudaMemcpy(half ? static_cast<void*>(r.h.data()) : r.f.data(), dout[j], r.bytes(), cudaMemcpyDeviceToHost);
+  }
   cudaStreamDestroy(stream);
   for (void* p : dev) cudaFree(p);
-  cudaFree(dout);
+  for (void* p : dout) cudaFree(p);
   if (rc != 0 || sync != cudaSuccess) {
     *err = rc != 0 ? last_error() : std::string(cudaGetErrorString(sync));
     return false;
   }
-  out->clear();
-  for (size_t i = 0; i < numel(out_dims); ++i) out->push_back(result.at(i));
+  outs->assign(static_cast<size_t>(nb_outputs), std::vector<float>());
+  for (int32_t j = 0; j < nb_outputs; ++j) {
+    for (size_t i = 0; i < numel(out_dims); ++i) (*outs)[j].push_back(results[j].at(i));
+  }
   return true;
+}
+
+// Runs a one-output `plugin` (see run_on_gpu_outputs).
+bool run_on_gpu(PluginBase* plugin, const std::vector<std::vector<int64_t>>& dims, const std::vector<Buffer>& inputs,
+                const std::vector<int64_t>& out_dims, bool half, std::vector<float>* out, std::string* err) {
+  std::vector<std::vector<float>> outs;
+  if (!run_on_gpu_outputs(plugin, dims, inputs, out_dims, 1, half, &outs, err)) return false;
+  *out = outs[0];
+  return true;
+}
+
+// A host buffer of `values` rounded to the type.
+Buffer buffer_of(const std::vector<double>& values, bool half) {
+  Buffer b;
+  b.half = half;
+  for (double v : values) {
+    if (half) b.h.push_back(__float2half(static_cast<float>(v))); else b.f.push_back(static_cast<float>(v));
+  }
+  return b;
+}
+
+// float64 LayerNorm of the rows of `x` (rows x C, as stored), into want.f.
+void layer_norm_reference(const Buffer& x, const Buffer& weight, const Buffer& bias, int64_t rows, int64_t C,
+                          double epsilon, Buffer* want) {
+  *want = zeros(rows * C, false);
+  for (int64_t r = 0; r < rows; ++r) {
+    double mean = 0, var = 0;
+    for (int64_t k = 0; k < C; ++k) mean += x.at(r * C + k);
+    mean /= static_cast<double>(C);
+    for (int64_t k = 0; k < C; ++k) var += (x.at(r * C + k) - mean) * (x.at(r * C + k) - mean);
+    var /= static_cast<double>(C);
+    const double inv = 1.0 / std::sqrt(var + epsilon);
+    for (int64_t k = 0; k < C; ++k) {
+      want->f[r * C + k] = static_cast<float>((x.at(r * C + k) - mean) * inv * weight.at(k) + bias.at(k));
+    }
+  }
+}
+
+// Whether two results are equal element for element (bit for bit for finite values of one type).
+void check_identical(const std::string& name, const std::vector<float>& got, const std::vector<float>& want) {
+  size_t differ = got.size() == want.size() ? 0 : 1;
+  size_t first = 0;
+  for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
+    if (!(got[i] == want[i])) {
+      if (differ++ == 0) first = i;
+    }
+  }
+  check(differ == 0, name,
+        std::to_string(differ) + " elements differ, the first at " + std::to_string(first) +
+            (first < got.size() && first < want.size()
+                 ? ": " + std::to_string(got[first]) + " vs " + std::to_string(want[first])
+                 : std::string()));
 }
 
 void compare(const std::string& name, const std::vector<float>& got, const Buffer& want, double tol) {
@@ -1831,6 +2898,153 @@ void compare(const std::string& name, const std::vector<float>& got, const Buffe
   }
   check(finite && max_err <= tol * (max_ref + 1e-6), name,
         "max abs error " + std::to_string(max_err) + ", max |ref| " + std::to_string(max_ref));
+}
+
+// AddLayerNorm: the shapes and epsilons of the LayerNorm cases. S must be X + R rounded to the type, bit for bit (a
+// sum of two float32 or float16 values of these magnitudes is exact in float64, so rounding it once is what the
+// kernel's float32 sum rounded to the type gives); Y is compared with a float64 layer normalisation of that S, and
+// must equal, bit for bit, the LayerNorm plugin's output on the S the GPU wrote (docs/ops.md: AddLayerNorm equals
+// Add followed by LayerNorm).
+void gpu_add_layer_norm_cases() {
+  struct Case {
+    std::vector<int64_t> x;
+    float epsilon;
+  };
+  const Case cases[] = {
+      {{2, 5, 32}, 1e-5f}, {{7, 96}, 1e-3f}, {{2, 64, 96}, 1e-5f}, {{3, 4, 768}, 1e-6f}, {{768}, 1e-5f}};
+  std::string why;
+  for (bool half : {false, true}) {
+    for (const Case& c : cases) {
+      const int64_t C = c.x.back();
+      const int64_t rows = static_cast<int64_t>(numel(c.x)) / C;
+      uint32_t seed = 11u + static_cast<uint32_t>(C + rows);
+      // X around 3 and R around -1: S's rows have a mean far from 0.
+      std::vector<Buffer> in = {random_buffer(rows * C, half, &seed, 2.0f, 3.0f),
+                                random_buffer(rows * C, half, &seed, 1.0f, -1.0f),
+                                random_buffer(C, half, &seed, 0.5f, 1.0f), random_buffer(C, half, &seed, 0.2f)};
+      Fields f;
+      f.f32("epsilon", c.epsilon).cstr("plugin_version", "1").cstr("plugin_namespace", "ssmpose");
+      auto p = add_layer_norm_plugin("g", f, nvinfer1::TensorRTPhase::kRUNTIME);
+      std::string name = std::string("gpu.addlayernorm_") + (half ? "f16_" : "f32_");
+      for (size_t i = 0; i < c.x.size(); ++i) name += (i ? "x" : "") + std::to_string(c.x[i]);
+      std::vector<std::vector<float>> got;
+      if (!p || !run_on_gpu_outputs(p.get(), add_layer_norm_dims(c.x), in, c.x, 2, half, &got, &why)) {
+        check(false, name, p ? why : last_error());
+        continue;
+      }
+      std::vector<double> sum(static_cast<size_t>(rows * C));
+      for (size_t i = 0; i < sum.size(); ++i) sum[i] = static_cast<double>(in[0].at(i)) + in[1].at(i);
+      const Buffer s = buffer_of(sum, half);  // S as the type holds it
+      std::vector<float> s_want;
+      for (size_t i = 0; i < sum.size(); ++i) s_want.push_back(s.at(i));
+      check_identical(name + "_S", got[1], s_want);
+      Buffer want;
+      layer_norm_reference(s, in[2], in[3], rows, C, static_cast<double>(c.epsilon), &want);
+      compare(name + "_Y", got[0], want, half ? 2e-3 : 1e-5);
+      // Y against the LayerNorm plugin on the GPU's S.
+      std::vector<double> s_got(got[1].begin(), got[1].end());
+      std::vector<Buffer> ln_in = {buffer_of(s_got, half), in[2], in[3]};
+      auto ln = layer_norm_plugin("g", f, nvinfer1::TensorRTPhase::kRUNTIME);
+      std::vector<float> ln_y;
+      if (!ln || !run_on_gpu(ln.get(), layer_norm_dims(c.x), ln_in, c.x, half, &ln_y, &why)) {
+        check(false, name + "_Y_is_layernorm_of_S", ln ? why : last_error());
+        continue;
+      }
+      check_identical(name + "_Y_is_layernorm_of_S", got[0], ln_y);
+    }
+  }
+}
+
+// MultiKernelDepthwiseConv against a float64 computation of docs/ops.md's formula from the same (rounded) inputs.
+// The weight taps outside each group's k x k centre are NaN in the cases marked so: the kernel must never read them.
+void gpu_dwconv_cases() {
+  struct Case {
+    const char* name;
+    int64_t B, H, W;
+    std::vector<int32_t> kernel_sizes, group_channels;
+    int64_t K;
+    int32_t shuffle;
+    const char* activation;
+    bool nan_outside;
+  };
+  const Case cases[] = {
+      // HRVMamba's LPU: four quarters with 3/5/7/9 kernels, shuffle over 4, GELU; a non-square image.
+      {"lpu_32", 2, 9, 7, {3, 5, 7, 9}, {8, 8, 8, 8}, 9, 4, "gelu", true},
+      {"lpu_96", 2, 16, 12, {3, 5, 7, 9}, {24, 24, 24, 24}, 9, 4, "gelu", false},
+      // A weight with K larger than any kernel size (11 > 9).
+      {"wide_weight", 1, 6, 11, {3, 5, 7, 9}, {8, 8, 8, 8}, 11, 2, "none", true},
+      // One group of 5 channels (no vector-friendly width), no shuffle, no activation.
+      {"one_group", 1, 4, 6, {3}, {5}, 3, 1, "none", false},
+      // 1x1 and 15x15 kernels, a 15x15 kernel over a 3-row image, uneven groups.
+      {"k15", 2, 3, 20, {1, 15, 7}, {1, 2, 13}, 15, 2, "gelu", true},
+      // Shuffle with S = 8 groups of P = 2 channels.
+      {"shuffle_8", 1, 5, 5, {5, 3}, {6, 10}, 5, 8, "none", true},
+  };
+  std::string why;
+  for (bool half : {false, true}) {
+    for (const Case& c : cases) {
+      int64_t C = 0;
+      for (int32_t g : c.group_channels) C += g;
+      const int64_t K = c.K, R = K / 2;
+      uint32_t seed = 101u + static_cast<uint32_t>(C * 7 + K);
+      std::vector<Buffer> in = {random_buffer(c.B * c.H * c.W * C, half, &seed, 1.0f),
+                                random_buffer(C * K * K, half, &seed, 0.3f), random_buffer(C, half, &seed, 0.1f)};
+      // group of each channel, and the NaN taps
+      std::vector<int32_t> ksize(static_cast<size_t>(C));
+      for (size_t g = 0, c0 = 0; g < c.group_channels.size(); c0 += c.group_channels[g], ++g) {
+        for (int32_t i = 0; i < c.group_channels[g]; ++i) ksize[c0 + i] = c.kernel_sizes[g];
+      }
+      if (c.nan_outside) {
+        for (int64_t ch = 0; ch < C; ++ch) {
+          const int64_t lo = R - ksize[ch] / 2, hi = R + ksize[ch] / 2;
+          for (int64_t i = 0; i < K; ++i) {
+            for (int64_t j = 0; j < K; ++j) {
+              if (i >= lo && i <= hi && j >= lo && j <= hi) continue;
+              const size_t at = static_cast<size_t>((ch * K + i) * K + j);
+              if (half) in[1].h[at] = __float2half(std::numeric_limits<float>::quiet_NaN());
+              else in[1].f[at] = std::numeric_limits<float>::quiet_NaN();
+            }
+          }
+        }
+      }
+      Fields f = dwconv_fields(c.kernel_sizes, c.group_channels, c.shuffle, c.activation);
+      auto p = dwconv_plugin("g", f, nvinfer1::TensorRTPhase::kRUNTIME);
+      const std::string name = std::string("gpu.dwconv_") + (half ? "f16_" : "f32_") + c.name +
+                               (c.nan_outside ? "_nan_outside" : "");
+      std::vector<float> got;
+      if (!p || !run_on_gpu(p.get(), dwconv_dims(c.B, c.H, c.W, C, K), in, {c.B, c.H, c.W, C}, half, &got, &why)) {
+        check(false, name, p ? why : last_error());
+        continue;
+      }
+      const bool gelu = std::strcmp(c.activation, "gelu") == 0;
+      const int64_t S = c.shuffle, P = C / S;
+      Buffer want = zeros(c.B * c.H * c.W * C, false);
+      for (int64_t b = 0; b < c.B; ++b) {
+        for (int64_t h = 0; h < c.H; ++h) {
+          for (int64_t w = 0; w < c.W; ++w) {
+            const int64_t pixel = (b * c.H + h) * c.W + w;
+            for (int64_t ch = 0; ch < C; ++ch) {
+              const int64_t k = ksize[ch], r = k / 2;
+              double z = in[2].at(ch);
+              for (int64_t i = 0; i < k; ++i) {
+                for (int64_t j = 0; j < k; ++j) {
+                  const int64_t y = h + i - r, x = w + j - r;
+                  if (y < 0 || y >= c.H || x < 0 || x >= c.W) continue;  // zero padding
+                  z += static_cast<double>(in[0].at(((b * c.H + y) * c.W + x) * C + ch)) *
+                       in[1].at((ch * K + (R - r + i)) * K + (R - r + j));
+                }
+              }
+              if (gelu) z = 0.5 * z * (1.0 + std::erf(z / std::sqrt(2.0)));
+              // channel ch = s*P + q goes to q*S + s
+              const int64_t s = ch / P, q = ch % P;
+              want.f[pixel * C + q * S + s] = static_cast<float>(z);
+            }
+          }
+        }
+      }
+      compare(name, got, want, half ? 2e-3 : 1e-5);
+    }
+  }
 }
 
 int gpu_mode() {
@@ -1965,21 +3179,13 @@ int gpu_mode() {
         check(false, name, p ? why : last_error());
         continue;
       }
-      Buffer want = zeros(rows * C, false);
-      for (int64_t r = 0; r < rows; ++r) {
-        double mean = 0, var = 0;
-        for (int64_t k = 0; k < C; ++k) mean += in[0].at(r * C + k);
-        mean /= static_cast<double>(C);
-        for (int64_t k = 0; k < C; ++k) var += (in[0].at(r * C + k) - mean) * (in[0].at(r * C + k) - mean);
-        var /= static_cast<double>(C);
-        const double inv = 1.0 / std::sqrt(var + static_cast<double>(c.epsilon));
-        for (int64_t k = 0; k < C; ++k) {
-          want.f[r * C + k] = static_cast<float>((in[0].at(r * C + k) - mean) * inv * in[1].at(k) + in[2].at(k));
-        }
-      }
+      Buffer want;
+      layer_norm_reference(in[0], in[1], in[2], rows, C, static_cast<double>(c.epsilon), &want);
       compare(name, got, want, half ? 2e-3 : 1e-5);
     }
   }
+  gpu_add_layer_norm_cases();
+  gpu_dwconv_cases();
   std::printf("passed %d failed %d\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
@@ -1992,6 +3198,8 @@ int main(int argc, char** argv) {
   if (argc > 1 && std::strcmp(argv[1], "outsize") == 0) return outsize(argc, argv);
   if (argc > 1 && std::strcmp(argv[1], "scan2d") == 0) return scan2d_mode(argc, argv);
   if (argc > 1 && std::strcmp(argv[1], "layernorm") == 0) return layer_norm_mode(argc, argv);
+  if (argc > 1 && std::strcmp(argv[1], "addlayernorm") == 0) return add_layer_norm_mode(argc, argv);
+  if (argc > 1 && std::strcmp(argv[1], "dwconv") == 0) return dwconv_mode(argc, argv);
   if (argc > 1 && std::strcmp(argv[1], "gpu") == 0) {
 #if defined(SSMPOSE_TRT_TEST_CUDA)
     return gpu_mode();
@@ -2019,6 +3227,16 @@ int main(int argc, char** argv) {
   test_layer_norm_shapes();
   test_layer_norm_configure_and_runtime();
   test_layer_norm_serialization();
+  test_add_layer_norm_fields();
+  test_add_layer_norm_plugin();
+  test_add_layer_norm_shapes();
+  test_add_layer_norm_configure_and_runtime();
+  test_add_layer_norm_serialization();
+  test_dwconv_fields();
+  test_dwconv_plugin();
+  test_dwconv_shapes();
+  test_dwconv_configure_and_runtime();
+  test_dwconv_serialization();
   std::printf("passed %d failed %d\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
