@@ -113,6 +113,9 @@ def main() -> None:
     parser.add_argument("--no-cuda-graph", action="store_true", help="skip the CUDA-graph rows")
     parser.add_argument("--profile-batch", type=int, default=0, help="kernel profile at this batch size")
     parser.add_argument("--profile-variant", default="custom v2", choices=list(CUSTOM) + list(PORTABLE))
+    parser.add_argument("--cudnn-search", default="EXHAUSTIVE", choices=["EXHAUSTIVE", "HEURISTIC", "DEFAULT"],
+                        help="ORT's cudnn_conv_algo_search for every session (HEURISTIC creates sessions in seconds "
+                             "instead of minutes)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--export-only", action="store_true")
     args = parser.parse_args()
@@ -125,6 +128,7 @@ def main() -> None:
     from ssmpose import runtimes
     from ssmpose.custom_ops.ort_library import ort_library_path
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": args.model,
+              "cudnn_conv_algo_search": args.cudnn_search,
               "rows": [], "nodes": {}, "outputs_vs": {}}
     import onnxruntime
     result["onnxruntime"] = onnxruntime.__version__
@@ -143,10 +147,13 @@ def main() -> None:
     reference = None
     for variant, path in files.items():
         custom = variant in CUSTOM
-        result["nodes"][variant] = node_counts(path, [("CUDAExecutionProvider", {})], library if custom else None)
+        result["nodes"][variant] = node_counts(path, [("CUDAExecutionProvider",
+                                                       {"cudnn_conv_algo_search": args.cudnn_search})],
+                                               library if custom else None)
         print(f"{variant}: {result['nodes'][variant]['file']} nodes in the file, "
               f"{result['nodes'][variant]['ort_optimized']} after ORT's CUDA optimisations", flush=True)
-        session = runtimes.load(str(path), "ort-cuda")
+        cuda_options = {"cudnn_conv_algo_search": args.cudnn_search}
+        session = runtimes.load(str(path), "ort-cuda", cuda_options=cuda_options)
         out = session.run(probe).float().cpu().numpy()
         if reference is None:
             reference, result["outputs_vs"]["reference_variant"] = out, variant
@@ -166,7 +173,7 @@ def main() -> None:
             print_profile(f"ort-cuda {variant}", result["profile"], args.profile_batch)
         del session
         if custom and not args.no_cuda_graph:
-            session = runtimes.load(str(path), "ort-cuda", cuda_options={"enable_cuda_graph": "1"})
+            session = runtimes.load(str(path), "ort-cuda", cuda_options={**cuda_options, "enable_cuda_graph": "1"})
             measure(session, f"ort-cuda {variant} + CUDA graph", args.batch, args.repeats, rows, variant=variant,
                     cuda_graph=True)
             del session

@@ -136,6 +136,11 @@ _LAYER_NORM = ctypes.POINTER(LayerNormShape)
 _DWCONV = ctypes.POINTER(DwConvShape)
 _I = ctypes.c_int
 
+# ssm_task_fn and ssm_cpu_executor of the header: a host's thread pool for the CPU kernels' loops, installed per thread
+# with ssm_set_cpu_executor (None restores the library's own threads).
+TASK_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
+CPU_EXECUTOR = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, TASK_FN, ctypes.c_void_p, ctypes.c_int64)
+
 _COMMON_SIGNATURES = {
     "ssm_abi_version": ([], _I),
     "ssm_status_string": ([_I], ctypes.c_char_p),
@@ -151,6 +156,7 @@ _CPU_SIGNATURES = {
     "ssm_layer_norm_fwd_cpu": ([_LAYER_NORM, _P, _P, _P, _P, _I], _I),
     "ssm_add_layer_norm_fwd_cpu": ([_LAYER_NORM, _P, _P, _P, _P, _P, _P, _I], _I),
     "ssm_depthwise_conv_fwd_cpu": ([_DWCONV, _P, _P, _P, _P, _I], _I),
+    "ssm_set_cpu_executor": ([_P, _P], None),  # (a CPU_EXECUTOR instance or None, executor_data)
 }
 _CUDA_SIGNATURES = {
     "ssm_selective_scan_fwd_cuda": ([_SCAN, _P, _P, _P, _P, _P, _P, _P, _P, _P], _I),

@@ -16,6 +16,10 @@
  *    SSM_ERR_BAD_SIZE before any memory is touched. The shape and dtype are checked before the data
  *    pointers, so a call with NULL data pointers answers SSM_ERR_NULL_POINTER for a shape within the
  *    limits and SSM_ERR_BAD_SIZE for one beyond them (a limits query that allocates nothing).
+ *  - `num_threads` of the CPU functions: the loops are split over at most that many threads (<= 0: one per
+ *    hardware thread); problems too small to repay a thread run on the calling thread. The threads are
+ *    started for the call, unless the calling thread installed an executor (ssm_set_cpu_executor below), a
+ *    host's own thread pool. Results are bit-identical for any thread count and either way of running.
  *  - CUDA functions take the stream as `void*` (a cudaStream_t), enqueue work on it and never
  *    synchronise the host. Launch errors are returned as SSM_ERR_CUDA.
  *  - Pointers of CUDA functions are device pointers; `workspace` (when asked for) is a device buffer of
@@ -37,7 +41,8 @@ extern "C" {
 #define SSM_API __attribute__((visibility("default")))
 #endif
 
-#define SSM_KERNELS_ABI_VERSION 3  /* 2: adds LayerNorm; 3: adds AddLayerNorm and MultiKernelDepthwiseConv */
+#define SSM_KERNELS_ABI_VERSION 3  /* 2: adds LayerNorm; 3: adds AddLayerNorm, MultiKernelDepthwiseConv and
+                                      ssm_set_cpu_executor */
 
 typedef enum ssm_dtype {
   SSM_FLOAT32 = 0,
@@ -57,6 +62,26 @@ typedef enum ssm_status {
 /* Library identity, so that loaders can refuse a stale build. */
 SSM_API int ssm_abi_version(void);
 SSM_API const char* ssm_status_string(int status);
+
+/* ------------------------------------------------------------------------------------------------
+ * CPU executor (libssmpose_kernels only): lets a host run the parallel loops of the *_cpu functions on its
+ * own thread pool instead of threads started for each call (e.g. the ONNX Runtime adapter hands them to
+ * ONNX Runtime's intra-op pool, whose threads would otherwise spin beside the library's own).
+ *
+ * ssm_set_cpu_executor(executor, data) applies to the *_cpu calls made afterwards on the CALLING THREAD
+ * only (the setting is thread-local); executor NULL restores the library's own threads. A loop that
+ * needs count > 1 threads (by num_threads and its size, as above) calls executor(data, fn, task, count) once:
+ *  - the executor calls fn(task, i) for each i in [0, count), in any order, on any threads, concurrently
+ *    or not, and returns only after every fn call it made has returned;
+ *  - it returns 0, or non-zero for a failure (e.g. the pool refused the work). Whatever the executor
+ *    reports, and even if it skipped some i, the calling thread then runs the part of the loop that no fn
+ *    call took, so results are always complete and bit-identical to the library's own threads;
+ *  - fn is thread-safe, never throws, and does not depend on i (each call takes blocks of the loop from
+ *    a shared queue until none are left); fn and task are valid only until the executor returns.
+ * The executor is called only from inside a *_cpu function on the thread that installed it. */
+typedef void (*ssm_task_fn)(void* task, int64_t index);
+typedef int (*ssm_cpu_executor)(void* executor_data, ssm_task_fn fn, void* task, int64_t count);
+SSM_API void ssm_set_cpu_executor(ssm_cpu_executor executor, void* executor_data);
 
 /* ------------------------------------------------------------------------------------------------
  * SelectiveScan

@@ -8,7 +8,8 @@
  * status-returning custom-op callbacks OrtCustomOp::CreateKernelV2 / KernelComputeV2 (the only way to report
  * a bad node as an error status instead of aborting or throwing across the C boundary) are read by ONNX
  * Runtime only from OrtCustomOp::version 16 on. Any ONNX Runtime >= 1.16 accepts it; an older one returns
- * NULL from GetApi(16) and RegisterCustomOps reports that as an error.
+ * NULL from GetApi(16) and RegisterCustomOps reports that as an error. Members of later versions are optional:
+ * read only when the running ONNX Runtime's API version (its minor version, "1.17.x" -> 17) has them.
  *
  * How the layout is reproduced
  *  - OrtApiBase: two function pointers, fixed forever (ORT static_asserts it).
@@ -45,6 +46,9 @@ extern "C" {
 /* The first API version whose OrtCustomOp carries GetStartVersion (ONNX Runtime 1.17): an op that starts at
  * a later domain version declares itself with this version, where the running ONNX Runtime offers it. */
 #define SSM_ORT_API_VERSION_OP_VERSIONS 17u
+/* The first API version with OrtApi::KernelContext_ParallelFor (ONNX Runtime 1.17): from it on, the CPU kernels run
+ * their parallel loops on ONNX Runtime's intra-op thread pool. */
+#define SSM_ORT_API_VERSION_PARALLEL_FOR 17u
 
 /* Opaque ONNX Runtime objects. */
 typedef struct OrtApi OrtApi;
@@ -128,7 +132,11 @@ enum {
   SSM_ORT_ReleaseCustomOpDomain = 101,             /* v1, last member of version 1 */
   SSM_ORT_KernelInfoGetAttributeArray_int64 = 163, /* v8 (GetCurrentGpuDeviceId = 161 ends version 7) */
   SSM_ORT_KernelContext_GetGPUComputeStream = 193, /* v10 */
-  SSM_ORT_TABLE_MIN_SIZE = 194                     /* members needed; GetApi(16) guarantees 266 */
+  SSM_ORT_TABLE_MIN_SIZE = 194,                    /* members needed; GetApi(16) guarantees 266 */
+  /* Optional members, resolved only when the running ONNX Runtime's API version has them (see
+   * SSM_ORT_API_VERSION_PARALLEL_FOR). Version 16 ends with KernelContext_GetResource = 265 and version 17 with
+   * SessionOptionsAppendExecutionProvider_OpenVINO_V2 = 275 (ONNX Runtime's layout assertions). */
+  SSM_ORT_KernelContext_ParallelFor = 274          /* v17 */
 };
 
 typedef OrtStatus*(SSM_ORT_CALL* OrtCreateStatusFn)(OrtErrorCode code, const char* msg);
@@ -172,6 +180,12 @@ typedef void(SSM_ORT_CALL* OrtReleaseCustomOpDomainFn)(OrtCustomOpDomain* domain
 /* The CUDA EP's cudaStream_t for this node's work (NULL when the EP has no stream). */
 typedef OrtStatus*(SSM_ORT_CALL* OrtKernelContextGetGPUComputeStreamFn)(const OrtKernelContext* context,
                                                                          void** out);
+/* Calls fn(usr_data, i) for i in [0, total) on the node's intra-op thread pool (the calling thread takes part;
+ * without a pool, on the calling thread) and returns when all calls have returned. num_batch 0: each i is its own
+ * work item. fn has the default calling convention (no SSM_ORT_CALL). */
+typedef OrtStatus*(SSM_ORT_CALL* OrtKernelContextParallelForFn)(const OrtKernelContext* context,
+                                                                 void (*fn)(void* usr_data, size_t index), size_t total,
+                                                                 size_t num_batch, void* usr_data);
 
 /* ------------------------------------------------------------------------------------------------
  * OrtCustomOp: filled by the library, read by ONNX Runtime (members up to version 16).

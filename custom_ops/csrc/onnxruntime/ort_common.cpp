@@ -1,6 +1,7 @@
 // Shared plumbing of the ONNX Runtime custom ops (see ort_common.h).
 #include "ort_common.h"
 
+#include <atomic>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -52,7 +53,38 @@ bool Api::resolve(const OrtApi* api) noexcept {
   member(api, SSM_ORT_ReleaseTensorTypeAndShapeInfo, &ReleaseTensorTypeAndShapeInfo);
   member(api, SSM_ORT_ReleaseCustomOpDomain, &ReleaseCustomOpDomain);
   member(api, SSM_ORT_KernelContext_GetGPUComputeStream, &KernelContext_GetGPUComputeStream);
+  // The table of an older ONNX Runtime ends before these members: reading them would read past its end.
+  if (runtime_api_version() >= SSM_ORT_API_VERSION_PARALLEL_FOR) {
+    member(api, SSM_ORT_KernelContext_ParallelFor, &KernelContext_ParallelFor);
+  }
   return true;
+}
+
+uint32_t api_version_of(const char* version_string) noexcept {
+  if (version_string == nullptr) return 0;
+  char* end = nullptr;
+  const long major = std::strtol(version_string, &end, 10);
+  if (end == version_string || *end != '.' || major < 1) return 0;
+  if (major > 1) return UINT32_MAX;
+  const char* minor_start = end + 1;
+  const long minor = std::strtol(minor_start, &end, 10);
+  if (end == minor_start || minor < 0 || minor > 100000) return 0;
+  return static_cast<uint32_t>(minor);
+}
+
+namespace {
+std::atomic<int64_t> g_runtime_api_version{-1};  // -1: none recorded yet
+}  // namespace
+
+void note_runtime_api_version(uint32_t version) noexcept {
+  int64_t seen = g_runtime_api_version.load();
+  while ((seen < 0 || version < seen) && !g_runtime_api_version.compare_exchange_weak(seen, version)) {
+  }
+}
+
+uint32_t runtime_api_version() noexcept {
+  const int64_t v = g_runtime_api_version.load();
+  return v < 0 ? 0 : static_cast<uint32_t>(v);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -401,6 +433,53 @@ OrtMemType SSM_ORT_CALL get_input_memory_type(const OrtCustomOp*, size_t) {
 int SSM_ORT_CALL variadic_min_arity(const OrtCustomOp*) { return 1; }
 int SSM_ORT_CALL variadic_homogeneity(const OrtCustomOp*) { return 1; }
 
+// ------------------------------------------------------------------------------------------------
+// The CPU kernels' parallel loops on ONNX Runtime's intra-op thread pool (ssm_set_cpu_executor).
+
+struct PoolExecutor {
+  const Api* api;
+  const OrtKernelContext* ctx;
+};
+
+// One executor call: the kernel library's task, called through KernelContext_ParallelFor's callback signature.
+struct PoolTask {
+  ssm_task_fn fn;
+  void* task;
+};
+
+void run_pool_task(void* data, size_t index) {
+  const PoolTask* t = static_cast<const PoolTask*>(data);
+  t->fn(t->task, static_cast<int64_t>(index));
+}
+
+int run_on_ort_pool(void* executor_data, ssm_task_fn fn, void* task, int64_t count) noexcept {
+  if (count <= 0) return 0;
+  const PoolExecutor* ex = static_cast<const PoolExecutor*>(executor_data);
+  PoolTask t{fn, task};
+  OrtStatus* st = ex->api->KernelContext_ParallelFor(ex->ctx, run_pool_task, static_cast<size_t>(count), 0, &t);
+  if (st == nullptr) return 0;
+  ex->api->ReleaseStatus(st);  // e.g. a minimal build without the kernel-context API: the caller runs the loop
+  return 1;
+}
+
+// While alive (one compute call), the kernel library's parallel loops on this thread use ONNX Runtime's pool.
+class OrtPoolScope {
+ public:
+  OrtPoolScope(const Api& api, const OrtKernelContext* ctx, bool enable) noexcept : executor_{&api, ctx} {
+    active_ = enable && api.KernelContext_ParallelFor != nullptr;
+    if (active_) ssm_set_cpu_executor(run_on_ort_pool, &executor_);
+  }
+  ~OrtPoolScope() {
+    if (active_) ssm_set_cpu_executor(nullptr, nullptr);
+  }
+  OrtPoolScope(const OrtPoolScope&) = delete;
+  OrtPoolScope& operator=(const OrtPoolScope&) = delete;
+
+ private:
+  PoolExecutor executor_;
+  bool active_ = false;
+};
+
 OrtStatus* SSM_ORT_CALL create_kernel_v2(const OrtCustomOp* op, const OrtApi* ort, const OrtKernelInfo* info,
                                          void** kernel) noexcept {
   Api api;
@@ -412,6 +491,7 @@ OrtStatus* SSM_ORT_CALL create_kernel_v2(const OrtCustomOp* op, const OrtApi* or
     if (OrtStatus* st = def.factory(def, api, info, &k)) return st;
     k->api = api;
     k->def = &def;
+    k->on_ort_pool = def.device == Device::CPU && cpu_threads() == 0;
     *kernel = k;
     return nullptr;
   } catch (const std::bad_alloc&) {
@@ -426,6 +506,7 @@ OrtStatus* SSM_ORT_CALL create_kernel_v2(const OrtCustomOp* op, const OrtApi* or
 OrtStatus* SSM_ORT_CALL compute_v2(void* kernel, OrtKernelContext* ctx) noexcept {
   Kernel* k = static_cast<Kernel*>(kernel);
   try {
+    OrtPoolScope pool(k->api, ctx, k->on_ort_pool);
     return k->compute(ctx);
   } catch (const std::bad_alloc&) {
     return make_error(k->api, ORT_FAIL, "%s: out of memory", k->def->op_name);

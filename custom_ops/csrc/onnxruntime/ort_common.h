@@ -42,10 +42,21 @@ struct Api {
   OrtReleaseTensorTypeAndShapeInfoFn ReleaseTensorTypeAndShapeInfo = nullptr;
   OrtReleaseCustomOpDomainFn ReleaseCustomOpDomain = nullptr;
   OrtKernelContextGetGPUComputeStreamFn KernelContext_GetGPUComputeStream = nullptr;
+  OrtKernelContextParallelForFn KernelContext_ParallelFor = nullptr;  // NULL below API version 17
 
-  // Fills the members from an OrtApi table of version >= SSM_ORT_API_VERSION. False if `api` is NULL.
+  // Fills the members from an OrtApi table of version >= SSM_ORT_API_VERSION; the optional members only when
+  // runtime_api_version() has them. False if `api` is NULL.
   bool resolve(const OrtApi* api) noexcept;
 };
+
+// The C API version of an ONNX Runtime, from its version string: the minor version of a 1.x release ("1.17.2" ->
+// 17), UINT32_MAX for a later major release, 0 if the string does not parse.
+uint32_t api_version_of(const char* version_string) noexcept;
+
+// The API version of the ONNX Runtime that registered the library (RegisterCustomOps records it before any kernel is
+// created); 0 until then. If several were recorded (one process normally loads one ONNX Runtime), the lowest.
+void note_runtime_api_version(uint32_t version) noexcept;
+uint32_t runtime_api_version() noexcept;
 
 // ------------------------------------------------------------------------------------------------
 // Errors
@@ -125,7 +136,9 @@ OrtStatus* check_attr_range(const Api& api, const char* op, const char* name, in
 
 enum class Device { CPU, CUDA };
 
-// Threads for the CPU kernels: $SSMPOSE_NUM_THREADS if set to a positive number, else 0 (all cores).
+// Threads for the CPU kernels: $SSMPOSE_NUM_THREADS if set to a positive number, else 0. 0: the kernels' parallel
+// loops run on ONNX Runtime's intra-op thread pool (API version >= 17; before it, on threads of their own, one per
+// core). A positive number: on that many threads of their own, started for each call, whatever the pool.
 int cpu_threads() noexcept;
 
 #if defined(SSMPOSE_ORT_WITH_CUDA)
@@ -154,6 +167,7 @@ struct OpDef;
 struct Kernel {
   Api api;
   const OpDef* def = nullptr;
+  bool on_ort_pool = false;  // compute() runs the CPU kernels' parallel loops on ONNX Runtime's intra-op pool
   virtual ~Kernel() = default;
   virtual OrtStatus* compute(OrtKernelContext* ctx) = 0;
 };

@@ -35,21 +35,13 @@ DomainRegistry& registry() {
   return r;
 }
 
-// Whether this ONNX Runtime reads OrtCustomOp::GetStartVersion (1.17 and later), from its version string
-// ("1.17.0", ...). Asking GetApi(17) instead would print an error on an older release.
-bool reads_op_versions(const OrtApiBase* base) {
-  const char* v = base->GetVersionString ? base->GetVersionString() : nullptr;
-  if (v == nullptr) return false;
-  char* end = nullptr;
-  const long major = std::strtol(v, &end, 10);
-  if (end == v || *end != '.') return false;
-  const char* minor_start = end + 1;
-  const long minor = std::strtol(minor_start, &end, 10);
-  if (end == minor_start) return false;
-  return major > 1 || (major == 1 && minor >= 17);
-}
-
 OrtStatus* register_ops(OrtSessionOptions* options, const OrtApiBase* base) {
+  // The running ONNX Runtime's API version, from its version string (asking GetApi(17) instead would print an error
+  // on an older release). It decides the optional features: OrtCustomOp::GetStartVersion (17), and the thread pool
+  // of the CPU kernels (KernelContext_ParallelFor, 17; read by Api::resolve).
+  const uint32_t runtime_version = api_version_of(base->GetVersionString ? base->GetVersionString() : nullptr);
+  note_runtime_api_version(runtime_version);
+  const bool op_versions = runtime_version >= SSM_ORT_API_VERSION_OP_VERSIONS;
   const OrtApi* ort = base->GetApi(SSM_ORT_API_VERSION);
   Api api;
   if (!api.resolve(ort)) {
@@ -73,10 +65,10 @@ OrtStatus* register_ops(OrtSessionOptions* options, const OrtApiBase* base) {
 
   std::vector<const OpDef*> defs;
   selective_scan_op_defs(&defs);
-  selective_scan_2d_op_defs(&defs, reads_op_versions(base));
+  selective_scan_2d_op_defs(&defs, op_versions);
   deform_aggregate_op_defs(&defs);
-  layer_norm_op_defs(&defs, reads_op_versions(base));
-  depthwise_conv_op_defs(&defs, reads_op_versions(base));
+  layer_norm_op_defs(&defs, op_versions);
+  depthwise_conv_op_defs(&defs, op_versions);
 
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* st = api.CreateCustomOpDomain(kDomain, &domain)) return st;

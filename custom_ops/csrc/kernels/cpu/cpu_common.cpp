@@ -1,4 +1,4 @@
-// Private helpers of the CPU kernels: thread pool-less parallel-for and dtype conversion.
+// Private helpers of the CPU kernels: parallel-for (own threads or the host's executor) and dtype conversion.
 #include "cpu_common.h"
 
 #include <algorithm>
@@ -46,10 +46,59 @@ int resolve_threads(int num_threads) {
   return hc == 0 ? 1 : static_cast<int>(std::min<unsigned>(hc, 1024u));
 }
 
+namespace {
+
+// The executor installed by the calling thread (ssm_set_cpu_executor); none: the library's own threads.
+struct Executor {
+  ssm_cpu_executor run = nullptr;
+  void* data = nullptr;
+};
+thread_local Executor t_executor;
+
+// The blocks of one parallel_for, handed out in order to whoever asks: the calling thread, the library's
+// threads or the executor's tasks. Taking blocks from one queue (rather than by task index) keeps the
+// loop complete whatever the executor does: the calling thread drains what is left when it returns.
+struct BlockQueue {
+  const std::function<void(int64_t, int64_t)>* fn;
+  int64_t n;
+  int64_t block;
+  std::atomic<int64_t> next{0};
+
+  void drain() noexcept {
+    for (;;) {
+      const int64_t begin = next.fetch_add(block);
+      if (begin >= n) return;
+      (*fn)(begin, std::min(n, begin + block));
+    }
+  }
+};
+
+void drain_task(void* queue, int64_t /*index*/) noexcept { static_cast<BlockQueue*>(queue)->drain(); }
+
+void run_on_own_threads(BlockQueue& queue, int64_t threads) {
+  std::vector<std::thread> pool;
+  try {
+    pool.reserve(static_cast<size_t>(threads - 1));
+    for (int64_t i = 0; i + 1 < threads; ++i) pool.emplace_back([&queue] { queue.drain(); });
+  } catch (...) {
+    // could not start a thread: the ones started (at least this one) do the work
+  }
+  queue.drain();
+  for (auto& t : pool) t.join();
+}
+
+void run_on_executor(const Executor& executor, BlockQueue& queue, int64_t threads) {
+  // A failure status needs no handling of its own: the blocks no task took are still in the queue.
+  (void)executor.run(executor.data, drain_task, &queue, threads);
+  queue.drain();
+}
+
+}  // namespace
+
 void parallel_for(int64_t n, int num_threads, double work_per_item,
                   const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
-  // Below ~64k float operations per thread, starting a thread costs more than it saves.
+  // Below ~64k float operations per thread, handing work to another thread costs more than it saves.
   constexpr double kMinWorkPerThread = 65536.0;
   int64_t threads = resolve_threads(num_threads);
   threads = std::min<int64_t>(threads, n);
@@ -61,26 +110,16 @@ void parallel_for(int64_t n, int num_threads, double work_per_item,
     return;
   }
   // Dynamic blocks: ~8 blocks per thread balances uneven items without much contention.
-  const int64_t block = std::max<int64_t>(1, n / (threads * 8));
-  std::atomic<int64_t> next(0);
-  auto worker = [&]() {
-    for (;;) {
-      const int64_t begin = next.fetch_add(block);
-      if (begin >= n) break;
-      fn(begin, std::min(n, begin + block));
-    }
-  };
-  std::vector<std::thread> pool;
-  pool.reserve(static_cast<size_t>(threads - 1));
-  for (int64_t i = 0; i + 1 < threads; ++i) {
-    try {
-      pool.emplace_back(worker);
-    } catch (...) {
-      break;  // could not start a thread: the remaining workers (at least this one) do the work
-    }
+  BlockQueue queue;
+  queue.fn = &fn;
+  queue.n = n;
+  queue.block = std::max<int64_t>(1, n / (threads * 8));
+  const Executor executor = t_executor;
+  if (executor.run != nullptr) {
+    run_on_executor(executor, queue, threads);
+  } else {
+    run_on_own_threads(queue, threads);
   }
-  worker();
-  for (auto& t : pool) t.join();
 }
 
 void span_to_float(int dtype, const void* src, int64_t offset, float* dst, int64_t n) {
@@ -139,3 +178,8 @@ void convert_from_float(int dtype, const float* src, void* dst, int64_t n, int n
 
 }  // namespace cpu
 }  // namespace ssm
+
+extern "C" SSM_API void ssm_set_cpu_executor(ssm_cpu_executor executor, void* executor_data) {
+  ssm::cpu::t_executor.run = executor;
+  ssm::cpu::t_executor.data = executor != nullptr ? executor_data : nullptr;
+}

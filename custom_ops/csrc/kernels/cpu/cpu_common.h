@@ -136,10 +136,11 @@ inline bool checked_product(std::initializer_list<int64_t> factors, int64_t* out
 }
 
 // ------------------------------------------------------------------------------------------------
-// Parallel-for over [0, n) items with std::thread; the calling thread takes part. Items are handed out
-// dynamically in blocks. `num_threads` <= 0 means std::thread::hardware_concurrency(). `work_per_item`
-// is a rough cost (e.g. float operations) used to avoid spawning threads for tiny problems.
-// fn(begin, end) must not throw.
+// Parallel-for over [0, n) items; the calling thread takes part. Items are handed out dynamically in
+// blocks, on the calling thread's executor (ssm_set_cpu_executor) when it installed one, else on
+// std::threads started here. `num_threads` <= 0 means std::thread::hardware_concurrency(). `work_per_item`
+// is a rough cost (e.g. float operations) used to keep tiny problems on the calling thread.
+// fn(begin, end) must not throw, and must give the same results whichever thread runs which block.
 void parallel_for(int64_t n, int num_threads, double work_per_item,
                   const std::function<void(int64_t, int64_t)>& fn);
 
