@@ -447,7 +447,8 @@ def _lower_depthwise_conv(builder, node, attrs, inputs):
     values = dict(kernel_sizes=[int(k) for k in attrs.get("kernel_sizes", [])],
                   group_channels=[int(c) for c in attrs.get("group_channels", [])],
                   shuffle_groups=int(attrs.get("shuffle_groups", 1)), activation=str(attrs.get("activation", "none")))
-    problem = depthwise_conv_attribute_error(**values, channels=weight_shape[0], kernel_max=kernel_max)
+    channels = weight_shape[0] if isinstance(weight_shape[0], int) else None
+    problem = depthwise_conv_attribute_error(**values, channels=channels, kernel_max=kernel_max)
     if problem:
         raise ValueError(f"{DOMAIN}::MultiKernelDepthwiseConv {node.name!r}: {problem}")
     return depthwise_conv_subgraph(builder, inputs[0], inputs[1], inputs[2], kernel_max, **values)

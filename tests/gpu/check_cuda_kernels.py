@@ -24,12 +24,26 @@ What it does
     channel counts 1..4096 (the register path with 16-byte vectors, the scalar path for odd counts or
     misaligned pointers, the loop path for long rows), up to ~1e6 rows, rows with a large offset (two-pass
     variance), bitwise-identical repeated calls;
+  * AddLayerNorm (domain version 4): the stored sum S must equal add_layer_norm_reference's (float32 add rounded
+    to the type) bitwise; Y against the float64 LayerNorm of that S (tight) and against the float64
+    add_layer_norm_reference of the unrounded sum (looser by the rounding of S); (Y, S) bitwise equal to
+    ssm_layer_norm_fwd_cuda applied to the stored S (same path: all pointers aligned, or all misaligned);
+    channel counts 1..4096 in float32 / float16 / bfloat16;
+  * MultiKernelDepthwiseConv (domain version 4): against the float64 multi_kernel_depthwise_conv_reference on
+    hrvmamba_small/base's LPU shapes (kernels 3/5/7/9, shuffle 4, GELU) and odd shapes (1x1 images, images
+    smaller than the kernel, one group, 16 groups, kernels 1 and 11..15, no shuffle, shuffle = C, no activation,
+    C not a multiple of the vector width, misaligned pointers, batch 0, more than 2^31 elements), with a
+    per-element bound from float32 accumulation and the output rounding; weight taps outside a group's
+    k x k centre are NaN (they must not be read); bitwise-identical repeated calls;
   * checks that bad arguments return status codes;
   * times forward and backward of the HRVMamba-small/base shapes at batch 128 (float32 / float16) with
     CUDA events (median of 20 after warm-up) and prints the fraction of the measured device-to-device
     copy bandwidth (bytes read + written / time); SelectiveScan2D beside the version-1 path it replaces;
     LayerNorm for the HRVMamba widths and a sweep of channel counts, one line per case with the effective
-    GB/s (2 x rows x C x element size / time) beside torch.nn.functional.layer_norm on the same data.
+    GB/s (2 x rows x C x element size / time) beside torch.nn.functional.layer_norm on the same data;
+    AddLayerNorm beside a separate add + ssm_layer_norm_fwd_cuda; MultiKernelDepthwiseConv (float16, hrvmamba_small's
+    four LPU shapes at batch 32 and 128) beside PyTorch's chain (permute, split, F.conv2d per group, cat,
+    shuffle, gelu, channel-last output), GB/s = one read of X and one write of Y.
 The references are self-checked against naive loops with --selftest-reference (runs on the CPU too).
 Exit status 0 when every check passed.
 """
@@ -85,6 +99,26 @@ class LayerNormShape(ctypes.Structure):
                 ("dtype", ctypes.c_int32)]
 
 
+DWCONV_MAX_GROUPS = 16
+
+
+class DwconvShape(ctypes.Structure):
+    _fields_ = [("batch", ctypes.c_int64), ("height", ctypes.c_int64), ("width", ctypes.c_int64),
+                ("channels", ctypes.c_int64), ("kernel_max", ctypes.c_int32), ("num_groups", ctypes.c_int32),
+                ("group_channels", ctypes.c_int32 * DWCONV_MAX_GROUPS),
+                ("kernel_sizes", ctypes.c_int32 * DWCONV_MAX_GROUPS),
+                ("shuffle_groups", ctypes.c_int32), ("activation", ctypes.c_int32), ("dtype", ctypes.c_int32)]
+
+
+def dwconv_shape(B, H, W, C, kernel_max, kernel_sizes, group_channels, shuffle, gelu, dtype_code):
+    sh = DwconvShape(batch=B, height=H, width=W, channels=C, kernel_max=kernel_max,
+                     num_groups=len(kernel_sizes), shuffle_groups=shuffle, activation=int(gelu), dtype=dtype_code)
+    for g, (k, c) in enumerate(zip(kernel_sizes, group_channels)):
+        sh.kernel_sizes[g] = k
+        sh.group_channels[g] = c
+    return sh
+
+
 # ----------------------------------------------------------------------------------------------
 # Build and load
 
@@ -92,7 +126,8 @@ def build_library(out_dir: str, arch: str, defines=(), name="libssmpose_kernels_
     os.makedirs(out_dir, exist_ok=True)
     cdir = os.path.join(KDIR, "cuda")
     srcs = [os.path.join(cdir, n) for n in ("selective_scan.cu", "selective_scan_2d.cu", "deform_aggregate.cu",
-                                            "layer_norm.cu") if os.path.exists(os.path.join(cdir, n))]
+                                            "layer_norm.cu", "depthwise_conv.cu")
+            if os.path.exists(os.path.join(cdir, n))]
     common = os.path.join(KDIR, "common.cpp")
     flags = ["-O3", "-std=c++17", f"-arch={arch}", "-Xcompiler", "-fPIC,-fvisibility=hidden",
              "-I", KDIR, *[f"-D{d}" for d in defines]]
@@ -133,6 +168,12 @@ def load_library(path: str):
     if hasattr(lib, "ssm_layer_norm_fwd_cuda"):  # absent from libraries older than domain version 3
         lib.ssm_layer_norm_fwd_cuda.argtypes = [ctypes.POINTER(LayerNormShape)] + [vp] * 5
         lib.ssm_layer_norm_fwd_cuda.restype = ctypes.c_int
+    if hasattr(lib, "ssm_add_layer_norm_fwd_cuda"):  # absent from libraries older than domain version 4
+        lib.ssm_add_layer_norm_fwd_cuda.argtypes = [ctypes.POINTER(LayerNormShape)] + [vp] * 7
+        lib.ssm_add_layer_norm_fwd_cuda.restype = ctypes.c_int
+    if hasattr(lib, "ssm_depthwise_conv_fwd_cuda"):
+        lib.ssm_depthwise_conv_fwd_cuda.argtypes = [ctypes.POINTER(DwconvShape)] + [vp] * 5
+        lib.ssm_depthwise_conv_fwd_cuda.restype = ctypes.c_int
     lib.ssm_deform_aggregate_fwd_cuda.argtypes = [ctypes.POINTER(DeformShape)] + [vp] * 4
     lib.ssm_deform_aggregate_fwd_cuda.restype = ctypes.c_int
     lib.ssm_deform_aggregate_bwd_cuda.argtypes = [ctypes.POINTER(DeformShape)] + [vp] * 6
@@ -280,6 +321,22 @@ def project_scan2d_reference():
         print(f"(ssmpose.custom_ops.reference.selective_scan_2d_reference not available: {exc!r})")
         return None
     return selective_scan_2d_reference
+
+
+_REFERENCE_MODULE = []
+
+
+def project_reference(name):
+    """A function of custom_ops/reference.py (the project's float64 references), loaded from its file so that
+    only torch is needed (importing the ssmpose package would pull in the training code's dependencies)."""
+    if not _REFERENCE_MODULE:
+        import importlib.util
+        path = os.path.join(REPO, "custom_ops", "reference.py")
+        spec = importlib.util.spec_from_file_location("ssmpose_reference", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _REFERENCE_MODULE.append(module)
+    return getattr(_REFERENCE_MODULE[0], name)
 
 
 def deform_points(p):
@@ -1091,6 +1148,449 @@ def bench_layer_norm(lib, bw, batch=128, dtypes=(torch.float32, torch.float16), 
     return rows_out
 
 
+# ----------------------------------------------------------------------------------------------
+# AddLayerNorm (domain version 4)
+
+# half the spacing of the type's numbers around 1 (round to nearest): the relative rounding of a stored value
+UNIT_ROUNDOFF = {torch.float32: 2.0 ** -24, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}
+
+
+def add_layer_norm_call(lib, x, r, w, b, y, s, eps=1e-5):
+    rows, C = x.shape
+    sh = LayerNormShape(rows, C, eps, DTYPE_CODE[x.dtype])
+    return lib.ssm_add_layer_norm_fwd_cuda(ctypes.byref(sh), P(x), P(r), P(w), P(b), P(y), P(s), stream_ptr())
+
+
+def row_conditioning(t, eps):
+    """max over rows of max|t| / std: how far float rounding of the row's values and mean reaches Y."""
+    td = t.double()
+    std = (td.var(dim=-1, unbiased=False) + eps).sqrt()
+    return (td.abs().amax(dim=-1) / std).max().item() if td.shape[0] else 0.0
+
+
+def check_add_layer_norm(lib, rep, rows, C, dtype, offset=0.0, scale=1.0, eps=1e-5, misalign=False, tag=""):
+    path = layer_norm_path(C, dtype, aligned=not misalign)
+    name = f"addlayernorm {tag}rows={rows} C={C} {str(dtype)[6:]} {path}" + (f" offset={offset:g}" if offset else "")
+    try:
+        reference = project_reference("add_layer_norm_reference")
+    except Exception as exc:  # noqa: BLE001 - report, do not stop the other checks
+        rep.add(name, False, f"no add_layer_norm_reference: {exc!r}")
+        return
+    x, w, b, y = layer_norm_inputs(rows, C, dtype, offset, scale, seed=1, misalign=misalign)
+    r, _, _, s = layer_norm_inputs(rows, C, dtype, 0.0, scale, seed=2, misalign=misalign)
+    y.fill_(float("nan"))
+    s.fill_(float("nan"))
+    st = add_layer_norm_call(lib, x, r, w, b, y, s, eps)
+    torch.cuda.synchronize()
+    if st != SSM_OK:
+        rep.add(name, False, f"status {st}")
+        return
+    eps32 = float(torch.tensor(eps, dtype=torch.float32))
+    # S: the reference's float32 add rounded to the type, bit for bit.
+    _, s_ref = reference(x, r, w, b, eps32)
+    s_equal = torch.equal(s, s_ref)
+    # Y: the float64 LayerNorm of the stored S (the kernel's own accuracy, as check_layer_norm) ...
+    y_stored = reference(s.double(), torch.zeros_like(s, dtype=torch.float64), w.double(), b.double(), eps32)[0]
+    _, mx = errs(y, y_stored)
+    cond = row_conditioning(s, eps32)
+    tol = TOL_LN[dtype] + 2.0 ** -22 * cond
+    # ... and the float64 reference of the exact sum, which differs by the rounding of S to the type.
+    y64 = reference(x.double(), r.double(), w.double(), b.double(), eps32)[0]
+    _, mx64 = errs(y, y64)
+    tol64 = tol + 2.0 * UNIT_ROUNDOFF[dtype] * cond
+    # (Y, S) bitwise equal to LayerNorm of the stored sum (same path: empty_like is aligned exactly when the
+    # AddLayerNorm buffers are, s misaligned takes the element path either way).
+    y2 = torch.empty_like(y)
+    st2 = layer_norm_call(lib, s, w, b, y2, eps)
+    y3, s3 = torch.empty_like(y), torch.empty_like(s)
+    st3 = add_layer_norm_call(lib, x, r, w, b, y3, s3, eps)
+    torch.cuda.synchronize()
+    bit_equal = st2 == SSM_OK and torch.equal(y, y2)
+    same = st3 == SSM_OK and torch.equal(y, y3) and torch.equal(s, s3)
+    ok = s_equal and mx <= tol and mx64 <= tol64 and bit_equal and same
+    detail = (f"S {'==' if s_equal else '!='} ref; Y vs LN64(S) max err {mx:.2e} (tol {tol:.1e}), vs ref64(X+R) "
+              f"{mx64:.2e} (tol {tol64:.1e}); (Y,S) vs LayerNorm(S) bitwise {'equal' if bit_equal else 'DIFFERENT'}; "
+              f"repeat {'equal' if same else 'DIFFERENT'}")
+    if not ok and math.isfinite(mx):
+        detail += f" | worst {top_errors(y, y_stored)}"
+    rep.add(name, ok, detail)
+
+
+def check_errors_add_layer_norm(lib, rep):
+    x = torch.zeros(256, device="cuda")
+    aln = lambda shp, *ptrs: lib.ssm_add_layer_norm_fwd_cuda(  # noqa: E731
+        ctypes.byref(shp) if shp is not None else None, *ptrs, stream_ptr())
+    ok6 = (P(x),) * 6
+    sh = lambda rows=4, c=16, eps=1e-5, dt=0: LayerNormShape(rows, c, eps, dt)  # noqa: E731
+    codes = [
+        (aln(None, *ok6), SSM_ERR_NULL_POINTER),
+        (aln(sh(), None, *ok6[1:]), SSM_ERR_NULL_POINTER),
+        (aln(sh(), P(x), None, *ok6[2:]), SSM_ERR_NULL_POINTER),              # residual
+        (aln(sh(), *ok6[:5], None), SSM_ERR_NULL_POINTER),                    # sum
+        (aln(sh(0), *ok6), SSM_OK),                                           # nothing to do
+        (aln(sh(-1), *ok6), SSM_ERR_BAD_SIZE),
+        (aln(sh(4, 0), *ok6), SSM_ERR_BAD_SIZE),
+        (aln(sh(1, (1 << 30) + 1), *ok6), SSM_ERR_BAD_SIZE),
+        (aln(sh(1 << 30, 1 << 30), None, None, None, None, None, None), SSM_ERR_BAD_SIZE),  # shape before pointers
+        (aln(sh(dt=7), *ok6), SSM_ERR_BAD_DTYPE),
+        (aln(sh(eps=0.0), *ok6), SSM_ERR_UNSUPPORTED),
+        (aln(sh(eps=float("nan")), *ok6), SSM_ERR_UNSUPPORTED),
+    ]
+    torch.cuda.synchronize()
+    got = [c for c, _ in codes]
+    want = [w for _, w in codes]
+    rep.add("addlayernorm argument validation", got == want, f"got {got} want {want}")
+
+
+def run_add_layer_norm_checks(lib, rep, quick=False):
+    if not hasattr(lib, "ssm_add_layer_norm_fwd_cuda"):
+        rep.add("addlayernorm", False, "the library has no ssm_add_layer_norm_fwd_cuda (built before domain version 4)")
+        return
+    f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
+    check_errors_add_layer_norm(lib, rep)
+    if quick:
+        for C in (1, 33, 32, 768):
+            check_add_layer_norm(lib, rep, 37, C, f32)
+            check_add_layer_norm(lib, rep, 37, C, f16)
+        check_add_layer_norm(lib, rep, 5, 4096, f16)   # loop path, vectors
+        check_add_layer_norm(lib, rep, 5, 2051, f32)   # loop path, elements
+        check_add_layer_norm(lib, rep, 9, 64, bf16, misalign=True)
+        return
+    for C in (32, 64, 96, 128, 256, 320, 512, 640, 768, 1024, 1, 7, 33, 65, 250, 513, 1025, 2051, 4096):
+        for dt in (f32, f16):
+            check_add_layer_norm(lib, rep, 1000 + C % 7, C, dt)
+    for C in (32, 64, 768, 33, 4096):
+        check_add_layer_norm(lib, rep, 513, C, bf16)
+    check_add_layer_norm(lib, rep, 1 << 20, 32, f16, tag="large ")
+    check_add_layer_norm(lib, rep, 300001, 256, bf16, tag="large ")
+    for C in (32, 64, 768):
+        for dt in (f32, f16):
+            check_add_layer_norm(lib, rep, 777, C, dt, misalign=True, tag="misaligned ")
+    for C in (96, 33, 4096):
+        check_add_layer_norm(lib, rep, 2000, C, f32, offset=1e3, tag="offset ")
+        check_add_layer_norm(lib, rep, 2000, C, f16, offset=1e2, scale=4.0, tag="offset ")
+
+
+def bench_add_layer_norm(lib, bw, batch=128, dtypes=(torch.float16, torch.float32)):
+    """AddLayerNorm at the HRVMamba widths (batch images of H x W positions) beside a separate add (torch) and
+    ssm_layer_norm_fwd_cuda on the same data. GB/s = 4 x rows x C x element size (read X, R; write Y, S) / time.
+    ms: GPU time per call (time_gpu: CUDA graph replay); eager ms: one call at a time, launch overhead included."""
+    rows_out = []
+    print(f"{'addlayernorm case':30} {'dtype':8} {'path':16} {'ms':>8} {'GB/s':>7} {'frac':>5} {'add+LN ms':>10} "
+          f"{'speedup':>7} {'eager ms':>9}")
+    for model in ("small", "base"):
+        for C, (H, W) in zip(HRV[model], RES):
+            rows = batch * H * W
+            for dtype in dtypes:
+                es = torch.finfo(dtype).bits // 8
+                byts = 4 * rows * C * es
+                nsets = max(1, min(4, math.ceil(L2_ROTATE_BYTES / byts)))
+                sets = []
+                for i in range(nsets):
+                    x, w, b, y = layer_norm_inputs(rows, C, dtype, seed=2 * i + 1)
+                    r, _, _, s = layer_norm_inputs(rows, C, dtype, seed=2 * i + 2)
+                    sets.append((x, r, w, b, y, s))
+                it = [0]
+
+                def fused():
+                    x, r, w, b, y, s = sets[it[0] % nsets]
+                    it[0] += 1
+                    st = add_layer_norm_call(lib, x, r, w, b, y, s)
+                    assert st == 0, st
+
+                def separate():
+                    x, r, w, b, y, s = sets[it[0] % nsets]
+                    it[0] += 1
+                    torch.add(x, r, out=s)
+                    st = layer_norm_call(lib, s, w, b, y)
+                    assert st == 0, st
+
+                t = time_gpu(fused, inner=4 * nsets)
+                t2 = time_gpu(separate, inner=4 * nsets)
+                te = time_call(fused)
+                label = f"{model} {H}x{W} rows={rows} C={C}"
+                print(f"{label:30} {str(dtype)[6:]:8} {layer_norm_path(C, dtype):16} {t * 1e3:8.3f} "
+                      f"{byts / t / 1e9:7.0f} {byts / t / bw:5.2f} {t2 * 1e3:10.3f} {t2 / t:7.2f} {te * 1e3:9.3f}",
+                      flush=True)
+                rows_out.append((model, f"{H}x{W}", "addln", "fwd", str(dtype)[6:], f"R{rows} C{C}", t, byts / t / bw))
+                del sets
+                torch.cuda.empty_cache()
+    return rows_out
+
+
+# ----------------------------------------------------------------------------------------------
+# MultiKernelDepthwiseConv (domain version 4)
+
+LPU_KERNELS = (3, 5, 7, 9)  # HRVMamba's LPU: kernels over four channel quarters, shuffle 4, GELU
+
+
+def dwconv_inputs(B, H, W, C, kernel_max, kernel_sizes, group_channels, dtype, seed=0, misalign=0):
+    """x (B,H,W,C), weight (C,K,K) whose taps outside each group's k x k centre are NaN (the op never reads
+    them), bias (C), y (B,H,W,C). misalign: the tensors start that many elements into their allocation."""
+    dev = "cuda"
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    n = B * H * W * C
+    xs = torch.empty(n + misalign + 1, device=dev, dtype=dtype)  # + 1: non-NULL pointers for B = 0 too
+    x = xs[misalign:misalign + n].view(B, H, W, C)
+    x.copy_(torch.randn(B, H, W, C, device=dev, generator=gen).to(dtype))
+    w = torch.full((C, kernel_max, kernel_max), float("nan"), device=dev)
+    c0 = 0
+    for k, gc in zip(kernel_sizes, group_channels):
+        lo = kernel_max // 2 - k // 2
+        w[c0:c0 + gc, lo:lo + k, lo:lo + k] = torch.randn(gc, k, k, device=dev, generator=gen) / k
+        c0 += gc
+    b = (0.3 * torch.randn(C, device=dev, generator=gen)).to(dtype)
+    ys = torch.empty(n + misalign + 1, device=dev, dtype=dtype)
+    return x, w.to(dtype), b, ys[misalign:misalign + n].view(B, H, W, C)
+
+
+def dwconv_call(lib, x, w, b, y, kernel_sizes, group_channels, shuffle, gelu):
+    B, H, W, C = x.shape
+    sh = dwconv_shape(B, H, W, C, w.shape[-1], kernel_sizes, group_channels, shuffle, gelu, DTYPE_CODE[x.dtype])
+    return lib.ssm_depthwise_conv_fwd_cuda(ctypes.byref(sh), P(x), P(w), P(b), P(y), stream_ptr())
+
+
+def dwconv_path(C, S, dtype, misalign=0):
+    """The global access width the kernel picks (make_plan in depthwise_conv.cu), for the report."""
+    es = torch.finfo(dtype).bits // 8
+    P_ = C // S
+    for vb in (16, 8):
+        v = vb // es
+        if (misalign * es) % vb == 0 and C % v == 0 and (S == 1 or P_ % v == 0):
+            return f"vec{vb}"
+    return "elem"
+
+
+def dwconv_bound(reference, x, w, b, kernel_sizes, group_channels, shuffle):
+    """sum |x| |w| + |b| for every output (float64, shuffled like Y): what the float32 accumulation can lose."""
+    return reference(x.double().abs(), torch.nan_to_num(w.double()).abs(), b.double().abs(), kernel_sizes,
+                     group_channels, shuffle, "none")
+
+
+def check_dwconv(lib, rep, B, H, W, C, kernel_sizes=LPU_KERNELS, group_channels=None, shuffle=4, gelu=True,
+                 dtype=torch.float16, kernel_max=None, misalign=0, tag="", images=None):
+    """images: compare only these images with the reference (for tensors too large for a float64 copy)."""
+    group_channels = tuple(group_channels or [C // len(kernel_sizes)] * len(kernel_sizes))
+    kernel_max = kernel_max or max(kernel_sizes)
+    path = dwconv_path(C, shuffle, dtype, misalign)
+    name = (f"dwconv {tag}B{B} {H}x{W} C{C} k{'/'.join(map(str, kernel_sizes))}"
+            f"{'' if len(set(group_channels)) == 1 else ' g' + '/'.join(map(str, group_channels))} K{kernel_max} "
+            f"S{shuffle} {'gelu' if gelu else 'none'} {str(dtype)[6:]} {path}" +
+            (f" misalign={misalign}" if misalign else ""))
+    if not hasattr(lib, "ssm_depthwise_conv_fwd_cuda"):
+        rep.add(name, False, "the library has no ssm_depthwise_conv_fwd_cuda (built before domain version 4)")
+        return
+    try:
+        reference = project_reference("multi_kernel_depthwise_conv_reference")
+    except Exception as exc:  # noqa: BLE001
+        rep.add(name, False, f"no multi_kernel_depthwise_conv_reference: {exc!r}")
+        return
+    x, w, b, y = dwconv_inputs(B, H, W, C, kernel_max, kernel_sizes, group_channels, dtype,
+                               seed=B * 7919 + H * 131 + W * 17 + C, misalign=misalign)
+    if B == 0:  # empty tensors have NULL data pointers: pass a guard element that must stay untouched
+        guard = torch.full((2,), float("nan"), device="cuda", dtype=dtype)
+        sh = dwconv_shape(0, H, W, C, kernel_max, kernel_sizes, group_channels, shuffle, gelu, DTYPE_CODE[dtype])
+        st = lib.ssm_depthwise_conv_fwd_cuda(ctypes.byref(sh), P(guard), P(w), P(b), P(guard[1:]), stream_ptr())
+        torch.cuda.synchronize()
+        untouched = bool(guard.isnan().all())
+        rep.add(name, st == SSM_OK and untouched, f"status {st}, guard untouched {untouched}")
+        return
+    y.fill_(float("nan"))  # unwritten outputs show
+    st = dwconv_call(lib, x, w, b, y, kernel_sizes, group_channels, shuffle, gelu)
+    torch.cuda.synchronize()
+    if st != SSM_OK:
+        rep.add(name, False, f"status {st}")
+        return
+    y1 = y.clone()
+    st2 = dwconv_call(lib, x, w, b, y, kernel_sizes, group_channels, shuffle, gelu)
+    torch.cuda.synchronize()
+    same = st2 == SSM_OK and torch.equal(y, y1)
+    sel = slice(None) if images is None else list(images)
+    xs, ys = x[sel], y[sel]
+    ref = reference(xs.double(), w.double(), b.double(), kernel_sizes, group_channels, shuffle,
+                    "gelu" if gelu else "none")
+    bound = dwconv_bound(reference, xs, w, b, kernel_sizes, group_channels, shuffle)
+    # Per element: the output's rounding to the type (half an ulp, relative), the float32 accumulation (one
+    # rounding per tap and the bias, each at most 2^-24 of the running |sum| <= bound), GELU's slope (<= 1.13)
+    # and erff (a few float32 ulps), and float16's subnormal spacing.
+    kmax = max(kernel_sizes)
+    tol = (UNIT_ROUNDOFF[dtype] * ref.abs() + 1.2 * (kmax * kmax + 2) * 2.0 ** -24 * bound
+           + 2.0 ** -21 * (bound + ref.abs()) + (2.0 ** -24 if dtype == torch.float16 else 0.0)).clamp_min(1e-300)
+    err = (ys.double() - ref).abs()
+    ratio = torch.nan_to_num(err / tol, nan=float("inf")).max().item()
+    rel, _ = errs(ys, ref)
+    ok = ratio <= 1.0 and same
+    detail = (f"max err/tol {ratio:.2f}, rel L2 {rel:.2e}, repeat bitwise {'equal' if same else 'DIFFERENT'}" +
+              ("" if images is None else f" (images {list(images)} compared)"))
+    if not ok and math.isfinite(ratio):
+        detail += f" | worst {top_errors(ys, ref)}"
+    rep.add(name, ok, detail)
+
+
+def check_errors_dwconv(lib, rep):
+    x = torch.zeros(1 << 12, device="cuda")
+    ok4 = (P(x),) * 4
+
+    def call(shape=None, ptrs=ok4, **kw):
+        base = dict(B=2, H=4, W=5, C=8, kernel_max=5, kernel_sizes=(3, 5), group_channels=(4, 4), shuffle=2,
+                    gelu=1, dtype_code=0)
+        base.update(kw)
+        sh = shape if shape is not None else dwconv_shape(**base)
+        return lib.ssm_depthwise_conv_fwd_cuda(ctypes.byref(sh) if sh != "null" else None, *ptrs, stream_ptr())
+
+    nul = lambda i: tuple(None if j == i else p for j, p in enumerate(ok4))  # noqa: E731
+    too_many = dwconv_shape(1, 4, 4, 17, 3, (3,) * 16, (1,) * 16, 1, 0, 0)
+    too_many.num_groups = 17
+    codes = [
+        (call(shape="null"), SSM_ERR_NULL_POINTER),
+        (call(ptrs=nul(0)), SSM_ERR_NULL_POINTER),
+        (call(ptrs=nul(1)), SSM_ERR_NULL_POINTER),
+        (call(ptrs=nul(2)), SSM_ERR_NULL_POINTER),
+        (call(ptrs=nul(3)), SSM_ERR_NULL_POINTER),
+        (call(), SSM_OK),
+        (call(B=0), SSM_OK),                                                    # nothing to do
+        (call(B=-1), SSM_ERR_BAD_SIZE),
+        (call(H=0), SSM_ERR_BAD_SIZE),
+        (call(W=0), SSM_ERR_BAD_SIZE),
+        (call(C=9, group_channels=(4, 5), shuffle=3), SSM_OK),
+        (call(C=9, group_channels=(4, 4)), SSM_ERR_BAD_SIZE),                   # groups do not sum to C
+        (call(group_channels=(8, 0)), SSM_ERR_BAD_SIZE),
+        (call(kernel_sizes=(3, 4)), SSM_ERR_BAD_SIZE),                          # even
+        (call(kernel_sizes=(3, 7)), SSM_ERR_BAD_SIZE),                          # > kernel_max
+        (call(kernel_max=17, kernel_sizes=(3, 17)), SSM_ERR_BAD_SIZE),          # > 15
+        (call(kernel_max=4), SSM_ERR_BAD_SIZE),
+        (call(shuffle=3), SSM_ERR_BAD_SIZE),                                    # C % S
+        (call(shuffle=0), SSM_ERR_BAD_SIZE),
+        (call(shape=too_many), SSM_ERR_BAD_SIZE),
+        (call(kernel_sizes=(), group_channels=()), SSM_ERR_BAD_SIZE),           # no group
+        (call(gelu=2), SSM_ERR_UNSUPPORTED),
+        (call(dtype_code=3), SSM_ERR_BAD_DTYPE),
+        (call(H=(1 << 30) + 1, C=2, group_channels=(1, 1)), SSM_ERR_BAD_SIZE),  # limits, before the pointers
+        # B*H*W*C = 2^60 (beyond) and 2^60 - 2^31 (within): a limits query with NULL pointers
+        (call(ptrs=(None,) * 4, B=1 << 29, H=1 << 15, W=1 << 15, C=2, group_channels=(1, 1)), SSM_ERR_BAD_SIZE),
+        (call(ptrs=(None,) * 4, B=(1 << 29) - 1, H=1 << 15, W=1 << 15, C=2, group_channels=(1, 1)),
+         SSM_ERR_NULL_POINTER),
+    ]
+    torch.cuda.synchronize()
+    got = [c for c, _ in codes]
+    want = [w for _, w in codes]
+    rep.add("dwconv argument validation", got == want, f"got {got} want {want}")
+
+
+def run_dwconv_checks(lib, rep, quick=False, tag=""):
+    if not hasattr(lib, "ssm_depthwise_conv_fwd_cuda"):
+        rep.add("dwconv", False, "the library has no ssm_depthwise_conv_fwd_cuda (built before domain version 4)")
+        return
+    f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
+    t = tag
+    check_errors_dwconv(lib, rep)
+    # odd shapes (quick and full)
+    check_dwconv(lib, rep, 2, 16, 12, 32, dtype=f16, tag=t)
+    check_dwconv(lib, rep, 3, 1, 1, 32, dtype=f16, tag=t + "1x1 ")
+    check_dwconv(lib, rep, 2, 2, 3, 16, dtype=f32, tag=t + "smaller than the kernel ")
+    check_dwconv(lib, rep, 2, 9, 7, 24, kernel_sizes=(5,), shuffle=1, gelu=False, dtype=f32, kernel_max=7,
+                 tag=t + "one group ")
+    check_dwconv(lib, rep, 2, 11, 13, 12, dtype=f16, tag=t + "C % 8 != 0 ")
+    check_dwconv(lib, rep, 1, 10, 9, 32, dtype=f16, misalign=1, tag=t)
+    check_dwconv(lib, rep, 1, 10, 9, 32, dtype=f16, misalign=4, tag=t)              # 8-byte path
+    check_dwconv(lib, rep, 1, 9, 10, 40, kernel_sizes=(1, 11, 13, 15), dtype=f32, tag=t + "generic kernels ")
+    check_dwconv(lib, rep, 0, 8, 6, 32, dtype=f16, tag=t + "batch 0 ")
+    if quick:
+        return
+    # hrvmamba_small / base LPU shapes
+    for C, (H, W) in zip(HRV["small"], RES):
+        for dt in (f16, f32, bf16):
+            check_dwconv(lib, rep, 2, H, W, C, dtype=dt, tag=t + "hrv-small ")
+    for C, (H, W) in zip(HRV["base"], RES):
+        check_dwconv(lib, rep, 2, H, W, C, dtype=f16, tag=t + "hrv-base ")
+    check_dwconv(lib, rep, 2, 64, 48, 32, shuffle=1, dtype=f16, tag=t + "no shuffle ")
+    check_dwconv(lib, rep, 2, 32, 24, 64, gelu=False, dtype=f16, tag=t + "no activation ")
+    check_dwconv(lib, rep, 2, 17, 13, 64, shuffle=64, dtype=f32, tag=t + "shuffle = C ")
+    check_dwconv(lib, rep, 1, 12, 9, 1024, shuffle=256, dtype=f16, tag=t + "shuffle 256 ")
+    check_dwconv(lib, rep, 2, 19, 37, 36, dtype=f16, tag=t + "P = 9 ")
+    check_dwconv(lib, rep, 2, 21, 5, 20, kernel_sizes=(3,), shuffle=1, dtype=f16, tag=t + "C = 20 ")
+    check_dwconv(lib, rep, 2, 33, 70, 48, dtype=bf16, misalign=1, tag=t)
+    check_dwconv(lib, rep, 2, 33, 70, 48, dtype=f32, misalign=2, tag=t)             # 8-byte path
+    groups = tuple(range(1, 17))
+    check_dwconv(lib, rep, 2, 14, 11, sum(groups), kernel_sizes=tuple(1 + 2 * (g % 8) for g in range(16)),
+                 group_channels=groups, shuffle=8, dtype=f32, kernel_max=15, tag=t + "16 groups ")
+    check_dwconv(lib, rep, 2, 14, 11, sum(groups), kernel_sizes=tuple(15 - 2 * (g % 8) for g in range(16)),
+                 group_channels=groups, shuffle=4, dtype=f16, kernel_max=15, tag=t + "16 groups ")
+    check_dwconv(lib, rep, 1, 200, 3, 8, kernel_sizes=(13, 1), dtype=f16, shuffle=2, tag=t + "tall ")
+    check_dwconv(lib, rep, 1, 3, 300, 8, kernel_sizes=(15, 5), dtype=f32, shuffle=2, tag=t + "wide ")
+    # more than 2^31 elements (64-bit offsets); the first and last images against the reference
+    H, W, C = 64, 48, 32
+    B = (1 << 31) // (H * W * C) + 1
+    check_dwconv(lib, rep, B, H, W, C, dtype=f16, tag=t + "> 2^31 elements ", images=(0, B - 1))
+    torch.cuda.empty_cache()
+
+
+def torch_lpu_chain(x, weights, biases, kernel_sizes, shuffle):
+    """PyTorch's equivalent of the op: NHWC -> NCHW view, split, one depthwise F.conv2d per group, cat, channel
+    shuffle, GELU, back to a contiguous channel-last tensor."""
+    xn = x.permute(0, 3, 1, 2)
+    parts = torch.split(xn, [w.shape[0] for w in weights], dim=1)
+    z = torch.cat([torch.nn.functional.conv2d(p, w, b, padding=k // 2, groups=p.shape[1])
+                   for p, w, b, k in zip(parts, weights, biases, kernel_sizes)], dim=1)
+    B, C, H, W = z.shape
+    z = z.reshape(B, shuffle, C // shuffle, H, W).transpose(1, 2).reshape(B, C, H, W)
+    return torch.nn.functional.gelu(z).permute(0, 2, 3, 1).contiguous()
+
+
+def bench_dwconv(lib, bw, batches=(32, 128), dtype=torch.float16, tag=""):
+    """MultiKernelDepthwiseConv at hrvmamba_small's LPU shapes beside PyTorch's chain on the same data.
+    GB/s = (one read of X + one write of Y) / time; frac = that / the copy bandwidth. ms: GPU time per call
+    (time_gpu: CUDA graph replay, for both); eager ms: one call at a time, launch overhead included."""
+    rows_out = []
+    es = torch.finfo(dtype).bits // 8
+    print(f"{'dwconv case':30} {'dtype':8} {'path':6} {'ms':>8} {'GB/s':>7} {'frac':>5} {'torch ms':>9} "
+          f"{'torch GB/s':>10} {'speedup':>7} {'max|diff|':>9} {'eager ms':>9}")
+    for batch in batches:
+        for C, (H, W) in zip(HRV["small"], RES):
+            gcs = [C // 4] * 4
+            byts = 2 * batch * H * W * C * es
+            nsets = max(1, min(8, math.ceil(L2_ROTATE_BYTES / byts)))
+            sets = [dwconv_inputs(batch, H, W, C, 9, LPU_KERNELS, gcs, dtype, seed=i) for i in range(nsets)]
+            w0 = sets[0][1]
+            per_group, c0 = [], 0
+            for k, gc in zip(LPU_KERNELS, gcs):
+                lo = 4 - k // 2
+                per_group.append(w0[c0:c0 + gc, lo:lo + k, lo:lo + k].unsqueeze(1).contiguous())
+                c0 += gc
+            b_groups = list(torch.split(sets[0][2], gcs))
+            it = [0]
+
+            def ours():
+                x, w, b, y = sets[it[0] % nsets]
+                it[0] += 1
+                st = dwconv_call(lib, x, w, b, y, LPU_KERNELS, gcs, 4, True)
+                assert st == 0, st
+
+            def chain():
+                x = sets[it[0] % nsets][0]
+                it[0] += 1
+                return torch_lpu_chain(x, per_group, b_groups, LPU_KERNELS, 4)
+
+            t = time_gpu(ours, inner=2 * nsets)
+            tt = time_gpu(chain, inner=nsets)
+            te = time_call(ours)
+            x, w, b, y = sets[0]  # agreement on set 0 (same weights as the chain's)
+            ours_y = y.clone()
+            st = dwconv_call(lib, x, w, b, ours_y, LPU_KERNELS, gcs, 4, True)
+            diff = (ours_y.float() - torch_lpu_chain(x, per_group, b_groups, LPU_KERNELS, 4).float()).abs().max().item()
+            label = f"small{tag} {H}x{W} B{batch} C{C}"
+            print(f"{label:30} {str(dtype)[6:]:8} {dwconv_path(C, 4, dtype):6} {t * 1e3:8.3f} {byts / t / 1e9:7.0f} "
+                  f"{byts / t / bw:5.2f} {tt * 1e3:9.3f} {byts / tt / 1e9:10.0f} {tt / t:7.2f} "
+                  f"{diff if st == 0 else float('nan'):9.2e} {te * 1e3:9.3f}", flush=True)
+            rows_out.append((f"small{tag}/b{batch}", f"{H}x{W}", "dwconv", "fwd", str(dtype)[6:],
+                             f"B{batch} C{C} k3579", t, byts / t / bw))
+            rows_out.append((f"small/b{batch}", f"{H}x{W}", "torchlpu", "fwd", str(dtype)[6:], f"B{batch} C{C} k3579",
+                             tt, byts / tt / bw))
+            del sets
+            torch.cuda.empty_cache()
+    return rows_out
+
+
 def run_checks(lib, rep, ops=("scan", "scan2d", "deform")):
     f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
     if "scan" in ops or "deform" in ops:
@@ -1119,6 +1619,10 @@ def run_checks(lib, rep, ops=("scan", "scan2d", "deform")):
         run_deform_checks(lib, rep)
     if "layernorm" in ops:
         run_layer_norm_checks(lib, rep)
+    if "addlayernorm" in ops:
+        run_add_layer_norm_checks(lib, rep)
+    if "dwconv" in ops:
+        run_dwconv_checks(lib, rep)
 
 
 def run_deform_checks(lib, rep, tag="", bwd=True):
@@ -1172,6 +1676,39 @@ def time_call(fn, reps=20, warmup=3):
         e1.record()
         e1.synchronize()
         ts.append(e0.elapsed_time(e1) * 1e-3)
+    return statistics.median(ts)
+
+
+def time_gpu(fn, inner=8, reps=10):
+    """GPU time per call of fn (which enqueues its work on the current stream): `inner` calls captured in a CUDA
+    graph, median of `reps` replays, so the Python/ctypes launch overhead that time_call includes is left out.
+    Falls back to time_call where the capture fails."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(inner):
+                fn()
+    except Exception as exc:  # noqa: BLE001 - report and time eagerly instead
+        print(f"(CUDA graph capture failed: {exc!r}; timing one call at a time)")
+        return time_call(fn)
+    graph.replay()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        e0 = torch.cuda.Event(enable_timing=True)
+        e1 = torch.cuda.Event(enable_timing=True)
+        e0.record()
+        graph.replay()
+        e1.record()
+        e1.synchronize()
+        ts.append(e0.elapsed_time(e1) * 1e-3 / inner)
+    del graph
     return statistics.median(ts)
 
 
@@ -1473,6 +2010,10 @@ def run_quick_checks(lib, rep, ops=("scan", "scan2d", "deform")):
         run_scan2d_checks(lib, rep, quick=True)
     if "layernorm" in ops:
         run_layer_norm_checks(lib, rep, quick=True)
+    if "addlayernorm" in ops:
+        run_add_layer_norm_checks(lib, rep, quick=True)
+    if "dwconv" in ops:
+        run_dwconv_checks(lib, rep, quick=True)
     if "deform" not in ops:
         return
     check_deform(lib, rep, 1, 9, 7, 2, 32, f32)
@@ -1497,6 +2038,9 @@ VARIANTS = {
     "scanreps1": ["SSM_SCAN_ROW_REPS=1"],       # one row per lane segment in the scan forward
     "scanreps8": ["SSM_SCAN_ROW_REPS=8"],
     "lnblocks": ["SSM_LN_MAX_BLOCKS=7"],       # LayerNorm: 7 blocks, each loops over many row groups
+    "dwblocks": ["SSM_DW_MAX_BLOCKS=7"],       # MultiKernelDepthwiseConv: 7 blocks, each loops over many units
+    "dwtile16": ["SSM_DW_MAX_TILE_W=16"],      # MultiKernelDepthwiseConv: tiles at most 16 wide
+    "dwtile8": ["SSM_DW_MAX_TILE_W=16", "SSM_DW_MAX_TILE_H=8"],
 }
 
 
@@ -1506,6 +2050,13 @@ def run_variant_checks(lib, rep, name):
         run_layer_norm_checks(lib, rep, quick=True)
         for C, dt in ((32, torch.float16), (64, torch.float32), (33, torch.float32), (4096, torch.float16)):
             check_layer_norm(lib, rep, 5000 + C, C, dt, tag=f"[{name}] ")
+            check_add_layer_norm(lib, rep, 5000 + C, C, dt, tag=f"[{name}] ")
+    elif name.startswith("dw"):
+        # units of several chunks and tiles per block (the staged weights are reused or restaged)
+        run_dwconv_checks(lib, rep, quick=True, tag=f"[{name}] ")
+        check_dwconv(lib, rep, 3, 32, 24, 64, tag=f"[{name}] ")
+        check_dwconv(lib, rep, 2, 8, 6, 256, tag=f"[{name}] ")
+        check_dwconv(lib, rep, 2, 19, 37, 36, dtype=torch.float32, tag=f"[{name}] ")
     elif name.startswith("scan"):
         check_scan(lib, rep, 64, 4, 256, 1, 48, torch.float16, bwd=False, tag=f"[{name}] row-reps ")
         check_scan(lib, rep, 100, 4, 131, 2, 96, torch.float32, bwd=False, tag=f"[{name}] row-reps ")
@@ -1537,8 +2088,10 @@ def main():
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--quick", action="store_true", help="small checks only (e.g. under compute-sanitizer)")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--check-ops", default="scan,scan2d,deform,layernorm", help="operators to check (comma list)")
-    ap.add_argument("--bench-ops", default="scan,scan2d,deform,layernorm", help="operators to time (comma list)")
+    ap.add_argument("--check-ops", default="scan,scan2d,deform,layernorm,addlayernorm,dwconv",
+                    help="operators to check (comma list)")
+    ap.add_argument("--bench-ops", default="scan,scan2d,deform,layernorm,addlayernorm,dwconv",
+                    help="operators to time (comma list)")
     ap.add_argument("--bench-dirs", default="fwd,bwd", help="directions to time (comma list)")
     ap.add_argument("--selftest-reference", action="store_true", help="check the references against naive loops")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=LIB",
@@ -1604,9 +2157,16 @@ def main():
         rows1 = bench(lib, bw, 1, models=("small", "base"), ops=ops, dirs=("fwd",), tag="/b1")
         if "layernorm" in ops and hasattr(lib, "ssm_layer_norm_fwd_cuda"):
             rows += bench_layer_norm(lib, bw, args.batch)
+        if "addlayernorm" in ops and hasattr(lib, "ssm_add_layer_norm_fwd_cuda"):
+            rows += bench_add_layer_norm(lib, bw, args.batch)
+        if "dwconv" in ops and hasattr(lib, "ssm_depthwise_conv_fwd_cuda"):
+            rows += bench_dwconv(lib, bw, batches=sorted({32, args.batch}))
         if variants:
-            deform_v = [v for v in variants if not v[0].startswith(("scan", "ln"))]
+            deform_v = [v for v in variants if not v[0].startswith(("scan", "ln", "dw"))]
             scan_v = [v for v in variants if v[0].startswith("scan")]
+            for name, vlib in variants:
+                if name.startswith("dw") and name != "dwblocks":
+                    vrows += bench_dwconv(vlib, bw, batches=(args.batch,), tag=f"/{name}")
             if deform_v:
                 vrows += bench_deform_fwd_compare([("default", lib)] + deform_v, bw, args.batch)
             if scan_v:

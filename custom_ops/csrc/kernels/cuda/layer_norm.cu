@@ -18,6 +18,12 @@
 //   the scalar path): a warp per row, three passes over global memory (sum, squared deviations, output),
 //   vectorised under the same conditions.
 //
+// AddLayerNorm (domain version 4) is the same kernels with ADD = true: each element is loaded as x + residual,
+//   added in float32 and rounded to T; that rounded value is stored to `sum` from the registers (register path)
+//   and is the row that gets normalised, so (y, sum) equal an Add followed by LayerNorm of the stored sum bit
+//   for bit whenever both calls take the same path (same C, and every pointer 16-byte aligned or not). The
+//   loop path stores sum in its first pass and recomputes x + residual in the two others (it never reads
+//   back what the kernel wrote).
 // Rows are visited with a warp-uniform grid-stride loop (the grid is capped at kMaxBlocks), so every lane
 // of a warp takes part in every shuffle. Each row's statistics are summed in a fixed order: results are
 // deterministic and do not depend on the launch configuration of other rows.
@@ -45,9 +51,11 @@ constexpr int kMaxScalarPerLane = 32;  // register path, one element per vector
 
 struct LnArgs {
   const void* x;
+  const void* r;  // residual (AddLayerNorm), else unused
   const void* w;
   const void* b;
   void* y;
+  void* s;        // sum output (AddLayerNorm), else unused
   int64_t rows;
   int C;           // channels
   int nvec;        // vectors per row (C / V)
@@ -68,14 +76,34 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// The float32 value of x rounded to T (round to nearest even), as an Add kernel would store it.
+template <typename T>
+__device__ __forceinline__ float round_to(float x) {
+  return to_f(from_f<T>(x));
+}
+
+// V elements of the row starting at element `off`: x, or (ADD) x + residual rounded to T.
+template <typename T, int V, bool ADD>
+__device__ __forceinline__ void load_row(const T* __restrict__ xr, const T* __restrict__ rr, int off, float* v) {
+  load_vec<T, V>(xr + off, v);
+  if constexpr (ADD) {
+    float rv[V];
+    load_vec<T, V>(rr + off, rv);
+#pragma unroll
+    for (int e = 0; e < V; ++e) v[e] = round_to<T>(v[e] + rv[e]);
+  }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Register path: V elements per vector, NV vectors per lane.
-template <typename T, int V, int NV>
+template <typename T, int V, int NV, bool ADD>
 __global__ void __launch_bounds__(kThreads) layer_norm_regs_kernel(const LnArgs a) {
   const T* __restrict__ x = static_cast<const T*>(a.x);
+  const T* __restrict__ res = static_cast<const T*>(a.r);
   const T* __restrict__ w = static_cast<const T*>(a.w);
   const T* __restrict__ b = static_cast<const T*>(a.b);
   T* __restrict__ y = static_cast<T*>(a.y);
+  T* __restrict__ sum = static_cast<T*>(a.s);
   const int lg = a.lanes_log2;
   const int L = 1 << lg;
   const int lane = threadIdx.x & 31;
@@ -89,7 +117,8 @@ __global__ void __launch_bounds__(kThreads) layer_norm_regs_kernel(const LnArgs 
   for (int64_t base = warp * rows_per_warp; base < a.rows; base += row_step) {
     const int64_t row = base + (lane >> lg);
     const bool row_ok = row < a.rows;
-    const T* xr = x + (row_ok ? row : 0) * (int64_t)C;
+    const int64_t row_off = (row_ok ? row : 0) * (int64_t)C;
+    const T* xr = x + row_off;
     float v[NV][V];
     bool ok[NV];
 #pragma unroll
@@ -97,10 +126,16 @@ __global__ void __launch_bounds__(kThreads) layer_norm_regs_kernel(const LnArgs 
       const int idx = j + k * L;
       ok[k] = row_ok && idx < a.nvec;
       if (ok[k]) {
-        load_vec<T, V>(xr + idx * V, v[k]);
+        load_row<T, V, ADD>(xr, ADD ? res + row_off : nullptr, idx * V, v[k]);
       } else {
 #pragma unroll
         for (int e = 0; e < V; ++e) v[k][e] = 0.f;
+      }
+    }
+    if constexpr (ADD) {
+#pragma unroll
+      for (int k = 0; k < NV; ++k) {
+        if (ok[k]) store_vec<T, V>(sum + row_off + (j + k * L) * V, v[k]);
       }
     }
     float s = 0.f;
@@ -138,12 +173,14 @@ __global__ void __launch_bounds__(kThreads) layer_norm_regs_kernel(const LnArgs 
 
 // ------------------------------------------------------------------------------------------------
 // Loop path: a warp per row, three passes over global memory.
-template <typename T, int V>
+template <typename T, int V, bool ADD>
 __global__ void __launch_bounds__(kThreads) layer_norm_loop_kernel(const LnArgs a) {
   const T* __restrict__ x = static_cast<const T*>(a.x);
+  const T* __restrict__ res = static_cast<const T*>(a.r);
   const T* __restrict__ w = static_cast<const T*>(a.w);
   const T* __restrict__ b = static_cast<const T*>(a.b);
   T* __restrict__ y = static_cast<T*>(a.y);
+  T* __restrict__ sum = static_cast<T*>(a.s);
   const int lane = threadIdx.x & 31;
   const int64_t warp = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5);
   const int64_t step = (int64_t)gridDim.x * kWarps;
@@ -151,11 +188,13 @@ __global__ void __launch_bounds__(kThreads) layer_norm_loop_kernel(const LnArgs 
   const float inv_c = 1.0f / (float)C;
   for (int64_t row = warp; row < a.rows; row += step) {
     const T* xr = x + row * (int64_t)C;
+    const T* rr = ADD ? res + row * (int64_t)C : nullptr;
     T* yr = y + row * (int64_t)C;
     float s = 0.f;
     for (int i = lane; i < nvec; i += 32) {
       float v[V];
-      load_vec<T, V>(xr + i * V, v);
+      load_row<T, V, ADD>(xr, rr, i * V, v);
+      if constexpr (ADD) store_vec<T, V>(sum + row * (int64_t)C + i * V, v);
 #pragma unroll
       for (int e = 0; e < V; ++e) s += v[e];
     }
@@ -163,7 +202,7 @@ __global__ void __launch_bounds__(kThreads) layer_norm_loop_kernel(const LnArgs 
     float q = 0.f;
     for (int i = lane; i < nvec; i += 32) {
       float v[V];
-      load_vec<T, V>(xr + i * V, v);
+      load_row<T, V, ADD>(xr, rr, i * V, v);
 #pragma unroll
       for (int e = 0; e < V; ++e) {
         const float d = v[e] - mean;
@@ -173,7 +212,7 @@ __global__ void __launch_bounds__(kThreads) layer_norm_loop_kernel(const LnArgs 
     const float rstd = rsqrtf(warp_sum(q) * inv_c + a.eps);
     for (int i = lane; i < nvec; i += 32) {
       float v[V], wv[V], bv[V];
-      load_vec<T, V>(xr + i * V, v);
+      load_row<T, V, ADD>(xr, rr, i * V, v);
       load_vec<T, V>(w + i * V, wv);
       load_vec<T, V>(b + i * V, bv);
 #pragma unroll
@@ -253,47 +292,75 @@ unsigned grid_for(int64_t rows, int64_t rows_per_block) {
   return (unsigned)(blocks < 1 ? 1 : blocks);
 }
 
-template <typename T, int V, int NV>
+template <typename T, int V, int NV, bool ADD>
 void launch_regs(const LnArgs& a, cudaStream_t st) {
   const int64_t rows_per_block = int64_t(kWarps) * (32 >> a.lanes_log2);
-  layer_norm_regs_kernel<T, V, NV><<<grid_for(a.rows, rows_per_block), kThreads, 0, st>>>(a);
+  layer_norm_regs_kernel<T, V, NV, ADD><<<grid_for(a.rows, rows_per_block), kThreads, 0, st>>>(a);
 }
 
-template <typename T>
+template <typename T, bool ADD>
 int launch(const Plan& p, const LnArgs& a, cudaStream_t st) {
   constexpr int VV = 16 / (int)sizeof(T);
   if (p.loop) {
     if (p.vec) {
-      layer_norm_loop_kernel<T, VV><<<grid_for(a.rows, kWarps), kThreads, 0, st>>>(a);
+      layer_norm_loop_kernel<T, VV, ADD><<<grid_for(a.rows, kWarps), kThreads, 0, st>>>(a);
     } else {
-      layer_norm_loop_kernel<T, 1><<<grid_for(a.rows, kWarps), kThreads, 0, st>>>(a);
+      layer_norm_loop_kernel<T, 1, ADD><<<grid_for(a.rows, kWarps), kThreads, 0, st>>>(a);
     }
     return ssm_cuda_host::launch_status();
   }
   if (p.vec) {
     switch (p.nv) {
-      case 1: launch_regs<T, VV, 1>(a, st); break;
-      case 2: launch_regs<T, VV, 2>(a, st); break;
-      case 3: launch_regs<T, VV, 3>(a, st); break;
-      case 4: launch_regs<T, VV, 4>(a, st); break;
-      case 5: launch_regs<T, VV, 5>(a, st); break;
-      case 6: launch_regs<T, VV, 6>(a, st); break;
-      case 7: launch_regs<T, VV, 7>(a, st); break;
-      case 8: launch_regs<T, VV, 8>(a, st); break;
+      case 1: launch_regs<T, VV, 1, ADD>(a, st); break;
+      case 2: launch_regs<T, VV, 2, ADD>(a, st); break;
+      case 3: launch_regs<T, VV, 3, ADD>(a, st); break;
+      case 4: launch_regs<T, VV, 4, ADD>(a, st); break;
+      case 5: launch_regs<T, VV, 5, ADD>(a, st); break;
+      case 6: launch_regs<T, VV, 6, ADD>(a, st); break;
+      case 7: launch_regs<T, VV, 7, ADD>(a, st); break;
+      case 8: launch_regs<T, VV, 8, ADD>(a, st); break;
       default: return SSM_ERR_UNSUPPORTED;  // not reached (make_plan)
     }
   } else {
     switch (p.nv) {
-      case 1: launch_regs<T, 1, 1>(a, st); break;
-      case 2: launch_regs<T, 1, 2>(a, st); break;
-      case 4: launch_regs<T, 1, 4>(a, st); break;
-      case 8: launch_regs<T, 1, 8>(a, st); break;
-      case 16: launch_regs<T, 1, 16>(a, st); break;
-      case 32: launch_regs<T, 1, 32>(a, st); break;
+      case 1: launch_regs<T, 1, 1, ADD>(a, st); break;
+      case 2: launch_regs<T, 1, 2, ADD>(a, st); break;
+      case 4: launch_regs<T, 1, 4, ADD>(a, st); break;
+      case 8: launch_regs<T, 1, 8, ADD>(a, st); break;
+      case 16: launch_regs<T, 1, 16, ADD>(a, st); break;
+      case 32: launch_regs<T, 1, 32, ADD>(a, st); break;
       default: return SSM_ERR_UNSUPPORTED;  // not reached (make_plan)
     }
   }
   return ssm_cuda_host::launch_status();
+}
+
+// LayerNorm (residual == nullptr and sum == nullptr) or AddLayerNorm of checked, non-empty arguments.
+template <bool ADD>
+int run(const ssm_layer_norm_shape* shape, const void* x, const void* residual, const void* weight,
+        const void* bias, void* y, void* sum, cudaStream_t stream) {
+  const int elem = shape->dtype == SSM_FLOAT32 ? 4 : 2;
+  using ssm_cuda_host::aligned;
+  const bool aligned16 = aligned(x, 16) && aligned(weight, 16) && aligned(bias, 16) && aligned(y, 16) &&
+                         aligned(residual, 16) && aligned(sum, 16);
+  const Plan p = make_plan(shape->channels, elem, aligned16);
+  LnArgs a;
+  a.x = x;
+  a.r = residual;
+  a.w = weight;
+  a.b = bias;
+  a.y = y;
+  a.s = sum;
+  a.rows = shape->rows;
+  a.C = (int)shape->channels;
+  a.nvec = p.nvec;
+  a.lanes_log2 = p.lanes_log2;
+  a.eps = shape->epsilon;
+  switch (shape->dtype) {
+    case SSM_FLOAT32: return launch<float, ADD>(p, a, stream);
+    case SSM_FLOAT16: return launch<__half, ADD>(p, a, stream);
+    default: return launch<__nv_bfloat16, ADD>(p, a, stream);
+  }
 }
 
 }  // namespace
@@ -306,26 +373,16 @@ SSM_API int ssm_layer_norm_fwd_cuda(const ssm_layer_norm_shape* shape, const voi
   if (st != SSM_OK) return st;
   if (!x || !weight || !bias || !y) return SSM_ERR_NULL_POINTER;
   if (shape->rows == 0) return SSM_OK;
-  const int elem = shape->dtype == SSM_FLOAT32 ? 4 : 2;
-  const bool aligned16 = ssm_cuda_host::aligned(x, 16) && ssm_cuda_host::aligned(weight, 16) &&
-                         ssm_cuda_host::aligned(bias, 16) && ssm_cuda_host::aligned(y, 16);
-  const Plan p = make_plan(shape->channels, elem, aligned16);
-  LnArgs a;
-  a.x = x;
-  a.w = weight;
-  a.b = bias;
-  a.y = y;
-  a.rows = shape->rows;
-  a.C = (int)shape->channels;
-  a.nvec = p.nvec;
-  a.lanes_log2 = p.lanes_log2;
-  a.eps = shape->epsilon;
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (shape->dtype) {
-    case SSM_FLOAT32: return launch<float>(p, a, s);
-    case SSM_FLOAT16: return launch<__half>(p, a, s);
-    default: return launch<__nv_bfloat16>(p, a, s);
-  }
+  return run<false>(shape, x, nullptr, weight, bias, y, nullptr, static_cast<cudaStream_t>(stream));
+}
+
+SSM_API int ssm_add_layer_norm_fwd_cuda(const ssm_layer_norm_shape* shape, const void* x, const void* residual,
+                                        const void* weight, const void* bias, void* y, void* sum, void* stream) {
+  const int st = check_shape(shape);
+  if (st != SSM_OK) return st;
+  if (!x || !residual || !weight || !bias || !y || !sum) return SSM_ERR_NULL_POINTER;
+  if (shape->rows == 0) return SSM_OK;
+  return run<true>(shape, x, residual, weight, bias, y, sum, static_cast<cudaStream_t>(stream));
 }
 
 }  // extern "C"
