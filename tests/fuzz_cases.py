@@ -1,24 +1,35 @@
 """Fuzzed single-node `ssmpose` graphs for the runtime libraries (ONNX Runtime library, OpenVINO extension).
 
-Each case is one SelectiveScan or DeformAggregate node built from a small valid configuration plus zero to
-three mutations drawn from the list in MUTATIONS (wrong ranks, zero-size and huge dimensions, mismatched
-B/G/N/L, bad attributes, P too small, NaN/Inf values, unsupported or mixed dtypes, missing inputs). A case is
-a pure function of (seed, index), so every runtime sees the same cases. A case knows whether it is valid
-under docs/ops.md; the verdict (`judge`) is:
+Each case is one SelectiveScan, DeformAggregate, SelectiveScan2D, LayerNorm, AddLayerNorm or
+MultiKernelDepthwiseConv node built from a small valid configuration plus zero to three mutations drawn from the
+list in MUTATIONS (wrong ranks, zero-size and huge dimensions, mismatched B/G/N/L/H/W/C, bad attributes, P too
+small, NaN/Inf values, unsupported or mixed dtypes, missing inputs). The graph imports the `ssmpose` domain at the
+op's version (OP_VERSIONS). A case is a pure function of (seed, index), so every runtime sees the same cases. A
+case knows whether it is valid under docs/ops.md; the verdict (`judge`) is:
 
 - invalid case: the runtime must raise, and the message must name the op and contain one of the case's
   keywords (the input or attribute at fault, or the word for the problem);
 - valid case: the runtime must return the float64 reference's result (custom_ops/reference.py) within the
-  float32 (float16) tolerance, with NaN and +-Inf where the reference has them;
+  float32 (float16) tolerance, with NaN and +-Inf where the reference has them; every output (AddLayerNorm: Y
+  and S) is compared; LayerNorm / AddLayerNorm allow the float32 rounding of each row's mean besides
+  (`_norm_slack`, as docs/ops.md words it);
 - anything else (a wrong result, an error not naming the op, a valid case refused) is a failure; a crash,
   a sanitizer report or a hang is seen by the parent process (tests/test_fuzz_runtime_libraries.py).
 
 Huge dimensions are only ever given to zero-size tensors, or to outputs the adapters must refuse before
 allocating, so no case needs much memory.
 
+Invalid cases of LayerNorm, AddLayerNorm and MultiKernelDepthwiseConv whose fault is a shape declare their input
+shapes statically: OpenVINO converts these ops to its own, and its conversions compare shapes only where they are
+known when the model is read (docs/ops.md); the ONNX Runtime library checks them at run time either way.
+
 Run as a script it executes cases in this process and prints one JSON line per case (a "start" line before
 it runs, flushed, so the parent can name the case that crashed or hung):
     python tests/fuzz_cases.py --runtime ort --seed 17 --count 300
+    python tests/fuzz_cases.py --runtime ov --ops old --count 300 --extra new:60   # as CI does
+    python tests/fuzz_cases.py --runtime ov --ops LayerNorm --start 21 --count 1 --no-regressions   # one case
+--ops takes op names, or old (SelectiveScan, DeformAggregate), new (the other four) or all (the default); the
+ops take turns, case i going to ops[i % len(ops)].
 """
 from __future__ import annotations
 
@@ -41,6 +52,9 @@ BAD_TYPES = [F64, TensorProto.INT32, TensorProto.INT64, TensorProto.BOOL, Tensor
 SCAN_INPUTS = ["u", "delta", "A", "Bs", "Cs", "Ds", "delta_bias"]
 DEFORM_ATTRS = ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w", "dilation_h", "dilation_w",
                 "group", "group_channels", "offset_scale", "remove_center")
+OP_VERSIONS = {"SelectiveScan": 1, "DeformAggregate": 1, "SelectiveScan2D": 2, "LayerNorm": 3, "AddLayerNorm": 4,
+               "MultiKernelDepthwiseConv": 4}
+ALL_OPS = tuple(OP_VERSIONS)
 HUGE = 1 << 40  # a dimension no tensor could hold; only ever next to a zero-size dimension
 INT32_MAX = (1 << 31) - 1
 
@@ -89,7 +103,79 @@ MUTATIONS = {
         "empty_image": "H or W = 0 while the output is not empty (with group_channels = 2^31-1: the output "
                        "must be refused before it is allocated)",
     },
+    "SelectiveScan2D": {
+        "float16": "valid: all inputs float16",
+        "optional": "valid: Ds / delta_bias omitted (5 or 6 inputs, or the empty name)",
+        "zero_dim": "valid: B, H, W or D is 0 (empty output)",
+        "huge_zero": "valid: H or W huge (2^40) with B = 0",
+        "nonfinite": "valid: NaN / +Inf / -Inf at random places of random inputs",
+        "declared": "valid: graph input shapes declared static, symbolic or not at all",
+        "rank": "an input with one dimension too many or too few",
+        "mismatch_BHW": "Bs/Cs (B, H, W) != x's, or Cs's shape != Bs's",
+        "directions_dim": "Bs/Cs with K != 4 directions",
+        "mismatch_D": "delta's last dimension or A's rows != 4*D",
+        "mismatch_N": "A's N != Bs's N, or Cs's N != Bs's N",
+        "N_range": "N = 0 or N > 16",
+        "vec_len": "Ds / delta_bias of the wrong length or rank",
+        "dtype_first": "all inputs of an unsupported type",
+        "dtype_mix": "one input of another type than x",
+        "attr": "delta_softplus not 0/1, a float or a string",
+        "directions_attr": "attribute directions != 4 (0, 1, 3, 5, 8, -4, 2^40), a float or a string",
+        "missing": "a required input omitted (empty name, or fewer than 5 inputs)",
+    },
+    "LayerNorm": {
+        "float16": "valid: all inputs float16",
+        "zero_rows": "valid: a leading dimension 0 (no rows)",
+        "huge_zero": "valid: a leading dimension huge (2^40) next to a zero-size one",
+        "nonfinite": "valid: NaN / +Inf / -Inf in X, weight or bias",
+        "offset": "valid: rows with a large mean (|mean| >> std)",
+        "plugin_attrs": "valid: the ignored TensorRT attributes plugin_version / plugin_namespace",
+        "declared": "valid: graph input shapes declared static, symbolic or not at all",
+        "rank": "X a scalar, or weight / bias of rank 2",
+        "channels_zero": "C = 0 (X's last dimension; weight and bias of length 0)",
+        "param_len": "weight or bias of length != C (C + 1, C - 1 or 1)",
+        "epsilon": "epsilon 0, negative, NaN, +-Inf, an int or a string",
+        "dtype_first": "all inputs of an unsupported type",
+        "dtype_mix": "one input of another type than X",
+        "missing": "a required input omitted (empty name, or fewer inputs)",
+    },
+    "MultiKernelDepthwiseConv": {
+        "float16": "valid: all inputs float16",
+        "zero_dim": "valid: B = 0",
+        "huge_zero": "valid: B = 0 with H or W huge (2^40)",
+        "nonfinite": "valid: NaN / +-Inf in X or bias, or in the weight taps outside every group's kernel",
+        "kernel_set": "valid: odd kernel sets [1], [15], [3, 5, 7, 9], 16 groups, K > the largest kernel size",
+        "shuffle_one": "valid: shuffle_groups 1 (given or by default)",
+        "activation_none": "valid: activation \"none\" (given or by default)",
+        "plugin_attrs": "valid: the ignored TensorRT attributes plugin_version / plugin_namespace",
+        "declared": "valid: graph input shapes declared static, symbolic or not at all",
+        "kernel_even": "a kernel size even",
+        "kernel_range": "a kernel size <= 0, > 15, or > the weight's K",
+        "group_sum": "group_channels not summing to C (X, weight and bias keep C)",
+        "group_len": "kernel_sizes and group_channels of different lengths",
+        "group_count": "17 groups (at most 16)",
+        "group_nonpos": "a group_channels value <= 0",
+        "shuffle": "shuffle_groups not dividing C, or <= 0",
+        "activation": "an unknown activation (relu, GELU, empty)",
+        "attr_missing": "kernel_sizes or group_channels missing",
+        "attr_type": "kernel_sizes / group_channels a single int or floats, shuffle_groups a string, activation an int",
+        "rank": "X, weight or bias with one dimension too many or too few",
+        "weight_shape": "weight's first dimension != C, an even K, or a non-square kernel",
+        "bias_len": "bias of length != C",
+        "dtype_first": "all inputs of an unsupported type",
+        "dtype_mix": "one input of another type than X",
+        "missing": "a required input omitted (empty name, or fewer inputs)",
+    },
 }
+# AddLayerNorm: LayerNorm's mutations plus R's.
+MUTATIONS["AddLayerNorm"] = dict(MUTATIONS["LayerNorm"], R_shape="R's shape != X's (one dimension off, a "
+                                 "broadcastable 1, or another rank)")
+MUTATIONS["AddLayerNorm"]["nonfinite"] = "valid: NaN / +Inf / -Inf in X, R, weight or bias"
+# Mutations that make a case invalid only through shapes: for the ops that OpenVINO converts to its own ops
+# (LayerNorm, AddLayerNorm, MultiKernelDepthwiseConv) the conversion compares shapes only where they are known
+# when the model is read (docs/ops.md), so such cases declare their input shapes statically.
+STATIC_SHAPE_MUTATIONS = {"rank", "channels_zero", "param_len", "R_shape", "group_sum", "weight_shape", "bias_len",
+                          "kernel_range", "group_count"}
 
 
 @dataclasses.dataclass
@@ -104,16 +190,22 @@ class Case:
     valid: bool
     keywords: Tuple[str, ...] = ()          # one must appear in the error of an invalid case
     mutations: Tuple[str, ...] = ()
+    outputs: Tuple[str, ...] = ("y",)       # node outputs (AddLayerNorm: Y and S)
+
+    @property
+    def version(self) -> int:
+        """The ssmpose domain version the graph imports: the op's (docs/ops.md)."""
+        return OP_VERSIONS[self.op]
 
     def model(self):
-        node = helper.make_node(self.op, self.inputs, ["y"], domain="ssmpose", **self.attrs)
+        node = helper.make_node(self.op, self.inputs, list(self.outputs), domain="ssmpose", **self.attrs)
         graph_inputs = [helper.make_tensor_value_info(n, t, self.declared.get(n)) for n, t in
                         zip(self.inputs, self.types) if n]
         out_type = self.types[0] if self.types else F32
         graph = helper.make_graph([node], f"{self.op}_fuzz", graph_inputs,
-                                  [helper.make_tensor_value_info("y", out_type, None)])
+                                  [helper.make_tensor_value_info(o, out_type, None) for o in self.outputs])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                        helper.make_opsetid("ssmpose", 1)])
+                                                        helper.make_opsetid("ssmpose", self.version)])
         model.ir_version = 8
         return model
 
@@ -593,10 +685,486 @@ def _bad_deform_attr(rng, a):
     return "kernel_h", {"kernel_h": 1 << 11, "kernel_w": (1 << 9) + 1}  # 2^20 + 2^11 points
 
 
-def make_cases(seed: int, count: int, ops: Sequence[str] = ("SelectiveScan", "DeformAggregate")) -> List[Case]:
-    """`count` cases, alternating between the ops; a pure function of (seed, count, ops)."""
-    makers = {"SelectiveScan": scan_case, "DeformAggregate": deform_case}
-    return [makers[ops[i % len(ops)]](seed, i) for i in range(count)]
+# ------------------------------------------------------------------------------------------------
+# The newer ops: SelectiveScan2D (domain version 2), LayerNorm (3), AddLayerNorm and MultiKernelDepthwiseConv (4)
+
+SCAN2D_INPUTS = ["x", "delta", "A", "Bs", "Cs", "Ds", "delta_bias"]
+NORM_INPUTS = {"LayerNorm": ["X", "weight", "bias"], "AddLayerNorm": ["X", "R", "weight", "bias"]}
+DWCONV_INPUTS = ["X", "weight", "bias"]
+PLUGIN_ATTRS = {"plugin_version": "1", "plugin_namespace": "ssmpose"}
+
+
+def _draw_mutations(rng, op) -> List[str]:
+    pool = [m for m in MUTATIONS[op] if m != "declared"]
+    n_mut = int(rng.choice([0, 1, 1, 1, 2, 2, 3]))
+    return [str(m) for m in rng.choice(pool, size=n_mut, replace=False)] if n_mut else []
+
+
+def _randn(rng, shape, scale=1.0, offset=0.0):
+    if _size_ok(shape) == 0:
+        return np.zeros(shape, np.float32)
+    return (rng.standard_normal(shape) * scale + offset).astype(np.float32)
+
+
+def _bad_dtype(rng, keywords):
+    keywords += ["type", "Type", "element"]
+    return int(rng.choice(BAD_TYPES))
+
+
+def _mix_dtype(rng, dtype, name, keywords):
+    keywords += [name, "type"]
+    return int(rng.choice([F16 if dtype == F32 else F32, F64, TensorProto.INT32]))
+
+
+def _finish(op, prefix, seed, index, rng, inputs, types, feeds, attrs, valid, keywords, muts, outputs=("y",)):
+    _cast_typed(feeds, types)
+    if not valid:
+        keywords.append(op)  # never alone: see judge()
+    declared = _declare(rng, feeds, inputs)
+    if not valid and op != "SelectiveScan2D" and set(muts) & STATIC_SHAPE_MUTATIONS:
+        declared = {n: list(feeds[n].shape) for n in inputs if n}
+    return Case(f"{prefix}{seed}-{index}", op, inputs, [types[n] if n else F32 for n in inputs],
+                {n: feeds[n] for n in inputs if n}, attrs, declared, valid, tuple(keywords), tuple(muts),
+                tuple(outputs))
+
+
+def scan2d_case(seed: int, index: int) -> Case:
+    return _retry(_scan2d_case, seed, index)
+
+
+def _scan2d_case(seed: int, index: int, attempt: int) -> Case:
+    rng = np.random.default_rng([seed, index, 3, attempt])
+    B, H, W, D = int(rng.integers(1, 3)), int(rng.integers(1, 6)), int(rng.integers(1, 6)), int(rng.integers(1, 5))
+    N = int(rng.choice([1, 2, 4, 16, int(rng.integers(1, 17))]))
+    softplus = int(rng.integers(0, 2))
+    muts = _draw_mutations(rng, "SelectiveScan2D")
+    valid, keywords = True, []
+    if "zero_dim" in muts:
+        which = str(rng.choice(["B", "H", "W", "D"]))
+        B, H, W, D = [0 if which == w else v for w, v in zip("BHWD", (B, H, W, D))]
+    if "huge_zero" in muts:
+        B = 0
+        if rng.random() < 0.5:
+            H = HUGE
+        else:
+            W = HUGE
+    K = 4
+    shapes = {"x": (B, H, W, D), "delta": (B, H, W, K * D), "A": (K * D, N), "Bs": (B, H, W, K, N),
+              "Cs": (B, H, W, K, N), "Ds": (K * D,), "delta_bias": (K * D,)}
+
+    def fill(shape, kind):
+        if _size_ok(shape) == 0:
+            return np.zeros(shape, np.float32)
+        if kind == "A":
+            return (-rng.random(shape) * 2.0 - 0.05).astype(np.float32)
+        if kind in ("delta", "delta_bias"):
+            x = rng.standard_normal(shape) * (1.5 if kind == "delta" else 0.5)
+            return (np.abs(x) * 0.2 if not softplus else x).astype(np.float32)
+        return rng.standard_normal(shape).astype(np.float32)
+
+    feeds = {name: fill(shapes[name], name) for name in SCAN2D_INPUTS}
+    inputs = list(SCAN2D_INPUTS)
+    opt = str(rng.choice(["all", "all", "none", "no_Ds", "Ds_only", "empty_names"])) if "optional" in muts or \
+        rng.random() < 0.3 else "all"
+    inputs = {"all": SCAN2D_INPUTS, "none": SCAN2D_INPUTS[:5], "no_Ds": SCAN2D_INPUTS[:5] + ["", "delta_bias"],
+              "Ds_only": SCAN2D_INPUTS[:6], "empty_names": SCAN2D_INPUTS[:5] + ["", ""]}[opt]
+    inputs = list(inputs)
+    attrs: Dict[str, object] = {} if softplus == 1 and rng.random() < 0.3 else {"delta_softplus": softplus}
+    if rng.random() < 0.3:
+        attrs["directions"] = 4
+    dtype = F16 if "float16" in muts else F32
+    types = {name: dtype for name in SCAN2D_INPUTS}
+
+    if "rank" in muts:
+        valid = False
+        name = str(rng.choice([n for n in inputs if n]))
+        feeds[name] = _reshape_rank(rng, feeds[name])
+        keywords += [name, "shape"]
+    if "mismatch_BHW" in muts:
+        valid = False
+        s = list(feeds["Bs"].shape)
+        i = int(rng.integers(0, 3)) if len(s) == 5 else 0
+        s[i] = s[i] + 1 if s[i] < HUGE else 0
+        target = str(rng.choice(["Bs", "Cs", "both"]))
+        for nm in ("Bs", "Cs"):
+            if target in (nm, "both"):
+                feeds[nm] = fill(tuple(s), nm)
+        keywords += ["Bs", "Cs"]
+    if "directions_dim" in muts:
+        valid = False
+        for nm in ("Bs", "Cs"):
+            s = list(feeds[nm].shape)
+            s[-2 if len(s) >= 2 else 0] = int(rng.choice([1, 2, 3, 5, 8]))
+            feeds[nm] = fill(tuple(s), nm)
+        keywords += ["directions", "K"]
+    if "mismatch_D" in muts:
+        valid = False
+        name = str(rng.choice(["delta", "A"]))
+        s = list(feeds[name].shape)
+        j = -1 if name == "delta" else 0
+        s[j] = s[j] + int(rng.choice([1, -1, D])) if s[j] > 0 else 4
+        feeds[name] = fill(tuple(max(0, d) for d in s), name)
+        keywords += [name]
+    if "mismatch_N" in muts:
+        valid = False
+        if rng.random() < 0.5:
+            a = feeds["A"]
+            feeds["A"] = fill((a.shape[0], a.shape[-1] % 16 + 1), "A")
+            keywords += ["A"]
+        else:
+            s = list(feeds["Cs"].shape)
+            s[-1] = s[-1] % 16 + 1
+            feeds["Cs"] = fill(tuple(s), "Cs")
+            keywords += ["Cs"]
+    if "N_range" in muts:
+        valid = False
+        n2 = int(rng.choice([0, 17, 24, 64]))
+        feeds["A"] = fill((K * D, n2), "A")
+        feeds["Bs"] = fill((B, H, W, K, n2), "Bs")
+        feeds["Cs"] = fill((B, H, W, K, n2), "Cs")
+        keywords += ["dstate", "N"]
+    if "vec_len" in muts:
+        valid = False
+        name = str(rng.choice(["Ds", "delta_bias"]))
+        if name not in inputs:
+            inputs = list(SCAN2D_INPUTS)
+        feeds[name] = fill((K * D + 1,), name) if rng.random() < 0.6 else fill((K * D, 1), name)
+        keywords += [name]
+    if "nonfinite" in muts:
+        for name in rng.choice(SCAN2D_INPUTS, size=int(rng.integers(1, 3)), replace=False):
+            _nonfinite(rng, feeds[str(name)])
+    if "dtype_first" in muts:
+        valid = False
+        t = _bad_dtype(rng, keywords)
+        types = {name: t for name in SCAN2D_INPUTS}
+    if "dtype_mix" in muts:
+        valid = False
+        name = str(rng.choice([n for n in inputs[1:] if n]))
+        types[name] = _mix_dtype(rng, dtype, name, keywords)
+    if "attr" in muts:
+        valid = False
+        attrs["delta_softplus"] = [-1, 2, 1 << 40, 1.0, "yes"][int(rng.integers(0, 5))]
+        keywords += ["delta_softplus"]
+    if "directions_attr" in muts:
+        valid = False
+        attrs["directions"] = [0, 1, 3, 5, 8, -4, 1 << 40, 4.0, "four"][int(rng.integers(0, 9))]
+        keywords += ["directions"]
+    if "missing" in muts:
+        valid = False
+        if rng.random() < 0.5:
+            k = int(rng.integers(0, 5))
+            inputs = list(inputs)
+            keywords += [SCAN2D_INPUTS[k], "input", "missing"]
+            inputs[k] = ""
+        else:
+            inputs = SCAN2D_INPUTS[: int(rng.integers(1, 5))]
+            keywords += ["input"]
+    shape_muts = {"rank", "mismatch_BHW", "directions_dim", "mismatch_D", "mismatch_N", "N_range", "vec_len"}
+    if not valid and set(muts) <= shape_muts and _scan2d_shapes_ok(feeds, inputs):
+        raise _TooBig("the shape mutations cancelled out")
+    if valid and not _scan2d_shapes_ok(feeds, inputs):
+        raise _TooBig("a valid case with invalid shapes")
+    return _finish("SelectiveScan2D", "t", seed, index, rng, inputs, types, feeds, attrs, valid, keywords, muts)
+
+
+def _scan2d_shapes_ok(feeds, inputs) -> bool:
+    """The shape rules of docs/ops.md for SelectiveScan2D's present inputs."""
+    sh = {n: tuple(feeds[n].shape) for n in inputs if n}
+    if any(sh.get(n) is None for n in SCAN2D_INPUTS[:5]):
+        return False
+    x, Bs = sh["x"], sh["Bs"]
+    if len(x) != 4 or len(Bs) != 5 or sh["Cs"] != Bs or Bs[:3] != x[:3] or Bs[3] != 4:
+        return False
+    N, C = Bs[4], 4 * x[3]
+    if not 1 <= N <= 16 or sh["delta"] != x[:3] + (C,) or sh["A"] != (C, N):
+        return False
+    return all(sh[n] == (C,) for n in ("Ds", "delta_bias") if n in sh)
+
+
+def layer_norm_case(seed: int, index: int) -> Case:
+    return _retry(lambda s, i, a: _norm_case("LayerNorm", s, i, a), seed, index)
+
+
+def add_layer_norm_case(seed: int, index: int) -> Case:
+    return _retry(lambda s, i, a: _norm_case("AddLayerNorm", s, i, a), seed, index)
+
+
+def _norm_case(op: str, seed: int, index: int, attempt: int) -> Case:
+    rng = np.random.default_rng([seed, index, 4 if op == "LayerNorm" else 5, attempt])
+    names = NORM_INPUTS[op]
+    rank = int(rng.choice([1, 2, 3, 3, 4]))
+    C = int(rng.choice([1, 2, 3, 8, 16, 32, 33, 64, int(rng.integers(1, 100))]))
+    lead = [int(rng.integers(1, 5)) for _ in range(rank - 1)]
+    muts = _draw_mutations(rng, op)
+    valid, keywords = True, []
+    if "zero_rows" in muts:
+        lead = lead or [1]
+        lead[int(rng.integers(0, len(lead)))] = 0
+    if "huge_zero" in muts:
+        lead = [0, HUGE] if rng.random() < 0.5 else [HUGE, 0, int(rng.integers(1, 3))]
+    if "channels_zero" in muts:
+        valid = False
+        C = 0
+        keywords += ["last dimension"]
+    shape = tuple(lead) + (C,)
+    offset = float(rng.choice([10.0, -30.0, 100.0])) if "offset" in muts else float(rng.choice([0.0, 0.0, 0.5]))
+    scale = float(rng.choice([1.0, 1.0, 0.1, 3.0]))
+    feeds = {"X": _randn(rng, shape, scale, offset), "weight": _randn(rng, (C,), 1.0, 0.5),
+             "bias": _randn(rng, (C,), 0.5)}
+    if op == "AddLayerNorm":
+        feeds["R"] = _randn(rng, shape, float(rng.choice([1.0, 0.1])))
+    inputs = list(names)
+    attrs: Dict[str, object] = {}
+    if rng.random() < 0.6:
+        attrs["epsilon"] = float(rng.choice([1e-5, 1e-6, 1e-3, 0.1, 1.0]))
+    if "plugin_attrs" in muts:
+        attrs.update(PLUGIN_ATTRS)
+    dtype = F16 if "float16" in muts else F32
+    types = {n: dtype for n in names}
+
+    if "rank" in muts:
+        valid = False
+        if rng.random() < 0.4:
+            feeds["X"] = np.asarray(feeds["X"].reshape(-1)[:1].reshape(()) if feeds["X"].size else np.float32(1.0))
+            if op == "AddLayerNorm":
+                feeds["R"] = np.asarray(np.float32(0.5))
+            keywords += ["rank", "scalar"]
+        else:
+            name = str(rng.choice(["weight", "bias"]))
+            v = feeds[name]
+            feeds[name] = v.reshape((1, -1) if rng.random() < 0.5 else (-1, 1))
+            keywords += [name]
+    if "param_len" in muts:
+        valid = False
+        name = str(rng.choice(["weight", "bias"]))
+        n = feeds[name].shape[-1] if feeds[name].ndim else 1
+        new = int(rng.choice([n + 1, n - 1, 1])) if n > 1 else n + 1
+        feeds[name] = _randn(rng, (new,))
+        keywords += [name]
+    if "R_shape" in muts:
+        valid = False
+        r = list(feeds["R"].shape)
+        kind = rng.choice(["off", "one", "rank"])
+        if kind == "off" and r:
+            i = int(rng.integers(0, len(r)))
+            r[i] = r[i] + 1 if r[i] < HUGE else 0
+        elif kind == "one" and r and any(d != 1 for d in r[:-1]):
+            i = int(rng.choice([j for j, d in enumerate(r[:-1]) if d != 1]))
+            r[i] = 1
+        else:
+            r = r[1:] if len(r) > 1 and rng.random() < 0.5 else [1] + r
+        feeds["R"] = _randn(rng, tuple(r))
+        keywords += ["R must have X's shape"]
+    if "nonfinite" in muts:
+        for name in rng.choice(names, size=int(rng.integers(1, 3)), replace=False):
+            _nonfinite(rng, feeds[str(name)])
+    if "epsilon" in muts:
+        valid = False
+        attrs["epsilon"] = [0.0, -1e-5, float("nan"), float("inf"), -float("inf"), 0, "1e-5"][int(rng.integers(0, 7))]
+        keywords += ["epsilon"]
+    if "dtype_first" in muts:
+        valid = False
+        t = _bad_dtype(rng, keywords)
+        types = {n: t for n in names}
+    if "dtype_mix" in muts:
+        valid = False
+        name = str(rng.choice(names[1:]))
+        types[name] = _mix_dtype(rng, dtype, name, keywords)
+    if "missing" in muts:
+        valid = False
+        if rng.random() < 0.5:
+            k = int(rng.integers(0, len(names)))
+            inputs[k] = ""
+            keywords += [names[k], "input", "missing"]
+        else:
+            inputs = names[: int(rng.integers(1, len(names)))]
+            keywords += ["input"]
+    if valid and not _norm_shapes_ok(op, feeds):
+        raise _TooBig("a valid case with invalid shapes")
+    if not valid and set(muts) <= STATIC_SHAPE_MUTATIONS and _norm_shapes_ok(op, feeds):
+        raise _TooBig("the shape mutations cancelled out")
+    outputs = ("Y", "S") if op == "AddLayerNorm" else ("Y",)
+    return _finish(op, "n" if op == "LayerNorm" else "a", seed, index, rng, inputs, types, feeds, attrs, valid,
+                   keywords, muts, outputs)
+
+
+def _norm_shapes_ok(op, feeds) -> bool:
+    x = feeds["X"].shape
+    if len(x) < 1 or x[-1] < 1 or feeds["weight"].shape != (x[-1],) or feeds["bias"].shape != (x[-1],):
+        return False
+    return op == "LayerNorm" or feeds["R"].shape == x
+
+
+def dwconv_case(seed: int, index: int) -> Case:
+    return _retry(_dwconv_case, seed, index)
+
+
+KERNEL_SETS = ([1], [15], [3, 5, 7, 9], [3, 5, 7, 9], [1, 15], [3] * 16, [1, 3, 5, 7, 9, 11, 13, 15] * 2)
+
+
+def _dwconv_case(seed: int, index: int, attempt: int) -> Case:
+    rng = np.random.default_rng([seed, index, 6, attempt])
+    op = "MultiKernelDepthwiseConv"
+    muts = _draw_mutations(rng, op)
+    valid, keywords = True, []
+    if "kernel_set" in muts:
+        ks = list(KERNEL_SETS[int(rng.integers(0, len(KERNEL_SETS)))])
+    else:
+        ks = [int(rng.choice([1, 3, 3, 5, 5, 7, 9])) for _ in range(int(rng.choice([1, 2, 3, 4, 4])))]
+    gc = [int(rng.integers(1, 4 if len(ks) > 4 else 6)) for _ in ks]
+    C = sum(gc)
+    K = min(15, max(ks) + 2 * int(rng.choice([0, 0, 0, 1, 2]) if "kernel_set" not in muts else rng.choice([0, 1])))
+    divisors = [d for d in range(2, C + 1) if C % d == 0]
+    S = 1 if "shuffle_one" in muts or not divisors or rng.random() < 0.4 else int(rng.choice(divisors))
+    act = "none" if "activation_none" in muts else str(rng.choice(["none", "gelu", "gelu"]))
+    B, H, W = int(rng.integers(1, 3)), int(rng.integers(1, 8)), int(rng.integers(1, 8))
+    if "zero_dim" in muts:
+        B = 0
+    if "huge_zero" in muts:
+        B = 0
+        if rng.random() < 0.5:
+            H = HUGE
+        else:
+            W = HUGE
+    feeds = {"X": _randn(rng, (B, H, W, C)), "weight": _randn(rng, (C, K, K), 0.4), "bias": _randn(rng, (C,), 0.5)}
+    # The taps outside each group's central k x k are never read: give them values that would show if they were.
+    start = 0
+    unused = np.ones((C, K, K), bool)
+    for k, c in zip(ks, gc):
+        lo = K // 2 - k // 2
+        unused[start:start + c, lo:lo + k, lo:lo + k] = False
+        start += c
+    feeds["weight"][unused] = float(rng.choice([0.0, 1e3, -7.0]))
+    if "nonfinite" in muts:
+        for name in rng.choice(DWCONV_INPUTS, size=int(rng.integers(1, 3)), replace=False):
+            if name == "weight":
+                if unused.any():
+                    idx = np.argwhere(unused)
+                    for i in rng.choice(len(idx), size=min(len(idx), 3), replace=False):
+                        feeds["weight"][tuple(idx[i])] = rng.choice([np.nan, np.inf, -np.inf])
+            else:
+                _nonfinite(rng, feeds[str(name)])
+    attrs: Dict[str, object] = {"kernel_sizes": list(ks), "group_channels": list(gc)}
+    if S != 1 or rng.random() < 0.5:
+        attrs["shuffle_groups"] = S
+    if act != "none" or rng.random() < 0.5:
+        attrs["activation"] = act
+    if "plugin_attrs" in muts:
+        attrs.update(PLUGIN_ATTRS)
+    inputs = list(DWCONV_INPUTS)
+    dtype = F16 if "float16" in muts else F32
+    types = {n: dtype for n in DWCONV_INPUTS}
+
+    if "kernel_even" in muts:
+        valid = False
+        g = int(rng.integers(0, len(ks)))
+        attrs["kernel_sizes"] = [int(rng.choice([2, 4, K - 1 if K > 1 else 2])) if i == g else k
+                                 for i, k in enumerate(attrs["kernel_sizes"])]
+        keywords += ["kernel_sizes"]
+    if "kernel_range" in muts:
+        valid = False
+        g = int(rng.integers(0, len(ks)))
+        bad = int(rng.choice([0, -1, -3, 17, 1 << 33] + ([K + 2] if K + 2 <= 15 else [])))
+        attrs["kernel_sizes"] = [bad if i == g else k for i, k in enumerate(attrs["kernel_sizes"])]
+        keywords += ["kernel_sizes"]
+    if "group_sum" in muts:
+        valid = False
+        g = int(rng.integers(0, len(gc)))
+        attrs["group_channels"] = [c + 1 if i == g else c for i, c in enumerate(attrs["group_channels"])]
+        keywords += ["group_channels"]
+    if "group_len" in muts:
+        valid = False
+        name = str(rng.choice(["kernel_sizes", "group_channels"]))
+        v = list(attrs[name])
+        attrs[name] = v[:-1] if len(v) > 1 and rng.random() < 0.5 else v + [1]
+        keywords += ["kernel_sizes", "group_channels"]
+    if "group_count" in muts:
+        valid = False
+        attrs["kernel_sizes"], attrs["group_channels"] = [1] * 17, [1] * 17
+        feeds["X"] = _randn(rng, feeds["X"].shape[:3] + (17,))
+        feeds["weight"] = _randn(rng, (17, K, K))
+        feeds["bias"] = _randn(rng, (17,))
+        attrs.pop("shuffle_groups", None)
+        keywords += ["channel groups"]
+    if "group_nonpos" in muts:
+        valid = False
+        g = int(rng.integers(0, len(attrs["group_channels"])))
+        attrs["group_channels"] = [int(rng.choice([0, -1, -(1 << 40)])) if i == g else c
+                                   for i, c in enumerate(attrs["group_channels"])]
+        keywords += ["group_channels"]
+    if "shuffle" in muts:
+        valid = False
+        non_div = [d for d in range(2, 2 * C + 3) if C % d]
+        attrs["shuffle_groups"] = int(rng.choice(non_div + [0, -2])) if non_div else 0
+        keywords += ["shuffle_groups"]
+    if "activation" in muts:
+        valid = False
+        attrs["activation"] = str(rng.choice(["relu", "GELU", "", "gelu_tanh"]))
+        keywords += ["activation"]
+    if "attr_missing" in muts:
+        valid = False
+        name = str(rng.choice(["kernel_sizes", "group_channels"]))
+        attrs.pop(name)
+        keywords += [name]
+    if "attr_type" in muts:
+        valid = False
+        name = str(rng.choice(["kernel_sizes", "group_channels", "shuffle_groups", "activation"]))
+        if name in ("kernel_sizes", "group_channels"):
+            attrs[name] = int(attrs[name][0]) if rng.random() < 0.5 else [float(v) for v in attrs[name]]
+        elif name == "shuffle_groups":
+            attrs[name] = str(rng.choice(["two", "1"]))
+        else:
+            attrs[name] = 1
+        keywords += [name]
+    if "rank" in muts:
+        valid = False
+        name = str(rng.choice(DWCONV_INPUTS))
+        feeds[name] = _reshape_rank(rng, feeds[name])
+        keywords += {"X": ["X must be"], "weight": ["weight"], "bias": ["bias"]}[name]
+    if "weight_shape" in muts:
+        valid = False
+        c0, k0 = feeds["weight"].shape[0], feeds["weight"].shape[-1]
+        kind = str(rng.choice(["C", "even", "square"]))
+        shape = {"C": (c0 + 1, k0, k0), "even": (c0, k0 + 1, k0 + 1), "square": (c0, k0, k0 + 2)}[kind]
+        feeds["weight"] = _randn(rng, shape)
+        keywords += ["weight"]
+    if "bias_len" in muts:
+        valid = False
+        n = feeds["bias"].shape[0]
+        feeds["bias"] = _randn(rng, (n + 1,) if n == 1 or rng.random() < 0.5 else (n - 1,))
+        keywords += ["bias"]
+    if "dtype_first" in muts:
+        valid = False
+        t = _bad_dtype(rng, keywords)
+        types = {n: t for n in DWCONV_INPUTS}
+    if "dtype_mix" in muts:
+        valid = False
+        name = str(rng.choice(DWCONV_INPUTS[1:]))
+        types[name] = _mix_dtype(rng, dtype, name, keywords)
+    if "missing" in muts:
+        valid = False
+        if rng.random() < 0.5:
+            k = int(rng.integers(0, 3))
+            inputs[k] = ""
+            keywords += [DWCONV_INPUTS[k], "input", "missing"]
+        else:
+            inputs = DWCONV_INPUTS[: int(rng.integers(1, 3))]
+            keywords += ["input"]
+    return _finish(op, "c", seed, index, rng, inputs, types, feeds, attrs, valid, keywords, muts)
+
+
+NEW_OPS = ("SelectiveScan2D", "LayerNorm", "AddLayerNorm", "MultiKernelDepthwiseConv")
+MAKERS = {"SelectiveScan": scan_case, "DeformAggregate": deform_case, "SelectiveScan2D": scan2d_case,
+          "LayerNorm": layer_norm_case, "AddLayerNorm": add_layer_norm_case, "MultiKernelDepthwiseConv": dwconv_case}
+
+
+def make_cases(seed: int, count: int, ops: Sequence[str] = ALL_OPS) -> List[Case]:
+    """`count` cases, alternating between the ops; a pure function of (seed, count, ops). Case i of an op is the
+    same whatever the other ops (its generator draws from (seed, i)), only which i each op gets changes."""
+    unknown = [op for op in ops if op not in MAKERS]
+    if unknown:
+        raise ValueError(f"unknown ops {unknown}; known: {list(MAKERS)}")
+    return [MAKERS[ops[i % len(ops)]](seed, i) for i in range(count)]
 
 
 # Regression cases: nodes that failed before a fix (docs/reliability.md), run on every runtime in every run.
@@ -639,6 +1207,8 @@ def reference(case: Case) -> np.ndarray:
     def t(x):
         return None if x is None else torch.from_numpy(np.asarray(x, dtype=np.float64))
 
+    if case.op in NEW_OPS:
+        return _reference_new(case, t)
     if case.op == "SelectiveScan":
         if case.feeds["u"].size == 0:  # empty output (the reference cannot allocate huge empty states)
             return np.zeros(case.feeds["u"].shape)
@@ -651,6 +1221,38 @@ def reference(case: Case) -> np.ndarray:
     if _has_nonfinite(case):
         return deform_spec(value, om, case.attrs)
     return ref.deform_aggregate_reference(t(value), t(om), *[case.attrs[k] for k in DEFORM_ATTRS]).numpy()
+
+
+def _reference_new(case: Case, t):
+    """Float64 results of custom_ops/reference.py for the newer ops (a list of two arrays for AddLayerNorm)."""
+    from ssmpose.custom_ops import reference as ref
+
+    f = case.feeds
+    if case.op == "SelectiveScan2D":
+        if f["x"].size == 0 or f["Bs"].size == 0:  # empty output (B, H, W or D = 0; H or W may be huge)
+            return np.zeros(f["x"].shape)
+        opt = [t(f[n]) if n in case.inputs else None for n in ("Ds", "delta_bias")]
+        return ref.selective_scan_2d_reference(t(f["x"]), t(f["delta"]), t(f["A"]), t(f["Bs"]), t(f["Cs"]), *opt,
+                                               delta_softplus=bool(case.attrs.get("delta_softplus", 1))).numpy()
+    eps = float(case.attrs.get("epsilon", 1e-5))
+    if case.op == "LayerNorm":
+        if f["X"].size == 0:
+            return np.zeros(f["X"].shape)
+        return ref.layer_norm_reference(t(f["X"]), t(f["weight"]), t(f["bias"]), eps).numpy()
+    if case.op == "AddLayerNorm":
+        if f["X"].size == 0:
+            return [np.zeros(f["X"].shape), np.zeros(f["X"].shape)]
+        # S = X + R in float32, rounded to the type (docs/ops.md), then the float64 LayerNorm of S as rounded
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = (f["X"].astype(np.float32) + f["R"].astype(np.float32)).astype(f["X"].dtype)
+        y, s = ref.add_layer_norm_reference(t(total), t(np.zeros_like(total)), t(f["weight"]), t(f["bias"]), eps)
+        return [y.numpy(), s.numpy()]
+    if f["X"].size == 0:
+        return np.zeros(f["X"].shape)
+    a = case.attrs
+    return ref.multi_kernel_depthwise_conv_reference(t(f["X"]), t(f["weight"]), t(f["bias"]), a["kernel_sizes"],
+                                                     a["group_channels"], int(a.get("shuffle_groups", 1)),
+                                                     str(a.get("activation", "none"))).numpy()
 
 
 def deform_spec(value: np.ndarray, om: np.ndarray, a: Dict[str, object]) -> np.ndarray:
@@ -698,9 +1300,40 @@ def _has_nonfinite(case: Case) -> bool:
     return any(np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all() for v in case.feeds.values())
 
 
-def compare(case: Case, out: np.ndarray) -> Optional[str]:
-    """None if `out` is the reference's result (NaN and +-Inf where the reference has them)."""
+def compare(case: Case, out) -> Optional[str]:
+    """None if `out` is the reference's result (NaN and +-Inf where the reference has them); for an op of several
+    outputs, `out` is the list of them, each compared with the reference's."""
     expected = reference(case)
+    slack = _norm_slack(case)
+    if len(case.outputs) == 1:
+        return _compare_one(case, out, expected, slack)
+    if not isinstance(out, (list, tuple)) or len(out) != len(case.outputs):
+        return f"expected {len(case.outputs)} outputs {list(case.outputs)}, got {type(out).__name__}"
+    for i, (name, got, want) in enumerate(zip(case.outputs, out, expected)):
+        problem = _compare_one(case, got, want, slack if i == 0 else 0.0)
+        if problem:
+            return f"output {name}: {problem}"
+    return None
+
+
+def _norm_slack(case: Case):
+    """LayerNorm / AddLayerNorm: the error the contract allows on top of the float32 tolerance, per row. The
+    statistics are float32 (docs/ops.md): the rounding of the row's mean, up to about C * max|row| * 2^-24, reaches
+    Y divided by the row's std (times |weight|). Rows with |mean| >> std (the "offset" mutation) need it."""
+    if case.op not in ("LayerNorm", "AddLayerNorm") or case.feeds["X"].size == 0:
+        return 0.0
+    f = case.feeds
+    with np.errstate(over="ignore", invalid="ignore"):
+        rows = f["X"].astype(np.float32) + (f["R"].astype(np.float32) if case.op == "AddLayerNorm" else 0)
+        rows = rows.astype(f["X"].dtype).astype(np.float64)
+        C = rows.shape[-1]
+        std = np.sqrt(rows.var(axis=-1, keepdims=True) + float(case.attrs.get("epsilon", 1e-5)))
+        w = np.abs(f["weight"].astype(np.float64)).max()
+        slack = (C + 2) * np.abs(rows).max(axis=-1, keepdims=True) * 2.0 ** -24 * w / std
+    return np.nan_to_num(slack, nan=0.0, posinf=0.0)
+
+
+def _compare_one(case: Case, out: np.ndarray, expected: np.ndarray, slack=0.0) -> Optional[str]:
     if tuple(out.shape) != tuple(expected.shape):
         return f"output shape {tuple(out.shape)} != reference {tuple(expected.shape)}"
     want_type = NP_OF[case.types[0]]
@@ -719,13 +1352,22 @@ def compare(case: Case, out: np.ndarray) -> Optional[str]:
     if not finite.any():
         return None
     scale = np.abs(expected[finite]).max()
-    err = np.abs(got[finite] - expected[finite]).max()
     rel, atol = (2e-3, 1e-3) if case.types[0] == F16 else (1e-5, 1e-6)
     if out.dtype == np.float16 and scale > 6e4:
         return None  # float16 overflow territory: only the non-finite pattern is checked
+    excess = np.abs(got[finite] - expected[finite]) - np.broadcast_to(slack, expected.shape)[finite]
+    err = excess.max()
     if err > rel * scale + atol:
-        return f"max abs error {err:.3e} > {rel:g} * {scale:.3e} + {atol:g}"
+        extra = " (beyond the float32 statistics' allowance)" if np.any(slack) else ""
+        return f"max abs error {err:.3e}{extra} > {rel:g} * {scale:.3e} + {atol:g}"
     return None
+
+
+def known_crash(case: Case, runtime: str) -> Optional[str]:
+    """Why `case` is known to crash the process of `runtime` (a library bug found by this fuzzer and not fixed yet),
+    or None. In-process runs skip such cases, since a crash would end the test session; the subprocess runs
+    (tests/test_fuzz_runtime_libraries.py) do not, so the bug stays visible."""
+    return None  # none known (the LayerNorm / AddLayerNorm SIGFPE on X with no rows is fixed)
 
 
 def judge(case: Case, outcome: str, payload) -> Optional[str]:
@@ -741,7 +1383,8 @@ def judge(case: Case, outcome: str, payload) -> Optional[str]:
             return None
         return f"valid case refused: {message[:600]}"
     if not case.valid:
-        return f"invalid case accepted (output shape {tuple(payload.shape)})"
+        outs = payload if isinstance(payload, (list, tuple)) else [payload]
+        return f"invalid case accepted (output shapes {[tuple(o.shape) for o in outs]})"
     return compare(case, payload)
 
 
@@ -769,7 +1412,8 @@ class OrtRunner:
         try:
             sess = self.ort.InferenceSession(case.model().SerializeToString(), so,
                                              providers=["CPUExecutionProvider"])
-            return "ok", sess.run(None, case.feeds)[0]
+            outs = sess.run(None, case.feeds)
+            return "ok", outs[0] if len(case.outputs) == 1 else outs
         except Exception as exc:  # noqa: BLE001 - the verdict reads the message
             return "error", f"{type(exc).__name__}: {exc}"
 
@@ -796,7 +1440,8 @@ class OvRunner:
                                for p in model.inputs})
             compiled = self.core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
             result = compiled({name: arr for name, arr in case.feeds.items()})
-            return "ok", np.asarray(result[compiled.output(0)])
+            outs = [np.asarray(result[out]) for out in compiled.outputs]
+            return "ok", outs[0] if len(case.outputs) == 1 else outs
         except Exception as exc:  # noqa: BLE001
             return "error", f"{type(exc).__name__}: {exc}"
 
@@ -836,11 +1481,34 @@ def main(argv=None) -> int:
     p.add_argument("--count", type=int, default=300)
     p.add_argument("--start", type=int, default=0, help="first case index (to replay one case)")
     p.add_argument("--no-regressions", action="store_true")
+    p.add_argument("--ops", default=",".join(ALL_OPS),
+                   help=f"comma-separated ops to generate, in turn (default: all: {','.join(ALL_OPS)}; "
+                        f"'old' and 'new' name {','.join(ALL_OPS[:2])} and {','.join(NEW_OPS)})")
+    p.add_argument("--extra", action="append", default=[], metavar="OPS:COUNT",
+                   help="then COUNT more cases (indices from 0) of OPS, e.g. new:60; may be repeated")
+    p.add_argument("--skip-known-crashes", action="store_true",
+                   help="leave out the cases known_crash() names for this runtime (known library bugs)")
     args = p.parse_args(argv)
-    runner = OrtRunner() if args.runtime == "ort" else OvRunner()
-    cases = make_cases(args.seed, args.start + args.count)[args.start:]
+
+    def parse_ops(text):
+        ops = [o for part in text.split(",") if part.strip()
+               for o in {"old": ALL_OPS[:2], "new": NEW_OPS, "all": ALL_OPS}.get(part.strip(), (part.strip(),))]
+        unknown = [o for o in ops if o not in MAKERS]
+        if unknown or not ops:
+            p.error(f"unknown ops {unknown or text!r}; known: {', '.join(MAKERS)} (or old, new, all)")
+        return ops
+
+    cases = make_cases(args.seed, args.start + args.count, parse_ops(args.ops))[args.start:]
     if not args.no_regressions:
         cases = regression_cases() + cases
+    for extra in args.extra:
+        ops_text, _, count = extra.rpartition(":")
+        if not ops_text or not count.isdigit():
+            p.error(f"--extra takes OPS:COUNT, got {extra!r}")
+        cases += make_cases(args.seed, int(count), parse_ops(ops_text))
+    if args.skip_known_crashes:
+        cases = [c for c in cases if not known_crash(c, args.runtime)]
+    runner = OrtRunner() if args.runtime == "ort" else OvRunner()
     counts = run_cases(runner, cases)
     return 1 if counts["failures"] else 0
 

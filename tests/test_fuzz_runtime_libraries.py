@@ -9,9 +9,13 @@ in an error naming the op and the problem, or in the reference's result (see tha
   exit 0 with no sanitizer report; a crash, a sanitizer report or a hang names the case that was running.
 - in process, against the libraries found as in production (a normal build), for the same cases.
 
-CI (`-m "not slow"`): 300 cases per runtime, seed 17, under the sanitizers, plus the regression cases.
-`-m slow`: 3000 cases per runtime and seed (seeds 1 and 2). SSMPOSE_FUZZ_CASES / SSMPOSE_FUZZ_SEED override the
-CI numbers. Without a compiler, cmake or libasan the sanitizer tests skip, unless SSMPOSE_REQUIRE_KERNELS=1.
+CI (`-m "not slow"`): per runtime, seed 17, under the sanitizers, in one process: the regression cases, 300 cases of
+SelectiveScan / DeformAggregate, then 60 cases of the newer ops (SelectiveScan2D, LayerNorm, AddLayerNorm,
+MultiKernelDepthwiseConv, in turn); in process, 200 + 40 cases of seed 18. (The newer ops get fewer cases than the
+first two: they add a quarter to a third to the time. Each generator is checked to produce every mutation of its op.)
+`-m slow`: 3000 cases per runtime and seed (seeds 1 and 2) of the first two ops, then 1200 of the newer ones.
+SSMPOSE_FUZZ_CASES / SSMPOSE_FUZZ_NEW_CASES / SSMPOSE_FUZZ_SEED override the CI numbers. Without a compiler, cmake
+or libasan the sanitizer tests skip, unless SSMPOSE_REQUIRE_KERNELS=1.
 docs/reliability.md describes all of it.
 """
 from __future__ import annotations
@@ -32,8 +36,12 @@ import fuzz_cases
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 CI_CASES = int(os.environ.get("SSMPOSE_FUZZ_CASES", "300"))
+CI_NEW_CASES = int(os.environ.get("SSMPOSE_FUZZ_NEW_CASES", "60"))
 CI_SEED = int(os.environ.get("SSMPOSE_FUZZ_SEED", "17"))
 SLOW_CASES = 3000
+SLOW_NEW_CASES = 1200
+OLD_OPS = ("SelectiveScan", "DeformAggregate")
+NEW_OPS = fuzz_cases.NEW_OPS
 REQUIRED = os.environ.get("SSMPOSE_REQUIRE_KERNELS") == "1"
 # Sanitizer reports, as printed by ASan / UBSan / LeakSanitizer.
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer", "AddressSanitizer:DEADLYSIGNAL",
@@ -123,11 +131,12 @@ def sanitizer_build():
     return {"lib": lib, "env": env, "has_ov": (lib / "libssmpose_ov.so").is_file()}
 
 
-def _run_fuzz(env, runtime, seed, count, timeout, extra=()):
-    """Runs tests/fuzz_cases.py in a subprocess; returns (summary, failures, problem) where problem describes a
-    crash, a sanitizer report or a hang."""
+def _run_fuzz(env, runtime, seed, count, timeout, extra=(), new_count=0):
+    """Runs tests/fuzz_cases.py in a subprocess: `count` cases of SelectiveScan / DeformAggregate, then `new_count`
+    of the newer ops; returns (summary, failures, problem) where problem describes a crash, a sanitizer report or
+    a hang."""
     cmd = [sys.executable, str(TESTS / "fuzz_cases.py"), "--runtime", runtime, "--seed", str(seed), "--count",
-           str(count), *extra]
+           str(count), "--ops", ",".join(OLD_OPS), "--extra", f"{','.join(NEW_OPS)}:{new_count}", *extra]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         stdout, stderr, rc = proc.stdout, proc.stderr, proc.returncode
@@ -189,7 +198,8 @@ def test_fuzz_under_sanitizers(sanitizer_build, runtime):
             _skip_or_fail("the sanitizer build has no libssmpose_ov (OpenVINO's CMake config not found)")
     else:
         pytest.importorskip("onnxruntime")
-    _check(*_run_fuzz(sanitizer_build["env"], runtime, CI_SEED, CI_CASES, timeout=300), CI_CASES)
+    _check(*_run_fuzz(sanitizer_build["env"], runtime, CI_SEED, CI_CASES, timeout=300, new_count=CI_NEW_CASES),
+           CI_CASES + CI_NEW_CASES)
 
 
 @pytest.mark.slow
@@ -200,7 +210,8 @@ def test_fuzz_under_sanitizers_long(sanitizer_build, runtime, seed):
         pytest.importorskip("openvino")
         if not sanitizer_build["has_ov"]:
             _skip_or_fail("the sanitizer build has no libssmpose_ov")
-    _check(*_run_fuzz(sanitizer_build["env"], runtime, seed, SLOW_CASES, timeout=1800), SLOW_CASES)
+    _check(*_run_fuzz(sanitizer_build["env"], runtime, seed, SLOW_CASES, timeout=1800, new_count=SLOW_NEW_CASES),
+           SLOW_CASES + SLOW_NEW_CASES)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -234,7 +245,9 @@ def test_fuzz_in_process(runtime):
     """Another seed than the sanitizer run's, so that each CI run covers more cases."""
     runner = _runner(runtime)
     problems = []
-    for case in fuzz_cases.make_cases(CI_SEED + 1, 200):
+    for case in fuzz_cases.make_cases(CI_SEED + 1, 200, OLD_OPS) + fuzz_cases.make_cases(CI_SEED + 1, 40, NEW_OPS):
+        if fuzz_cases.known_crash(case, runtime):
+            continue  # it would end this process; the subprocess runs above report it
         problem = fuzz_cases.judge(case, *runner(case))
         if problem:
             problems.append(f"{case.id}: {problem}\n    {case.describe()}")
@@ -245,17 +258,31 @@ def test_fuzz_in_process(runtime):
 # The generator itself
 
 
-def test_cases_are_reproducible_and_varied():
-    a = fuzz_cases.make_cases(3, 60)
-    b = fuzz_cases.make_cases(3, 60)
+# The newer ops' CI sample is too small to hold each of their ~15-25 mutations: their generators are checked on 400.
+@pytest.mark.parametrize("ops,count", [(OLD_OPS, CI_CASES), (NEW_OPS, 400)], ids=["old_ops", "new_ops"])
+def test_cases_are_reproducible_and_varied(ops, count):
+    a = fuzz_cases.make_cases(3, 60, ops)
+    b = fuzz_cases.make_cases(3, 60, ops)
     assert [c.describe() for c in a] == [c.describe() for c in b]
-    mutations = {m for c in fuzz_cases.make_cases(17, CI_CASES) for m in c.mutations}
-    expected = {m for op in fuzz_cases.MUTATIONS for m in fuzz_cases.MUTATIONS[op]} - {"declared"}
-    assert expected <= mutations, f"never generated in CI: {sorted(expected - mutations)}"
-    cases = fuzz_cases.make_cases(17, CI_CASES)
-    assert sum(c.valid for c in cases) >= CI_CASES // 5 and sum(not c.valid for c in cases) >= CI_CASES // 2
+    cases = fuzz_cases.make_cases(17, count, ops)
+    assert {c.op for c in cases} == set(ops)
+    for op in ops:
+        mutations = {m for c in cases if c.op == op for m in c.mutations}
+        expected = set(fuzz_cases.MUTATIONS[op]) - {"declared"}
+        assert expected <= mutations, f"{op}: never generated in {count} cases: {sorted(expected - mutations)}"
+        # every graph imports the ssmpose domain at the op's version
+        assert all(c.model().opset_import[1].version == fuzz_cases.OP_VERSIONS[op] for c in cases if c.op == op)
+    assert sum(c.valid for c in cases) >= count // 5 and sum(not c.valid for c in cases) >= count // 2
     # nothing big: every fed tensor is small, however huge its declared dimensions
     assert max(v.nbytes for c in cases for v in c.feeds.values()) < 64 << 20
+
+
+def test_make_cases_defaults_to_all_ops():
+    cases = fuzz_cases.make_cases(5, 12)
+    assert [c.op for c in cases[:6]] == list(fuzz_cases.ALL_OPS)
+    assert fuzz_cases.make_cases(5, 12, NEW_OPS)[1].describe() == fuzz_cases.layer_norm_case(5, 1).describe()
+    with pytest.raises(ValueError):
+        fuzz_cases.make_cases(5, 2, ("Conv",))
 
 
 def test_spec_model_matches_the_reference_on_finite_inputs():

@@ -235,6 +235,37 @@ def test_weight_and_bias_as_initializers():
 
 
 @needs_lib
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "symbolic"])
+def test_gelu_of_infinities_follows_the_reference(dynamic):
+    """gelu(+inf) = +inf, gelu(-inf) = NaN (-inf times 0), as the float64 reference and the ONNX Runtime library
+    give; OpenVINO's own Gelu gives NaN for +inf (found by fuzzing)."""
+    x = np.array([np.inf, -np.inf, np.nan, 1e30, -1e30, 1.5, -0.5, 0.0], np.float32).reshape(1, 1, 1, 8)
+    weight = np.ones((8, 1, 1), np.float32)
+    arrays = {"X": x, "weight": weight, "bias": np.zeros(8, np.float32)}
+    x_shape = ["b", "h", "w", 8] if dynamic else [1, 1, 1, 8]
+    model = node_model(x_shape, [8, 1, 1], kernel_sizes=[1], group_channels=[8], activation="gelu")
+    y = run(compile_model(model), arrays)
+    expected = reference(arrays, [1], [8], 1, "gelu")
+    assert np.isposinf(expected[0, 0, 0, 0]) and np.isnan(expected[0, 0, 0, 1])
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-7)  # NaN where the reference has NaN
+
+
+@needs_lib
+@pytest.mark.parametrize("shape, shuffle", [((0, 1, 1 << 40, 2), 2), ((0, 1 << 40, 4, 17), 17)],
+                         ids=["huge_w", "huge_h"])
+def test_empty_batch_with_huge_h_or_w_and_shuffle(shape, shuffle):
+    """B = 0 with H or W = 2^40: the shuffle's Reshapes keep the shape (their targets once came from X's ShapeOf,
+    which the CPU plugin computed in int32, giving W = 2^31 - 1; found by fuzzing)."""
+    channels = shape[-1]
+    arrays = {"X": np.zeros(shape, np.float32), "weight": np.ones((channels, 3, 3), np.float32),
+              "bias": np.zeros(channels, np.float32)}
+    for x_shape in (list(shape), ["b", "h", "w", channels]):
+        model = node_model(x_shape, [channels, 3, 3], kernel_sizes=[3], group_channels=[channels],
+                           shuffle_groups=shuffle, activation="gelu")
+        assert run(compile_model(model), arrays).shape == shape, x_shape
+
+
+@needs_lib
 @pytest.mark.parametrize("elem, converts", [(F32, 0), (F16, 4)], ids=["f32", "f16"])
 def test_the_conversion_uses_openvino_ops_only(elem, converts):
     kernels, groups = hrvmamba_groups(32)

@@ -151,6 +151,26 @@ def test_dynamic_channels():
 
 
 @needs_lib
+@pytest.mark.parametrize("elem", [F32, F16], ids=["f32", "f16"])
+@pytest.mark.parametrize("shape", [(0, 33), (1 << 40, 0, 1, 33)], ids=["0x33", "huge_x0x1x33"])
+def test_zero_rows(shape, elem):
+    """X with no rows (docs/ops.md allows it) gives an empty Y: the conversion's shift by each row's first value
+    once was a Gather, on which OpenVINO's CPU plugin died of SIGFPE for an empty X (found by fuzzing)."""
+    np_type = NP_TYPES[elem]
+    arrays = {"X": np.zeros(shape, np_type), "weight": np.ones(33, np_type), "bias": np.zeros(33, np_type)}
+    for x_shape in (list(shape), [f"d{i}" for i in range(len(shape) - 1)] + [33]):
+        for model in (node_model(x_shape, elem=elem), add_node_model(x_shape, elem=elem)):
+            feeds = {i.name: arrays["X" if i.name == "R" else i.name] for i in model.graph.input}
+            outputs = list(compile_model(model)(feeds).values())
+            assert [o.shape for o in outputs] == [shape] * len(outputs) and outputs[0].dtype == np_type
+    core = ov.Core()
+    openvino_library.add_to_core(core)
+    model = core.read_model(node_model([0, 33]).SerializeToString(), b"")
+    types = [op.get_type_name() for op in model.get_ordered_ops()]
+    assert "Gather" not in types and types.count("Slice") == 1, types
+
+
+@needs_lib
 def test_float16_keeps_float32_statistics():
     """A row whose mean and spread only float32 statistics hold: values 2048 + k/8 (float16 exact), whose
     float16 squared deviations would overflow (2048^2 > 65504) or round the spread away."""

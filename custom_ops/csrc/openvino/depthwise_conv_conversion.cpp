@@ -2,7 +2,7 @@
 // ops: Transpose to NCHW, VariadicSplit into the channel groups, per group a GroupConvolution (one channel per
 // group, stride 1, pads k//2) with the central k x k taps of that group's weights (a Slice of the weight input,
 // which stays an input: it is never read into a constant here) plus the group's bias, Concat, the channel shuffle
-// back to channel-last (Reshape, Transpose, Reshape) and Gelu (erf form) when asked.
+// back to channel-last (Transpose, then Reshape, Transpose, Reshape) and Gelu (erf form, +inf kept) when asked.
 //
 // float16 inputs are converted to float32 first and the result back, so that the sums and the activation are
 // float32 and the result is rounded once, as the contract says (the CPU plugin runs the float32 graph with its own
@@ -18,10 +18,12 @@
 #include "openvino/op/constant.hpp"
 #include "openvino/op/convert.hpp"
 #include "openvino/op/divide.hpp"
+#include "openvino/op/equal.hpp"
 #include "openvino/op/gather.hpp"
 #include "openvino/op/gelu.hpp"
 #include "openvino/op/group_conv.hpp"
 #include "openvino/op/reshape.hpp"
+#include "openvino/op/select.hpp"
 #include "openvino/op/shape_of.hpp"
 #include "openvino/op/slice.hpp"
 #include "openvino/op/subtract.hpp"
@@ -226,27 +228,30 @@ ov::OutputVector convert_multi_kernel_depthwise_conv(const ov::frontend::NodeCon
   ov::Output<ov::Node> z = groups > 1 ? node.mark_node(std::make_shared<ov::op::v0::Concat>(outputs, 1))->output(0)
                                       : outputs[0];
 
-  // Back to channel-last with the shuffle Y[b, h, w, q*S + s] = Z[b, s*P + q, h, w]: Z (B, C, H, W) as
-  // (B, S, P, H, W), transposed to (B, H, W, P, S), as (B, H, W, C). The 5-D shape takes B, H, W from X's shape
-  // (folded to constants where they are static); no -1 in it, so that B = 0 works.
-  if (a.shuffle_groups == 1) {
-    z = node.mark_node(std::make_shared<ov::op::v1::Transpose>(z, i64_constant(node, {4}, {0, 2, 3, 1})));
-  } else {
+  // Back to channel-last, (B, H, W, C), then the shuffle Y[b, h, w, q*S + s] = Z[b, h, w, s*P + q]: as
+  // (B, H, W, S, P), transposed to (B, H, W, P, S), as (B, H, W, C). Both Reshapes copy B, H, W from their input
+  // with special_zero (0 in the target), so the targets are constants: no -1 (not inferable when B = 0) and no
+  // target computed from X's ShapeOf, which the CPU plugin evaluates in int32 (X of shape (0, 1, 2^40, 2) gave
+  // (0, 1, 2^31 - 1, 2); found by fuzzing).
+  z = node.mark_node(std::make_shared<ov::op::v1::Transpose>(z, i64_constant(node, {4}, {0, 2, 3, 1})));
+  if (a.shuffle_groups > 1) {
     const int64_t per_group = a.channels / a.shuffle_groups;
-    const auto x_shape = node.mark_node(std::make_shared<ov::op::v3::ShapeOf>(inputs[0], ov::element::i64));
-    const auto gather_axis = i64_constant(node, {}, {0});
-    const auto batch =
-        node.mark_node(std::make_shared<ov::op::v8::Gather>(x_shape, i64_constant(node, {1}, {0}), gather_axis));
-    const auto spatial =
-        node.mark_node(std::make_shared<ov::op::v8::Gather>(x_shape, i64_constant(node, {2}, {1, 2}), gather_axis));
-    const auto split_shape = node.mark_node(std::make_shared<ov::op::v0::Concat>(
-        ov::OutputVector{batch, i64_constant(node, {2}, {a.shuffle_groups, per_group}), spatial}, 0));
-    z = node.mark_node(std::make_shared<ov::op::v1::Reshape>(z, split_shape, false));
-    z = node.mark_node(std::make_shared<ov::op::v1::Transpose>(z, i64_constant(node, {5}, {0, 3, 4, 2, 1})));
+    z = node.mark_node(std::make_shared<ov::op::v1::Reshape>(
+        z, i64_constant(node, {5}, {0, 0, 0, a.shuffle_groups, per_group}), true));
+    z = node.mark_node(std::make_shared<ov::op::v1::Transpose>(z, i64_constant(node, {5}, {0, 1, 2, 4, 3})));
     z = node.mark_node(
         std::make_shared<ov::op::v1::Reshape>(z, i64_constant(node, {4}, {0, 0, 0, a.channels}), true));
   }
-  if (a.gelu) z = node.mark_node(std::make_shared<ov::op::v7::Gelu>(z, ov::op::GeluApproximationMode::ERF));
+  if (a.gelu) {
+    // OpenVINO's Gelu gives NaN for +inf, where the contract's 0.5 z (1 + erf(z / sqrt 2)) (and the float64
+    // reference, and the ONNX Runtime library) give +inf; so +inf passes through a Select. (-inf gives NaN, -inf
+    // times 0, in all of them; NaN stays NaN.)
+    const auto gelu = node.mark_node(std::make_shared<ov::op::v7::Gelu>(z, ov::op::GeluApproximationMode::ERF));
+    const auto inf = node.mark_node(
+        ov::op::v0::Constant::create(ov::element::f32, ov::Shape{}, {std::numeric_limits<float>::infinity()}));
+    z = node.mark_node(
+        std::make_shared<ov::op::v1::Select>(node.mark_node(std::make_shared<ov::op::v1::Equal>(z, inf)), z, gelu));
+  }
   if (type == ov::element::f16) z = node.mark_node(std::make_shared<ov::op::v0::Convert>(z, ov::element::f16));
   return {z};
 }

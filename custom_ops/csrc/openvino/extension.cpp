@@ -16,12 +16,12 @@
 #include "openvino/op/add.hpp"
 #include "openvino/op/constant.hpp"
 #include "openvino/op/convert.hpp"
-#include "openvino/op/gather.hpp"
 #include "openvino/op/greater.hpp"
 #include "openvino/op/less_eq.hpp"
 #include "openvino/op/multiply.hpp"
 #include "openvino/op/mvn.hpp"
 #include "openvino/op/select.hpp"
+#include "openvino/op/slice.hpp"
 #include "openvino/op/subtract.hpp"
 #include "ops.hpp"
 #include "ssmpose_kernels.h"
@@ -263,11 +263,16 @@ ov::Output<ov::Node> layer_norm(const ov::frontend::NodeContext& node, ov::Outpu
   // spread (offset 1e3, std 0.1, C = 768: 5e-4 of max|Y| off the float64 result). Layer normalisation does not
   // change when a constant is subtracted from the row, so the row's first value is subtracted first: the
   // differences are exact (Sterbenz) or as accurate as the spread, and the error drops to ~1e-7 of max|Y|. The
-  // Gather + Subtract cost 20-50 % of the normalisation's time on the CPU plugin (2 cores, C = 32..768).
-  const auto last_axis = node.mark_node(ov::op::v0::Constant::create(ov::element::i64, ov::Shape{1}, {-1}));
-  const auto first = node.mark_node(ov::op::v0::Constant::create(ov::element::i64, ov::Shape{1}, {0}));
-  const auto gather_axis = node.mark_node(ov::op::v0::Constant::create(ov::element::i64, ov::Shape{}, {-1}));
-  const auto shift = node.mark_node(std::make_shared<ov::op::v8::Gather>(x, first, gather_axis));
+  // first value is taken with a Slice x[..., 0:1] (kept dims, so it broadcasts), not a Gather: OpenVINO's CPU
+  // plugin dies of SIGFPE on a Gather along the last axis of a tensor with no rows (X of shape (0, C), found by
+  // fuzzing), while the Slice handles it. The Gather + Subtract cost 20-50 % of the normalisation's time on the
+  // CPU plugin (2 cores, C = 32..768); the Slice has not been timed.
+  const auto i64_1d = [&node](int64_t value) {
+    return node.mark_node(ov::op::v0::Constant::create(ov::element::i64, ov::Shape{1}, {value}));
+  };
+  const auto last_axis = i64_1d(-1);
+  const auto shift =
+      node.mark_node(std::make_shared<ov::op::v8::Slice>(x, i64_1d(0), i64_1d(1), i64_1d(1), last_axis));
   const auto shifted = node.mark_node(std::make_shared<ov::op::v1::Subtract>(x, shift));
   ov::Output<ov::Node> y = node.mark_node(
       std::make_shared<ov::op::v6::MVN>(shifted, last_axis, true, epsilon, ov::op::MVNEpsMode::INSIDE_SQRT));
