@@ -178,7 +178,10 @@ def linear_recurrence(op, log_a, x, chunk_size: int, length: int, rows: int, dty
             h = op.Add(h, op.Mul(growth, prev_h))
             growth = op.Mul(growth, prev_growth)
             k *= 2
-        total = op.ReduceSum(log_a, [3], keepdims=1)
+        # The chunk's total log-decay is the log of its last growth (the product of its decays), not a
+        # ReduceSum over T: ONNX Runtime's CUDA ReduceSum over a short innermost axis is slow. An underflowed
+        # product gives -inf, whose exp is the 0 the carry needs.
+        total = op.Log(op.Slice(growth, [T - 1], [T], [3]))
     else:
         raise ValueError(f"scan lowering must be one of {SCAN_LOWERINGS}, got {method!r}")
     return _carry_across_chunks(op, h, growth, total, nc, T, dtype)
@@ -221,7 +224,9 @@ def _scan_core(op, u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus: int, chu
                           chunk_size, length, rows, ct, method)
     padded = chunk_count(length, chunk_size) * chunk_size
     h = op.Slice(op.Reshape(h, [-1, groups, dim, dstate, padded]), [0], [length], [4])
-    y = op.ReduceSum(op.Mul(h, op.Reshape(Cs, [-1, groups, 1, dstate, length])), [3], keepdims=0)
+    y = op.Mul(h, op.Reshape(Cs, [-1, groups, 1, dstate, length]))
+    # One state (HRVMamba's SS2D) needs no sum; ONNX Runtime's CUDA ReduceSum over a size-1 axis is slow.
+    y = op.ReduceSum(y, [3], keepdims=0) if dstate > 1 else y
     y = op.Reshape(y, [-1, channels, length])
     if Ds is not None:
         y = op.Add(y, op.Mul(op.Reshape(Ds, [channels, 1]), u))
@@ -322,15 +327,17 @@ def deform_aggregate_subgraph(op, value, offset_mask, kernel_h: int, kernel_w: i
                                              [j for _, j in points])
     scale = np.array([2.0 * offset_scale / width, 2.0 * offset_scale / height])
     grid = op.Add(op.Add(op.Mul(offsets, _array(op, scale, ct)), _array(op, base_x, ct)), _array(op, base_y, ct))
-    grid = op.Reshape(op.Transpose(grid, perm=[0, 3, 1, 2, 4, 5]), [-1, out_h, out_w * k, 2])
+    # The K points lie outside the output positions (B*G, K*Ho, Wo), so that the sum over them is a ReduceSum
+    # over a middle axis: ONNX Runtime's CUDA ReduceSum over a short innermost axis is slow.
+    grid = op.Reshape(op.Transpose(grid, perm=[0, 3, 4, 1, 2, 5]), [-1, k * out_h, out_w, 2])
 
     planes = op.Transpose(op.Reshape(value, [-1, height, width, group, group_channels]), perm=[0, 3, 4, 1, 2])
     planes = op.Reshape(planes, [-1, group_channels, height, width])               # (B*G, C, H, W)
     samples = op.GridSample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=0)
-    samples = op.Reshape(samples, [-1, group, group_channels, out_h, out_w, k])
-    weights = op.Reshape(op.Transpose(mask, perm=[0, 3, 1, 2, 4]), [-1, group, 1, out_h, out_w, k])
-    out = op.ReduceSum(op.Mul(samples, weights), [5], keepdims=0)                   # (B, G, C, Ho, Wo)
-    out = op.Reshape(op.Transpose(out, perm=[0, 3, 4, 1, 2]), [-1, out_h, out_w, group * group_channels])
+    samples = op.Reshape(samples, [-1, group, group_channels, k, out_h * out_w])
+    weights = op.Reshape(op.Transpose(mask, perm=[0, 3, 4, 1, 2]), [-1, group, 1, k, out_h * out_w])
+    out = op.ReduceSum(op.Mul(samples, weights), [3], keepdims=0)                   # (B, G, C, Ho*Wo)
+    out = op.Reshape(op.Transpose(out, perm=[0, 3, 1, 2]), [-1, out_h, out_w, group * group_channels])
     return _to(op, out, out_type, current=ct)
 
 
