@@ -41,6 +41,7 @@ PORTABLE = {  # name: (scan lowering, chunk size)
     "portable matrix T32": ("matrix", 32),
     "portable matrix T16": ("matrix", 16),
     "portable doubling T64": ("doubling", 64),
+    "portable halving T64": ("halving", 64),
 }
 
 

@@ -66,7 +66,7 @@ def profile_session(session, images, iterations: int) -> dict:
     for name, (ms, _) in kernels.items():
         by_category[category(name)] += ms
     gpu_ms = sum(by_category.values())
-    top = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:12]
+    top = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:25]
     return {"wall_ms": statistics.median(walls) * 1e3, "gpu_kernel_ms": gpu_ms,
             "kernels_per_forward": sum(n for _, n in kernels.values()) / iterations,
             "categories_ms": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),

@@ -23,8 +23,8 @@ h_t = exp(a_t) h_{t-1} + x_t. The sequence is padded to a multiple of the chunk 
 when the sequence is shorter.
 
 1. Within each chunk, the local states (starting from zero) and exp(S_t), S_t the inclusive sum of a
-   inside the chunk, by one of two methods:
-   - "matrix" (default, DESIGN.md section 3): CumSum gives S; the T x T matrix exp(S_t - S_s) has its
+   inside the chunk, by one of three methods:
+   - "matrix" (DESIGN.md section 3): CumSum gives S; the T x T matrix exp(S_t - S_s) has its
      upper triangle (s > t) replaced by exactly 0 (a Where over a constant T x T lower-triangular mask),
      and a MatMul applies it to x. Where replaces rather than multiplies, so a large (even infinite)
      discarded entry can never turn into NaN. (Not Trilu: ONNX Runtime's CUDA Trilu indexes with 32 bits
@@ -33,6 +33,11 @@ when the sequence is shorter.
      (g_t, h_t) <- (g_t g_{t-k}, h_t + g_t h_{t-k}) for k = 1, 2, 4, ... < T, with identity elements
      (1, 0) shifted in at the chunk start. It touches each element about 8 log2(T) times instead of
      4 T times (T x T matrices), about 2.4x faster on CPU (docs/export.md).
+   - "halving" (the default): before the doubling scan, steps 2i and 2i+1 merge into one step (log-decay
+     a_2i + a_2i+1, input exp(a_2i+1) x_2i + x_2i+1), up to three times (as often as 2 divides T), so the
+     doubling scan runs on chunks of T/8 over an eighth of the sequence; afterwards each merged-away even step
+     gets its state from the state before it, exp(a_2i) h_2i-1 + x_2i. Each level costs about one doubling
+     step on half the data, so this touches each element less than half as often as "doubling".
 2. Across chunks, the state after chunk k is sum_{j<=k} exp(sum_{j<i<=k} tot_i) e_j, with tot_i the
    total log-decay of chunk i and e_j the local end-state of chunk j: an nc x nc matrix of the same kind
    as in 1. Its exponents are segment sums from a CumSum over the strictly-lower-triangular expanded
@@ -61,9 +66,10 @@ import numpy as np
 
 from . import reference
 
-SCAN_LOWERINGS = ("matrix", "doubling")
-DEFAULT_SCAN_LOWERING = "matrix"
-DEFAULT_CHUNKS = {"matrix": 32, "doubling": 64}   # measured best on 2 CPU cores (docs/export.md)
+SCAN_LOWERINGS = ("matrix", "doubling", "halving")
+DEFAULT_SCAN_LOWERING = "halving"   # fastest on CPU and GPU (docs/benchmarks.md)
+DEFAULT_CHUNKS = {"matrix": 32, "doubling": 64, "halving": 64}   # measured best on 2 CPU cores (docs/export.md)
+HALVING_LEVELS = 3
 DEFAULT_CHUNK = DEFAULT_CHUNKS[DEFAULT_SCAN_LOWERING]
 SOFTPLUS_THRESHOLD = reference.SOFTPLUS_THRESHOLD
 LAYER_NORM_EPSILON = 1e-5   # ssmpose::LayerNorm's default (export/schemas.py)
@@ -129,6 +135,11 @@ def _int(op, number):
     return op.Constant(value=ir.tensor(np.array(number, dtype=np.int64), dtype=ir.DataType.INT64))
 
 
+def _bool(op, value: bool):
+    ir = _ir()
+    return op.Constant(value=ir.tensor(np.array(value, dtype=bool), dtype=ir.DataType.BOOL))
+
+
 def _array(op, array, dtype):
     return op.Constant(value=_ir().tensor(np.ascontiguousarray(array, dtype=_numpy_dtype(dtype)), dtype=dtype))
 
@@ -153,13 +164,25 @@ def _carry_across_chunks(op, h, growth, log_total, nc: int, T: int, dtype):
     return op.Add(h, op.Mul(growth, entering))
 
 
-def linear_recurrence(op, log_a, x, chunk_size: int, length: int, rows: int, dtype, method: str):
-    """States of h_t = exp(log_a_t) h_{t-1} + x_t along the last axis of (B, rows, L) -> (B, rows, nc, T)."""
-    T = chunk_size
-    nc = chunk_count(length, T)
-    pads = [0, 0, 0, 0, 0, nc * T - length]
-    log_a = op.Reshape(op.Pad(log_a, pads), [-1, rows, nc, T])
-    x = op.Reshape(op.Pad(x, pads), [-1, rows, nc, T])
+def _doubling(op, log_a, T: int, x, dtype):
+    """Hillis-Steele prefix scan inside chunks of (B, R, nc, T): (growth, local states from zero)."""
+    growth, h = op.Exp(log_a), x
+    one, zero = _scalar(op, 1, dtype), _scalar(op, 0, dtype)
+    k = 1
+    while k < T:
+        shift = [0, 0, 0, k, 0, 0, 0, 0]
+        prev_growth = op.Pad(op.Slice(growth, [0], [T - k], [3]), shift, one)
+        prev_h = op.Pad(op.Slice(h, [0], [T - k], [3]), shift, zero)
+        h = op.Add(h, op.Mul(growth, prev_h))
+        growth = op.Mul(growth, prev_growth)
+        k *= 2
+    return growth, h
+
+
+def _chunked(op, log_a, x, T: int, nc: int, rows: int, dtype, method: str):
+    """States of the recurrence on (B, rows, nc*T) -> (B, rows, nc, T): within chunks, then across them."""
+    log_a = op.Reshape(log_a, [-1, rows, nc, T])
+    x = op.Reshape(x, [-1, rows, nc, T])
     if method == "matrix":
         cum = op.CumSum(log_a, _int(op, 3))                                        # S_t, (B, R, nc, T)
         pair = op.Sub(op.Unsqueeze(cum, [4]), op.Unsqueeze(cum, [3]))              # [t, s] = S_t - S_s
@@ -167,24 +190,60 @@ def linear_recurrence(op, log_a, x, chunk_size: int, length: int, rows: int, dty
         h = op.Reshape(op.MatMul(decay, op.Unsqueeze(x, [4])), [-1, rows, nc, T])  # local states
         growth = op.Exp(cum)
         total = op.Slice(cum, [T - 1], [T], [3])
-    elif method == "doubling":
-        growth, h = op.Exp(log_a), x
-        one, zero = _scalar(op, 1, dtype), _scalar(op, 0, dtype)
-        k = 1
-        while k < T:
-            shift = [0, 0, 0, k, 0, 0, 0, 0]
-            prev_growth = op.Pad(op.Slice(growth, [0], [T - k], [3]), shift, one)
-            prev_h = op.Pad(op.Slice(h, [0], [T - k], [3]), shift, zero)
-            h = op.Add(h, op.Mul(growth, prev_h))
-            growth = op.Mul(growth, prev_growth)
-            k *= 2
+    else:
+        growth, h = _doubling(op, log_a, T, x, dtype)
         # The chunk's total log-decay is the log of its last growth (the product of its decays), not a
         # ReduceSum over T: ONNX Runtime's CUDA ReduceSum over a short innermost axis is slow. An underflowed
         # product gives -inf, whose exp is the 0 the carry needs.
         total = op.Log(op.Slice(growth, [T - 1], [T], [3]))
-    else:
-        raise ValueError(f"scan lowering must be one of {SCAN_LOWERINGS}, got {method!r}")
     return _carry_across_chunks(op, h, growth, total, nc, T, dtype)
+
+
+def halving_levels(chunk_size: int) -> int:
+    """Pair-merging levels of the "halving" lowering: as many as 2 divides the chunk, at most HALVING_LEVELS."""
+    levels = 0
+    while levels < HALVING_LEVELS and chunk_size % (2 << levels) == 0:
+        levels += 1
+    return levels
+
+
+def _halving(op, log_a, x, n: int, rows: int, levels: int, base, dtype):
+    """States of the recurrence on (B, rows, n) by merging pairs of steps `levels` times, `base` on the rest.
+
+    Steps 2i and 2i+1 merge into one step (log-decay a_2i + a_2i+1, input exp(a_2i+1) x_2i + x_2i+1) whose
+    state is the state after 2i+1; the state after 2i is then exp(a_2i) * (state after 2i-1) + x_2i.
+    """
+    if levels == 0:
+        return op.Reshape(base(log_a, x), [-1, rows, n])
+    half = n // 2
+    log_a, x = op.Reshape(log_a, [-1, rows, half, 2]), op.Reshape(x, [-1, rows, half, 2])
+    a_even, a_odd = op.Slice(log_a, [0], [1], [3]), op.Slice(log_a, [1], [2], [3])      # (B, R, half, 1)
+    x_even, x_odd = op.Slice(x, [0], [1], [3]), op.Slice(x, [1], [2], [3])
+    merged_a = op.Reshape(op.Add(a_even, a_odd), [-1, rows, half])
+    merged_x = op.Reshape(op.Add(op.Mul(op.Exp(a_odd), x_even), x_odd), [-1, rows, half])
+    odd = op.Reshape(_halving(op, merged_a, merged_x, half, rows, levels - 1, base, dtype), [-1, rows, half, 1])
+    if half > 1:
+        before = op.Pad(op.Slice(odd, [0], [half - 1], [2]), [0, 0, 1, 0, 0, 0, 0, 0])
+    else:  # the one even step has the zero initial state before it
+        before = op.Where(_bool(op, False), odd, _scalar(op, 0, dtype))
+    even = op.Add(op.Mul(op.Exp(a_even), before), x_even)
+    return op.Reshape(op.Concat(even, odd, axis=3), [-1, rows, n])
+
+
+def linear_recurrence(op, log_a, x, chunk_size: int, length: int, rows: int, dtype, method: str):
+    """States of h_t = exp(log_a_t) h_{t-1} + x_t along the last axis of (B, rows, L) -> (B, rows, nc*T)."""
+    if method not in SCAN_LOWERINGS:
+        raise ValueError(f"scan lowering must be one of {SCAN_LOWERINGS}, got {method!r}")
+    T = chunk_size
+    nc = chunk_count(length, T)
+    pads = [0, 0, 0, 0, 0, nc * T - length]
+    log_a, x = op.Pad(log_a, pads), op.Pad(x, pads)
+    if method != "halving":
+        return op.Reshape(_chunked(op, log_a, x, T, nc, rows, dtype, method), [-1, rows, nc * T])
+    levels = halving_levels(T)
+    tb = T >> levels
+    return _halving(op, log_a, x, nc * T, rows, levels,
+                    lambda a, b: _chunked(op, a, b, tb, nc, rows, dtype, "doubling"), dtype)
 
 
 def selective_scan_subgraph(op, u, delta, A, Bs, Cs, Ds=None, delta_bias=None, delta_softplus: int = 1,

@@ -200,7 +200,8 @@ def test_lower_to_portable_replaces_custom_nodes():
     assert np.abs(y - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
-def test_translation_table_matches_reference():
+@pytest.mark.parametrize("method", portable.SCAN_LOWERINGS)
+def test_translation_table_matches_reference(method):
     """The same lowering as torch.onnx translation functions (for users exporting their own modules)."""
     class Scan(torch.nn.Module):
         def forward(self, u, delta, A, Bs, Cs, Ds, bias):
@@ -208,7 +209,7 @@ def test_translation_table_matches_reference():
 
     args = _scan_args(2, 2, 3, 1, 70, seed=7)
     program = torch.onnx.export(Scan().eval(), args, dynamo=True, opset_version=18, optimize=False, verbose=False,
-                                custom_translation_table=portable.translation_table(16, "doubling"))
+                                custom_translation_table=portable.translation_table(16, method))
     session = _session(program.model_proto)
     y = session.run(None, {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)})[0]
     expected = reference.selective_scan_reference(*args, delta_softplus=True).numpy()
