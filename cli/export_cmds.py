@@ -6,7 +6,7 @@ import json
 import click
 
 FORMS = ("custom", "portable")
-SCAN_LOWERINGS = ("matrix", "doubling")
+SCAN_LOWERINGS = ("halving", "doubling", "matrix")   # = custom_ops.portable.SCAN_LOWERINGS (a test checks)
 
 
 @click.command("export")
@@ -29,14 +29,16 @@ SCAN_LOWERINGS = ("matrix", "doubling")
 @click.option("--chunk-size", default=None, type=int,
               help="Portable form: chunk length of the scan lowering (default 32 for matrix, 64 for doubling).")
 @click.option("--scan-lowering", type=click.Choice(SCAN_LOWERINGS), default=None,
-              help="Portable form: within-chunk part of the scan as T x T decay matrices (matrix, default) or "
-                   "by prefix doubling (doubling, faster on CPU).")
-@click.option("--op-version", type=click.IntRange(1, 4), default=2, show_default=True,
-              help="2: one SelectiveScan2D node per SS2D (ssmpose domain version 2); 1: cross-scan -> "
-                   "SelectiveScan -> cross-merge (domain version 1, for runtime libraries built before version 2); "
-                   "3: as 2, with the LayerNorms as ssmpose::LayerNorm nodes (custom form); 4: as 3, with each "
-                   "residual Add + LayerNorm as one AddLayerNorm and each LPU convolution chain as one "
-                   "MultiKernelDepthwiseConv (custom form; the GPU choice).")
+              help="Portable form: how the scan's chunks are computed: halving (default; pairs of steps merged "
+                   "three times, then prefix doubling; the fastest on CPU and GPU), doubling (prefix doubling) or "
+                   "matrix (T x T decay matrices, DESIGN.md's form).")
+@click.option("--op-version", type=click.IntRange(1, 4), default=4, show_default=True,   # = DEFAULT_OP_VERSION
+              help="ssmpose domain version of the custom form's nodes. 4: one SelectiveScan2D node per SS2D, "
+                   "the LayerNorms as ssmpose::LayerNorm, each residual Add + LayerNorm as one AddLayerNorm and "
+                   "each LPU convolution chain as one MultiKernelDepthwiseConv (the fastest on ONNX Runtime, "
+                   "GPU and CPU); 3: SelectiveScan2D and LayerNorm only; 2: SelectiveScan2D only (for runtime "
+                   "libraries built before version 3); 1: cross-scan -> SelectiveScan -> cross-merge (for "
+                   "libraries built before version 2).")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="Output file (default: MODEL_HxW_FORM[_fp16].onnx in the current folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export summary as JSON.")

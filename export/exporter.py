@@ -40,6 +40,7 @@ from .schemas import DOMAIN, FUSED_DOMAIN_VERSION, LAYER_NORM_DOMAIN_VERSION, op
 
 FORMS = ("custom", "portable")
 OP_VERSIONS = (1, 2, 3, 4)
+DEFAULT_OP_VERSION = FUSED_DOMAIN_VERSION   # `ssmpose export --op-version` defaults to the same (cli/export_cmds.py)
 # Opset 20 brings the one-node Gelu (five nodes below it). The portable form stays below 20: TensorRT's parser
 # knows only GridSample's opset-16 mode names and samples nearest-neighbour with opset 20's "linear".
 SUPPORTED_OPSETS = {"custom": (18, 19, 20), "portable": (18, 19)}
@@ -259,7 +260,7 @@ def _portable_violations(model: onnx.ModelProto):
 def export_model(model: Union[str, nn.Module], output=None, *, checkpoint=None, input_size=None,
                  batch: Union[str, int] = "dynamic", form: str = "custom", opset: Optional[int] = None,
                  fp16: bool = False, chunk_size: Optional[int] = None, scan_lowering: Optional[str] = None,
-                 op_version: int = 2, check: bool = True) -> ExportResult:
+                 op_version: int = DEFAULT_OP_VERSION, check: bool = True) -> ExportResult:
     """Export a model to ONNX; returns an ExportResult (the ModelProto, the path written, timings).
 
     model       registered model name (e.g. "hrvmamba_small") or a module built by ssmpose.build_model
@@ -272,13 +273,15 @@ def export_model(model: Union[str, nn.Module], output=None, *, checkpoint=None, 
                 portable form 18 (default) or 19
     fp16        float16 weights and activations (float32 I/O; scan, sampling and LayerNorm statistics
                 computed in float32)
-    chunk_size  portable form: chunk length of the scan lowering (default: the lowering's, 32 / 64)
-    scan_lowering  portable form: "matrix" (T x T decay matrices, default) or "doubling" (prefix doubling)
-    op_version  2 (default): one SelectiveScan2D node per SS2D (ssmpose domain version 2); 1: SS2D's scan as
-                cross-scan -> SelectiveScan -> cross-merge (domain version 1, for runtime libraries built
-                before version 2); 3: as 2, and every LayerNorm over the last axis as ssmpose::LayerNorm
-                (custom form); 4: as 3, and the residual Add before each LayerNorm and the LPU's
-                convolutions fused (ssmpose::AddLayerNorm, ssmpose::MultiKernelDepthwiseConv; custom form)
+    chunk_size  portable form: chunk length of the scan lowering (default: the lowering's, 64 / 64 / 32)
+    scan_lowering  portable form: "halving" (default), "doubling" or "matrix" (docs/export.md)
+    op_version  ssmpose domain version of the custom form's nodes. 4 (default): one SelectiveScan2D node per
+                SS2D, every LayerNorm over the last axis as ssmpose::LayerNorm, the residual Add before a
+                LayerNorm fused with it (ssmpose::AddLayerNorm) and the LPU's and position convolutions as
+                ssmpose::MultiKernelDepthwiseConv; 3: SelectiveScan2D and LayerNorm only; 2: SelectiveScan2D
+                only (for runtime libraries built before version 3); 1: SS2D's scan as cross-scan ->
+                SelectiveScan -> cross-merge (for libraries built before version 2). The graph imports the
+                lowest version that has all its ops. The fusions of 3 and 4 apply to the custom form only.
     """
     if form not in FORMS:
         raise ExportError(f"export form must be one of {', '.join(FORMS)}, got {form!r}")
@@ -291,7 +294,7 @@ def export_model(model: Union[str, nn.Module], output=None, *, checkpoint=None, 
 def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None, input_size=None,
                  batch: Union[str, int] = "dynamic", opset: Optional[int] = None, fp16: bool = False,
                  chunk_size: Optional[int] = None, scan_lowering: Optional[str] = None,
-                 op_version: int = 2, check: bool = True) -> dict:
+                 op_version: int = DEFAULT_OP_VERSION, check: bool = True) -> dict:
     """Export several forms from one trace: `outputs` maps form -> file (or None); returns form -> ExportResult.
 
     The portable form is the traced custom form with every ssmpose node replaced by its standard-op
@@ -331,12 +334,16 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
     with ops.scan_2d(op_version >= 2):
         # traced below opset 20 (the portable lowerings need it); the custom form is raised to 20 afterwards
         traced = _trace(net, size, batch, fp16, min(min(opsets.values()), GELU_OPSET - 1), output_name, stages)
+    # The metadata of both forms records the custom form's domain version, which the fusions decide: the
+    # custom form is made first; without it (op_version >= 3), a copy is made and fused to learn the version.
     domain_version = op_domain_version(n.op_type for n in traced.graph if n.domain == DOMAIN)
-    if op_version >= LAYER_NORM_DOMAIN_VERSION and any(n.op_type == "LayerNormalization" for n in traced.graph):
-        domain_version = max(domain_version, LAYER_NORM_DOMAIN_VERSION)   # the custom form's LayerNorm nodes
+    forms.sort(key=lambda f: f != "custom")
+    if forms[0] != "custom" and op_version >= LAYER_NORM_DOMAIN_VERSION:
+        probe = _finish(_copy_ir(traced), "custom", chunk_size, scan_lowering, {})
+        _fuse_custom(probe, op_version)
+        domain_version = _custom_domain_version(probe)
     shared_s = time.perf_counter() - start
     results = {}
-    forms.sort(key=lambda f: f != "custom")   # the custom form first: its fused nodes set the domain version
     for i, form in enumerate(forms):
         t0 = time.perf_counter()
         ir_model = traced if i == len(forms) - 1 else _copy_ir(traced)
@@ -344,12 +351,9 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
         proto = _finish(ir_model, form, chunk_size, scan_lowering, form_stages)
         if opsets[form] >= GELU_OPSET:
             fuse_erf_gelu(proto)
-        if form == "custom" and op_version >= LAYER_NORM_DOMAIN_VERSION:
-            use_layer_norm_op(proto)
-        if form == "custom" and op_version >= FUSED_DOMAIN_VERSION:
-            use_depthwise_conv_op(proto)
-            use_add_layer_norm_op(proto)
-            domain_version = op_domain_version(n.op_type for n in proto.graph.node if n.domain == DOMAIN)
+        if form == "custom":
+            _fuse_custom(proto, op_version)
+            domain_version = _custom_domain_version(proto)
         _normalise(proto, name, form, opsets[form])
         if form == "portable" and _portable_violations(proto):
             raise ExportError(f"portable export produced non-standard nodes: {_portable_violations(proto)}")
@@ -371,6 +375,20 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
         seconds = shared_s + time.perf_counter() - t0
         results[form] = ExportResult(proto, paths[form], metadata, seconds, form_stages)
     return {form: results[form] for form in outputs}
+
+
+def _fuse_custom(proto: onnx.ModelProto, op_version: int) -> None:
+    """The custom form's fusions of `op_version` (export/fusions.py): 3: LayerNorm; 4: also MultiKernelDepthwiseConv
+    and AddLayerNorm (which fuses the Adds before LayerNorm nodes, so it runs last)."""
+    if op_version >= LAYER_NORM_DOMAIN_VERSION:
+        use_layer_norm_op(proto)
+    if op_version >= FUSED_DOMAIN_VERSION:
+        use_depthwise_conv_op(proto)
+        use_add_layer_norm_op(proto)
+
+
+def _custom_domain_version(proto: onnx.ModelProto) -> int:
+    return op_domain_version(n.op_type for n in proto.graph.node if n.domain == DOMAIN)
 
 
 def _check_opset(opset, form: str) -> None:

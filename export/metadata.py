@@ -13,8 +13,8 @@ skeleton, flip_pairs, codec                    codec: {"type", "sigma", "heatmap
 num_classes                                    classification models
 export_form, opset, dtype                      "custom"/"portable", ONNX opset, compute dtype
 chunk_size, scan_lowering                      portable form: the scan lowering's chunk and method
-op_domain, op_domain_version                   "ssmpose", 1 (2 when the custom form has SelectiveScan2D nodes;
-                                               the custom nodes' domain, recorded for portable too)
+op_domain, op_domain_version                   "ssmpose" and the version the custom form imports, the lowest
+                                               that has its ops (1 to 4; recorded for portable too)
 ssmpose_version, metadata_version              versions of the package and of this key set
 """
 from __future__ import annotations

@@ -194,8 +194,15 @@ def plan_candidates(backends: Sequence[str], forms: Sequence[str], fp16: bool, o
 
 
 def export_cache_name(module, form: str, dtype: str, weights_id: str) -> str:
+    """File name of a cached export: the model, size and weights, and what the exporter's defaults make of them
+    (op version, scan lowering, package version), so that a cache made by another version is not reused."""
+    from .export.exporter import DEFAULT_OP_VERSION
+    from .custom_ops.portable import DEFAULT_CHUNK, DEFAULT_SCAN_LOWERING
+    from ._version import __version__
     h, w = module.meta["input_size"]
-    return f"{module.meta['model']}_{h}x{w}_{weights_id}_{form}{'_fp16' if dtype == 'float16' else ''}.onnx"
+    settings = hashlib.sha256(f"{__version__}|{DEFAULT_OP_VERSION}|{DEFAULT_SCAN_LOWERING}|{DEFAULT_CHUNK}".encode())
+    return (f"{module.meta['model']}_{h}x{w}_{weights_id}_{settings.hexdigest()[:8]}_{form}"
+            f"{'_fp16' if dtype == 'float16' else ''}.onnx")
 
 
 def weights_fingerprint(module) -> str:

@@ -31,6 +31,7 @@ from ssmpose.export.fusions import fuse_erf_gelu  # noqa: E402
 from ssmpose.training.codec import decode_heatmaps  # noqa: E402
 from ssmpose.training.models.dcnv4 import DCNv4  # noqa: E402
 from ssmpose.training.models.hrvmamba import pose_metadata  # noqa: E402
+from ssmpose.training.models.hrvmamba_blocks import LPU_KERNELS, HRVMambaBlock  # noqa: E402
 from ssmpose.training.models.ss2d import SS2D  # noqa: E402
 
 FAST = {("hrvmamba_tiny", (256, 192))}
@@ -75,20 +76,35 @@ def test_both_forms_pass_the_full_checker(exported, name, size):
                                       "shape": ["batch", 17, size[0] // 4, size[1] // 4]}]
 
 
+def _ssmpose_nodes(model, op_type):
+    return [n for n in model.graph.node if n.domain == "ssmpose" and n.op_type == op_type]
+
+
+def _attrs(node):
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
 @pytest.mark.parametrize("name,size", CASES)
 def test_custom_form_has_one_node_per_op_with_the_attributes(exported, name, size):
+    """The default export, op version 4: one SelectiveScan2D and one DeformAggregate per SS2D, every LPU one
+    MultiKernelDepthwiseConv with its GELU, every LayerNorm a LayerNorm or AddLayerNorm node."""
     e = exported(name, size)
     model = onnx.load(str(e.paths["custom"]), load_external_data=False)
     ss2d = [m for m in e.model.modules() if isinstance(m, SS2D)]
-    scans = [n for n in model.graph.node if n.domain == "ssmpose" and n.op_type == "SelectiveScan2D"]
-    deforms = [n for n in model.graph.node if n.domain == "ssmpose" and n.op_type == "DeformAggregate"]
+    scans, deforms = _ssmpose_nodes(model, "SelectiveScan2D"), _ssmpose_nodes(model, "DeformAggregate")
     assert len(scans) == len(deforms) == len(ss2d)
-    assert {(o.domain, o.version) for o in model.opset_import} == {("", 20), ("ssmpose", 2)}
+    assert {(o.domain, o.version) for o in model.opset_import} == {("", 20), ("ssmpose", 4)}
+    op_types = [n.op_type for n in model.graph.node]
+    lpus = [n for n in _ssmpose_nodes(model, "MultiKernelDepthwiseConv") if _attrs(n)["activation"] == b"gelu"]
+    assert len(lpus) == sum(isinstance(m, HRVMambaBlock) for m in e.model.modules())
+    assert all((_attrs(n)["kernel_sizes"], _attrs(n)["shuffle_groups"]) == (list(LPU_KERNELS), 4) for n in lpus)
     gelus = sum(isinstance(m, torch.nn.GELU) for m in e.model.modules())
-    assert [n.op_type for n in model.graph.node].count("Gelu") == gelus + len(ss2d)   # MLP's module + LPU's F.gelu
-    assert "Erf" not in {n.op_type for n in model.graph.node}
-    for node in scans + deforms:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert op_types.count("Gelu") == gelus   # the MLPs' modules; the LPUs' F.gelu is in their nodes
+    assert "Erf" not in op_types and "LayerNormalization" not in op_types
+    norms = sum(isinstance(m, torch.nn.LayerNorm) for m in e.model.modules())
+    assert len(_ssmpose_nodes(model, "LayerNorm")) + len(_ssmpose_nodes(model, "AddLayerNorm")) == norms
+    for node in (n for n in model.graph.node if n.domain == "ssmpose"):
+        attrs = _attrs(node)
         assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == b"ssmpose"
     assert {onnx.helper.get_attribute_value(a) for n in scans for a in n.attribute if a.name == "delta_softplus"} == {1}
     groups = sorted({m.conv2d.group for m in ss2d})
@@ -173,7 +189,7 @@ def test_metadata_round_trip(exported, name, size):
         assert (got["family"], got["variant"]) == ("hrvmamba", name.split("_", 1)[1])
         assert got["export_form"] == form and got["opset"] == DEFAULT_OPSETS[form] and got["dtype"] == "float32"
         assert got["batch"] == "dynamic" and got["input_name"] == "images" and got["output_name"] == "heatmaps"
-        assert got["op_domain"] == "ssmpose" and got["op_domain_version"] == 2
+        assert got["op_domain"] == "ssmpose" and got["op_domain_version"] == 4   # the custom form's, for both
         assert got["ssmpose_version"] == ssmpose.__version__
         assert (got["chunk_size"] is None) == (form == "custom")
         raw = onnx.load(str(path), load_external_data=False)
@@ -253,7 +269,8 @@ def test_cli_inspect(exported):
     assert "images: float32 [batchx3x256x192]" in result.output and "hrvmamba_tiny" in result.output
     report = json.loads(CliRunner().invoke(main, ["inspect", str(path), "--json"]).output)
     assert report["metadata"]["model"] == "hrvmamba_tiny" and report["custom_ops"] == [
-        "ssmpose::DeformAggregate", "ssmpose::SelectiveScan2D"]
+        "ssmpose::AddLayerNorm", "ssmpose::DeformAggregate", "ssmpose::LayerNorm",
+        "ssmpose::MultiKernelDepthwiseConv", "ssmpose::SelectiveScan2D"]
 
 
 # ---------------------------------------------------------------------------------------------------------

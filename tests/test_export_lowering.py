@@ -109,6 +109,22 @@ def test_a_sequence_shorter_than_the_chunk_is_not_padded(method):
     assert np.abs(y - expected).max() <= 1e-10 * np.abs(expected).max()
 
 
+@pytest.mark.parametrize("chunk_size,levels", [(2, 1), (5, 0), (12, 2), (48, 3), (64, 3), (128, 3)])
+def test_halving_levels_follow_the_chunk(chunk_size, levels):
+    """As many pair merges as 2 divides the chunk, at most three; the merged sequence still matches."""
+    assert portable.halving_levels(chunk_size) == levels
+    args = _scan_args(2, 1, 2, 1, 2 * chunk_size + 3, seed=chunk_size)
+    session = _session(scan_graph(1, 2, 1, 2 * chunk_size + 3, chunk_size=chunk_size, method="halving")[0])
+    y = session.run(None, {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)})[0]
+    expected = reference.selective_scan_reference(*args, delta_softplus=True).numpy()
+    assert np.abs(y - expected).max() <= 1e-10 * np.abs(expected).max()
+
+
+def test_cli_offers_every_scan_lowering():
+    from ssmpose.cli.export_cmds import SCAN_LOWERINGS
+    assert set(SCAN_LOWERINGS) == set(portable.SCAN_LOWERINGS) and portable.DEFAULT_SCAN_LOWERING == "halving"
+
+
 def test_scan_lowering_float32_strong_decay_is_finite_and_accurate():
     """Large |dt * A| (chunk totals far beyond float32's exp range) must not produce inf or NaN."""
     args = list(_scan_args(1, 2, 3, 1, 500, seed=3))

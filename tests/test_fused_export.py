@@ -1,7 +1,8 @@
-"""Export with `op_version=4`: HRVMamba's LPU convolution chains and its position convolutions become
-`ssmpose::MultiKernelDepthwiseConv`, each residual Add feeding a LayerNorm becomes `ssmpose::AddLayerNorm`
+"""Export with `op_version=4` (the default): HRVMamba's LPU convolution chains and its position convolutions
+become `ssmpose::MultiKernelDepthwiseConv`, each residual Add feeding a LayerNorm becomes `ssmpose::AddLayerNorm`
 (domain version 4). The fusions leave look-alikes alone, the fused graph runs in ONNX Runtime and matches
-PyTorch, and it lowers back to standard ops."""
+PyTorch, and it lowers back to standard ops. The fusions applied to a version-2 export give the default
+export."""
 import numpy as np
 import onnx
 import pytest
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 from ssmpose.custom_ops.reference import multi_kernel_depthwise_conv_reference
+from ssmpose.export import read_metadata
 from ssmpose.export.fusions import use_add_layer_norm_op, use_depthwise_conv_op, use_layer_norm_op
 from ssmpose.training.models.hrvmamba_blocks import LPU_KERNELS, HRVMambaBlock, HRVMambaSEBlock
 from ssmpose.training.models.layers import channel_shuffle_to_channels_last
@@ -183,26 +185,28 @@ def test_schema_refuses_bad_attributes(attributes, message):
 # --- a whole model ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def exported_v4(exported, tmp_path_factory):
-    """hrvmamba_tiny's version-2 custom export (traced once per session, tests/conftest.py) with the version-4
-    fusions applied in the order `export_forms(..., op_version=4)` applies them."""
+def exported_v4(exported):
+    """hrvmamba_tiny's default export, op version 4 (traced once per session, tests/conftest.py)."""
     e = exported("hrvmamba_tiny", (256, 192))
-    model = onnx.load(str(e.paths["custom"]))
-    use_layer_norm_op(model)
-    use_depthwise_conv_op(model)
-    use_add_layer_norm_op(model)
+    return e, e.paths["custom"]
+
+
+def _fused_v2(path):
+    """A version-2 custom export with the version-4 fusions applied in the order `export_forms` applies them."""
+    model = onnx.load(str(path))
+    made = [use_layer_norm_op(model), use_depthwise_conv_op(model), use_add_layer_norm_op(model)]
     for entry in model.opset_import:
         if entry.domain == "ssmpose":
             entry.version = 4
-    path = tmp_path_factory.mktemp("hrvmamba_v4") / "custom_v4.onnx"
-    onnx.save(model, str(path))
-    return e, path
+    return model, made
 
 
 def test_hrvmamba_v4_graph_has_the_fused_nodes(exported_v4):
     e, path = exported_v4
     custom = onnx.load(str(path), load_external_data=False)
     onnx.checker.check_model(custom, full_check=True)
+    assert {o.domain: o.version for o in custom.opset_import}["ssmpose"] == 4
+    assert "LayerNormalization" not in {n.op_type for n in custom.graph.node}
     op_types = [n.op_type for n in custom.graph.node]
     blocks = [m for m in e.model.modules() if isinstance(m, HRVMambaBlock)]
     position_convs = sum(2 for m in blocks if isinstance(m, HRVMambaSEBlock))   # cpe1, cpe2
@@ -218,6 +222,25 @@ def test_hrvmamba_v4_graph_has_the_fused_nodes(exported_v4):
     norms = sum(isinstance(m, torch.nn.LayerNorm) for m in e.model.modules())
     assert op_types.count("AddLayerNorm") + op_types.count("LayerNorm") == norms
     assert op_types.count("AddLayerNorm") >= 3 * len(blocks)
+    assert _fused_v2(path)[1] == [0, 0, 0]   # nothing left to fuse
+
+
+def test_fusions_of_a_version_2_export_give_the_default_export(exported):
+    """mamkpd_small's version-2 export (the one test_scan_2d_models.py and test_openvino_scan_2d.py use) with
+    the fusions applied is its default export (tests/test_mamkpd.py runs that), value for value. MamKPD has no
+    LPU, and a Transpose stands between each residual Add and its channel-first LayerNorm: only the LayerNorms
+    fuse, so the default export imports ssmpose version 3, the lowest with its ops."""
+    v2 = exported("mamkpd_small", (256, 192), op_version=2)
+    default = exported("mamkpd_small", (256, 192))
+    fused, made = _fused_v2(v2.paths["custom"])
+    norms = sum(isinstance(m, torch.nn.LayerNorm) for m in default.model.modules())   # LayerNorm2d too
+    assert made == [norms, 0, 0]
+    expected = onnx.load(str(default.paths["custom"]))
+    for node in list(fused.graph.node) + list(expected.graph.node):
+        node.ClearField("doc_string")   # the exporter sets it empty after fusing, make_node leaves it unset
+    assert fused.graph.SerializeToString(deterministic=True) == expected.graph.SerializeToString(deterministic=True)
+    assert {o.domain: o.version for o in expected.opset_import}["ssmpose"] == 3
+    assert read_metadata(default.paths["custom"])["op_domain_version"] == 3
 
 
 def test_hrvmamba_v4_custom_and_lowered_graphs_match_pytorch(exported_v4, tmp_path):

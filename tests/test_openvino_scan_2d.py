@@ -7,9 +7,9 @@ device, against the float64 reference `reference.selective_scan_2d_reference`.
   (float16) of max|reference|, plus 1e-6; float16 is moreover bit-identical to the float32 result rounded.
 - Malformed nodes fail with an OpenVINO error naming SelectiveScan2D and the problem in the words of the ONNX
   Runtime adapter: when the model is read (static shapes) or when it runs (symbolic shapes).
-- A whole model exported with the default op_version 2 (mamkpd_small at 64x48: 12 SelectiveScan2D nodes) runs in custom
+- A whole model exported with op_version 2 (mamkpd_small at 256x192: 12 SelectiveScan2D nodes) runs in custom
   form through the `openvino` backend, also after saving to IR, and matches PyTorch within 1e-4 of
-  max|heatmap|.
+  max|heatmap|. The default export (op version 4) runs in tests/test_mamkpd.py and test_openvino_extension.py.
 
 Tests skip when the extension is not built, unless SSMPOSE_REQUIRE_KERNELS=1 (CI; test_openvino_extension.py
 fails there).
@@ -296,11 +296,11 @@ def test_bad_attributes_types_and_inputs():
 @needs_lib
 def test_op_version_2_model_runs_in_custom_form_and_after_ir(exported, tmp_path):
     import onnx
-    e = exported("mamkpd_small", (64, 48))
+    e = exported("mamkpd_small", (256, 192), op_version=2)   # the export test_scan_2d_models.py uses
     proto = onnx.load(str(e.paths["custom"]), load_external_data=False)
     assert {o.domain: o.version for o in proto.opset_import}["ssmpose"] == 2
     assert [n.op_type for n in proto.graph.node if n.domain == "ssmpose"] == ["SelectiveScan2D"] * 12
-    images = torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(7)).numpy()
+    images = torch.randn(2, 3, 256, 192, generator=torch.Generator().manual_seed(7)).numpy()
     expected = e.torch_heatmaps(torch.from_numpy(images))
     scale = np.abs(expected).max()
     session = runtimes.load(e.paths["custom"], "openvino")

@@ -1,6 +1,6 @@
 """The models on SelectiveScan2D (the default; `ops.scan_2d(False)` and `export(..., op_version=1)` give the
-version-1 path): the same outputs and gradients as the version-1 path and the float64 reference, and an export
-with one SelectiveScan2D node per SS2D that ONNX Runtime runs in both forms."""
+version-1 path): the same outputs and gradients as the version-1 path and the float64 reference, and a
+version-2 export (`op_version=2`) with one SelectiveScan2D node per SS2D that ONNX Runtime runs in both forms."""
 import numpy as np
 import onnx
 import pytest
@@ -55,7 +55,7 @@ def test_gradients_equal_the_version_1_path():
 def test_export_has_one_selective_scan_2d_per_ss2d_and_runs_in_onnx_runtime(exported):
     ort = pytest.importorskip("onnxruntime")
     from ssmpose.custom_ops.ort_library import ort_library_path
-    v2 = exported("mamkpd_small", (256, 192))
+    v2 = exported("mamkpd_small", (256, 192), op_version=2)   # test_openvino_scan_2d.py uses the same export
     v1 = exported("mamkpd_small", (256, 192), op_version=1)
     custom = onnx.load(str(v2.paths["custom"]), load_external_data=False)
     ops_used = [n.op_type for n in custom.graph.node if n.domain == "ssmpose"]
@@ -77,14 +77,24 @@ def test_export_has_one_selective_scan_2d_per_ss2d_and_runs_in_onnx_runtime(expo
             assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max(), (version, form)
 
 
+def _custom_ops(path):
+    return {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node if n.domain == "ssmpose"}
+
+
 def test_cli_op_version(tmp_path):
-    out = tmp_path / "v2.onnx"
+    """The default, op version 4, fuses MamKPD's LayerNorms (nothing else of it fuses: tests/test_fused_export.py),
+    so the graph imports version 3; --op-version 2 gives a graph of version-2 ops only."""
+    from ssmpose.cli.export_cmds import export_command
+    from ssmpose.export.exporter import DEFAULT_OP_VERSION
+    assert DEFAULT_OP_VERSION == 4 and {p.name: p.default for p in export_command.params}["op_version"] == 4
+    out = tmp_path / "default.onnx"
     result = CliRunner().invoke(main, ["export", "mamkpd_small", "--input-size", "64x48", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert read_metadata(out)["op_domain_version"] == 2
-    result = CliRunner().invoke(main, ["export", "mamkpd_small", "--input-size", "64x48", "--op-version", "1",
+    assert read_metadata(out)["op_domain_version"] == 3 and _custom_ops(out) == {"SelectiveScan2D", "LayerNorm"}
+    out = tmp_path / "v2.onnx"
+    result = CliRunner().invoke(main, ["export", "mamkpd_small", "--input-size", "64x48", "--op-version", "2",
                                        "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert read_metadata(out)["op_domain_version"] == 1
+    assert read_metadata(out)["op_domain_version"] == 2 and _custom_ops(out) == {"SelectiveScan2D"}
     result = CliRunner().invoke(main, ["export", "mamkpd_small", "--op-version", "5", "-o", str(out)])
     assert result.exit_code == 2 and "op-version" in result.output

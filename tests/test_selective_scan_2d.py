@@ -488,8 +488,9 @@ class _ScanProbe(torch.nn.Module):
 
 @needs_ort_lib
 def test_export_imports_domain_version_2(tmp_path):
-    """export_forms: the custom form imports ssmpose at version 2 and records it in the metadata; both forms
-    run in ONNX Runtime and match PyTorch."""
+    """export_forms at the default op version (4): a custom form whose only ssmpose op is SelectiveScan2D imports
+    ssmpose at version 2, the lowest that has it, and records it in the metadata; both forms run in ONNX Runtime
+    and match PyTorch."""
     from ssmpose.export import export_forms
     from ssmpose.export.metadata import read_metadata
     torch.manual_seed(0)
