@@ -8,7 +8,7 @@
 #      bfloat16, small shapes, and the bad-argument checks (status codes, no launch);
 #   2. memcheck only: the pytest GPU tests (tests/gpu/test_cuda_ops.py) with the torch ops on CUDA.
 # A tool's report makes the script fail (--error-exitcode); logs go to $OUT/compute_sanitizer_<tool>_<step>.log.
-# Not run yet (no GPU time in the session that wrote it): see docs/reliability.md.
+# What has run so far: docs/reliability.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1
