@@ -196,23 +196,28 @@ def test_metadata_round_trip(exported, name, size):
         assert all(json.loads(p.value) == got[p.key] for p in raw.metadata_props)
 
 
-def test_largest_activation_of_the_portable_form_is_the_scan_decay_matrices(exported):
-    """What limits the batch on ONNX Runtime's CUDA EP (runtimes/onnxruntime_backend.py): the matrix
-    lowering's (B, rows, chunks, T, T) decay tensor of the longest scan, rows = 4 directions x d_inner."""
+def test_largest_activation_of_the_portable_form(exported):
+    """What limits the batch on ONNX Runtime's CUDA EP (runtimes/onnxruntime_backend.py). With the default
+    halving lowering it is the larger of a scan's (B, rows, chunks * T) states (rows = 4 directions x d_inner)
+    and DeformAggregate's GridSample output (B * group, group_channels, K * H, W), K = kernel_size^2 points;
+    the matrix lowering's (B, rows, chunks, T, T) decay tensors would be T times larger than the states."""
     from ssmpose.runtimes.onnx_metadata import largest_activation_per_image
     e = exported("hrvmamba_tiny", (256, 192))
-    scans = []   # (rows, L) of every SS2D, from the DCNv4 output that feeds its scan
+    shapes = []   # (channels, points, L) of every SS2D's DCNv4 output, which feeds its scan
 
     def record(module, inputs, output):
-        scans.append((4 * output.shape[-1], output.shape[1] * output.shape[2]))
+        shapes.append((output.shape[-1], module.kernel_size ** 2, output.shape[1] * output.shape[2]))
     hooks = [m.conv2d.register_forward_hook(record) for m in e.model.modules() if isinstance(m, SS2D)]
     e.torch_heatmaps(_images(1, (256, 192)))
     for hook in hooks:
         hook.remove()
-    chunk = read_metadata(e.paths["portable"])["chunk_size"]
-    expected = max(rows * -(-length // chunk) * chunk * chunk for rows, length in scans)
+    metadata = read_metadata(e.paths["portable"])
+    chunk = metadata["chunk_size"]
+    assert metadata["scan_lowering"] == "halving"
+    states = max(4 * c * -(-length // chunk) * chunk for c, _, length in shapes)
+    samples = max(c * points * length for c, points, length in shapes)
     graph = onnx.load(str(e.paths["portable"]), load_external_data=False).graph
-    assert largest_activation_per_image(graph) == expected
+    assert largest_activation_per_image(graph) == max(states, samples)
 
 
 @pytest.mark.slow
