@@ -54,7 +54,7 @@ ReduceSum over the directions map them back to row-major positions and sum them.
 
 DeformAggregate through GridSample
 ----------------------------------
-Each group is one GridSample batch entry: value (B*G, C, H, W), grid (B*G, Hout, Wout*K, 2) in the
+Each group is one GridSample batch entry: value (B*G, C, H, W), grid (B*G, K*Hout, Wout, 2) in the
 normalised coordinates of align_corners=0, g = (2p + 1) / size - 1 for pixel coordinate p. Bilinear
 sampling with zero padding counts corners outside the image as zero, and a location with p <= -1 or
 p >= size then has only zero corners, as the operator requires. The samples are weighted by the masks
@@ -164,7 +164,7 @@ def _carry_across_chunks(op, h, growth, log_total, nc: int, T: int, dtype):
     return op.Add(h, op.Mul(growth, entering))
 
 
-def _doubling(op, log_a, T: int, x, dtype):
+def _doubling(op, log_a, x, T: int, dtype):
     """Hillis-Steele prefix scan inside chunks of (B, R, nc, T): (growth, local states from zero)."""
     growth, h = op.Exp(log_a), x
     one, zero = _scalar(op, 1, dtype), _scalar(op, 0, dtype)
@@ -191,7 +191,7 @@ def _chunked(op, log_a, x, T: int, nc: int, rows: int, dtype, method: str):
         growth = op.Exp(cum)
         total = op.Slice(cum, [T - 1], [T], [3])
     else:
-        growth, h = _doubling(op, log_a, T, x, dtype)
+        growth, h = _doubling(op, log_a, x, T, dtype)
         # The chunk's total log-decay is the log of its last growth (the product of its decays), not a
         # ReduceSum over T: ONNX Runtime's CUDA ReduceSum over a short innermost axis is slow. An underflowed
         # product gives -inf, whose exp is the 0 the carry needs.
