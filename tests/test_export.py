@@ -246,9 +246,21 @@ def test_fp16_export(fp16_export):
         weights16 = sum(np.prod(i.dims) for i in floats if i.data_type == onnx.TensorProto.FLOAT16)
         assert weights16 >= 0.9 * sum(np.prod(i.dims) for i in floats)   # lowering constants stay fp32
         assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
-    # portable form in ONNX Runtime against PyTorch float32: keypoints within 0.5 px on average
+    _assert_fp16_parity(e, "portable", None)
+
+
+def test_fp16_custom_form_runs_with_the_ort_library(fp16_export):
+    """The float16 CPU kernels of every op-version-4 operator, through the ONNX Runtime library."""
+    library = _ort_library()
+    if library is None:
+        pytest.skip("the ssmpose ONNX Runtime library is not built")
+    _assert_fp16_parity(fp16_export, "custom", library)
+
+
+def _assert_fp16_parity(e, form, library):
+    """The form in ONNX Runtime against PyTorch float32: keypoints within 0.5 px on average (DESIGN.md section 7)."""
     images = _images(2, (256, 192), seed=11)
-    got = _session(e.paths["portable"]).run(None, {"images": images.numpy()})[0]
+    got = _session(e.paths[form], library).run(None, {"images": images.numpy()})[0]
     expected = e.torch_heatmaps(images)
     kp_got, _ = decode_heatmaps(torch.from_numpy(got), (256, 192))
     kp_exp, _ = decode_heatmaps(torch.from_numpy(expected), (256, 192))
