@@ -19,7 +19,6 @@ Tests of the compiled libraries skip when they are not built, unless SSMPOSE_REQ
 from __future__ import annotations
 
 import ctypes
-import os
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -29,6 +28,8 @@ import torch
 from ssmpose.custom_ops import kernel_library as kl
 from ssmpose.custom_ops import ort_library
 from ssmpose.custom_ops.reference import multi_kernel_depthwise_conv_reference
+
+from built_libraries import require_built
 
 LIB = kl.cpu_library()
 REASON = kl.unavailable_reason("cpu")
@@ -61,11 +62,7 @@ needs_cuda_lib = pytest.mark.skipif(CUDA is None, reason="CUDA kernel library no
 
 def test_libraries_present():
     """Fails in CI (SSMPOSE_REQUIRE_KERNELS=1) when a library is missing; skips elsewhere."""
-    missing = [name for name, lib in (("CPU kernels", LIB), ("libssmpose_ort", ORT_LIB)) if lib is None]
-    if missing:
-        if os.environ.get("SSMPOSE_REQUIRE_KERNELS") == "1":
-            pytest.fail(f"SSMPOSE_REQUIRE_KERNELS=1 but not built: {', '.join(missing)}")
-        pytest.skip(f"not built: {', '.join(missing)}")
+    require_built({"CPU kernels": LIB, "libssmpose_ort": ORT_LIB})
     assert LIB.ssm_abi_version() == kl.ABI_VERSION == 3
     assert ort_library.library_info()["version"] == ort_library.ORT_LIBRARY_VERSION == 4
 

@@ -24,6 +24,8 @@ import torch
 from ssmpose.custom_ops import kernel_library as kl
 from ssmpose.custom_ops import ort_library
 
+from built_libraries import require_built
+
 LIB = kl.cpu_library()
 needs_lib = pytest.mark.skipif(LIB is None, reason=f"CPU kernel library not built: {kl.unavailable_reason('cpu')}")
 ORT_LIB = ort_library.ort_library_path()
@@ -47,11 +49,7 @@ SCAN2D_NAMES = ["x2", "delta2", "A2", "Bs2", "Cs2", "Ds2", "bias2"]
 
 def test_libraries_present():
     """Fails in CI (SSMPOSE_REQUIRE_KERNELS=1) when a library is missing; skips elsewhere."""
-    missing = [name for name, lib in (("CPU kernels", LIB), ("libssmpose_ort", ORT_LIB)) if lib is None]
-    if missing:
-        if os.environ.get("SSMPOSE_REQUIRE_KERNELS") == "1":
-            pytest.fail(f"SSMPOSE_REQUIRE_KERNELS=1 but not built: {', '.join(missing)}")
-        pytest.skip(f"not built: {', '.join(missing)}")
+    require_built({"CPU kernels": LIB, "libssmpose_ort": ORT_LIB})
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ Tests of the compiled libraries skip when they are not built, unless SSMPOSE_REQ
 from __future__ import annotations
 
 import ctypes
-import os
 
 import numpy as np
 import pytest
@@ -25,6 +24,8 @@ from ssmpose.custom_ops import kernel_library as kl
 from ssmpose.custom_ops import ops, ort_library, portable
 from ssmpose.custom_ops import reference as ref
 from ssmpose.training.models.ss2d import cross_merge, cross_scan
+
+from built_libraries import require_built
 
 LIB = kl.cpu_library()
 REASON = kl.unavailable_reason("cpu")
@@ -39,11 +40,7 @@ NULL_POINTER, BAD_SIZE, BAD_DTYPE = 1, 2, 3
 
 def test_libraries_present():
     """Fails in CI (SSMPOSE_REQUIRE_KERNELS=1) when a library is missing; skips elsewhere."""
-    missing = [name for name, lib in (("CPU kernels", LIB), ("libssmpose_ort", ORT_LIB)) if lib is None]
-    if missing:
-        if os.environ.get("SSMPOSE_REQUIRE_KERNELS") == "1":
-            pytest.fail(f"SSMPOSE_REQUIRE_KERNELS=1 but unavailable: {', '.join(missing)}")
-        pytest.skip(f"not built: {', '.join(missing)}")
+    require_built({"CPU kernels": LIB, "libssmpose_ort": ORT_LIB})
 
 
 def scan_inputs(batch, height, width, dim, dstate, optional=True, seed=0, dtype=torch.float64):
