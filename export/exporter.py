@@ -35,7 +35,8 @@ import torch.nn as nn
 
 from ..custom_ops import ops
 from .metadata import build_metadata, write_metadata
-from .fusions import fuse_erf_gelu, use_add_layer_norm_op, use_depthwise_conv_op, use_layer_norm_op
+from .fusions import (fuse_erf_gelu, use_add_layer_norm_op, use_block_diagonal_matmul, use_depthwise_conv_op,
+                      use_layer_norm_op)
 from .schemas import DOMAIN, FUSED_DOMAIN_VERSION, LAYER_NORM_DOMAIN_VERSION, op_domain_version, register_schemas
 
 FORMS = ("custom", "portable")
@@ -349,6 +350,7 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
         ir_model = traced if i == len(forms) - 1 else _copy_ir(traced)
         form_stages = dict(stages)
         proto = _finish(ir_model, form, chunk_size, scan_lowering, form_stages)
+        use_block_diagonal_matmul(proto)
         if opsets[form] >= GELU_OPSET:
             fuse_erf_gelu(proto)
         if form == "custom":

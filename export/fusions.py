@@ -9,6 +9,8 @@ left alone.
   `ssmpose::MultiKernelDepthwiseConv` (domain version 4).
 - `use_add_layer_norm_op`: a residual Add whose sum feeds a `ssmpose::LayerNorm` -> one `ssmpose::AddLayerNorm`
   (domain version 4).
+- `use_block_diagonal_matmul`: SS2D's per-direction dt projection, an Einsum "...kr,kdr->...kd" with a constant
+  weight -> Reshape, one MatMul with the block-diagonal weight, Reshape (standard ops, every form).
 """
 from __future__ import annotations
 
@@ -138,6 +140,7 @@ class _GraphIndex:
         self.graph_outputs = {o.name for o in model.graph.output}
         self.initializers = {i.name: i for i in model.graph.initializer}
         self._to_array = numpy_helper.to_array
+        self._taken = set()
         self.shapes = {}
         for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
             if v.type.tensor_type.HasField("shape"):
@@ -151,12 +154,18 @@ class _GraphIndex:
         users = self.consumers.get(name, [])
         return users[0] if len(users) == 1 and name not in self.graph_outputs else None
 
-    def new_initializer(self, stem: str, values) -> str:
-        from onnx import numpy_helper
+    def unique_name(self, stem: str) -> str:
+        """A value name no initializer or node output of the graph (nor an earlier call) has taken."""
         name, n = stem, 0
-        while name in self.initializers or name in self.producer:
+        while name in self.initializers or name in self.producer or name in self._taken:
             n += 1
             name = f"{stem}_{n}"
+        self._taken.add(name)
+        return name
+
+    def new_initializer(self, stem: str, values) -> str:
+        from onnx import numpy_helper
+        name = self.unique_name(stem)
         tensor = numpy_helper.from_array(values, name)
         self.model.graph.initializer.append(tensor)
         self.initializers[name] = tensor
@@ -339,3 +348,84 @@ def use_add_layer_norm_op(model) -> int:
         made += 1
     _rebuild(model, removed)
     return made
+
+
+def _einsum_per_group(equation: str):
+    """For an Einsum equation "<p>kr,kdr-><p>kd" (the letters of the prefix p distinct from k, d, r), the
+    prefix length; else None."""
+    equation = equation.replace(" ", "")
+    if "->" not in equation or "." in equation:
+        return None
+    inputs, out = equation.split("->")
+    operands = inputs.split(",")
+    if len(operands) != 2 or len(operands[1]) != 3 or len(set(operands[1])) != 3:
+        return None
+    k, d, r = operands[1]
+    prefix = operands[0][:-2]
+    if operands[0][-2:] != k + r or out != prefix + k + d or set(prefix) & {k, d, r} \
+            or len(set(prefix)) != len(prefix):
+        return None
+    return len(prefix)
+
+
+def _reshapes_alike(index: _GraphIndex, reshape, prefix: int) -> bool:
+    """Whether `reshape` (a node or None) is a Reshape to a constant shape that gives the same result on
+    (<prefix dims>, K*D) as on (<prefix dims>, K, D): no 0 past the prefix (a 0 copies the input's dimension,
+    or with allowzero is an empty one; either way the same on both inputs within the prefix)."""
+    if not _is(reshape, "Reshape"):
+        return False
+    shape = index.array(reshape.input[1])
+    return shape is not None and shape.ndim == 1 and not (shape[prefix:] == 0).any()
+
+
+def use_block_diagonal_matmul(model) -> int:
+    """Replace every Einsum "...kr,kdr->...kd" whose second input is a constant (K, D, R) weight (SS2D's dt
+    projection, one per scan direction k) by Reshape(..., K*R) -> MatMul with the (K*R, K*D) block-diagonal
+    weight -> Reshape(..., K, D). The sums are the same (the added terms are products with exact zeros); it is
+    one GEMM where ONNX Runtime runs an Einsum as transposes around a batched MatMul. Works on an
+    onnx.ModelProto in place; returns the Einsums replaced."""
+    import numpy as np
+    import onnx
+
+    index = _GraphIndex(model)
+    replacements, reshaped = {}, set()
+    for einsum in (n for n in index.nodes if _is(n, "Einsum")):
+        equation = _attributes(einsum).get("equation", b"")
+        prefix = _einsum_per_group(equation.decode() if isinstance(equation, bytes) else equation)
+        weight = index.array(einsum.input[1])
+        if prefix is None or weight is None or weight.ndim != 3:
+            continue
+        groups, out_dim, rank = weight.shape
+        shape = index.shapes.get(einsum.input[0])
+        if shape is not None and (len(shape) != prefix + 2 or shape[-2:] != [groups, rank]):
+            continue
+        block_diagonal = np.zeros((groups * rank, groups * out_dim), dtype=weight.dtype)
+        for g in range(groups):
+            block_diagonal[g * rank:(g + 1) * rank, g * out_dim:(g + 1) * out_dim] = weight[g].T
+        stem = einsum.name or einsum.output[0]
+        flat_shape = index.new_initializer(f"{stem}.flat_shape", np.array([0] * prefix + [groups * rank], np.int64))
+        matrix = index.new_initializer(f"{stem}.block_diagonal", block_diagonal)
+        flat = index.unique_name(f"{stem}.flat")
+        nodes = [onnx.helper.make_node("Reshape", [einsum.input[0], flat_shape], [flat], name=f"{stem}.flatten")]
+        if _reshapes_alike(index, index.sole_consumer(einsum.output[0]), prefix):
+            # the Reshape after it reads the MatMul's product directly (of another shape: forget the old one)
+            nodes.append(onnx.helper.make_node("MatMul", [flat, matrix], [einsum.output[0]], name=stem))
+            reshaped.add(einsum.output[0])
+        else:
+            product = index.unique_name(f"{stem}.product")
+            out_shape = index.new_initializer(f"{stem}.out_shape",
+                                              np.array([0] * prefix + [groups, out_dim], np.int64))
+            nodes += [onnx.helper.make_node("MatMul", [flat, matrix], [product], name=f"{stem}.matmul"),
+                      onnx.helper.make_node("Reshape", [product, out_shape], [einsum.output[0]], name=stem)]
+        replacements[index.position[id(einsum)]] = nodes
+    if not replacements:
+        return 0
+    nodes = []
+    for i, node in enumerate(model.graph.node):
+        nodes.extend(replacements.get(i, [node]))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    for info in [v for v in model.graph.value_info if v.name in reshaped]:
+        model.graph.value_info.remove(info)
+    _rebuild(model, set())
+    return len(replacements)

@@ -12,7 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ssmpose.custom_ops.reference import multi_kernel_depthwise_conv_reference
 from ssmpose.export import read_metadata
-from ssmpose.export.fusions import use_add_layer_norm_op, use_depthwise_conv_op, use_layer_norm_op
+from ssmpose.export.fusions import (use_add_layer_norm_op, use_block_diagonal_matmul, use_depthwise_conv_op,
+                                    use_layer_norm_op)
 from ssmpose.training.models.hrvmamba_blocks import LPU_KERNELS, HRVMambaBlock, HRVMambaSEBlock
 from ssmpose.training.models.layers import channel_shuffle_to_channels_last
 
@@ -162,6 +163,53 @@ def test_broadcasting_or_constant_adds_are_left_alone(options):
     assert made == 0 and [n.op_type for n in fused.graph.node] == ["Add", "LayerNorm"]
 
 
+def _einsum_graph(equation="bhwkr,kdr->bhwkd", reshape_after=True, weight_is_input=False):
+    """x (2, 3, 4, K=4, R=3) -> Einsum with a (4, 5, 3) weight [-> Reshape (-1, 3, 4, 20)] -> y."""
+    weight = np.random.default_rng(3).standard_normal((4, 5, 3)).astype(np.float32)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 4, 3])]
+    inits = [numpy_helper.from_array(np.array([-1, 3, 4, 20], np.int64), "shape")] if reshape_after else []
+    if weight_is_input:
+        inputs.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, list(weight.shape)))
+    else:
+        inits.append(numpy_helper.from_array(weight, "w"))
+    nodes = [helper.make_node("Einsum", ["x", "w"], ["e" if reshape_after else "y"], equation=equation)]
+    if reshape_after:
+        nodes.append(helper.make_node("Reshape", ["e", "shape"], ["y"], allowzero=1))
+    graph = helper.make_graph(nodes, "einsum", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              inits)
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]))
+    return model, weight
+
+
+@pytest.mark.parametrize("reshape_after", [True, False])
+def test_per_direction_einsum_becomes_one_matmul(reshape_after):
+    model, weight = _einsum_graph(reshape_after=reshape_after)
+    fused, made = _fused_copy(model, use_block_diagonal_matmul)
+    assert made == 1
+    op_types = [n.op_type for n in fused.graph.node]
+    assert op_types == (["Reshape", "MatMul", "Reshape"])   # the Reshape after it is reused when there is one
+    onnx.checker.check_model(fused, full_check=True)
+    x = np.random.default_rng(4).standard_normal((2, 3, 4, 4, 3)).astype(np.float32)
+    expected = np.einsum("bhwkr,kdr->bhwkd", x.astype(np.float64), weight.astype(np.float64))
+    if reshape_after:
+        expected = expected.reshape(-1, 3, 4, 20)
+    got = _session(fused, custom=False).run(None, {"x": x})[0]
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [
+    dict(equation="bhwkr,kdr->bhwdk"),        # another output order
+    dict(equation="bhwkr,krd->bhwkd"),        # the weight laid out (K, R, D)
+    dict(equation="bhwkr,kdr->bhkd"),         # a sum over w as well
+    dict(weight_is_input=True),               # not a constant
+])
+def test_einsum_look_alikes_are_left_alone(options):
+    model, _ = _einsum_graph(reshape_after=False, **options)
+    fused, made = _fused_copy(model, use_block_diagonal_matmul)
+    assert made == 0 and [n.op_type for n in fused.graph.node] == ["Einsum"]
+
+
 @pytest.mark.parametrize("attributes,message", [
     (dict(kernel_sizes=[3, 4], group_channels=[4, 4]), "kernel_sizes must be odd"),
     (dict(kernel_sizes=[3, 11], group_channels=[4, 4]), "kernel_sizes must be odd, 1 to 9"),
@@ -219,6 +267,7 @@ def test_hrvmamba_v4_graph_has_the_fused_nodes(exported_v4):
     assert all(producers[n.input[0]].op_type != "Transpose" for n in left)
     assert fused == len(blocks) + position_convs - len(left) and len(left) <= 2
     assert op_types.count("Split") == len(blocks) and op_types.count("Gelu") == len(blocks)   # the scans, the MLPs
+    assert "Einsum" not in op_types   # each dt projection is one MatMul (use_block_diagonal_matmul)
     norms = sum(isinstance(m, torch.nn.LayerNorm) for m in e.model.modules())
     assert op_types.count("AddLayerNorm") + op_types.count("LayerNorm") == norms
     assert op_types.count("AddLayerNorm") >= 3 * len(blocks)

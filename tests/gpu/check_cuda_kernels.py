@@ -602,20 +602,22 @@ def check_scan(lib, rep, B, G, D, N, L, dtype, softplus=1, useD=True, usebias=Tr
 
 def scan2d_plan(B, H, W, D, N, dtype, bwd=False, items=5):
     """Mirror of make_plan in selective_scan_2d.cu with its default options, for the case labels only:
-    channels per block (CL), warps per block, chunks per direction."""
+    channels per block (CL), warps per direction group, chunks per direction, direction groups."""
     L = H * W
 
-    def plan(lg):
+    def plan(lg, groups=1):
         spw = 32 >> lg
-        nch = -(-L // (8 * spw * items))
+        nch = -(-L // ((4 if groups > 1 else 8) * spw * items))
         nseg = -(-(-(-L // nch)) // items)
         nseg = -(-nseg // spw) * spw
         warps, chunk = nseg // spw, nseg * items
         nch = -(-L // chunk)
         cl = 1 << lg
         acc = -(-(H * (W | 1) * cl) // 4) * 4
-        extra = 2 * warps * N * cl * 2 * (2 if bwd else 1) + ((nch * N * cl + warps * (N + 2) * cl) if bwd else 0)
-        return dict(CL=cl, warps=warps, chunks=nch, smem=(acc + extra) * 4, ncb=-(-D // cl))
+        tot = 2 * warps * N * cl * 2 * (2 if bwd else 1)
+        extra = (nch * N * cl + warps * (N + 2) * cl) if bwd else 0
+        return dict(CL=cl, warps=warps, chunks=nch, smem=(groups * (acc + tot) + extra) * 4, ncb=-(-D // cl),
+                    groups=groups)
 
     lg = 3 if dtype == torch.float32 else 4
     while lg > 0 and (1 << (lg - 1)) >= D:
@@ -624,6 +626,8 @@ def scan2d_plan(B, H, W, D, N, dtype, bwd=False, items=5):
         lg -= 1
     while lg > 0 and B * plan(lg)["ncb"] < 256:
         lg -= 1
+    if not bwd and N == 1 and B * plan(lg)["ncb"] < 256 and plan(lg, 4)["smem"] <= 144 * 1024:
+        return plan(lg, 4)
     return plan(lg)
 
 
@@ -690,7 +694,7 @@ def check_scan2d(lib, rep, B, H, W, D, N, dtype, softplus=1, useD=True, usebias=
     plan = scan2d_plan(B, H, W, D, N, dtype, bwd=False)
     name = (f"scan2d {tag}B{B} {H}x{W} D{D} N{N} {str(dtype)[6:]}" + ("" if useD else " noD") +
             ("" if usebias else " nobias") + ("" if softplus else " nosoftplus") +
-            f" [CL{plan['CL']} w{plan['warps']} c{plan['chunks']}]")
+            f" [CL{plan['CL']} w{plan['warps']} c{plan['chunks']}" + (f" g{plan['groups']}]" if plan["groups"] > 1 else "]"))
     if not hasattr(lib, "ssm_selective_scan_2d_fwd_cuda"):
         rep.add(name, False, "the library has no ssm_selective_scan_2d_fwd_cuda")
         return
@@ -2041,7 +2045,29 @@ VARIANTS = {
     "dwblocks": ["SSM_DW_MAX_BLOCKS=7"],       # MultiKernelDepthwiseConv: 7 blocks, each loops over many units
     "dwtile16": ["SSM_DW_MAX_TILE_W=16"],      # MultiKernelDepthwiseConv: tiles at most 16 wide
     "dwtile8": ["SSM_DW_MAX_TILE_W=16", "SSM_DW_MAX_TILE_H=8"],
+    "s2dgroups0": ["SSM_SCAN2D_DIRECTION_GROUPS=0"],  # SelectiveScan2D: the four directions one after another
 }
+
+# Small-batch SelectiveScan2D shapes: direction groups in the default build, one group in "s2dgroups0".
+SCAN2D_GROUPED_SHAPES = ((1, 64, 48, 64), (1, 32, 24, 128), (2, 7, 5, 6), (1, 40, 70, 2), (3, 16, 12, 20))
+
+
+def check_scan2d_builds_agree(lib, vlib, rep, name):
+    """The forward of two builds bitwise equal on the same inputs (the grouping must not change a sum)."""
+    for B, H, W, D in SCAN2D_GROUPED_SHAPES:
+        for dtype in (torch.float32, torch.float16):
+            ins, _ = scan2d_inputs(B, H, W, D, 1, dtype, seed=B + H + W + D)
+            sh = Scan2DShape(B, H, W, D, 4, 1, 1, DTYPE_CODE[dtype])
+            ys = []
+            for build in (lib, vlib):
+                y = torch.full((B, H, W, D), float("nan"), device="cuda", dtype=dtype)
+                st = scan2d_fwd(build, sh, ins, y)
+                torch.cuda.synchronize()
+                ys.append((st, y))
+            (st0, y0), (st1, y1) = ys
+            plan = scan2d_plan(B, H, W, D, 1, dtype)
+            rep.add(f"scan2d [{name}] B{B} {H}x{W} D{D} {str(dtype)[6:]} g{plan['groups']}: same bits as the default",
+                    st0 == SSM_OK and st1 == SSM_OK and torch.equal(y0, y1), f"status {st0}/{st1}")
 
 
 def run_variant_checks(lib, rep, name):
@@ -2057,6 +2083,9 @@ def run_variant_checks(lib, rep, name):
         check_dwconv(lib, rep, 3, 32, 24, 64, tag=f"[{name}] ")
         check_dwconv(lib, rep, 2, 8, 6, 256, tag=f"[{name}] ")
         check_dwconv(lib, rep, 2, 19, 37, 36, dtype=torch.float32, tag=f"[{name}] ")
+    elif name.startswith("s2d"):
+        for B, H, W, D in SCAN2D_GROUPED_SHAPES:
+            check_scan2d(lib, rep, B, H, W, D, 1, torch.float16, bwd=False, v1=False, tag=f"[{name}] ")
     elif name.startswith("scan"):
         check_scan(lib, rep, 64, 4, 256, 1, 48, torch.float16, bwd=False, tag=f"[{name}] row-reps ")
         check_scan(lib, rep, 100, 4, 131, 2, 96, torch.float32, bwd=False, tag=f"[{name}] row-reps ")
@@ -2145,6 +2174,8 @@ def main():
         (run_quick_checks if args.quick else run_checks)(lib, rep, tuple(o for o in args.check_ops.split(",") if o))
         for name, vlib in variants:
             run_variant_checks(vlib, rep, name)
+            if name.startswith("s2d"):
+                check_scan2d_builds_agree(lib, vlib, rep, name)
         print(f"checks took {time.time() - t0:.1f}s")
     rows, rows1, vrows = [], [], []
     bw = None
@@ -2162,7 +2193,7 @@ def main():
         if "dwconv" in ops and hasattr(lib, "ssm_depthwise_conv_fwd_cuda"):
             rows += bench_dwconv(lib, bw, batches=sorted({32, args.batch}))
         if variants:
-            deform_v = [v for v in variants if not v[0].startswith(("scan", "ln", "dw"))]
+            deform_v = [v for v in variants if not v[0].startswith(("scan", "s2d", "ln", "dw"))]
             scan_v = [v for v in variants if v[0].startswith("scan")]
             for name, vlib in variants:
                 if name.startswith("dw") and name != "dwblocks":

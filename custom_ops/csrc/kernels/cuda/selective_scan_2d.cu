@@ -20,6 +20,10 @@
 //   and the steps per segment are odd, so the lanes of a warp hit distinct banks for the row and for the
 //   column directions.
 //   Every result is deterministic: each sum has a fixed order, there are no atomics.
+//   Small grids (the forward with one state, fewer than kMinBlocks blocks even with one channel per block, as
+//   at batch 1): the block runs the four directions at once, one group of up to kGroupWarps warps each, every
+//   group in its own accumulator; at the end they are added in the order 0, 1, 2, 3, the same sums as the
+//   one-group kernel makes, so the result does not depend on the grouping.
 //
 // Forward: the loads of the next chunk (at a direction's end: of the next direction's first chunk) are
 //   issued before the arithmetic of the current one. With N > 1, the a_t = exp(dt*A) of a chunk are
@@ -61,6 +65,9 @@ using namespace ssm_cuda;
 #ifndef SSM_SCAN2D_FWD_SMEM_BUDGET
 #define SSM_SCAN2D_FWD_SMEM_BUDGET (72 * 1024)
 #endif
+#ifndef SSM_SCAN2D_DIRECTION_GROUPS  // 0: never run the four directions at once
+#define SSM_SCAN2D_DIRECTION_GROUPS 1
+#endif
 #ifndef SSM_SCAN2D_BWD_SMEM_BUDGET
 #define SSM_SCAN2D_BWD_SMEM_BUDGET (110 * 1024)
 #endif
@@ -68,10 +75,14 @@ constexpr int kFwdItems = SSM_SCAN2D_FWD_ITEMS;
 constexpr int kBwdItems = SSM_SCAN2D_BWD_ITEMS;
 constexpr int64_t kFwdSmemBudget = SSM_SCAN2D_FWD_SMEM_BUDGET;
 constexpr int64_t kBwdSmemBudget = SSM_SCAN2D_BWD_SMEM_BUDGET;
+// A grouped forward plan (four accumulators) runs few blocks, so it may take more shared memory per block,
+// within the 160 KB every plan stays below.
+constexpr int64_t kGroupedSmemBudget = 144 * 1024;
 static_assert(kFwdItems % 2 == 1 && kBwdItems % 2 == 1, "the steps per segment must be odd");
 constexpr int kMaxWarps = 8;
 constexpr int kMaxThreads = kMaxWarps * 32;
 constexpr int kDirections = 4;
+constexpr int kGroupWarps = 4;  // warps per direction group when the four directions run at once
 constexpr int64_t kMinBlocks = 256;          // narrower channel blocks below this many blocks
 // Limit of H * (W | 1): the accumulator of one channel in 144 KB; with the scan scratch every plan stays
 // below 160 KB of shared memory, within sm_80's 163 KB (docs/ops.md, "Limits").
@@ -105,17 +116,18 @@ struct Scan2DArgs {
   FastDiv fd_h, fd_w;
 };
 
-// Plan: channels per block (1 << cl_log2), warps per block, chunk length and count.
+// Plan: channels per block (1 << cl_log2), warps per direction group, direction groups per block, chunk
+// length and count.
 struct Plan2D {
-  int cl_log2, nwarps, nchunks, chunk;
+  int cl_log2, nwarps, groups, nchunks, chunk;
   int64_t ncb;
   int64_t acc_floats;
   int64_t smem_bytes;
 };
 
-inline void plan_geometry(int64_t L, int cl_log2, int64_t items, Plan2D& p) {
+inline void plan_geometry(int64_t L, int cl_log2, int64_t items, int max_warps, Plan2D& p) {
   const int64_t spw = 32 >> cl_log2;  // segments per warp
-  const int64_t max_seg = kMaxWarps * spw;
+  const int64_t max_seg = max_warps * spw;
   const int64_t nchunks = (L + max_seg * items - 1) / (max_seg * items);
   const int64_t per_chunk = (L + nchunks - 1) / nchunks;
   int64_t nseg = (per_chunk + items - 1) / items;
@@ -132,17 +144,20 @@ inline void plan_smem(const ssm_scan2d_shape* s, bool bwd, Plan2D& p) {
   const int64_t tot = 2 * p.nwarps * N * CL * 2 * (bwd ? 2 : 1);
   const int64_t ckpt = bwd ? p.nchunks * N * CL : 0;
   const int64_t red = bwd ? p.nwarps * (N + 2) * CL : 0;
-  p.smem_bytes = (p.acc_floats + tot + ckpt + red) * (int64_t)sizeof(float);
+  p.smem_bytes = (p.groups * (p.acc_floats + tot) + ckpt + red) * (int64_t)sizeof(float);
 }
 
 // CL = min(16 (16-bit data) or 8 (float32), next power of two >= D), halved while the block's shared memory
 // exceeds the budget (kFwdSmemBudget, kBwdSmemBudget), then while the grid has fewer than kMinBlocks blocks
-// (small batches). A function of the shape only, so results are deterministic for a shape.
+// (small batches). The forward with one state then runs the four directions at once (4 groups of at most
+// kGroupWarps warps) if the grid is still below kMinBlocks blocks and the four accumulators fit the budget.
+// A function of the shape only, so results are deterministic for a shape.
 inline Plan2D make_plan(const ssm_scan2d_shape* s, bool bwd) {
   const int64_t L = s->height * s->width;
-  auto plan_for = [&](int lg) {
+  auto plan_for = [&](int lg, int groups) {
     Plan2D p;
-    plan_geometry(L, lg, bwd ? kBwdItems : kFwdItems, p);
+    p.groups = groups;
+    plan_geometry(L, lg, bwd ? kBwdItems : kFwdItems, groups > 1 ? kGroupWarps : kMaxWarps, p);
     plan_smem(s, bwd, p);
     p.ncb = (s->dim + (int64_t(1) << lg) - 1) >> lg;
     return p;
@@ -150,9 +165,13 @@ inline Plan2D make_plan(const ssm_scan2d_shape* s, bool bwd) {
   int lg = s->dtype == SSM_FLOAT32 ? 3 : 4;
   while (lg > 0 && (int64_t(1) << (lg - 1)) >= s->dim) --lg;
   const int64_t budget = bwd ? kBwdSmemBudget : kFwdSmemBudget;
-  while (lg > 0 && plan_for(lg).smem_bytes > budget) --lg;
-  while (lg > 0 && s->batch * plan_for(lg).ncb < kMinBlocks) --lg;
-  return plan_for(lg);
+  while (lg > 0 && plan_for(lg, 1).smem_bytes > budget) --lg;
+  while (lg > 0 && s->batch * plan_for(lg, 1).ncb < kMinBlocks) --lg;
+  if (SSM_SCAN2D_DIRECTION_GROUPS && !bwd && s->dstate == 1 && s->batch * plan_for(lg, 1).ncb < kMinBlocks) {
+    const Plan2D grouped = plan_for(lg, kDirections);
+    if (grouped.smem_bytes <= kGroupedSmemBudget) return grouped;
+  }
+  return plan_for(lg, 1);
 }
 
 // Floats of the backward workspace: dB and dC partials (with more than one channel block), then the dA,
@@ -186,10 +205,11 @@ struct Lane {
   int64_t b, cb;
 };
 
-__device__ __forceinline__ Lane make_lane(const Scan2DArgs& a) {
+// `thread`: the thread's index within its direction group (threadIdx.x with one group).
+__device__ __forceinline__ Lane make_lane(const Scan2DArgs& a, int thread) {
   Lane l;
-  const int lane = threadIdx.x & 31;
-  l.warp = threadIdx.x >> 5;
+  const int lane = thread & 31;
+  l.warp = thread >> 5;
   l.cl = lane & ((1 << a.cl_log2) - 1);
   l.segw = lane >> a.cl_log2;
   l.spw = 32 >> a.cl_log2;
@@ -267,8 +287,10 @@ __device__ __forceinline__ void next_segment(float P, float S, const Lane& l, in
 // ------------------------------------------------------------------------------------------------
 // Forward
 
-template <typename T, int kN>
-__global__ void __launch_bounds__(kMaxThreads, SSM_SCAN2D_FWD_MIN_BLOCKS) scan2d_fwd_kernel(const Scan2DArgs a) {
+// kG direction groups (1, or 4 for small grids): group g runs directions g, g + kG, ... into accumulator g.
+template <typename T, int kN, int kG>
+__global__ void __launch_bounds__(kG == 1 ? kMaxThreads : kG * kGroupWarps * 32,
+                                  kG == 1 ? SSM_SCAN2D_FWD_MIN_BLOCKS : 1) scan2d_fwd_kernel(const Scan2DArgs a) {
   constexpr int kI = kFwdItems;
   extern __shared__ __align__(16) float smem[];
   const T* __restrict__ x = static_cast<const T*>(a.x);
@@ -280,12 +302,14 @@ __global__ void __launch_bounds__(kMaxThreads, SSM_SCAN2D_FWD_MIN_BLOCKS) scan2d
   const T* __restrict__ dbias = static_cast<const T*>(a.delta_bias);
   T* __restrict__ y = static_cast<T*>(a.y);
 
-  const Lane l = make_lane(a);
+  const int group = kG == 1 ? 0 : (int)threadIdx.x / (a.nwarps * 32);
+  const Lane l = make_lane(a, (int)threadIdx.x - group * a.nwarps * 32);
   const int CL = 1 << a.cl_log2;
   const int L = a.length, N = a.dstate, D = a.dim, KD = kDirections * a.dim;
   const int cs = l.cvalid ? l.c : 0;  // channel offset of the loads (absent channels read channel 0, unused)
-  float* acc = smem;
-  float2* tot = reinterpret_cast<float2*>(smem + a.acc_floats);  // [2][nwarps][N][CL] warp totals
+  float* acc = smem + group * a.acc_floats;
+  // [2][nwarps][N][CL] warp totals per group
+  float2* tot = reinterpret_cast<float2*>(smem + kG * a.acc_floats) + group * 2 * a.nwarps * N * CL;
   const T* xc = x + l.b * L * D + cs;
   const T* deltab = delta + l.b * L * KD + cs;
   const T* Bb = Bs + l.b * L * kDirections * N;
@@ -313,9 +337,9 @@ __global__ void __launch_bounds__(kMaxThreads, SSM_SCAN2D_FWD_MIN_BLOCKS) scan2d
 
   float A2[kN], carry[kN];
   float Dv = 0.f, bias = 0.f;
-  int k = 0, ch = 0, buf = 0;
-  issue(0, 0);
-  for (int it = 0; it < kDirections * a.nchunks; ++it) {
+  int k = group, ch = 0, buf = 0;
+  issue(k, 0);
+  for (int it = 0; it < kDirections / kG * a.nchunks; ++it) {
     if (ch == 0) {  // a new direction: its parameters for this channel, state 0
       const int pc = k * D + l.c;
 #pragma unroll
@@ -341,7 +365,7 @@ __global__ void __launch_bounds__(kMaxThreads, SSM_SCAN2D_FWD_MIN_BLOCKS) scan2d
       int k2 = k, ch2 = ch + 1;
       if (ch2 == a.nchunks) {
         ch2 = 0;
-        ++k2;
+        k2 += kG;
       }
       if (k2 < kDirections) issue(k2, ch2);
     }
@@ -416,23 +440,29 @@ __global__ void __launch_bounds__(kMaxThreads, SSM_SCAN2D_FWD_MIN_BLOCKS) scan2d
       for (int i = 0; i < kI; ++i) {
         if (t0 + i < L) {
           const int j = acc_index(a, pos[i], l.cl);
-          acc[j] = k == 0 ? yv[i] : acc[j] + yv[i];
+          acc[j] = k == group ? yv[i] : acc[j] + yv[i];
         }
       }
     }
     buf ^= 1;
     if (++ch == a.nchunks) {
       ch = 0;
-      ++k;
+      k += kG;
     }
   }
   __syncthreads();
 
-  // y = the accumulator, converted once (threads over positions x channels, channel fastest)
+  // y = the accumulators' sum in group order, converted once (threads over positions x channels, channel
+  // fastest; a group's warps start at a multiple of 32 threads, so l.cl is threadIdx.x's channel lane)
   if (l.cvalid) {
     T* yb = y + l.b * L * D;
-    for (int p = threadIdx.x >> a.cl_log2; p < L; p += blockDim.x >> a.cl_log2)
-      yb[p * D + l.c] = from_f<T>(acc[acc_index(a, p, l.cl)]);
+    for (int p = threadIdx.x >> a.cl_log2; p < L; p += blockDim.x >> a.cl_log2) {
+      const int j = acc_index(a, p, l.cl);
+      float v = smem[j];
+#pragma unroll
+      for (int g = 1; g < kG; ++g) v += smem[g * a.acc_floats + j];
+      yb[p * D + l.c] = from_f<T>(v);
+    }
   }
 }
 
@@ -458,7 +488,7 @@ __global__ void __launch_bounds__(kMaxThreads, SSM_SCAN2D_BWD_MIN_BLOCKS) scan2d
   T* __restrict__ dx = static_cast<T*>(a.dx);
   T* __restrict__ d_delta = static_cast<T*>(a.d_delta);
 
-  const Lane l = make_lane(a);
+  const Lane l = make_lane(a, (int)threadIdx.x);
   const int CL = 1 << a.cl_log2;
   const int L = a.length, N = a.dstate, D = a.dim, KD = kDirections * a.dim;
   const int nw = a.nwarps, nck = a.nchunks;
@@ -838,14 +868,17 @@ int launch(Kernel kernel, const Scan2DArgs& a, const Plan2D& p, int64_t batch, c
     (void)cudaGetLastError();
     return SSM_ERR_CUDA;
   }
-  kernel<<<(unsigned)(batch * p.ncb), p.nwarps * 32, (size_t)p.smem_bytes, st>>>(a);
+  kernel<<<(unsigned)(batch * p.ncb), p.groups * p.nwarps * 32, (size_t)p.smem_bytes, st>>>(a);
   return ssm_cuda_host::launch_status();
 }
 
 template <typename T, int kN>
 struct Fwd2DLauncher {
   static int run(const Scan2DArgs& a, const Plan2D& p, int64_t batch, cudaStream_t st) {
-    return launch(scan2d_fwd_kernel<T, kN>, a, p, batch, st);
+    if constexpr (kN == 1) {  // direction groups: one state only (make_plan)
+      if (p.groups == kDirections) return launch(scan2d_fwd_kernel<T, kN, kDirections>, a, p, batch, st);
+    }
+    return launch(scan2d_fwd_kernel<T, kN, 1>, a, p, batch, st);
   }
 };
 
