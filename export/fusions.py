@@ -406,18 +406,18 @@ def use_block_diagonal_matmul(model) -> int:
         flat_shape = index.new_initializer(f"{stem}.flat_shape", np.array([0] * prefix + [groups * rank], np.int64))
         matrix = index.new_initializer(f"{stem}.block_diagonal", block_diagonal)
         flat = index.unique_name(f"{stem}.flat")
-        nodes = [onnx.helper.make_node("Reshape", [einsum.input[0], flat_shape], [flat], name=f"{stem}.flatten")]
+        new_nodes = [onnx.helper.make_node("Reshape", [einsum.input[0], flat_shape], [flat], name=f"{stem}.flatten")]
         if _reshapes_alike(index, index.sole_consumer(einsum.output[0]), prefix):
             # the Reshape after it reads the MatMul's product directly (of another shape: forget the old one)
-            nodes.append(onnx.helper.make_node("MatMul", [flat, matrix], [einsum.output[0]], name=stem))
+            new_nodes.append(onnx.helper.make_node("MatMul", [flat, matrix], [einsum.output[0]], name=stem))
             reshaped.add(einsum.output[0])
         else:
             product = index.unique_name(f"{stem}.product")
             out_shape = index.new_initializer(f"{stem}.out_shape",
                                               np.array([0] * prefix + [groups, out_dim], np.int64))
-            nodes += [onnx.helper.make_node("MatMul", [flat, matrix], [product], name=f"{stem}.matmul"),
-                      onnx.helper.make_node("Reshape", [product, out_shape], [einsum.output[0]], name=stem)]
-        replacements[index.position[id(einsum)]] = nodes
+            new_nodes += [onnx.helper.make_node("MatMul", [flat, matrix], [product], name=f"{stem}.matmul"),
+                          onnx.helper.make_node("Reshape", [product, out_shape], [einsum.output[0]], name=stem)]
+        replacements[index.position[id(einsum)]] = new_nodes
     if not replacements:
         return 0
     nodes = []
