@@ -694,7 +694,8 @@ def check_scan2d(lib, rep, B, H, W, D, N, dtype, softplus=1, useD=True, usebias=
     plan = scan2d_plan(B, H, W, D, N, dtype, bwd=False)
     name = (f"scan2d {tag}B{B} {H}x{W} D{D} N{N} {str(dtype)[6:]}" + ("" if useD else " noD") +
             ("" if usebias else " nobias") + ("" if softplus else " nosoftplus") +
-            f" [CL{plan['CL']} w{plan['warps']} c{plan['chunks']}" + (f" g{plan['groups']}]" if plan["groups"] > 1 else "]"))
+            f" [CL{plan['CL']} w{plan['warps']} c{plan['chunks']}" +
+            (f" g{plan['groups']}]" if plan["groups"] > 1 else "]"))
     if not hasattr(lib, "ssm_selective_scan_2d_fwd_cuda"):
         rep.add(name, False, "the library has no ssm_selective_scan_2d_fwd_cuda")
         return
