@@ -1508,6 +1508,8 @@ def run_dwconv_checks(lib, rep, quick=False, tag=""):
             check_dwconv(lib, rep, 2, H, W, C, dtype=dt, tag=t + "hrv-small ")
     for C, (H, W) in zip(HRV["base"], RES):
         check_dwconv(lib, rep, 2, H, W, C, dtype=f16, tag=t + "hrv-base ")
+    for C, (H, W) in zip(HRV["small"] + HRV["base"], RES + RES):  # batch 1: the small-grid plans
+        check_dwconv(lib, rep, 1, H, W, C, dtype=f16, tag=t + "hrv b1 ")
     check_dwconv(lib, rep, 2, 64, 48, 32, shuffle=1, dtype=f16, tag=t + "no shuffle ")
     check_dwconv(lib, rep, 2, 32, 24, 64, gelu=False, dtype=f16, tag=t + "no activation ")
     check_dwconv(lib, rep, 2, 17, 13, 64, shuffle=64, dtype=f32, tag=t + "shuffle = C ")
@@ -2046,8 +2048,34 @@ VARIANTS = {
     "dwblocks": ["SSM_DW_MAX_BLOCKS=7"],       # MultiKernelDepthwiseConv: 7 blocks, each loops over many units
     "dwtile16": ["SSM_DW_MAX_TILE_W=16"],      # MultiKernelDepthwiseConv: tiles at most 16 wide
     "dwtile8": ["SSM_DW_MAX_TILE_W=16", "SSM_DW_MAX_TILE_H=8"],
+    "dwsmall0": ["SSM_DW_SMALL_GRIDS=0"],      # MultiKernelDepthwiseConv: batch-1 grids keep the large tiles
+    "dwrows4": ["SSM_DW_SMALL_GRID_ITEM_ROWS=4"],  # ... small-grid plans with 4 x 4 items
     "s2dgroups0": ["SSM_SCAN2D_DIRECTION_GROUPS=0"],  # SelectiveScan2D: the four directions one after another
 }
+
+# MultiKernelDepthwiseConv shapes whose plan the "dw" variants change: batch 1 and 2 of the HRVMamba LPUs (the
+# small-grid plans), a shape with several tiles and chunks, float32 and a misaligned (element-path) tensor.
+DWCONV_PLAN_SHAPES = tuple((B, H, W, C, torch.float16, 0) for B in (1, 2)
+                           for C, (H, W) in zip(HRV["small"] + HRV["base"], RES + RES)) + (
+    (3, 32, 24, 64, torch.float16, 0), (1, 19, 37, 36, torch.float32, 0), (1, 33, 70, 48, torch.float16, 1))
+
+
+def check_dwconv_builds_agree(lib, vlib, rep, name):
+    """Two builds' outputs bitwise equal on the same inputs: every output is summed in one fixed order, whatever
+    the tiles and chunks of the plan."""
+    for B, H, W, C, dtype, misalign in DWCONV_PLAN_SHAPES:
+        groups = (C // 4,) * 4
+        x, w, b, y = dwconv_inputs(B, H, W, C, 9, LPU_KERNELS, groups, dtype, seed=B + H + W + C, misalign=misalign)
+        ys = []
+        for build in (lib, vlib):
+            y.fill_(float("nan"))
+            st = dwconv_call(build, x, w, b, y, LPU_KERNELS, groups, 4, True)
+            torch.cuda.synchronize()
+            ys.append((st, y.clone()))
+        (st0, y0), (st1, y1) = ys
+        rep.add(f"dwconv [{name}] B{B} {H}x{W} C{C} {str(dtype)[6:]} {dwconv_path(C, 4, dtype, misalign)}: "
+                "same bits as the default", st0 == SSM_OK and st1 == SSM_OK and torch.equal(y0, y1),
+                f"status {st0}/{st1}")
 
 # Small-batch SelectiveScan2D shapes: direction groups in the default build, one group in "s2dgroups0".
 SCAN2D_GROUPED_SHAPES = ((1, 64, 48, 64), (1, 32, 24, 128), (2, 7, 5, 6), (1, 40, 70, 2), (3, 16, 12, 20))
@@ -2177,6 +2205,8 @@ def main():
             run_variant_checks(vlib, rep, name)
             if name.startswith("s2d"):
                 check_scan2d_builds_agree(lib, vlib, rep, name)
+            if name.startswith("dw"):
+                check_dwconv_builds_agree(lib, vlib, rep, name)
         print(f"checks took {time.time() - t0:.1f}s")
     rows, rows1, vrows = [], [], []
     bw = None

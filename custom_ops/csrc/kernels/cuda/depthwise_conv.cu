@@ -9,14 +9,14 @@
 //     radius, HX rounded up to 4 so that windows stay aligned); positions outside the image are stored as
 //     zeros, which is the "same" padding. Each plane's central k x k weights (float32), bias and k are staged
 //     beside them when the block's chunk changes (with the persistent grid below: once per block).
-//  2. Compute: a thread item is one plane x a 4 x 4 block of outputs (4 consecutive columns, 4 rows). For
-//     each of the 4 + k - 1 input rows it reads a window of 4 + 2·roundup4(k/2) values with 8- or 16-byte
-//     shared loads and adds it into every output row it touches (vertical reuse), the k x k weights held in
-//     registers: for k <= 9 the loops are unrolled over a compile-time k; larger kernels take a generic loop.
-//     The items of a plane are consecutive, so a warp's lanes usually share k; a warp-uniform dispatch
-//     (ballot over the pending lanes' k) keeps mixed warps correct without divergent unrolled loops. Bias,
-//     activation and rounding done, each item writes its rows into its output column's plane of an output
-//     tile (one 8- or 16-byte store per row).
+//  2. Compute: a thread item is one plane x a 4 x 4 block of outputs (4 consecutive columns, 4 rows; 1 row in
+//     the small-grid plans below). For each of the rows + k - 1 input rows it reads a window of
+//     4 + 2·roundup4(k/2) values with 8- or 16-byte shared loads and adds it into every output row it touches
+//     (vertical reuse), the k x k weights held in registers: for k <= 9 the loops are unrolled over a
+//     compile-time k; larger kernels take a generic loop. The items of a plane are consecutive, so a warp's
+//     lanes usually share k; a warp-uniform dispatch (ballot over the pending lanes' k) keeps mixed warps
+//     correct without divergent unrolled loops. Bias, activation and rounding done, each item writes its rows
+//     into its output column's plane of an output tile (one 8- or 16-byte store per row).
 //  3. Store: each thread gathers one vector of consecutive output channels of one position from the output
 //     planes and writes it with one 16- or 8-byte store (or one element on the element path).
 //
@@ -37,6 +37,8 @@
 // in 4-wide steps, counting the halo), the chunk (the largest Q that keeps two blocks per multiprocessor within
 // shared memory, with at least two units per block slot when the batch allows) and the shared-memory pitches
 // (RP, RS, PS, OPS: a few candidates, scored by counting the bank wavefronts of the first warps' accesses).
+// Where that gives units for at most half the multiprocessors (batch 1), items of one output row, shorter tiles
+// and 8-byte chunks make more, smaller units (compile option SSM_DW_SMALL_GRIDS=0 turns this off).
 //
 // Blocks loop over the units: one resident wave of blocks (a multiple of the chunk count, so that a block
 // keeps its channels and stages their weights once), capped at SSM_DW_MAX_BLOCKS, so the grid is within launch
@@ -56,7 +58,7 @@ namespace {
 using namespace ssm_cuda;
 
 constexpr int kThreads = 256;
-constexpr int kTR = 4;  // output rows of an item
+constexpr int kTR = 4;  // output rows of an item (1 in the small-grid plans: more, shorter items)
 constexpr int kTC = 4;  // output columns of an item (one window load step)
 #ifndef SSM_DW_MAX_BLOCKS
 #define SSM_DW_MAX_BLOCKS (1 << 20)
@@ -69,6 +71,18 @@ constexpr int64_t kMaxBlocks = SSM_DW_MAX_BLOCKS;
 #ifndef SSM_DW_MAX_TILE_H
 #define SSM_DW_MAX_TILE_H 16
 #endif
+// 0: no small-grid plans (one-row items, shorter tiles, narrower chunks where the units would fill at most half
+// the multiprocessors; make_plan).
+#ifndef SSM_DW_SMALL_GRIDS
+#define SSM_DW_SMALL_GRIDS 1
+#endif
+constexpr bool kSmallGrids = SSM_DW_SMALL_GRIDS != 0;
+// Output rows of an item in the small-grid plans: 1 or kTR.
+#ifndef SSM_DW_SMALL_GRID_ITEM_ROWS
+#define SSM_DW_SMALL_GRID_ITEM_ROWS 1
+#endif
+constexpr int kSmallGridItemRows = SSM_DW_SMALL_GRID_ITEM_ROWS;
+static_assert(kSmallGridItemRows == 1 || kSmallGridItemRows == kTR, "SSM_DW_SMALL_GRID_ITEM_ROWS");
 constexpr int64_t kMaxDim = int64_t(1) << 30;
 constexpr int64_t kMaxElements = (int64_t(1) << 60) - 1;
 
@@ -334,7 +348,7 @@ __device__ void stage_input(const DwArgs& a, const Unit& u, T* planes) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Phase 2: one item = one plane x kTR rows x kTC columns of outputs.
+// Phase 2: one item = one plane x TR rows (kTR, or 1 in the small-grid plans) x kTC columns of outputs.
 
 // Offsets into the shared arrays (kept as offsets from the shared base so that the accesses compile to
 // shared-memory instructions).
@@ -354,10 +368,10 @@ struct Smem {
 
 // The item's outputs (bias included) through the activation, rounded, into its output-tile plane: one 8- or
 // 16-byte store per row.
-template <typename T>
-__device__ __forceinline__ void write_item(const DwArgs& a, const float (&acc)[kTR][kTC], T* out) {
+template <typename T, int TR>
+__device__ __forceinline__ void write_item(const DwArgs& a, const float (&acc)[TR][kTC], T* out) {
 #pragma unroll
-  for (int tr = 0; tr < kTR; ++tr) {
+  for (int tr = 0; tr < TR; ++tr) {
     float z[kTC];
 #pragma unroll
     for (int tc = 0; tc < kTC; ++tc) z[tc] = a.gelu ? gelu_erf(acc[tr][tc]) : acc[tr][tc];
@@ -365,7 +379,7 @@ __device__ __forceinline__ void write_item(const DwArgs& a, const float (&acc)[k
   }
 }
 
-template <typename T, int K>
+template <typename T, int K, int TR>
 __device__ __forceinline__ void item_fixed(const DwArgs& a, const Smem& sm, const Item& it) {
   constexpr int r = K / 2;
   constexpr int r4 = (r + 3) & ~3;   // window start rounded down to a 4-element boundary
@@ -373,16 +387,16 @@ __device__ __forceinline__ void item_fixed(const DwArgs& a, const Smem& sm, cons
   float w[K * K];
 #pragma unroll
   for (int t = 0; t < K * K; ++t) w[t] = sm.wsm[it.wk + t];
-  float acc[kTR][kTC];
+  float acc[TR][kTC];
 #pragma unroll
-  for (int tr = 0; tr < kTR; ++tr) {
+  for (int tr = 0; tr < TR; ++tr) {
 #pragma unroll
     for (int tc = 0; tc < kTC; ++tc) acc[tr][tc] = it.bias;
   }
   const T* src = static_cast<const T*>(sm.planes) + it.plane + it.col0 + a.HX - r4;
   const int y0 = it.row0 + a.R - r;
 #pragma unroll
-  for (int rr = 0; rr < kTR + K - 1; ++rr) {
+  for (int rr = 0; rr < TR + K - 1; ++rr) {
     float win[NW];
     const T* row = src + row_offset(a, y0 + rr);
 #pragma unroll
@@ -392,7 +406,7 @@ __device__ __forceinline__ void item_fixed(const DwArgs& a, const Smem& sm, cons
 #pragma unroll
     for (int i = 0; i < K; ++i) {
       const int tr = rr - i;
-      if (tr < 0 || tr >= kTR) continue;
+      if (tr < 0 || tr >= TR) continue;
 #pragma unroll
       for (int j = 0; j < K; ++j) {
 #pragma unroll
@@ -400,16 +414,16 @@ __device__ __forceinline__ void item_fixed(const DwArgs& a, const Smem& sm, cons
       }
     }
   }
-  write_item<T>(a, acc, static_cast<T*>(sm.otile) + it.out);
+  write_item<T, TR>(a, acc, static_cast<T*>(sm.otile) + it.out);
 }
 
 // Any odd k up to SSM_DWCONV_MAX_KERNEL: weights and inputs read from shared memory tap by tap.
-template <typename T>
+template <typename T, int TR>
 __device__ __forceinline__ void item_generic(const DwArgs& a, const Smem& sm, const Item& it, int k) {
   const int r = k / 2;
-  float acc[kTR][kTC];
+  float acc[TR][kTC];
 #pragma unroll
-  for (int tr = 0; tr < kTR; ++tr) {
+  for (int tr = 0; tr < TR; ++tr) {
 #pragma unroll
     for (int tc = 0; tc < kTC; ++tc) acc[tr][tc] = it.bias;
   }
@@ -419,29 +433,29 @@ __device__ __forceinline__ void item_generic(const DwArgs& a, const Smem& sm, co
     for (int j = 0; j < k; ++j) {
       const float wv = sm.wsm[it.wk + i * k + j];
 #pragma unroll
-      for (int tr = 0; tr < kTR; ++tr) {
+      for (int tr = 0; tr < TR; ++tr) {
         const T* p = src + row_offset(a, y0 + i + tr) + j;
 #pragma unroll
         for (int tc = 0; tc < kTC; ++tc) acc[tr][tc] = fmaf(to_f(p[tc]), wv, acc[tr][tc]);
       }
     }
   }
-  write_item<T>(a, acc, static_cast<T*>(sm.otile) + it.out);
+  write_item<T, TR>(a, acc, static_cast<T*>(sm.otile) + it.out);
 }
 
-template <typename T>
+template <typename T, int TR>
 __device__ __forceinline__ void run_item(const DwArgs& a, const Smem& sm, const Item& it, int k) {
   switch (k) {
-    case 1: item_fixed<T, 1>(a, sm, it); break;
-    case 3: item_fixed<T, 3>(a, sm, it); break;
-    case 5: item_fixed<T, 5>(a, sm, it); break;
-    case 7: item_fixed<T, 7>(a, sm, it); break;
-    case 9: item_fixed<T, 9>(a, sm, it); break;
-    default: item_generic<T>(a, sm, it, k); break;
+    case 1: item_fixed<T, 1, TR>(a, sm, it); break;
+    case 3: item_fixed<T, 3, TR>(a, sm, it); break;
+    case 5: item_fixed<T, 5, TR>(a, sm, it); break;
+    case 7: item_fixed<T, 7, TR>(a, sm, it); break;
+    case 9: item_fixed<T, 9, TR>(a, sm, it); break;
+    default: item_generic<T, TR>(a, sm, it, k); break;
   }
 }
 
-template <typename T>
+template <typename T, int TR>
 __device__ void compute(const DwArgs& a, const Smem& sm, const float* bsm, const int* ksm) {
   const int items = a.NP * a.M;
   const int lane = threadIdx.x & 31;
@@ -457,7 +471,7 @@ __device__ void compute(const DwArgs& a, const Smem& sm, const float* bsm, const
       it.plane = ls * a.PS;
       it.wk = ls * a.KK;
       it.bias = bsm[ls];
-      it.row0 = my * kTR;
+      it.row0 = my * TR;
       it.col0 = fmod_q(m, my, a.fMX) * kTC;
       it.out = plane_out_column(a, ls) * a.OPS + it.row0 * a.TW + it.col0;
     }
@@ -467,7 +481,7 @@ __device__ void compute(const DwArgs& a, const Smem& sm, const float* bsm, const
       const int kk = __shfl_sync(kFullMask, k, __ffs(mask) - 1);
       if (pending && k == kk) {
         pending = false;
-        run_item<T>(a, sm, it, kk);
+        run_item<T, TR>(a, sm, it, kk);
       }
     }
   }
@@ -518,7 +532,7 @@ __device__ void store_output_scalar(const DwArgs& a, const Unit& u, const T* oti
 // ------------------------------------------------------------------------------------------------
 
 // VB: bytes per global load / store (16 or 8: vector paths; sizeof(T): element path).
-template <typename T, int VB>
+template <typename T, int VB, int TR>
 __global__ void __launch_bounds__(kThreads, 2) dwconv_kernel(const DwArgs a) {
   extern __shared__ __align__(16) unsigned char smem[];
   T* planes = reinterpret_cast<T*>(smem);
@@ -550,7 +564,7 @@ __global__ void __launch_bounds__(kThreads, 2) dwconv_kernel(const DwArgs a) {
     }
     stage_input<T, VB>(a, u, planes);
     __syncthreads();
-    compute<T>(a, Smem{planes, wsm, otile}, bsm, ksm);
+    compute<T, TR>(a, Smem{planes, wsm, otile}, bsm, ksm);
     __syncthreads();
     if constexpr (VB > (int)sizeof(T)) {
       store_output_vec<T, VB>(a, u, otile);
@@ -646,7 +660,7 @@ struct Plan {
   int64_t H, W;  // image
   int vb;  // bytes per global access: 16 or 8 (vector paths) or the element size
   int V;   // channels per global access
-  int TW, TH, MX, M, R, HX, LW, LH, RP, RS, PS, Q, SS, NP, KK, OPS;
+  int TW, TH, TR, MX, M, R, HX, LW, LH, RP, RS, PS, Q, SS, NP, KK, OPS;
   int tiles_x;
   int64_t tiles;
   int q_chunks, s_chunks;
@@ -683,7 +697,7 @@ bool layout(Plan& p, int es, size_t budget) {
   const int V = p.V, EPW = 4 / es;
   const int nvp = p.NP / V;
   const int kmax = p.R * 2 + 1, r4 = round_up(p.R, 4);
-  const double w_window = (double)(kTR + kmax - 1) * (kTC + 2 * r4) / 4 / (kTR * kTC);
+  const double w_window = (double)(p.TR + kmax - 1) * (kTC + 2 * r4) / 4 / (p.TR * kTC);
   const bool whole = p.tiles == 1;  // only the image's positions are staged (stage_input)
   const int stage_w = whole ? (int)p.W : p.LW, stage_h = whole ? (int)p.H : p.LH;
   const double w_stage = (double)stage_w * stage_h / (p.TW * p.TH);  // one store per staged element
@@ -698,7 +712,7 @@ bool layout(Plan& p, int es, size_t budget) {
     for (int ps = ps0; ps < ps0 + 64; ps += 4) {
       const double win = average_wavefronts(items, 4 * es, [&](int i) {
         const int ls = i / p.M, m = i % p.M;
-        return (ls * ps + row_off((m / p.MX) * kTR) + (m % p.MX) * kTC) * es;
+        return (ls * ps + row_off((m / p.MX) * p.TR) + (m % p.MX) * kTC) * es;
       });
       const double stage = average_wavefronts(stage_h * stage_w * nvp, es, [&](int i) {
         const int v = i % nvp, q = i / nvp;
@@ -720,7 +734,7 @@ bool layout(Plan& p, int es, size_t budget) {
     const double out = average_wavefronts(items, 4 * es, [&](int i) {
       const int ls = i / p.M, m = i % p.M;
       const int col = (ls % p.Q) * p.SS + ls / p.Q;
-      return (col * ops + (m / p.MX) * kTR * p.TW + (m % p.MX) * kTC) * es;
+      return (col * ops + (m / p.MX) * p.TR * p.TW + (m % p.MX) * kTC) * es;
     });
     const double gather = average_wavefronts(npos * nvp, es, [&](int i) {
       return (plane_of(i % nvp) * ops + i / nvp) * es;
@@ -804,10 +818,34 @@ bool plan_element_chunks(Plan& p, int64_t batch, int S, int P, int es, size_t bu
   return false;
 }
 
-// false when nothing fits `budget` (not expected: one plane of the largest tile takes a few KB).
-bool make_plan(const ssm_dwconv_shape* s, const void* x, const void* y, size_t budget, int sms, Plan& p) {
+// The plan for tiles of th rows and items of tr rows: the vector path of vb = max_vb bytes, else of 8, else the
+// element path; false when nothing fits `budget`.
+bool plan_rows(const ssm_dwconv_shape* s, const void* x, const void* y, size_t budget, int sms, int th, int tr,
+               int max_vb, Plan& p) {
   const int es = s->dtype == SSM_FLOAT32 ? 4 : 2;
   const int C = (int)s->channels, S = s->shuffle_groups, P = C / S;
+  p.TH = th;
+  p.TR = tr;
+  p.MX = p.TW / kTC;
+  p.M = p.MX * (p.TH / tr);
+  p.LW = p.TW + 2 * p.HX;
+  p.LH = p.TH + 2 * p.R;
+  p.tiles_x = (int)((s->width + p.TW - 1) / p.TW);
+  p.tiles = (int64_t)p.tiles_x * ((s->height + p.TH - 1) / p.TH);
+  for (int vb = max_vb; vb >= 8; vb /= 2) {
+    p.vb = vb;
+    p.V = vb / es;
+    const bool fits = ssm_cuda_host::aligned(x, vb) && ssm_cuda_host::aligned(y, vb) && C % p.V == 0 &&
+                      (S == 1 || P % p.V == 0);
+    if (fits && plan_vector_chunks(p, s->batch, S, P, es, budget, sms)) return true;
+  }
+  p.vb = es;
+  p.V = 1;
+  return plan_element_chunks(p, s->batch, S, P, es, budget, sms);
+}
+
+// false when nothing fits `budget` (not expected: one plane of the largest tile takes a few KB).
+bool make_plan(const ssm_dwconv_shape* s, const void* x, const void* y, size_t budget, int sms, Plan& p) {
   int kmax = 1;
   for (int g = 0; g < s->num_groups; ++g) kmax = s->kernel_sizes[g] > kmax ? s->kernel_sizes[g] : kmax;
   p = Plan{};
@@ -817,26 +855,32 @@ bool make_plan(const ssm_dwconv_shape* s, const void* x, const void* y, size_t b
   p.R = kmax / 2;
   p.HX = round_up(p.R, 4);
   p.TW = pick_tile(s->width, p.HX, SSM_DW_MAX_TILE_W);
-  for (int th = pick_tile(s->height, p.R, SSM_DW_MAX_TILE_H); th >= 4; th -= 4) {
-    p.TH = th;
-    p.MX = p.TW / kTC;
-    p.M = p.MX * (p.TH / kTR);
-    p.LW = p.TW + 2 * p.HX;
-    p.LH = p.TH + 2 * p.R;
-    p.tiles_x = (int)((s->width + p.TW - 1) / p.TW);
-    p.tiles = (int64_t)p.tiles_x * ((s->height + p.TH - 1) / p.TH);
+  int th = pick_tile(s->height, p.R, SSM_DW_MAX_TILE_H);
+  while (th >= 4 && !plan_rows(s, x, y, budget, sms, th, kTR, 16, p)) th -= 4;
+  if (th < 4) return false;
+  if (!kSmallGrids || 2 * p.units > sms) return true;
+  // Small grids (batch 1): units for at most half the multiprocessors leave most of the GPU idle while a few
+  // warps per block each work through long items (a 4 x 4 item of a 9 x 9 kernel is some 1300 dependent-ish
+  // FMAs). Items of one row spread a unit over four times the threads; shorter tiles (the width is kept: a
+  // warp's items then stay within one plane's kernel size) and 8-byte chunks of half the channels give more,
+  // smaller units. Take the first candidate, tallest tile and widest vectors first, with a unit per
+  // multiprocessor, else the one with the most units. Each output is the same sum in the same order whatever
+  // the plan, so the results do not change.
+  Plan best = p;
+  if (!plan_rows(s, x, y, budget, sms, th, kSmallGridItemRows, 16, best)) best = p;
+  for (int t = th; t >= 4; t -= 4) {
     for (int vb = 16; vb >= 8; vb /= 2) {
-      p.vb = vb;
-      p.V = vb / es;
-      const bool fits = ssm_cuda_host::aligned(x, vb) && ssm_cuda_host::aligned(y, vb) && C % p.V == 0 &&
-                        (S == 1 || P % p.V == 0);
-      if (fits && plan_vector_chunks(p, s->batch, S, P, es, budget, sms)) return true;
+      Plan c = p;
+      if (!plan_rows(s, x, y, budget, sms, t, kSmallGridItemRows, vb, c) || c.units <= best.units) continue;
+      best = c;
+      if (best.units >= sms) {
+        p = best;
+        return true;
+      }
     }
-    p.vb = es;
-    p.V = 1;
-    if (plan_element_chunks(p, s->batch, S, P, es, budget, sms)) return true;
   }
-  return false;
+  p = best;
+  return true;
 }
 
 bool make_plan_and_grid(const ssm_dwconv_shape* s, const void* x, const void* y, size_t budget, int sms, Plan& p) {
@@ -969,10 +1013,10 @@ DwArgs make_args(const ssm_dwconv_shape* shape, const Plan& p, const void* x, co
 // kernel, device and larger size, not on every call).
 constexpr int kMaxDevices = 64;
 
-template <typename T, int VB>
+template <typename T, int VB, int TR>
 int launch(const Plan& p, DwArgs& a, int device, cudaStream_t stream) {
   static std::atomic<unsigned> allowed[kMaxDevices];
-  auto kernel = dwconv_kernel<T, VB>;
+  auto kernel = dwconv_kernel<T, VB, TR>;
   const bool known = device >= 0 && device < kMaxDevices;
   if (!known || allowed[device].load(std::memory_order_relaxed) < p.smem) {
     if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)p.smem) != cudaSuccess) {
@@ -988,13 +1032,18 @@ int launch(const Plan& p, DwArgs& a, int device, cudaStream_t stream) {
   return ssm_cuda_host::launch_status();
 }
 
+template <typename T, int TR>
+int launch_rows(const Plan& p, DwArgs& a, int device, cudaStream_t stream) {
+  switch (p.vb) {
+    case 16: return launch<T, 16, TR>(p, a, device, stream);
+    case 8: return launch<T, 8, TR>(p, a, device, stream);
+    default: return launch<T, (int)sizeof(T), TR>(p, a, device, stream);
+  }
+}
+
 template <typename T>
 int launch_dtype(const Plan& p, DwArgs& a, int device, cudaStream_t stream) {
-  switch (p.vb) {
-    case 16: return launch<T, 16>(p, a, device, stream);
-    case 8: return launch<T, 8>(p, a, device, stream);
-    default: return launch<T, (int)sizeof(T)>(p, a, device, stream);
-  }
+  return p.TR == 1 ? launch_rows<T, 1>(p, a, device, stream) : launch_rows<T, kTR>(p, a, device, stream);
 }
 
 }  // namespace
