@@ -37,8 +37,20 @@ def test_outputs_equal_the_version_1_path_and_the_float64_reference(name, size):
     assert (v2 - v1).abs().max() / scale < 1e-5
 
 
+def _smooth_activations(model):
+    """ReLU -> GELU. At ReLU's kink a rounding-level difference becomes a different gradient: on one AMD EPYC
+    a single decoder activation of 9216, 6e-8 on one path and -5e-7 on the other, moved the whole gradient by
+    5e-3. Smooth activations keep the comparison about the scan."""
+    for module in model.modules():
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.ReLU):
+                setattr(module, name, torch.nn.GELU())
+    return model
+
+
 def test_gradients_equal_the_version_1_path():
-    model = _perturbed("mamkpd_small", (64, 48), seed=1)
+    model = _smooth_activations(_perturbed("mamkpd_small", (64, 48), seed=1))
+    assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())
     images, target = torch.randn(2, 3, 64, 48), torch.randn(2, 17, 16, 12)
 
     def grads():
