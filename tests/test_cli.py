@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import cv2
+import pytest
 from click.testing import CliRunner
 from conftest import DATA
 
@@ -57,6 +58,7 @@ def test_figure_runs_as_a_console_command():
             assert (x, y) == (-4, -4)
 
 
+@pytest.mark.slow   # its own export of both forms (~80 s) and every backend: ~2 min on the CI machine
 def test_demo_exports_and_compares_every_backend(tmp_path):
     """The README's main job, on the tiny model: both ONNX forms, every backend here, one table."""
     report_path = tmp_path / "demo.json"

@@ -6,8 +6,9 @@ ssmpose checkpoint, so the export path with --checkpoint is the one tested.
 
 Each (model, input size) is traced once per test session (the `exported` fixture of conftest.py, shared
 with the pipeline tests) and gives both forms (`export_forms`).
-Cost on the 2-core CI machine: about 60-90 s per traced model; tiny at 256x192, the fp16 export and the
-CLI re-export run by default, the other five models are marked `slow` (see docs/export.md).
+Cost on the 2-core CI machine: about 60-90 s per traced model; tiny at 256x192 and the fp16 export run by
+default; the other five models and the CLI re-export (byte-identical to the API's) are marked `slow` (see
+docs/export.md).
 """
 import json
 import math
@@ -268,6 +269,7 @@ def _assert_fp16_parity(e, form, library):
     assert np.abs(got - expected).max() <= 2e-2 * np.abs(expected).max()
 
 
+@pytest.mark.slow   # a third export of the tiny model (~65 s)
 def test_cli_export_is_byte_identical_to_the_api_export(fp16_export, tmp_path):
     e = fp16_export
     out = tmp_path / "again.onnx"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (tools/setup.sh) and run the test suite against the installed package.
 #   bash tools/test.sh           the CI suite: every test not marked `slow`
-#   bash tools/test.sh --slow    the second, optional target: only the `slow` cases (full-size models, ~10 min)
+#   bash tools/test.sh --slow    the second, optional target: only the `slow` cases (full-size models, the demo; ~12 min)
 #   bash tools/test.sh --all     both
 # Other arguments go to pytest.
 set -euo pipefail
