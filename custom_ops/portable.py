@@ -45,12 +45,17 @@ when the sequence is shorter.
    however large that sum grows; the upper triangle is exp(0) = 1 before the mask sets it to 0.
 3. h_t += exp(S_t) * (state after the previous chunk); y = sum_n C h + D u.
 
-SelectiveScan2D: Gathers around the SelectiveScan lowering
-----------------------------------------------------------
-One Gather per input lays the four directions' sequences out as SelectiveScan's groups (constant position
-tables: x at the positions direction k visits, delta / Bs / Cs at row p*4 + k of their (B, L*4, .) views),
-the lowering above scans them in float32, and one Gather (each direction's step at each position) and a
-ReduceSum over the directions map them back to row-major positions and sum them.
+SelectiveScan2D: Gathers around a channel-last recurrence
+---------------------------------------------------------
+One Gather per input lays the four directions' sequences out side by side, (B, 4, L, D) with the channels
+innermost (constant position tables: x at the positions direction k visits, delta / Bs / Cs at row p*4 + k
+of their (B, L*4, .) views), in the input type, cast to float32 afterwards. The recurrence then runs along
+L with the channels kept innermost (`rows_recurrence`: the same two levels and the same "doubling" and
+"halving" methods, on rows of D*N contiguous values, with the decays exp(dt*A) as factors), and one Gather
+(each direction's step at each position) and a ReduceSum over the directions map the outputs back to
+row-major positions and sum them; the D term, the same x at every direction, is added once with the sum of
+the four directions' D. "matrix" transposes the sequences to SelectiveScan's (B, 4*D, L) layout and uses
+its lowering.
 
 DeformAggregate through GridSample
 ----------------------------------
@@ -293,6 +298,96 @@ def _scan_core(op, u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus: int, chu
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Linear recurrences along axis 1 of (M, L, R): SelectiveScan2D's channel-last layout
+#
+# The same two-level scheme as `linear_recurrence`, with the sequence axis outside the channels, so that
+# every pair split, shift and concatenation moves whole rows of R contiguous values (ONNX Runtime's CUDA
+# Split over a 2-wide innermost axis was a tenth of the portable form's GPU time), and with the decays
+# exp(a) as factors rather than logs: one Exp for the whole sequence instead of one per merge level.
+
+def _shift_in(op, x, k: int, n: int, axis: int, rank: int, fill):
+    """x shifted by k along `axis` (length n) toward higher indices, `fill` shifted in at the start."""
+    pads = [0] * (2 * rank)
+    pads[axis] = k
+    return op.Pad(op.Slice(x, [0], [n - k], [axis]), pads, fill)
+
+
+def _rows_doubling(op, decay, x, T: int, dtype):
+    """Prefix scan inside chunks of (M, nc, T, R): (products of the decays, local states from zero)."""
+    growth, h = decay, x
+    if T > 1:
+        one, zero = _scalar(op, 1, dtype), _scalar(op, 0, dtype)
+    k = 1
+    while k < T:
+        h = op.Add(h, op.Mul(growth, _shift_in(op, h, k, T, 2, 4, zero)))
+        growth = op.Mul(growth, _shift_in(op, growth, k, T, 2, 4, one))
+        k *= 2
+    return growth, h
+
+
+def _rows_carry(op, h, growth, nc: int, T: int, R: int, dtype):
+    """Local states h (M, nc, T, R) plus the state entering each chunk, through the nc x nc matrix of
+    `_carry_across_chunks` (built on (M, R, nc) views of the chunk totals and end states, 1/T of the data)."""
+    def by_rows(t):   # (M, nc, 1, R) -> (M, R, nc, 1)
+        return op.Unsqueeze(op.Transpose(op.Reshape(t, [-1, nc, R]), perm=[0, 2, 1]), [3])
+    # The log of the last growth (an underflowed product gives -inf, whose exp is the 0 the carry needs).
+    total = by_rows(op.Log(op.Slice(growth, [T - 1], [T], [2])))
+    seg = op.CumSum(_lower_triangle(op, total, nc, dtype, strict=True), _int(op, 2))
+    carry = _lower_triangle(op, op.Exp(seg), nc, dtype)                            # (M, R, nc, nc)
+    after = op.MatMul(carry, by_rows(op.Slice(h, [T - 1], [T], [2])))              # state after chunk k
+    entering = _shift_in(op, after, 1, nc, 2, 4, _scalar(op, 0, dtype))
+    entering = op.Reshape(op.Transpose(op.Reshape(entering, [-1, R, nc]), perm=[0, 2, 1]), [-1, nc, 1, R])
+    return op.Add(h, op.Mul(growth, entering))
+
+
+def _rows_chunked(op, decay, x, T: int, nc: int, R: int, dtype):
+    decay, x = op.Reshape(decay, [-1, nc, T, R]), op.Reshape(x, [-1, nc, T, R])
+    growth, h = _rows_doubling(op, decay, x, T, dtype)
+    if nc > 1:
+        h = _rows_carry(op, h, growth, nc, T, R, dtype)
+    return op.Reshape(h, [-1, nc * T, R])
+
+
+def _rows_halving(op, decay, x, n: int, R: int, levels: int, base, dtype):
+    """As `_halving`, on (M, n, R) with the pairs as adjacent rows and the decays as factors."""
+    if levels == 0:
+        return base(decay, x)
+    half = n // 2
+    decay, x = op.Reshape(decay, [-1, half, 2, R]), op.Reshape(x, [-1, half, 2, R])
+    d_even, d_odd = op.Slice(decay, [0], [1], [2]), op.Slice(decay, [1], [2], [2])   # (M, half, 1, R)
+    x_even, x_odd = op.Slice(x, [0], [1], [2]), op.Slice(x, [1], [2], [2])
+    merged_decay = op.Reshape(op.Mul(d_even, d_odd), [-1, half, R])
+    merged_x = op.Reshape(op.Add(op.Mul(d_odd, x_even), x_odd), [-1, half, R])
+    odd = _rows_halving(op, merged_decay, merged_x, half, R, levels - 1, base, dtype)
+    odd = op.Reshape(odd, [-1, half, 1, R])
+    if half > 1:
+        before = _shift_in(op, odd, 1, half, 1, 4, _scalar(op, 0, dtype))
+    else:  # the one even step has the zero initial state before it
+        before = op.Where(_bool(op, False), odd, _scalar(op, 0, dtype))
+    even = op.Add(op.Mul(d_even, before), x_even)
+    return op.Reshape(op.Concat(even, odd, axis=2), [-1, n, R])
+
+
+def rows_recurrence(op, decay, x, chunk_size: int, length: int, R: int, dtype, method: str):
+    """States of h_t = decay_t h_{t-1} + x_t along axis 1 of (M, L, R) -> (M, L, R); "doubling" or "halving"."""
+    if method not in ("doubling", "halving"):
+        raise ValueError(f"channel-last recurrence: scan lowering must be doubling or halving, got {method!r}")
+    T = min(chunk_size, length)
+    nc = chunk_count(length, T)
+    if nc * T > length:   # zero decays and inputs after the end: later steps only, sliced away below
+        pads = [0, 0, 0, 0, nc * T - length, 0]
+        decay, x = op.Pad(decay, pads), op.Pad(x, pads)
+    if method == "doubling":
+        h = _rows_chunked(op, decay, x, T, nc, R, dtype)
+    else:
+        levels = halving_levels(T)
+        tb = T >> levels
+        h = _rows_halving(op, decay, x, nc * T, R, levels,
+                          lambda d, b: _rows_chunked(op, d, b, tb, nc, R, dtype), dtype)
+    return op.Slice(h, [0], [length], [1]) if nc * T > length else h
+
+
+# ---------------------------------------------------------------------------------------------------------
 # SelectiveScan2D
 
 def direction_positions(height: int, width: int) -> np.ndarray:
@@ -306,10 +401,12 @@ def selective_scan_2d_subgraph(op, x, delta, A, Bs, Cs, Ds=None, delta_bias=None
                                chunk_size: int = None, method: str = DEFAULT_SCAN_LOWERING):
     """Emit SelectiveScan2D (docs/ops.md) through `op`; returns y (type of x).
 
-    Its definition as standard ops: one Gather per input lays the four directions' sequences out as
-    SelectiveScan's groups (constant position indices, so the node count does not depend on H and W), the
-    SelectiveScan lowering scans them, and one Gather plus a ReduceSum maps the directions back to row-major
-    positions and sums them. Everything in float32 (float64 for float64 inputs), cast back once at the end.
+    Its definition as standard ops: one Gather per input lays the four directions' sequences out side by
+    side (constant position indices, so the node count does not depend on H and W), the recurrence runs
+    along them, and one Gather plus a ReduceSum maps the directions back to row-major positions and sums
+    them. "doubling" and "halving" keep the channels innermost throughout (`rows_recurrence`); "matrix"
+    transposes to SelectiveScan's (B, channels, L) layout and uses its lowering. Everything in float32
+    (float64 for float64 inputs), cast back once at the end.
     """
     chunk_size = check_scan_options(chunk_size, method)
     height, width, dim = (_static(x, axis, what) for axis, what in ((1, "height"), (2, "width"), (3, "channels")))
@@ -317,37 +414,75 @@ def selective_scan_2d_subgraph(op, x, delta, A, Bs, Cs, Ds=None, delta_bias=None
     if directions != SCAN_2D_DIRECTIONS:
         raise ValueError(f"portable ONNX lowering: SelectiveScan2D has {SCAN_2D_DIRECTIONS} directions, "
                          f"Bs.shape[3] is {directions}")
-    length, channels = height * width, directions * dim
+    length = height * width
     ct = _compute_type(x)
     out_type = x.dtype
-    x, delta, A, Bs, Cs = (_to(op, t, ct) for t in (x, delta, A, Bs, Cs))
-    Ds, delta_bias = (None if t is None else _to(op, t, ct) for t in (Ds, delta_bias))
-
-    ir = _ir()
     positions = direction_positions(height, width)                                   # [k, t] -> position
     direction = np.arange(directions, dtype=np.int64)[:, None]
+    ir = _ir()
 
     def indices(array):
         return op.Constant(value=ir.tensor(np.ascontiguousarray(array, dtype=np.int64), dtype=ir.DataType.INT64))
 
-    # (B, L, ...) rows in every direction's order: [b, k, t] = row positions[k, t]; for tensors with a
-    # direction axis (delta, Bs, Cs) the row of (position p, direction k) is p*K + k.
-    x_seq = op.Gather(op.Reshape(x, [-1, length, dim]), indices(positions), axis=1)               # (B, K, L, D)
+    # (B, K, L, .) in every direction's order, gathered in the input type and then cast: [b, k, t] = row
+    # positions[k, t]; for tensors with a direction axis (delta, Bs, Cs) the row of (position p, direction k)
+    # is p*K + k.
     by_direction = indices(positions * directions + direction)
-    delta_seq = op.Gather(op.Reshape(delta, [-1, length * directions, dim]), by_direction, axis=1)
-    Bs_seq = op.Gather(op.Reshape(Bs, [-1, length * directions, dstate]), by_direction, axis=1)  # (B, K, L, N)
-    Cs_seq = op.Gather(op.Reshape(Cs, [-1, length * directions, dstate]), by_direction, axis=1)
-    u = op.Reshape(op.Transpose(x_seq, perm=[0, 1, 3, 2]), [-1, channels, length])
-    dts = op.Reshape(op.Transpose(delta_seq, perm=[0, 1, 3, 2]), [-1, channels, length])
-    y = _scan_core(op, u, dts, A, op.Transpose(Bs_seq, perm=[0, 1, 3, 2]), op.Transpose(Cs_seq, perm=[0, 1, 3, 2]),
-                   Ds, delta_bias, delta_softplus, chunk_size, method, channels, length, directions, dstate, ct)
+    x_seq = _to(op, op.Gather(op.Reshape(x, [-1, length, dim]), indices(positions), axis=1), ct, out_type)
+    delta_seq, Bs_seq, Cs_seq = (
+        _to(op, op.Gather(op.Reshape(t, [-1, length * directions, size]), by_direction, axis=1), ct, out_type)
+        for t, size in ((delta, dim), (Bs, dstate), (Cs, dstate)))
+    A, Ds, delta_bias = (None if t is None else _to(op, t, ct) for t in (A, Ds, delta_bias))
+    if method == "matrix":
+        y = _scan_2d_by_channels(op, x_seq, delta_seq, A, Bs_seq, Cs_seq, delta_bias, delta_softplus,
+                                 chunk_size, length, directions, dim, dstate, ct)
+    else:
+        y = _scan_2d_channel_last(op, x_seq, delta_seq, A, Bs_seq, Cs_seq, delta_bias, delta_softplus,
+                                  chunk_size, method, length, directions, dim, dstate, ct)
 
     # back to positions: [b, k, p] = y of direction k at the step that visits p, summed over k
     steps = np.argsort(positions, axis=1)                                             # [k, p] -> step
-    y = op.Reshape(op.Transpose(op.Reshape(y, [-1, directions, dim, length]), perm=[0, 1, 3, 2]),
-                   [-1, directions * length, dim])
-    y = op.ReduceSum(op.Gather(y, indices(steps + direction * length), axis=1), [1], keepdims=0)  # (B, L, D)
+    y = op.Gather(op.Reshape(y, [-1, directions * length, dim]), indices(steps + direction * length), axis=1)
+    y = op.ReduceSum(y, [1], keepdims=0)                                              # (B, L, D)
+    if Ds is not None:   # every direction adds Ds * x at the same position
+        x_rows = _to(op, op.Reshape(x, [-1, length, dim]), ct, out_type)
+        y = op.Add(y, op.Mul(x_rows, op.ReduceSum(op.Reshape(Ds, [directions, dim]), [0], keepdims=0)))
     return _to(op, op.Reshape(y, [-1, height, width, dim]), out_type, current=ct)
+
+
+def _scan_2d_by_channels(op, x_seq, delta_seq, A, Bs_seq, Cs_seq, delta_bias, delta_softplus: int,
+                         chunk_size: int, length: int, directions: int, dim: int, dstate: int, ct):
+    """(B, K, L, D) sequences -> (B, K, L, D) outputs without the D term, through SelectiveScan's (B, K*D, L)
+    lowering."""
+    channels = directions * dim
+    u = op.Reshape(op.Transpose(x_seq, perm=[0, 1, 3, 2]), [-1, channels, length])
+    dts = op.Reshape(op.Transpose(delta_seq, perm=[0, 1, 3, 2]), [-1, channels, length])
+    y = _scan_core(op, u, dts, A, op.Transpose(Bs_seq, perm=[0, 1, 3, 2]), op.Transpose(Cs_seq, perm=[0, 1, 3, 2]),
+                   None, delta_bias, delta_softplus, chunk_size, "matrix", channels, length, directions, dstate, ct)
+    return op.Transpose(op.Reshape(y, [-1, directions, dim, length]), perm=[0, 1, 3, 2])
+
+
+def _scan_2d_channel_last(op, x_seq, delta_seq, A, Bs_seq, Cs_seq, delta_bias, delta_softplus: int,
+                          chunk_size: int, method: str, length: int, directions: int, dim: int, dstate: int, ct):
+    """(B, K, L, D) sequences -> (B, K, L, D) outputs without the D term, channels innermost throughout."""
+    dt = delta_seq
+    if delta_bias is not None:
+        dt = op.Add(dt, op.Reshape(delta_bias, [directions, 1, dim]))
+    if delta_softplus:  # the kernels' threshold rule; Where *selects*, so an overflowing Softplus above it is unused
+        dt = op.Where(op.LessOrEqual(dt, _scalar(op, SOFTPLUS_THRESHOLD, ct)), op.Softplus(dt), dt)
+    rows = dim * dstate
+    if dstate == 1:
+        decay = op.Exp(op.Mul(dt, op.Reshape(A, [directions, 1, dim])))
+        inputs = op.Mul(op.Mul(dt, x_seq), Bs_seq)                                    # Bs_seq: (B, K, L, 1)
+    else:
+        decay = op.Exp(op.Mul(op.Unsqueeze(dt, [4]), op.Reshape(A, [directions, 1, dim, dstate])))
+        inputs = op.Mul(op.Unsqueeze(op.Mul(dt, x_seq), [4]), op.Unsqueeze(Bs_seq, [3]))   # (B, K, L, D, N)
+    h = rows_recurrence(op, op.Reshape(decay, [-1, length, rows]), op.Reshape(inputs, [-1, length, rows]),
+                        chunk_size, length, rows, ct, method)
+    if dstate == 1:
+        return op.Mul(op.Reshape(h, [-1, directions, length, dim]), Cs_seq)
+    h = op.Reshape(h, [-1, directions, length, dim, dstate])
+    return op.ReduceSum(op.Mul(h, op.Unsqueeze(Cs_seq, [3])), [4], keepdims=0)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -419,13 +419,13 @@ def test_ort_domain_versions():
                                                                     B1.double(), B1.double()), 1e-5)
 
 
-def lowered(height, width, dim, dstate, elem, chunk_size=None, method="matrix"):
+def lowered(height, width, dim, dstate, elem, chunk_size=None, method="matrix", names=None):
     import onnx
     import onnx_ir as ir
 
     from ssmpose.export.schemas import register_schemas
     register_schemas()
-    model = ir.serde.deserialize_model(single_node(height, width, dim, dstate, elem))
+    model = ir.serde.deserialize_model(single_node(height, width, dim, dstate, elem, names=names))
     assert portable.lower_to_portable(model, chunk_size, method) == 1
     proto = ir.serde.serialize_model(model)
     onnx.checker.check_model(proto, full_check=True)
@@ -435,13 +435,51 @@ def lowered(height, width, dim, dstate, elem, chunk_size=None, method="matrix"):
 
 
 @pytest.mark.parametrize("height,width,method", [(5, 7, "matrix"), (1, 9, "matrix"), (11, 1, "doubling"),
-                                                 (9, 8, "doubling")])
+                                                 (9, 8, "doubling"), (9, 8, "halving"), (1, 1, "halving")])
 def test_portable_lowering_matches_the_reference(height, width, method):
     from onnx import TensorProto
     inputs = scan_inputs(2, height, width, 3, 4, seed=height + width)
     proto = lowered(height, width, 3, 4, TensorProto.DOUBLE, chunk_size=4, method=method)
     y = ort_session(proto, register=False).run(None, feeds(inputs, dtype=np.float64))[0]
     assert np.abs(y - ref.selective_scan_2d_reference(*inputs).numpy()).max() < 1e-10
+
+
+# (B, H, W, D, N, chunk): one state (HRVMamba) and several, sequences of many chunks, a partial last chunk,
+# a sequence shorter than the chunk, chunks of 1 to 5 merge levels, odd chunks (no merge level)
+CHANNEL_LAST_CASES = [(2, 20, 17, 3, 1, None), (1, 16, 12, 5, 1, 8), (1, 33, 40, 2, 1, 256), (2, 7, 5, 4, 16, None),
+                      (1, 3, 2, 2, 2, None), (1, 9, 11, 3, 1, 6), (2, 12, 10, 2, 4, 5), (1, 1, 7, 3, 1, 2)]
+
+
+@pytest.mark.parametrize("method", ["doubling", "halving"])
+@pytest.mark.parametrize("case", CHANNEL_LAST_CASES, ids=lambda c: "B{}_{}x{}_D{}_N{}_T{}".format(*c))
+def test_channel_last_lowering_matches_the_reference(case, method):
+    """The doubling and halving lowerings (channels innermost, decays as factors) against the float64
+    reference, with and without the optional inputs."""
+    from onnx import TensorProto
+    batch, height, width, dim, dstate, chunk = case
+    for optional in (True, False):
+        inputs = scan_inputs(batch, height, width, dim, dstate, optional=optional, seed=height * width + dstate)
+        names = None if optional else ["x", "delta", "A", "Bs", "Cs"]
+        proto = lowered(height, width, dim, dstate, TensorProto.DOUBLE, chunk_size=chunk, method=method, names=names)
+        y = ort_session(proto, register=False).run(None, feeds(inputs, dtype=np.float64))[0]
+        expected = ref.selective_scan_2d_reference(*inputs).numpy()
+        assert np.abs(y - expected).max() <= 1e-10 * np.abs(expected).max(), (optional, method)
+
+
+def test_channel_last_lowering_float32_strong_decay_and_large_delta():
+    """Decays that underflow float32 within a chunk (products of 0) and pre-activations past the softplus
+    threshold (dt = 100: Softplus there is never used): finite and close to the float64 reference."""
+    from onnx import TensorProto
+    inputs = scan_inputs(1, 24, 20, 3, 1, seed=5)
+    inputs[1] = inputs[1] * 6 + 4
+    inputs[1][0, 0, :4] = 100.0
+    inputs[2] = inputs[2] * 8
+    for method in ("doubling", "halving"):
+        proto = lowered(24, 20, 3, 1, TensorProto.FLOAT, method=method)
+        y = ort_session(proto, register=False).run(None, feeds(inputs))[0]
+        expected = ref.selective_scan_2d_reference(*inputs).numpy()
+        assert np.isfinite(y).all(), method
+        assert np.abs(y - expected).max() <= 1e-5 * np.abs(expected).max(), method
 
 
 def test_portable_lowering_float16_computes_in_float32():
