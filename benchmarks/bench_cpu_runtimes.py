@@ -2,6 +2,7 @@
 OpenVINO CPU, each on the custom and the portable form (not a test: prints a table, writes JSON).
 
     python benchmarks/bench_cpu_runtimes.py --model hrvmamba_small --batch 1 8 --json out.json
+    python benchmarks/bench_cpu_runtimes.py --rows ort-cpu:portable openvino:portable --export-dir DIR
 
 The exports (seeded weights, `deploy_demo.demo_weights`) are written to --export-dir and reused when present.
 Every row also reports its heatmap error against PyTorch on the timed batch, so a fast row that computes
@@ -49,6 +50,8 @@ def main() -> None:
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--export-dir", default="outputs/bench_cpu_runtimes")
+    row_names = [f"{backend}:{form}" for backend, form in ROWS]
+    parser.add_argument("--rows", nargs="+", default=row_names, choices=row_names, help="only these backend:form rows")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     export_dir = Path(args.export_dir)
@@ -58,7 +61,7 @@ def main() -> None:
     print(f"{args.model}, CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__} with {torch.get_num_threads()} threads")
     print(f"{'backend':<10} {'form':<9} {'batch':>5} {'median ms':>10} {'img/s':>8} {'err/max|ref|':>13}")
-    for backend, form in ROWS:
+    for backend, form in (row.split(":") for row in args.rows):
         source = model if backend == "torch" else str(exported(model, form, export_dir))
         options = {"device": "cpu"} if backend == "torch" else {}
         session = runtimes.load(source, backend, **options)
