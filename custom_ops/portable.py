@@ -266,6 +266,14 @@ def selective_scan_subgraph(op, u, delta, A, Bs, Cs, Ds=None, delta_bias=None, d
     return _to(op, y, out_type, current=ct)
 
 
+def _softplus(op, dt, ct):
+    """The kernels' softplus: log(1 + exp(dt)) up to the threshold, dt above it. softplus(v) > v, so the Max
+    gives dt above the threshold (where the Min keeps Exp from overflowing). Four element-wise nodes rather than
+    ONNX's Softplus, which ONNX Runtime's CPU EP runs 2.5x slower (docs/benchmarks.md)."""
+    limit = _scalar(op, SOFTPLUS_THRESHOLD, ct)
+    return op.Max(op.Log(op.Add(op.Exp(op.Min(dt, limit)), _scalar(op, 1, ct))), dt)
+
+
 def _scan_core(op, u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus: int, chunk_size: int, method: str,
                channels: int, length: int, groups: int, dstate: int, ct):
     """SelectiveScan on inputs already in the compute type `ct` (static sizes given); returns y in `ct`."""
@@ -276,10 +284,8 @@ def _scan_core(op, u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus: int, chu
     dt = delta
     if delta_bias is not None:
         dt = op.Add(dt, op.Reshape(delta_bias, [channels, 1]))
-    if delta_softplus:  # log(1 + exp(dt)) up to the threshold, identity above (as the kernels do)
-        limit = _scalar(op, SOFTPLUS_THRESHOLD, ct)
-        soft = op.Log(op.Add(op.Exp(op.Min(dt, limit)), _scalar(op, 1, ct)))
-        dt = op.Where(op.LessOrEqual(dt, limit), soft, dt)
+    if delta_softplus:
+        dt = _softplus(op, dt, ct)
     rows = channels * dstate
     log_a = op.Mul(op.Reshape(dt, [-1, groups, dim, 1, length]), op.Reshape(A, [groups, dim, dstate, 1]))
     x = op.Mul(op.Reshape(op.Mul(dt, u), [-1, groups, dim, 1, length]),
@@ -468,8 +474,8 @@ def _scan_2d_channel_last(op, x_seq, delta_seq, A, Bs_seq, Cs_seq, delta_bias, d
     dt = delta_seq
     if delta_bias is not None:
         dt = op.Add(dt, op.Reshape(delta_bias, [directions, 1, dim]))
-    if delta_softplus:  # the kernels' threshold rule; Where *selects*, so an overflowing Softplus above it is unused
-        dt = op.Where(op.LessOrEqual(dt, _scalar(op, SOFTPLUS_THRESHOLD, ct)), op.Softplus(dt), dt)
+    if delta_softplus:
+        dt = _softplus(op, dt, ct)
     rows = dim * dstate
     if dstate == 1:
         decay = op.Exp(op.Mul(dt, op.Reshape(A, [directions, 1, dim])))

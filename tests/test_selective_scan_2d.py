@@ -468,7 +468,7 @@ def test_channel_last_lowering_matches_the_reference(case, method):
 
 def test_channel_last_lowering_float32_strong_decay_and_large_delta():
     """Decays that underflow float32 within a chunk (products of 0) and pre-activations past the softplus
-    threshold (dt = 100: Softplus there is never used): finite and close to the float64 reference."""
+    threshold (dt = 100, where exp(dt) would overflow): finite and close to the float64 reference."""
     from onnx import TensorProto
     inputs = scan_inputs(1, 24, 20, 3, 1, seed=5)
     inputs[1] = inputs[1] * 6 + 4
