@@ -365,11 +365,15 @@ def _rows_halving(op, decay, x, n: int, R: int, levels: int, base, dtype):
     merged_decay = op.Reshape(op.Mul(d_even, d_odd), [-1, half, R])
     merged_x = op.Reshape(op.Add(op.Mul(d_odd, x_even), x_odd), [-1, half, R])
     odd = _rows_halving(op, merged_decay, merged_x, half, R, levels - 1, base, dtype)
-    odd = op.Reshape(odd, [-1, half, 1, R])
+    # The state before each even step: the odd states shifted by one along axis 2 of (M, 1, half, R). ONNX
+    # Runtime's CUDA Pad is fast along the last two axes of a 4-D tensor only; along axis 1 of (M, half, 1, R)
+    # its generic kernel took a third of the portable form's GPU time (docs/benchmarks.md).
+    rows_view, zero = op.Reshape(odd, [-1, 1, half, R]), _scalar(op, 0, dtype)
     if half > 1:
-        before = _shift_in(op, odd, 1, half, 1, 4, _scalar(op, 0, dtype))
+        before = _shift_in(op, rows_view, 1, half, 2, 4, zero)
     else:  # the one even step has the zero initial state before it
-        before = op.Where(_bool(op, False), odd, _scalar(op, 0, dtype))
+        before = op.Where(_bool(op, False), rows_view, zero)
+    before, odd = op.Reshape(before, [-1, half, 1, R]), op.Reshape(odd, [-1, half, 1, R])
     even = op.Add(op.Mul(d_even, before), x_even)
     return op.Reshape(op.Concat(even, odd, axis=2), [-1, n, R])
 

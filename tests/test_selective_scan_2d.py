@@ -482,6 +482,23 @@ def test_channel_last_lowering_float32_strong_decay_and_large_delta():
         assert np.abs(y - expected).max() <= 1e-5 * np.abs(expected).max(), method
 
 
+@pytest.mark.parametrize("method", ["doubling", "halving"])
+def test_channel_last_shifts_pad_the_last_two_axes_of_4d_tensors(method):
+    """Every shift of the channel-last lowering is a Pad of axis 2 of a 4-D tensor: ONNX Runtime's CUDA Pad has
+    a fast kernel for the last two axes of 4-D tensors only, and its generic kernel (a Pad of axis 1) took a
+    third of the portable form's GPU time (docs/benchmarks.md). The sequence (64 x 48) fills whole chunks, so
+    there is no end padding here."""
+    from onnx import TensorProto, numpy_helper
+    proto = lowered(64, 48, 8, 1, TensorProto.FLOAT, chunk_size=64, method=method)
+    constants = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    constants.update({node.output[0]: numpy_helper.to_array(node.attribute[0].t)
+                      for node in proto.graph.node if node.op_type == "Constant"})
+    pads = [constants[node.input[1]] for node in proto.graph.node if node.op_type == "Pad"]
+    assert pads, "no shifts found"
+    for p in pads:
+        assert len(p) == 8 and not p[[0, 1, 3, 4, 5, 7]].any() and p[2] > 0, p
+
+
 def test_portable_lowering_float16_computes_in_float32():
     from onnx import TensorProto
     inputs = [t.half() for t in scan_inputs(1, 6, 5, 4, 2, seed=2)]
