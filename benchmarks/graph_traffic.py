@@ -99,7 +99,11 @@ def main(argv=None):
             raise SystemExit(f"{path}: no such ONNX file")
     reports = {}
     for path in args.onnx:
-        report = graph_traffic(path, args.batch, int(args.min_tensor_mb * 1e6))
+        try:
+            report = graph_traffic(path, args.batch, int(args.min_tensor_mb * 1e6))
+        except Exception as exc:   # protobuf's DecodeError, onnx's shape inference errors, missing external data
+            raise SystemExit(f"{path}: cannot read as an ONNX model with inferable shapes "
+                             f"({type(exc).__name__}: {exc})")
         report["bound_ms"] = report["total_bytes"] / (args.bandwidth_tb_s * 1e12) * 1e3
         reports[str(path)] = report
         print(f"{path.name}: {report['nodes']} nodes, batch {args.batch}: {report['total_bytes'] / 1e9:.2f} GB "

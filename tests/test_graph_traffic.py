@@ -48,6 +48,13 @@ def test_only_tensors_above_the_size_floor(tiny_model):
     assert report["per_op"]["Add"]["bytes"] == 96 and report["per_op"]["Slice"]["bytes"] == 0
 
 
-def test_missing_file_is_named(tmp_path, capsys):
+def test_missing_file_is_named(tmp_path):
     with pytest.raises(SystemExit, match="no_such.onnx: no such ONNX file"):
         load_script().main([str(tmp_path / "no_such.onnx")])
+
+
+def test_a_file_that_is_not_onnx_is_named(tmp_path):
+    bad = tmp_path / "notes.onnx"
+    bad.write_text("not a model")
+    with pytest.raises(SystemExit, match="notes.onnx: cannot read as an ONNX model"):
+        load_script().main([str(bad)])
