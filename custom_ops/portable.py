@@ -159,6 +159,14 @@ def _lower_triangle(op, x, size: int, dtype, strict: bool = False):
     return op.Where(op.Constant(value=ir.tensor(mask, dtype=ir.DataType.BOOL)), x, _scalar(op, 0, dtype))
 
 
+def _pad_steps(op, x, view, axis: int, extra: int):
+    """x viewed as the 4-D `view`, with `extra` zeros appended along `axis` (2 or 3). ONNX Runtime's CUDA Pad
+    has a fast kernel for the last two axes of a 4-D tensor only (docs/benchmarks.md)."""
+    pads = [0] * 8
+    pads[4 + axis] = extra
+    return op.Pad(op.Reshape(x, view), pads)
+
+
 def _carry_across_chunks(op, h, growth, log_total, nc: int, T: int, dtype):
     """h (B,R,nc,T) local states, growth = exp(S_t) inside the chunk, log_total (B,R,nc,1) -> full states."""
     seg = _lower_triangle(op, log_total, nc, dtype, strict=True)                  # [k, j] = tot_k if k > j
@@ -241,8 +249,8 @@ def linear_recurrence(op, log_a, x, chunk_size: int, length: int, rows: int, dty
         raise ValueError(f"scan lowering must be one of {SCAN_LOWERINGS}, got {method!r}")
     T = chunk_size
     nc = chunk_count(length, T)
-    pads = [0, 0, 0, 0, 0, nc * T - length]
-    log_a, x = op.Pad(log_a, pads), op.Pad(x, pads)
+    if nc * T > length:   # steps after the end (log-decay 0, input 0): later states only, sliced away by the caller
+        log_a, x = (_pad_steps(op, t, [-1, rows, 1, length], 3, nc * T - length) for t in (log_a, x))
     if method != "halving":
         return op.Reshape(_chunked(op, log_a, x, T, nc, rows, dtype, method), [-1, rows, nc * T])
     levels = halving_levels(T)
@@ -385,8 +393,7 @@ def rows_recurrence(op, decay, x, chunk_size: int, length: int, R: int, dtype, m
     T = min(chunk_size, length)
     nc = chunk_count(length, T)
     if nc * T > length:   # zero decays and inputs after the end: later steps only, sliced away below
-        pads = [0, 0, 0, 0, nc * T - length, 0]
-        decay, x = op.Pad(decay, pads), op.Pad(x, pads)
+        decay, x = (_pad_steps(op, t, [-1, 1, length, R], 2, nc * T - length) for t in (decay, x))
     if method == "doubling":
         h = _rows_chunked(op, decay, x, T, nc, R, dtype)
     else:

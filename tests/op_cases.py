@@ -116,3 +116,12 @@ def deform_reference(value, om, attrs):
 
 def deform_id(case):
     return "B{}H{}W{}G{}C{}k{}x{}s{}d{}rc{}P+{}".format(*case[:7], case[7], case[11], case[14], case[15])
+
+
+def pad_widths(proto):
+    """The pads input of every Pad node of `proto` (a portable lowering's shifts and end padding)."""
+    from onnx import numpy_helper
+    constants = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    constants.update({node.output[0]: numpy_helper.to_array(node.attribute[0].t)
+                      for node in proto.graph.node if node.op_type == "Constant"})
+    return [constants[node.input[1]] for node in proto.graph.node if node.op_type == "Pad"]
