@@ -3,11 +3,12 @@
 
 Shapes come from ONNX shape inference with the symbolic batch set to --batch. Each node is charged the bytes
 of its inputs and outputs once (weights and constants included; Slice and Gather only the part of their data
-that they copy), which is the least a kernel that reads its
-inputs and writes its outputs can move; metadata-only nodes (Reshape, Squeeze, Unsqueeze, Shape, Constant,
-Identity, Flatten) are free. With --min-tensor-mb at the GPU's L2 size only tensors too large to stay in the
-cache are counted, so the bound holds whatever the cache does. Dividing by a copy bandwidth gives the time the graph cannot beat on that device
-as executed by a runtime that runs one kernel per node (ONNX Runtime's CUDA EP does, apart from its few fusions):
+that they copy), the least a kernel that reads its inputs and writes its outputs can move; metadata-only
+nodes (Reshape, Squeeze, Unsqueeze, Shape, Constant, Identity, Flatten) are free. Divided by a copy bandwidth,
+that is the time the graph cannot beat on that device when run one kernel per node (as ONNX Runtime's CUDA EP
+does, apart from its few fusions) with no tensor kept in the cache between kernels. With --min-tensor-mb at
+the GPU's L2 size only tensors too large to stay in the cache are counted, so that bound holds whatever the
+cache does:
 
     python benchmarks/graph_traffic.py model.onnx --batch 32 --bandwidth-tb-s 2.94 --json traffic.json
 """
