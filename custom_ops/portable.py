@@ -159,6 +159,13 @@ def _lower_triangle(op, x, size: int, dtype, strict: bool = False):
     return op.Where(op.Constant(value=ir.tensor(mask, dtype=ir.DataType.BOOL)), x, _scalar(op, 0, dtype))
 
 
+def _shift_in(op, x, k: int, n: int, axis: int, rank: int, fill):
+    """x shifted by k along `axis` (length n) toward higher indices, `fill` shifted in at the start."""
+    pads = [0] * (2 * rank)
+    pads[axis] = k
+    return op.Pad(op.Slice(x, [0], [n - k], [axis]), pads, fill)
+
+
 def _pad_steps(op, x, view, axis: int, extra: int):
     """x viewed as the 4-D `view`, with `extra` zeros appended along `axis` (2 or 3). ONNX Runtime's CUDA Pad
     has a fast kernel for the last two axes of a 4-D tensor only (docs/benchmarks.md)."""
@@ -173,7 +180,7 @@ def _carry_across_chunks(op, h, growth, log_total, nc: int, T: int, dtype):
     seg = op.CumSum(seg, _int(op, 2))                                              # [k, j] = sum_{j<i<=k} tot_i
     carry = _lower_triangle(op, op.Exp(seg), nc, dtype)                            # (B, R, nc, nc)
     after = op.MatMul(carry, op.Slice(h, [T - 1], [T], [3]))                       # state after chunk k
-    entering = op.Pad(op.Slice(after, [0], [nc - 1], [2]), [0, 0, 1, 0, 0, 0, 0, 0])
+    entering = _shift_in(op, after, 1, nc, 2, 4, _scalar(op, 0, dtype))
     return op.Add(h, op.Mul(growth, entering))
 
 
@@ -183,9 +190,8 @@ def _doubling(op, log_a, x, T: int, dtype):
     one, zero = _scalar(op, 1, dtype), _scalar(op, 0, dtype)
     k = 1
     while k < T:
-        shift = [0, 0, 0, k, 0, 0, 0, 0]
-        prev_growth = op.Pad(op.Slice(growth, [0], [T - k], [3]), shift, one)
-        prev_h = op.Pad(op.Slice(h, [0], [T - k], [3]), shift, zero)
+        prev_growth = _shift_in(op, growth, k, T, 3, 4, one)
+        prev_h = _shift_in(op, h, k, T, 3, 4, zero)
         h = op.Add(h, op.Mul(growth, prev_h))
         growth = op.Mul(growth, prev_growth)
         k *= 2
@@ -236,7 +242,7 @@ def _halving(op, log_a, x, n: int, rows: int, levels: int, base, dtype):
     merged_x = op.Reshape(op.Add(op.Mul(op.Exp(a_odd), x_even), x_odd), [-1, rows, half])
     odd = op.Reshape(_halving(op, merged_a, merged_x, half, rows, levels - 1, base, dtype), [-1, rows, half, 1])
     if half > 1:
-        before = op.Pad(op.Slice(odd, [0], [half - 1], [2]), [0, 0, 1, 0, 0, 0, 0, 0])
+        before = _shift_in(op, odd, 1, half, 2, 4, _scalar(op, 0, dtype))
     else:  # the one even step has the zero initial state before it
         before = op.Where(_bool(op, False), odd, _scalar(op, 0, dtype))
     even = op.Add(op.Mul(op.Exp(a_even), before), x_even)
@@ -318,13 +324,6 @@ def _scan_core(op, u, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus: int, chu
 # every pair split, shift and concatenation moves whole rows of R contiguous values (ONNX Runtime's CUDA
 # Split over a 2-wide innermost axis was a tenth of the portable form's GPU time), and with the decays
 # exp(a) as factors rather than logs: one Exp for the whole sequence instead of one per merge level.
-
-def _shift_in(op, x, k: int, n: int, axis: int, rank: int, fill):
-    """x shifted by k along `axis` (length n) toward higher indices, `fill` shifted in at the start."""
-    pads = [0] * (2 * rank)
-    pads[axis] = k
-    return op.Pad(op.Slice(x, [0], [n - k], [axis]), pads, fill)
-
 
 def _rows_doubling(op, decay, x, T: int, dtype):
     """Prefix scan inside chunks of (M, nc, T, R): (products of the decays, local states from zero)."""
