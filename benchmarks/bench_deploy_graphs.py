@@ -117,9 +117,18 @@ def main() -> None:
     parser.add_argument("--cudnn-search", default="EXHAUSTIVE", choices=["EXHAUSTIVE", "HEURISTIC", "DEFAULT"],
                         help="ORT's cudnn_conv_algo_search for every session (HEURISTIC creates sessions in seconds "
                              "instead of minutes)")
+    parser.add_argument("--cuda-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more CUDA execution provider option for every ONNX Runtime session (repeatable), "
+                             "e.g. prefer_nhwc=1")
     parser.add_argument("--json", default=None)
     parser.add_argument("--export-only", action="store_true")
     args = parser.parse_args()
+    extra_options = {}
+    for item in args.cuda_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--cuda-option takes KEY=VALUE, got {item!r}")
+        extra_options[key] = value
     files = export_variants(args.model, Path(args.onnx_dir), args.variants)
     if args.export_only:
         return
@@ -129,7 +138,7 @@ def main() -> None:
     from ssmpose import runtimes
     from ssmpose.custom_ops.ort_library import ort_library_path
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": args.model,
-              "cudnn_conv_algo_search": args.cudnn_search,
+              "cudnn_conv_algo_search": args.cudnn_search, "cuda_options": extra_options,
               "rows": [], "nodes": {}, "outputs_vs": {}}
     import onnxruntime
     result["onnxruntime"] = onnxruntime.__version__
@@ -148,12 +157,11 @@ def main() -> None:
     reference = None
     for variant, path in files.items():
         custom = variant in CUSTOM
-        result["nodes"][variant] = node_counts(path, [("CUDAExecutionProvider",
-                                                       {"cudnn_conv_algo_search": args.cudnn_search})],
+        cuda_options = {"cudnn_conv_algo_search": args.cudnn_search, **extra_options}
+        result["nodes"][variant] = node_counts(path, [("CUDAExecutionProvider", cuda_options)],
                                                library if custom else None)
         print(f"{variant}: {result['nodes'][variant]['file']} nodes in the file, "
               f"{result['nodes'][variant]['ort_optimized']} after ORT's CUDA optimisations", flush=True)
-        cuda_options = {"cudnn_conv_algo_search": args.cudnn_search}
         session = runtimes.load(str(path), "ort-cuda", cuda_options=cuda_options)
         out = session.run(probe).float().cpu().numpy()
         if reference is None:
