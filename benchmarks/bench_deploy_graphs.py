@@ -36,6 +36,7 @@ CUSTOM = {  # name: (op_version, opset)
     "custom v2": (2, 20),
     "custom v3": (3, 20),
     "custom v4": (4, 20),
+    "custom v5": (5, 20),
 }
 PORTABLE = {  # name: (scan lowering, chunk size)
     "portable matrix T32": ("matrix", 32),

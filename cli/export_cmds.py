@@ -32,11 +32,13 @@ SCAN_LOWERINGS = ("halving", "doubling", "matrix")   # = custom_ops.portable.SCA
               help="Portable form: how the scan's chunks are computed: halving (default; pairs of steps merged "
                    "three times, then prefix doubling; the fastest on CPU and GPU), doubling (prefix doubling) or "
                    "matrix (T x T decay matrices, DESIGN.md's form).")
-@click.option("--op-version", type=click.IntRange(1, 4), default=4, show_default=True,   # = DEFAULT_OP_VERSION
-              help="ssmpose domain version of the custom form's nodes. 4: one SelectiveScan2D node per SS2D, "
-                   "the LayerNorms as ssmpose::LayerNorm, each residual Add + LayerNorm as one AddLayerNorm and "
-                   "each LPU convolution chain as one MultiKernelDepthwiseConv (the fastest on ONNX Runtime, "
-                   "GPU and CPU); 3: SelectiveScan2D and LayerNorm only; 2: SelectiveScan2D only (for runtime "
+@click.option("--op-version", type=click.IntRange(1, 5), default=5, show_default=True,   # = DEFAULT_OP_VERSION
+              help="ssmpose domain version of the custom form's nodes. 5: one SelectiveScan2D node per SS2D, "
+                   "the LayerNorms as ssmpose::LayerNorm, each residual Add + LayerNorm as one AddLayerNorm, "
+                   "each LPU convolution chain as one MultiKernelDepthwiseConv, and each DeformAggregate with its "
+                   "offset bias and SiLU inside (the fastest on ONNX Runtime, GPU and CPU); 4: as 5 with "
+                   "DeformAggregate's bias Add and SiLU as separate nodes (for runtime libraries built before "
+                   "version 5); 3: SelectiveScan2D and LayerNorm only; 2: SelectiveScan2D only (for runtime "
                    "libraries built before version 3); 1: cross-scan -> SelectiveScan -> cross-merge (for "
                    "libraries built before version 2).")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),

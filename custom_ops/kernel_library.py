@@ -22,8 +22,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-ABI_VERSION = 3  # must equal SSM_KERNELS_ABI_VERSION of ssmpose_kernels.h (2: adds LayerNorm; 3: AddLayerNorm,
-#                  MultiKernelDepthwiseConv)
+ABI_VERSION = 4  # must equal SSM_KERNELS_ABI_VERSION of ssmpose_kernels.h (2: adds LayerNorm; 3: AddLayerNorm,
+#                  MultiKernelDepthwiseConv; 4: DeformAggregate's offset bias and activation)
 
 CPU_LIBRARY_NAME = "libssmpose_kernels.so"
 CUDA_LIBRARY_NAME = "libssmpose_kernels_cuda.so"
@@ -37,7 +37,8 @@ MAX_DSTATE = 16
 SCAN_2D_DIRECTIONS = 4  # SelectiveScan2D: SS2D's four directions, the only value of domain version 2
 DWCONV_MAX_GROUPS = 16  # SSM_DWCONV_MAX_GROUPS
 DWCONV_MAX_KERNEL = 15  # SSM_DWCONV_MAX_KERNEL
-SSM_ACTIVATION_NONE, SSM_ACTIVATION_GELU = 0, 1
+SSM_ACTIVATION_NONE, SSM_ACTIVATION_GELU, SSM_ACTIVATION_SILU = 0, 1, 2
+DEFORM_ACTIVATIONS = {"none": SSM_ACTIVATION_NONE, "silu": SSM_ACTIVATION_SILU}  # DeformAggregate's (domain version 5)
 
 
 class KernelLibraryError(RuntimeError):
@@ -96,6 +97,7 @@ class DeformShape(ctypes.Structure):
         ("remove_center", ctypes.c_int32),
         ("offset_scale", ctypes.c_float),
         ("dtype", ctypes.c_int32),
+        ("activation", ctypes.c_int32),
     ]
 
 
@@ -151,7 +153,7 @@ _CPU_SIGNATURES = {
     "ssm_selective_scan_2d_fwd_cpu": ([_SCAN2D, _P, _P, _P, _P, _P, _P, _P, _P, _I], _I),
     "ssm_selective_scan_2d_bwd_cpu": ([_SCAN2D, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I],
                                       _I),
-    "ssm_deform_aggregate_fwd_cpu": ([_DEFORM, _P, _P, _P, _I], _I),
+    "ssm_deform_aggregate_fwd_cpu": ([_DEFORM, _P, _P, _P, _P, _I], _I),
     "ssm_deform_aggregate_bwd_cpu": ([_DEFORM, _P, _P, _P, _P, _P, _I], _I),
     "ssm_layer_norm_fwd_cpu": ([_LAYER_NORM, _P, _P, _P, _P, _I], _I),
     "ssm_add_layer_norm_fwd_cpu": ([_LAYER_NORM, _P, _P, _P, _P, _P, _P, _I], _I),
@@ -167,7 +169,7 @@ _CUDA_SIGNATURES = {
     "ssm_selective_scan_2d_bwd_cuda_workspace_size": ([_SCAN2D], ctypes.c_size_t),
     "ssm_selective_scan_2d_bwd_cuda": ([_SCAN2D, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P,
                                         _P], _I),
-    "ssm_deform_aggregate_fwd_cuda": ([_DEFORM, _P, _P, _P, _P], _I),
+    "ssm_deform_aggregate_fwd_cuda": ([_DEFORM, _P, _P, _P, _P, _P], _I),
     "ssm_deform_aggregate_bwd_cuda": ([_DEFORM, _P, _P, _P, _P, _P, _P], _I),
     "ssm_layer_norm_fwd_cuda": ([_LAYER_NORM, _P, _P, _P, _P, _P], _I),
     "ssm_add_layer_norm_fwd_cuda": ([_LAYER_NORM, _P, _P, _P, _P, _P, _P, _P], _I),
@@ -706,18 +708,31 @@ def _deform_prepare(op, value, offset_mask, kernel_h, kernel_w, stride_h, stride
 
 
 def deform_aggregate_fwd(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                         dilation_w, group, group_channels, offset_scale, remove_center) -> torch.Tensor:
-    """DeformAggregate forward with the compiled kernels; returns (B, Hout, Wout, G*C) in value's dtype."""
+                         dilation_w, group, group_channels, offset_scale, remove_center, offset_bias=None,
+                         activation: str = "none") -> torch.Tensor:
+    """DeformAggregate forward with the compiled kernels; returns (B, Hout, Wout, G*C) in value's dtype.
+    `offset_bias` (P values, value's dtype and device) and `activation` ("none" or "silu") are the forward-only
+    epilogues of domain version 5 (docs/ops.md)."""
     op = "DeformAggregate"
     shape, dtype, device, out_shape = _deform_prepare(
         op, value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
         group, group_channels, offset_scale, remove_center)
+    if activation not in DEFORM_ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be one of {', '.join(DEFORM_ACTIVATIONS)}, got {activation!r}")
+    shape.activation = DEFORM_ACTIVATIONS[activation]
+    if offset_bias is not None:
+        _check_shape(op, "offset_bias", offset_bias, (offset_mask.shape[3],))
+        if offset_bias.dtype != dtype or offset_bias.device != device:
+            raise ValueError(f"{op}: offset_bias must be {dtype} on {device}, got {offset_bias.dtype} on "
+                             f"{offset_bias.device}")
+        offset_bias = offset_bias.contiguous()
     out = torch.empty(out_shape, dtype=dtype, device=device)
     if out.numel() == 0:
         return out
     value, offset_mask = value.contiguous(), offset_mask.contiguous()
     lib = _backend(op, device)
-    args = (ctypes.byref(shape), _ptr(value), _ptr(offset_mask), _ptr(out))
+    args = (ctypes.byref(shape), _ptr(value), _ptr(offset_mask),
+            None if offset_bias is None else _ptr(offset_bias), _ptr(out))
     if device.type == "cpu":
         fn = "ssm_deform_aggregate_fwd_cpu"
         status = lib.ssm_deform_aggregate_fwd_cpu(*args, _num_threads())

@@ -637,8 +637,7 @@ def _lower_node(node, chunk_size: int, method: str):
         out = selective_scan_2d_subgraph(builder, *inputs[:7], delta_softplus=int(attrs.get("delta_softplus", 1)),
                                          chunk_size=chunk_size, method=method)
     elif node.op_type == "DeformAggregate":
-        values = {name: attrs.get(name, _DEFORM_DEFAULTS[name]) for name in DEFORM_ATTRIBUTES}
-        out = deform_aggregate_subgraph(builder, inputs[0], inputs[1], **values)
+        out = _lower_deform_aggregate(builder, node, attrs, inputs)
     elif node.op_type == "LayerNorm":   # exactly ONNX's LayerNormalization over the last axis, float32 statistics
         out = builder.LayerNormalization(inputs[0], inputs[1], inputs[2], axis=-1,
                                          epsilon=float(attrs.get("epsilon", LAYER_NORM_EPSILON)), stash_type=1)
@@ -652,6 +651,22 @@ def _lower_node(node, chunk_size: int, method: str):
     else:
         raise ValueError(f"no portable lowering for {DOMAIN}::{node.op_type}")
     return builder.tape.nodes, out if isinstance(out, list) else [out]
+
+
+def _lower_deform_aggregate(builder, node, attrs, inputs):
+    """DeformAggregate with the epilogues of domain version 5 as the nodes they replaced: Add of the offset bias
+    before it, Sigmoid and Mul (SiLU) after it."""
+    values = {name: attrs.get(name, _DEFORM_DEFAULTS[name]) for name in DEFORM_ATTRIBUTES}
+    activation = str(attrs.get("activation", "none"))
+    if activation not in ("none", "silu"):
+        raise ValueError(f"{DOMAIN}::DeformAggregate {node.name!r}: attribute activation must be 'none' or "
+                         f"'silu', got {activation!r}")
+    offset_mask = inputs[1]
+    if inputs[2] is not None:
+        offset_mask = builder.Add(inputs[1], inputs[2])
+        offset_mask.shape, offset_mask.type = inputs[1].shape, inputs[1].type   # the lowering reads both
+    out = deform_aggregate_subgraph(builder, inputs[0], offset_mask, **values)
+    return builder.Mul(out, builder.Sigmoid(out)) if activation == "silu" else out
 
 
 def _lower_depthwise_conv(builder, node, attrs, inputs):

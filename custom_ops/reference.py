@@ -175,8 +175,27 @@ def deform_output_size(height, width, kernel_h, kernel_w, stride_h, stride_w, pa
 
 def deform_aggregate_reference(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                                dilation_h, dilation_w, group, group_channels, offset_scale,
-                               remove_center):
-    """DCNv4 aggregation with explicit bilinear sampling (corners outside the image are zero)."""
+                               remove_center, offset_bias=None, activation: str = "none"):
+    """DCNv4 aggregation with explicit bilinear sampling (corners outside the image are zero).
+
+    The epilogues of domain version 5 (docs/ops.md): `offset_bias` (P values) is added to offset_mask first
+    and the sum rounded to its dtype, as an Add node; activation "silu" applies x * sigmoid(x) to the output
+    rounded to value's dtype, computed in the compute dtype, then rounds again."""
+    if activation not in ("none", "silu"):
+        raise ValueError(f"DeformAggregate: activation must be 'none' or 'silu', got {activation!r}")
+    if offset_bias is not None:
+        ct = _compute_dtype(offset_mask)
+        offset_mask = (offset_mask.to(ct) + offset_bias.to(ct)).to(offset_mask.dtype)
+    out = _deform_aggregate(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                            dilation_w, group, group_channels, offset_scale, remove_center)
+    if activation == "silu":
+        z = out.to(_compute_dtype(out))
+        out = (z * torch.sigmoid(z)).to(out.dtype)
+    return out
+
+
+def _deform_aggregate(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                      dilation_w, group, group_channels, offset_scale, remove_center):
     batch, height, width, channels = value.shape
     _, out_h, out_w, _ = offset_mask.shape
     points = deform_sampling_points(kernel_h, kernel_w, remove_center)

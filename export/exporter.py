@@ -35,13 +35,14 @@ import torch.nn as nn
 
 from ..custom_ops import ops
 from .metadata import build_metadata, write_metadata
-from .fusions import (fuse_erf_gelu, use_add_layer_norm_op, use_block_diagonal_matmul, use_depthwise_conv_op,
-                      use_layer_norm_op)
-from .schemas import DOMAIN, FUSED_DOMAIN_VERSION, LAYER_NORM_DOMAIN_VERSION, op_domain_version, register_schemas
+from .fusions import (fuse_erf_gelu, use_add_layer_norm_op, use_block_diagonal_matmul, use_deform_aggregate_epilogues,
+                      use_depthwise_conv_op, use_layer_norm_op)
+from .schemas import (DOMAIN, EPILOGUE_DOMAIN_VERSION, FUSED_DOMAIN_VERSION, LAYER_NORM_DOMAIN_VERSION,
+                      nodes_domain_version, op_domain_version, register_schemas)
 
 FORMS = ("custom", "portable")
-OP_VERSIONS = (1, 2, 3, 4)
-DEFAULT_OP_VERSION = FUSED_DOMAIN_VERSION   # `ssmpose export --op-version` defaults to the same (cli/export_cmds.py)
+OP_VERSIONS = (1, 2, 3, 4, 5)
+DEFAULT_OP_VERSION = EPILOGUE_DOMAIN_VERSION   # `ssmpose export --op-version` defaults to the same (cli/export_cmds.py)
 # Opset 20 brings the one-node Gelu (five nodes below it). The portable form stays below 20: TensorRT's parser
 # knows only GridSample's opset-16 mode names and samples nearest-neighbour with opset 20's "linear".
 SUPPORTED_OPSETS = {"custom": (18, 19, 20), "portable": (18, 19)}
@@ -221,7 +222,7 @@ def _normalise(model: onnx.ModelProto, graph_name: str, form: str, opset: int) -
     used = {n.domain for n in model.graph.node}
     imports = {"": int(opset)}
     if DOMAIN in used:   # version 2 only where a SelectiveScan2D node needs it
-        imports[DOMAIN] = op_domain_version(n.op_type for n in model.graph.node if n.domain == DOMAIN)
+        imports[DOMAIN] = nodes_domain_version(n for n in model.graph.node if n.domain == DOMAIN)
     for entry in model.opset_import:
         if entry.domain not in imports and entry.domain in used:
             imports[entry.domain] = entry.version
@@ -276,13 +277,15 @@ def export_model(model: Union[str, nn.Module], output=None, *, checkpoint=None, 
                 computed in float32)
     chunk_size  portable form: chunk length of the scan lowering (default: the lowering's, 64 / 64 / 32)
     scan_lowering  portable form: "halving" (default), "doubling" or "matrix" (docs/export.md)
-    op_version  ssmpose domain version of the custom form's nodes. 4 (default): one SelectiveScan2D node per
+    op_version  ssmpose domain version of the custom form's nodes. 5 (default): one SelectiveScan2D node per
                 SS2D, every LayerNorm over the last axis as ssmpose::LayerNorm, the residual Add before a
-                LayerNorm fused with it (ssmpose::AddLayerNorm) and the LPU's and position convolutions as
-                ssmpose::MultiKernelDepthwiseConv; 3: SelectiveScan2D and LayerNorm only; 2: SelectiveScan2D
-                only (for runtime libraries built before version 3); 1: SS2D's scan as cross-scan ->
-                SelectiveScan -> cross-merge (for libraries built before version 2). The graph imports the
-                lowest version that has all its ops. The fusions of 3 and 4 apply to the custom form only.
+                LayerNorm fused with it (ssmpose::AddLayerNorm), the LPU's and position convolutions as
+                ssmpose::MultiKernelDepthwiseConv, and the offset bias and SiLU around each DeformAggregate
+                inside it; 4: as 5 without the DeformAggregate epilogues; 3: SelectiveScan2D and LayerNorm only;
+                2: SelectiveScan2D only (for runtime libraries built before version 3); 1: SS2D's scan as
+                cross-scan -> SelectiveScan -> cross-merge (for libraries built before version 2). The graph
+                imports the lowest version that has all its ops. The fusions of 3 to 5 apply to the custom form
+                only.
     """
     if form not in FORMS:
         raise ExportError(f"export form must be one of {', '.join(FORMS)}, got {form!r}")
@@ -381,16 +384,19 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
 
 def _fuse_custom(proto: onnx.ModelProto, op_version: int) -> None:
     """The custom form's fusions of `op_version` (export/fusions.py): 3: LayerNorm; 4: also MultiKernelDepthwiseConv
-    and AddLayerNorm (which fuses the Adds before LayerNorm nodes, so it runs last)."""
+    and AddLayerNorm (which fuses the Adds before LayerNorm nodes, so it runs after the LayerNorm fusion); 5: also
+    DeformAggregate's offset bias and SiLU."""
     if op_version >= LAYER_NORM_DOMAIN_VERSION:
         use_layer_norm_op(proto)
     if op_version >= FUSED_DOMAIN_VERSION:
         use_depthwise_conv_op(proto)
         use_add_layer_norm_op(proto)
+    if op_version >= EPILOGUE_DOMAIN_VERSION:
+        use_deform_aggregate_epilogues(proto)
 
 
 def _custom_domain_version(proto: onnx.ModelProto) -> int:
-    return op_domain_version(n.op_type for n in proto.graph.node if n.domain == DOMAIN)
+    return nodes_domain_version(n for n in proto.graph.node if n.domain == DOMAIN)
 
 
 def _check_opset(opset, form: str) -> None:

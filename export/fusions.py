@@ -9,6 +9,8 @@ left alone.
   `ssmpose::MultiKernelDepthwiseConv` (domain version 4).
 - `use_add_layer_norm_op`: a residual Add whose sum feeds a `ssmpose::LayerNorm` -> one `ssmpose::AddLayerNorm`
   (domain version 4).
+- `use_deform_aggregate_epilogues`: the Add of a constant offset bias before an `ssmpose::DeformAggregate` and the
+  SiLU (Sigmoid, Mul) after it -> that DeformAggregate's offset_bias input and activation (domain version 5).
 - `use_block_diagonal_matmul`: SS2D's per-direction dt projection, an Einsum "...kr,kdr->...kd" with a constant
   weight -> Reshape, one MatMul with the block-diagonal weight, Reshape (standard ops, every form).
 """
@@ -348,6 +350,77 @@ def use_add_layer_norm_op(model) -> int:
         made += 1
     _rebuild(model, removed)
     return made
+
+
+def _offset_bias(index: _GraphIndex, add, offset_mask: str):
+    """(data, bias) names when `add` is Add(data, bias) (either order) of the activation `data` and a constant
+    1-D bias of P values, P the last dimension of `offset_mask` (the Add's output, same shape as data); else
+    None."""
+    shape = index.shapes.get(offset_mask)
+    if not _is(add, "Add") or shape is None or not isinstance(shape[-1], int):
+        return None
+    for data, bias in ((add.input[0], add.input[1]), (add.input[1], add.input[0])):
+        values = index.array(bias)
+        if values is not None and data not in index.initializers and values.shape == (shape[-1],) \
+                and index.shapes.get(data) == shape:
+            return data, bias
+    return None
+
+
+def _silu_after(index: _GraphIndex, value: str):
+    """(Sigmoid, Mul) when the only users of `value` are a Sigmoid of it and Mul(value, sigmoid) (either order),
+    the Sigmoid's only user being that Mul; else None."""
+    users = index.consumers.get(value, [])
+    if len(users) != 2 or value in index.graph_outputs:
+        return None
+    sigmoid = next((u for u in users if _is(u, "Sigmoid")), None)
+    mul = next((u for u in users if _is(u, "Mul")), None)
+    if sigmoid is None or mul is None or index.sole_consumer(sigmoid.output[0]) is not mul \
+            or sorted(mul.input) != sorted([value, sigmoid.output[0]]):
+        return None
+    return sigmoid, mul
+
+
+def use_deform_aggregate_epilogues(model) -> int:
+    """Fold into every `ssmpose::DeformAggregate` (domain version 5, docs/ops.md) the Add of a constant offset
+    bias that computes its offset_mask (DCNv4's offset/mask projection bias; the Add's only user must be the
+    DeformAggregate) and the SiLU after it (Sigmoid and Mul, the output's only users), each where present. The
+    op computes them as those nodes do: the biased offsets rounded to the type, SiLU of the rounded output.
+    Works on an onnx.ModelProto in place (the caller imports the domain at version 5); returns the
+    DeformAggregate nodes changed."""
+    import onnx
+
+    from .schemas import DOMAIN, uses_deform_epilogues
+    index = _GraphIndex(model)
+    removed, changed = set(), 0
+    for node in index.nodes:
+        if node.op_type != "DeformAggregate" or node.domain != DOMAIN or uses_deform_epilogues(node) \
+                or len(node.input) != 2:
+            continue
+        inputs, output, folded = list(node.input), node.output[0], []
+        add = index.producer.get(node.input[1])
+        bias = _offset_bias(index, add, node.input[1]) if index.sole_consumer(node.input[1]) is node else None
+        if bias is not None:
+            inputs[1:] = bias
+            folded.append(add)
+        silu = _silu_after(index, node.output[0])
+        if silu is not None:
+            output = silu[1].output[0]
+            folded.extend(silu)
+        if not folded:
+            continue
+        fused = onnx.NodeProto()
+        fused.CopyFrom(node)
+        del fused.input[:]
+        fused.input.extend(inputs)
+        fused.output[0] = output
+        if silu is not None:
+            fused.attribute.append(onnx.helper.make_attribute("activation", "silu"))
+        node.CopyFrom(fused)
+        removed.update(index.position[id(n)] for n in folded)
+        changed += 1
+    _rebuild(model, removed)
+    return changed
 
 
 def _einsum_per_group(equation: str):

@@ -1,9 +1,11 @@
 """ONNX operator schemas of the `ssmpose` domain, with type and shape inference.
 
 Domain version 1 has SelectiveScan and DeformAggregate; version 2 adds SelectiveScan2D; version 3 adds
-LayerNorm; version 4 adds AddLayerNorm and MultiKernelDepthwiseConv (the earlier ops are unchanged, so they resolve to their first schemas in a later graph). A graph
-imports the lowest version that has all its ops (`op_domain_version`): a graph with SelectiveScan and
-DeformAggregate only stays version 1.
+LayerNorm; version 4 adds AddLayerNorm and MultiKernelDepthwiseConv; version 5 gives DeformAggregate an optional
+offset_bias input and an activation attribute (its forward-only epilogues). The other ops are unchanged, so they
+resolve to their first schemas in a later graph. A graph imports the lowest version that has all its ops and
+their features (`op_domain_version`, `nodes_domain_version`): a graph with SelectiveScan and DeformAggregate
+only stays version 1.
 
 Registering them (`register_schemas()`, done when `ssmpose.export` is imported) lets onnxscript emit the
 nodes, lets `onnx.checker.check_model(full_check=True)` check them and lets
@@ -29,14 +31,16 @@ DOMAIN_VERSION = 1          # SelectiveScan, DeformAggregate
 SCAN_2D_DOMAIN_VERSION = 2  # SelectiveScan2D
 LAYER_NORM_DOMAIN_VERSION = 3  # LayerNorm
 FUSED_DOMAIN_VERSION = 4  # AddLayerNorm, MultiKernelDepthwiseConv
-LATEST_DOMAIN_VERSION = FUSED_DOMAIN_VERSION
+EPILOGUE_DOMAIN_VERSION = 5  # DeformAggregate's offset_bias and activation
+LATEST_DOMAIN_VERSION = EPILOGUE_DOMAIN_VERSION
 OP_SINCE_VERSION = {"SelectiveScan": DOMAIN_VERSION, "DeformAggregate": DOMAIN_VERSION,
                     "SelectiveScan2D": SCAN_2D_DOMAIN_VERSION, "LayerNorm": LAYER_NORM_DOMAIN_VERSION,
                     "AddLayerNorm": FUSED_DOMAIN_VERSION, "MultiKernelDepthwiseConv": FUSED_DOMAIN_VERSION}
 LAYER_NORM_EPSILON = 1e-5
 DWCONV_MAX_KERNEL = 15   # SSM_DWCONV_MAX_KERNEL / SSM_DWCONV_MAX_GROUPS of the kernel library
 DWCONV_MAX_GROUPS = 16
-ACTIVATIONS = ("none", "gelu")
+ACTIVATIONS = ("none", "gelu")   # MultiKernelDepthwiseConv
+DEFORM_ACTIVATIONS = ("none", "silu")
 PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = DOMAIN
 
@@ -47,7 +51,7 @@ _Option = onnx.defs.OpSchema.FormalParameterOption
 SCAN_INPUTS = ("u", "delta", "A", "Bs", "Cs", "Ds", "delta_bias")
 SCAN_2D_INPUTS = ("x", "delta", "A", "Bs", "Cs", "Ds", "delta_bias")
 SCAN_2D_DIRECTIONS = 4
-DEFORM_INPUTS = ("value", "offset_mask")
+DEFORM_INPUTS = ("value", "offset_mask", "offset_bias")
 DEFORM_INT_ATTRIBUTES = ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w", "dilation_h",
                          "dilation_w", "group", "group_channels")
 
@@ -126,10 +130,20 @@ def _infer_selective_scan_2d(ctx) -> None:
 
 
 def _infer_deform_aggregate(ctx) -> None:
+    op = "DeformAggregate"
     value, offset_mask = ctx.get_input_type(0), ctx.get_input_type(1)
     vdims, odims = _dims(value), _dims(offset_mask)
-    _check_rank("DeformAggregate", "value", vdims, 4)
-    _check_rank("DeformAggregate", "offset_mask", odims, 4)
+    _check_rank(op, "value", vdims, 4)
+    _check_rank(op, "offset_mask", odims, 4)
+    if ctx.get_num_inputs() > 2 and ctx.has_input(2):
+        bdims = _dims(ctx.get_input_type(2))
+        _check_rank(op, "offset_bias", bdims, 1)
+        if bdims and odims and bdims[0].HasField("dim_value") and odims[3].HasField("dim_value") \
+                and bdims[0].dim_value != odims[3].dim_value:
+            _fail(op, f"offset_bias has {bdims[0].dim_value} values, offset_mask has {odims[3].dim_value} columns")
+    activation = ctx.get_attribute("activation")
+    if activation is not None and activation.s.decode() not in DEFORM_ACTIVATIONS:
+        _fail(op, f"attribute activation must be one of {', '.join(DEFORM_ACTIVATIONS)}, got {activation.s.decode()!r}")
     group, channels = _int_attr(ctx, "group", 1), _int_attr(ctx, "group_channels", 1)
     dims = None
     if vdims is not None:
@@ -313,18 +327,23 @@ def _layer_norm_schema() -> onnx.defs.OpSchema:
     return schema
 
 
-def _deform_aggregate_schema() -> onnx.defs.OpSchema:
+def _deform_aggregate_schema(version: int = DOMAIN_VERSION) -> onnx.defs.OpSchema:
+    """Version 1, or version 5 with the optional offset_bias input and the activation attribute."""
     defaults = dict(kernel_h=3, kernel_w=3, stride_h=1, stride_w=1, pad_h=1, pad_w=1, dilation_h=1, dilation_w=1,
                     group=1, group_channels=1)
     attributes = [_attribute(name, defaults[name], name) for name in DEFORM_INT_ATTRIBUTES]
     attributes += [_attribute("offset_scale", 1.0, "scale of the kernel taps and offsets"),
                    _attribute("remove_center", 0, "skip the centre tap (0/1)")]
+    inputs = [_Param("value", "T", "(B, H, W, G*C) channel-last"),
+              _Param("offset_mask", "T", "(B, Hout, Wout, P), P >= G*K*3")]
+    if version >= EPILOGUE_DOMAIN_VERSION:
+        inputs.append(_Param("offset_bias", "T", "(P), added to offset_mask (rounded to T)",
+                             param_option=_Option.Optional))
+        attributes.append(_attribute("activation", "none", "'none' or 'silu', on the output rounded to T"))
     schema = onnx.defs.OpSchema(
-        "DeformAggregate", DOMAIN, DOMAIN_VERSION,
+        "DeformAggregate", DOMAIN, version,
         "DCNv4 aggregation without softmax (docs/ops.md). Output (B, Hout, Wout, group*group_channels).",
-        inputs=[_Param("value", "T", "(B, H, W, G*C) channel-last"),
-                _Param("offset_mask", "T", "(B, Hout, Wout, P), P >= G*K*3")],
-        outputs=[_Param("output", "T", "(B, Hout, Wout, G*C)")],
+        inputs=inputs, outputs=[_Param("output", "T", "(B, Hout, Wout, G*C)")],
         type_constraints=[("T", _FLOAT_TYPES, "float tensors")],
         attributes=attributes + _plugin_attributes())
     schema.set_type_and_shape_inference_function(_infer_deform_aggregate)
@@ -334,10 +353,12 @@ def _deform_aggregate_schema() -> onnx.defs.OpSchema:
 def register_schemas() -> None:
     """Register the ssmpose-domain schemas in this process (idempotent)."""
     for factory in (_selective_scan_schema, _deform_aggregate_schema, _selective_scan_2d_schema,
-                    _layer_norm_schema, _add_layer_norm_schema, _depthwise_conv_schema):
+                    _layer_norm_schema, _add_layer_norm_schema, _depthwise_conv_schema,
+                    lambda: _deform_aggregate_schema(EPILOGUE_DOMAIN_VERSION)):
         schema = factory()
-        if onnx.defs.has(schema.name, schema.since_version, DOMAIN):
-            continue
+        if onnx.defs.has(schema.name, schema.since_version, DOMAIN) and \
+                onnx.defs.get_schema(schema.name, schema.since_version, DOMAIN).since_version == schema.since_version:
+            continue   # this version is registered (an earlier version alone does not count)
         onnx.defs.register_schema(schema)
 
 
@@ -346,3 +367,20 @@ def op_domain_version(op_types) -> int:
     there are none)."""
     versions = [OP_SINCE_VERSION.get(op, DOMAIN_VERSION) for op in op_types]
     return max(versions, default=DOMAIN_VERSION)
+
+
+def uses_deform_epilogues(node) -> bool:
+    """Whether an onnx NodeProto is a DeformAggregate with an offset_bias input or an activation other than
+    "none" (domain version 5)."""
+    if node.op_type != "DeformAggregate":
+        return False
+    activation = next((a.s.decode() for a in node.attribute if a.name == "activation"), "none")
+    return (len(node.input) > 2 and node.input[2] != "") or activation != "none"
+
+
+def nodes_domain_version(nodes) -> int:
+    """The `ssmpose` domain version a graph with these onnx NodeProtos (of the ssmpose domain) must import:
+    `op_domain_version` of their types, and 5 where a DeformAggregate uses its epilogues."""
+    nodes = list(nodes)
+    version = op_domain_version(n.op_type for n in nodes)
+    return max(version, EPILOGUE_DOMAIN_VERSION) if any(uses_deform_epilogues(n) for n in nodes) else version

@@ -3,8 +3,9 @@
 Custom-form files (``ssmpose`` domain nodes) need the project's plugin library ``libssmpose_trt.so``
 (``custom_ops/csrc/tensorrt``, docs/tensorrt.md), which is loaded into TensorRT's plugin registry before the file is
 parsed or a cached engine is deserialised; portable files need nothing but TensorRT. The library carries a plugin
-for every op of the domain, versions 1 to 4 (2 added SelectiveScan2D, 3 LayerNorm, 4 AddLayerNorm and
-MultiKernelDepthwiseConv), so files exported with any op version build.
+for every op of the domain, versions 1 to 5 (2 added SelectiveScan2D, 3 LayerNorm, 4 AddLayerNorm and
+MultiKernelDepthwiseConv, 5 DeformAggregate's offset_bias input and activation field), so files exported with any
+op version build.
 
 Precision: a float32 export builds an fp32 engine (TF32 off, so that results stay within the fp32 parity
 tolerance) unless ``precision="fp16"``, which lets TensorRT pick float16 kernels (the ssmpose plugins then
@@ -38,8 +39,9 @@ from .onnx_metadata import read_onnx_metadata
 PLUGIN_LIBRARY_NAME = "libssmpose_trt.so"
 # Must equal SSMPOSE_TRT_LIBRARY_VERSION of custom_ops/csrc/tensorrt/trt_common.h. 2: SelectiveScan2D (domain
 # version 2) added; 3: LayerNorm (domain version 3) added; 4: AddLayerNorm and MultiKernelDepthwiseConv (domain
-# version 4) added. An older library is refused as stale.
-PLUGIN_LIBRARY_VERSION = 4
+# version 4) added; 5: DeformAggregate's offset_bias input and activation field (domain version 5). An older
+# library is refused as stale.
+PLUGIN_LIBRARY_VERSION = 5
 PLUGIN_NAMESPACE = "ssmpose"
 PLUGIN_VERSION = "1"  # of every plugin, later ones included (the domain version is not the plugin version)
 PLUGIN_NAMES = ("SelectiveScan", "DeformAggregate", "SelectiveScan2D", "LayerNorm", "AddLayerNorm",

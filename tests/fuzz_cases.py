@@ -3,8 +3,9 @@
 Each case is one SelectiveScan, DeformAggregate, SelectiveScan2D, LayerNorm, AddLayerNorm or
 MultiKernelDepthwiseConv node built from a small valid configuration plus zero to three mutations drawn from the
 list in MUTATIONS (wrong ranks, zero-size and huge dimensions, mismatched B/G/N/L/H/W/C, bad attributes, P too
-small, NaN/Inf values, unsupported or mixed dtypes, missing inputs). The graph imports the `ssmpose` domain at the
-op's version (OP_VERSIONS). A case is a pure function of (seed, index), so every runtime sees the same cases. A
+small, NaN/Inf values, unsupported or mixed dtypes, missing inputs; DeformAggregate's offset_bias and activation).
+The graph imports the `ssmpose` domain at the op's version (OP_VERSIONS; 5 for a DeformAggregate with its
+epilogues). A case is a pure function of (seed, index), so every runtime sees the same cases. A
 case knows whether it is valid under docs/ops.md; the verdict (`judge`) is:
 
 - invalid case: the runtime must raise, and the message must name the op and contain one of the case's
@@ -55,6 +56,7 @@ DEFORM_ATTRS = ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w"
 OP_VERSIONS = {"SelectiveScan": 1, "DeformAggregate": 1, "SelectiveScan2D": 2, "LayerNorm": 3, "AddLayerNorm": 4,
                "MultiKernelDepthwiseConv": 4}
 ALL_OPS = tuple(OP_VERSIONS)
+DEFORM_EPILOGUE_VERSION = 5   # DeformAggregate's offset_bias input and activation attribute
 HUGE = 1 << 40  # a dimension no tensor could hold; only ever next to a zero-size dimension
 INT32_MAX = (1 << 31) - 1
 
@@ -102,6 +104,10 @@ MUTATIONS = {
         "missing": "one input only",
         "empty_image": "H or W = 0 while the output is not empty (with group_channels = 2^31-1: the output "
                        "must be refused before it is allocated)",
+        "offset_bias": "valid: an offset_bias input of P values (domain version 5)",
+        "silu": "valid: activation \"silu\" (domain version 5)",
+        "bias_shape": "offset_bias of the wrong length or rank (domain version 5)",
+        "activation_bad": "activation neither \"none\" nor \"silu\": another name or an int (domain version 5)",
     },
     "SelectiveScan2D": {
         "float16": "valid: all inputs float16",
@@ -194,7 +200,10 @@ class Case:
 
     @property
     def version(self) -> int:
-        """The ssmpose domain version the graph imports: the op's (docs/ops.md)."""
+        """The ssmpose domain version the graph imports: the op's (docs/ops.md), 5 for a DeformAggregate with an
+        offset_bias or an activation."""
+        if self.op == "DeformAggregate" and ("offset_bias" in self.inputs or "activation" in self.attrs):
+            return DEFORM_EPILOGUE_VERSION
         return OP_VERSIONS[self.op]
 
     def model(self):
@@ -638,7 +647,7 @@ def _deform_case(seed: int, index: int, attempt: int) -> Case:
         keywords += [name]
     if "attr_type" in muts:
         valid = False
-        name = str(rng.choice(DEFORM_ATTRS))
+        name = str(rng.choice([n for n in DEFORM_ATTRS if n in a]))   # not one "attr_missing" removed
         a[name] = "three" if rng.random() < 0.4 or name == "offset_scale" else float(a[name]) + 0.5
         keywords += [name]
     if "scale_nonfinite" in muts:
@@ -658,6 +667,22 @@ def _deform_case(seed: int, index: int, attempt: int) -> Case:
         valid = False
         inputs = ["value"] if rng.random() < 0.5 else ["value", ""]
         keywords += ["input", "offset_mask"]
+    if ("offset_bias" in muts or "bias_shape" in muts) and inputs[-1] == "offset_mask":
+        columns = feeds["offset_mask"].shape[-1] if feeds["offset_mask"].ndim else 1
+        shape = (columns,)
+        if "bias_shape" in muts:
+            valid = False
+            shape = (columns + int(rng.choice([-1, 1])),) if columns > 0 and rng.random() < 0.6 else (1, columns)
+            keywords += ["offset_bias"]
+        feeds["offset_bias"] = arr(shape, 0.5)
+        types["offset_bias"] = types["value"]
+        inputs = inputs + ["offset_bias"]
+    if "silu" in muts:
+        a["activation"] = "silu"
+    if "activation_bad" in muts:
+        valid = False
+        a["activation"] = str(rng.choice(["gelu", "SiLU", "relu", ""])) if rng.random() < 0.7 else 2
+        keywords += ["activation"]
     _cast_typed(feeds, types)
     if not valid:
         keywords.append("DeformAggregate")
@@ -1218,9 +1243,18 @@ def reference(case: Case) -> np.ndarray:
     out_h, out_w = deform_output_size(value.shape[1], value.shape[2], case.attrs)
     if value.size == 0 or om.size == 0:  # empty output (the reference cannot reshape huge empty tensors)
         return np.zeros((value.shape[0], out_h, out_w, value.shape[3]))
+    if "offset_bias" in case.feeds:  # the epilogues (docs/ops.md): the Add rounded to the type, SiLU of the rounded out
+        with np.errstate(over="ignore", invalid="ignore"):
+            om = (om.astype(np.float32) + case.feeds["offset_bias"].astype(np.float32)).astype(om.dtype)
     if _has_nonfinite(case):
-        return deform_spec(value, om, case.attrs)
-    return ref.deform_aggregate_reference(t(value), t(om), *[case.attrs[k] for k in DEFORM_ATTRS]).numpy()
+        out = deform_spec(value, om, case.attrs)
+    else:
+        out = ref.deform_aggregate_reference(t(value), t(om), *[case.attrs[k] for k in DEFORM_ATTRS]).numpy()
+    if case.attrs.get("activation") == "silu":
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = out.astype(value.dtype).astype(np.float64)
+            out = z / (1.0 + np.exp(-z))
+    return out
 
 
 def _reference_new(case: Case, t):

@@ -26,7 +26,7 @@ LIB = kl.cpu_library()
 REASON = kl.unavailable_reason("cpu")
 needs_lib = pytest.mark.skipif(LIB is None, reason=f"CPU kernel library not built: {REASON}")
 
-SSM_ERR_NULL_POINTER, SSM_ERR_BAD_SIZE, SSM_ERR_BAD_DTYPE = 1, 2, 3
+SSM_ERR_NULL_POINTER, SSM_ERR_BAD_SIZE, SSM_ERR_BAD_DTYPE, SSM_ERR_UNSUPPORTED = 1, 2, 3, 4
 
 
 def test_kernel_library_present():
@@ -393,20 +393,24 @@ def test_deform_bad_arguments_return_status():
     p = buf.data_ptr()
     fwd = LIB.ssm_deform_aggregate_fwd_cpu
     bwd = LIB.ssm_deform_aggregate_bwd_cpu
-    assert fwd(ctypes.byref(_deform_shape()), p, p, p, 2) == 0
+    assert fwd(ctypes.byref(_deform_shape()), p, p, None, p, 2) == 0
     assert bwd(ctypes.byref(_deform_shape()), p, p, p, p, p, 2) == 0
     bad_sizes = dict(offset_stride=53, group_channels=0, groups=0, kernel_h=0, kernel_w=-1, stride_h=0, stride_w=0,
                      dilation_h=0, dilation_w=-2, height=0, out_width=0, batch=-1, remove_center=2)
     for field, value in bad_sizes.items():
         s = _deform_shape(**{field: value})
-        assert fwd(ctypes.byref(s), p, p, p, 2) == SSM_ERR_BAD_SIZE, field
+        assert fwd(ctypes.byref(s), p, p, None, p, 2) == SSM_ERR_BAD_SIZE, field
         assert bwd(ctypes.byref(s), p, p, p, p, p, 2) == SSM_ERR_BAD_SIZE, field
     # 1x1 kernel without its centre has no sampling points
     s = _deform_shape(kernel_h=1, kernel_w=1, remove_center=1, offset_stride=8)
-    assert fwd(ctypes.byref(s), p, p, p, 2) == SSM_ERR_BAD_SIZE
-    assert fwd(ctypes.byref(_deform_shape(dtype=-1)), p, p, p, 2) == SSM_ERR_BAD_DTYPE
-    assert fwd(None, p, p, p, 2) == SSM_ERR_NULL_POINTER
-    assert fwd(ctypes.byref(_deform_shape()), None, p, p, 2) == SSM_ERR_NULL_POINTER
+    assert fwd(ctypes.byref(s), p, p, None, p, 2) == SSM_ERR_BAD_SIZE
+    assert fwd(ctypes.byref(_deform_shape(dtype=-1)), p, p, None, p, 2) == SSM_ERR_BAD_DTYPE
+    assert fwd(None, p, p, None, p, 2) == SSM_ERR_NULL_POINTER
+    assert fwd(ctypes.byref(_deform_shape()), None, p, None, p, 2) == SSM_ERR_NULL_POINTER
+    # activation (domain version 5): SILU or NONE forward, NONE only backward
+    assert fwd(ctypes.byref(_deform_shape(activation=2)), p, p, p, p, 2) == 0
+    assert fwd(ctypes.byref(_deform_shape(activation=1)), p, p, None, p, 2) == SSM_ERR_UNSUPPORTED
+    assert bwd(ctypes.byref(_deform_shape(activation=2)), p, p, p, p, p, 2) == SSM_ERR_UNSUPPORTED
     assert bwd(ctypes.byref(_deform_shape()), p, p, p, None, p, 2) == SSM_ERR_NULL_POINTER
     assert bwd(ctypes.byref(_deform_shape()), p, p, p, p, None, 2) == SSM_ERR_NULL_POINTER
 

@@ -1,4 +1,4 @@
-"""Export with `op_version=4` (the default): HRVMamba's LPU convolution chains and its position convolutions
+"""Export with `op_version=4` (and 5, the default): HRVMamba's LPU convolution chains and its position convolutions
 become `ssmpose::MultiKernelDepthwiseConv`, each residual Add feeding a LayerNorm becomes `ssmpose::AddLayerNorm`
 (domain version 4). The fusions leave look-alikes alone, the fused graph runs in ONNX Runtime and matches
 PyTorch, and it lowers back to standard ops. The fusions applied to a version-2 export give the default
@@ -253,7 +253,7 @@ def test_hrvmamba_v4_graph_has_the_fused_nodes(exported_v4):
     e, path = exported_v4
     custom = onnx.load(str(path), load_external_data=False)
     onnx.checker.check_model(custom, full_check=True)
-    assert {o.domain: o.version for o in custom.opset_import}["ssmpose"] == 4
+    assert {o.domain: o.version for o in custom.opset_import}["ssmpose"] == 5   # with the DeformAggregate epilogues
     assert "LayerNormalization" not in {n.op_type for n in custom.graph.node}
     op_types = [n.op_type for n in custom.graph.node]
     blocks = [m for m in e.model.modules() if isinstance(m, HRVMambaBlock)]

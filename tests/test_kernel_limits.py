@@ -97,10 +97,10 @@ def scan_status(lib, device, shape):
 def deform_status(lib, device, shape):
     n = None
     if device == "cpu":
-        fwd = lib.ssm_deform_aggregate_fwd_cpu(ctypes.byref(shape), n, n, n, 1)
+        fwd = lib.ssm_deform_aggregate_fwd_cpu(ctypes.byref(shape), n, n, n, n, 1)
         bwd = lib.ssm_deform_aggregate_bwd_cpu(ctypes.byref(shape), n, n, n, n, n, 1)
     else:
-        fwd = lib.ssm_deform_aggregate_fwd_cuda(ctypes.byref(shape), n, n, n, n)
+        fwd = lib.ssm_deform_aggregate_fwd_cuda(ctypes.byref(shape), n, n, n, n, n)
         bwd = lib.ssm_deform_aggregate_bwd_cuda(ctypes.byref(shape), n, n, n, n, n, n)
     assert fwd == bwd
     return fwd

@@ -91,7 +91,7 @@ class DeformShape(ctypes.Structure):
                 ("pad_h", ctypes.c_int32), ("pad_w", ctypes.c_int32),
                 ("dilation_h", ctypes.c_int32), ("dilation_w", ctypes.c_int32),
                 ("remove_center", ctypes.c_int32), ("offset_scale", ctypes.c_float),
-                ("dtype", ctypes.c_int32)]
+                ("dtype", ctypes.c_int32), ("activation", ctypes.c_int32)]
 
 
 class LayerNormShape(ctypes.Structure):
@@ -174,7 +174,7 @@ def load_library(path: str):
     if hasattr(lib, "ssm_depthwise_conv_fwd_cuda"):
         lib.ssm_depthwise_conv_fwd_cuda.argtypes = [ctypes.POINTER(DwconvShape)] + [vp] * 5
         lib.ssm_depthwise_conv_fwd_cuda.restype = ctypes.c_int
-    lib.ssm_deform_aggregate_fwd_cuda.argtypes = [ctypes.POINTER(DeformShape)] + [vp] * 4
+    lib.ssm_deform_aggregate_fwd_cuda.argtypes = [ctypes.POINTER(DeformShape)] + [vp] * 5
     lib.ssm_deform_aggregate_fwd_cuda.restype = ctypes.c_int
     lib.ssm_deform_aggregate_bwd_cuda.argtypes = [ctypes.POINTER(DeformShape)] + [vp] * 6
     lib.ssm_deform_aggregate_bwd_cuda.restype = ctypes.c_int
@@ -863,7 +863,10 @@ def out_size(n, k, s, p, d):
 
 
 def check_deform(lib, rep, B, H, W, G, C, dtype, kh=3, kw=3, sh=1, sw=1, ph=1, pw=1, dh=1, dw=1, rc=0,
-                 scale=1.0, bwd=True, pad8=True, tag="", mscale=1.0, ostd=1.5):
+                 scale=1.0, bwd=True, pad8=True, tag="", mscale=1.0, ostd=1.5, bias=False, silu=False):
+    """bias / silu: the forward epilogues of domain version 5 (an offset bias of P values, SiLU on the output);
+    the reference applies them as the nodes they replace: offset_mask + bias rounded to the dtype, SiLU of the
+    output rounded to the dtype."""
     dev = "cuda"
     Ho, Wo = out_size(H, kh, sh, ph, dh), out_size(W, kw, sw, pw, dw)
     K = kh * kw - rc
@@ -877,20 +880,34 @@ def check_deform(lib, rep, B, H, W, G, C, dtype, kh=3, kw=3, sh=1, sw=1, ph=1, p
     offs[..., 2 * K:] *= mscale
     om[..., : G * K * 3] = offs.reshape(B, Ho, Wo, G * K * 3)
     om = om.to(dtype)
-    shp = DeformShape(B, H, W, Ho, Wo, G, C, Pn, kh, kw, sh, sw, ph, pw, dh, dw, rc, scale, DTYPE_CODE[dtype])
+    om_bias = (0.5 * r(Pn)).to(dtype) if bias else None
+    shp = DeformShape(B, H, W, Ho, Wo, G, C, Pn, kh, kw, sh, sw, ph, pw, dh, dw, rc, scale, DTYPE_CODE[dtype],
+                      2 if silu else 0)
     p = dict(G=G, C=C, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, rc=rc, scale=scale)
     name = (f"deform {tag}B{B} {H}x{W} G{G} C{C} k{kh}x{kw} s{sh}{sw} p{ph}{pw} d{dh}{dw} rc{rc} "
-            f"sc{scale} {str(dtype)[6:]}" + ("" if mscale == 1.0 else f" mask*{mscale:g}"))
+            f"sc{scale} {str(dtype)[6:]}" + ("" if mscale == 1.0 else f" mask*{mscale:g}")
+            + (" +offset_bias" if bias else "") + (" +silu" if silu else ""))
     outs = []
     for _ in range(3):
         out = torch.full((B, Ho, Wo, G * C), float("nan"), device=dev, dtype=dtype)
-        st = lib.ssm_deform_aggregate_fwd_cuda(ctypes.byref(shp), P(value), P(om), P(out), stream_ptr())
+        st = lib.ssm_deform_aggregate_fwd_cuda(ctypes.byref(shp), P(value), P(om), P(om_bias), P(out), stream_ptr())
         torch.cuda.synchronize()
         if st != SSM_OK:
             rep.add(name + " fwd", False, f"status {st}")
             return
         outs.append(out)
     same = all(torch.equal(outs[0], t) for t in outs[1:])
+    if bias or silu:  # forward only
+        om_used = om if om_bias is None else (om.float() + om_bias.float()).to(dtype)
+        ref = deform_ref(value.double(), om_used.double(), p, cells32=True)
+        if silu:
+            z = ref.to(dtype).double()
+            ref = z * torch.sigmoid(z)
+        rel, mx = errs(outs[0], ref)
+        ok = rel <= TOL_FWD[dtype] and same
+        rep.add(name + " fwd", ok, f"rel {rel:.2e} maxrel {mx:.2e} deterministic={same}" +
+                ("" if ok else f" | worst {top_errors(outs[0], ref)}"))
+        return
     v64 = value.double().requires_grad_(True)
     o64 = om.double().requires_grad_(True)
     ref = deform_ref(v64, o64, p, cells32=True)
@@ -937,13 +954,16 @@ def check_errors(lib, rep):
                                          group_channels=8, offset_stride=27, kernel_h=3, kernel_w=3, stride_h=1,
                                          stride_w=1, pad_h=1, pad_w=1, dilation_h=1, dilation_w=1,
                                          remove_center=0, offset_scale=1.0, dtype=0), **kw})
-    df = lambda shp: lib.ssm_deform_aggregate_fwd_cuda(ctypes.byref(shp), P(x), P(x), P(x), None)
+    df = lambda shp: lib.ssm_deform_aggregate_fwd_cuda(ctypes.byref(shp), P(x), P(x), None, P(x), None)
     codes.append((df(d(offset_stride=26)), SSM_ERR_BAD_SIZE))
     codes.append((df(d(kernel_h=1, kernel_w=1, remove_center=1, offset_stride=3)), SSM_ERR_BAD_SIZE))
     codes.append((df(d(groups=0)), SSM_ERR_BAD_SIZE))
     codes.append((df(d(stride_h=0)), SSM_ERR_BAD_SIZE))
     codes.append((df(d(dtype=3)), SSM_ERR_BAD_DTYPE))
-    codes.append((lib.ssm_deform_aggregate_fwd_cuda(None, P(x), P(x), P(x), None), SSM_ERR_NULL_POINTER))
+    codes.append((df(d(activation=1)), SSM_ERR_UNSUPPORTED))   # GELU is not one of DeformAggregate's
+    codes.append((lib.ssm_deform_aggregate_bwd_cuda(ctypes.byref(d(activation=2)), P(x), P(x), P(x), P(x), P(x),
+                                                    None), SSM_ERR_UNSUPPORTED))   # the epilogues are forward-only
+    codes.append((lib.ssm_deform_aggregate_fwd_cuda(None, P(x), P(x), None, P(x), None), SSM_ERR_NULL_POINTER))
     codes.append((lib.ssm_deform_aggregate_bwd_cuda(ctypes.byref(d()), P(x), P(x), P(x), None, P(x), None),
                   SSM_ERR_NULL_POINTER))
     got = [c for c, _ in codes]
@@ -1665,6 +1685,17 @@ def run_deform_checks(lib, rep, tag="", bwd=True):
     check_deform(lib, rep, 1, 6, 5, 1, 512, f32, tag=t, bwd=bwd)                    # C = 512 (4 vectors/thread)
     check_deform(lib, rep, 1, 6, 5, 2, 264, bf16, kh=2, kw=2, ph=0, pw=0, rc=1, tag=t, bwd=bwd)  # even kernel
     check_deform(lib, rep, 1, 7, 9, 2, 8, f32, kh=7, kw=7, ph=3, pw=3, tag=t, bwd=bwd)  # 49 points
+    # the forward epilogues of domain version 5 (offset bias, SiLU), on each forward path
+    for dt in (f32, f16, bf16):
+        check_deform(lib, rep, 2, 64, 48, 2, 32, dt, tag=t + "hrv-small-64x48 ", bias=True, silu=True)
+    check_deform(lib, rep, 2, 16, 12, 4, 16, f16, tag=t, bias=True)                 # offset bias only
+    check_deform(lib, rep, 2, 16, 12, 4, 16, f32, tag=t, silu=True)                 # SiLU only
+    check_deform(lib, rep, 2, 8, 6, 40, 32, f16, tag=t + "hrv-base-8x6 ", bias=True, silu=True)
+    check_deform(lib, rep, 2, 16, 12, 5, 32, f16, rc=1, tag=t, bias=True, silu=True)  # K = 8
+    check_deform(lib, rep, 2, 11, 9, 3, 12, f32, kh=5, kw=3, ph=2, pw=1, rc=1, pad8=False, tag=t, bias=True,
+                 silu=True)                                                         # generic kernel
+    check_deform(lib, rep, 1, 7, 9, 2, 8, f16, kh=41, kw=41, ph=20, pw=20, tag=t, bias=True,
+                 silu=True)                                                         # direct kernel (1681 points)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1811,7 +1842,8 @@ def bench_deform(lib, bw, batch, C, H, W, dtype, dirs, label):
     def fwd():
         s = sets[it[0] % nsets]
         it[0] += 1
-        st = lib.ssm_deform_aggregate_fwd_cuda(ctypes.byref(shp), P(s["v"]), P(s["om"]), P(s["out"]), stream_ptr())
+        st = lib.ssm_deform_aggregate_fwd_cuda(ctypes.byref(shp), P(s["v"]), P(s["om"]), None, P(s["out"]),
+                                               stream_ptr())
         assert st == 0, st
 
     if "fwd" in dirs:
@@ -1970,7 +2002,7 @@ def bench_deform_fwd_compare(libs, bw, batch=128, models=("small", "base"), dtyp
                     def fwd():
                         s_ = sets[it[0] % nsets]
                         it[0] += 1
-                        st = lib.ssm_deform_aggregate_fwd_cuda(ctypes.byref(shp), P(s_["v"]), P(s_["om"]),
+                        st = lib.ssm_deform_aggregate_fwd_cuda(ctypes.byref(shp), P(s_["v"]), P(s_["om"]), None,
                                                                P(s_["out"]), stream_ptr())
                         assert st == 0, st
 
@@ -2034,6 +2066,8 @@ def run_quick_checks(lib, rep, ops=("scan", "scan2d", "deform")):
     check_deform(lib, rep, 1, 8, 6, 5, 32, f16, rc=1)          # tensor-core path, K = 8
     check_deform(lib, rep, 1, 9, 7, 3, 64, f16)                # tensor-core path, 2 units per pg
     check_deform(lib, rep, 1, 5, 1, 1, 32, f16)                # odd unit count
+    check_deform(lib, rep, 1, 9, 7, 2, 32, f16, bias=True, silu=True)      # the version-5 epilogues
+    check_deform(lib, rep, 1, 11, 9, 3, 12, f32, kh=5, kw=3, ph=2, pw=1, rc=1, pad8=False, bias=True, silu=True)
 
 
 # Tuning variants (compile-time options of the kernels), timed next to the default build.

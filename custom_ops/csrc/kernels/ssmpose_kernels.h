@@ -41,8 +41,8 @@ extern "C" {
 #define SSM_API __attribute__((visibility("default")))
 #endif
 
-#define SSM_KERNELS_ABI_VERSION 3  /* 2: adds LayerNorm; 3: adds AddLayerNorm, MultiKernelDepthwiseConv and
-                                      ssm_set_cpu_executor */
+#define SSM_KERNELS_ABI_VERSION 4  /* 2: adds LayerNorm; 3: adds AddLayerNorm, MultiKernelDepthwiseConv and
+                                      ssm_set_cpu_executor; 4: DeformAggregate's offset bias and activation */
 
 typedef enum ssm_dtype {
   SSM_FLOAT32 = 0,
@@ -170,12 +170,25 @@ SSM_API int ssm_selective_scan_2d_bwd_cuda(const ssm_scan2d_shape* shape, const 
     void* dx, void* d_delta, float* dA, float* dBs, float* dCs, float* dDs, float* d_delta_bias,
     void* workspace, void* stream);
 
+/* Output activations of the forward-only epilogues (MultiKernelDepthwiseConv: NONE or GELU; DeformAggregate:
+ * NONE or SILU). Computed in float32 on the value rounded to dtype, then rounded again. */
+typedef enum ssm_activation {
+  SSM_ACTIVATION_NONE = 0,
+  SSM_ACTIVATION_GELU = 1, /* exact GELU 0.5 * z * (1 + erf(z / sqrt 2)) */
+  SSM_ACTIVATION_SILU = 2, /* z * sigmoid(z) = z / (1 + exp(-z)) */
+} ssm_activation;
+
 /* ------------------------------------------------------------------------------------------------
  * DeformAggregate (DCNv4 core, no softmax)
  *   value       : (batch, height, width, groups*group_channels)   dtype, channel-last
  *   offset_mask : (batch, out_height, out_width, offset_stride)   dtype;
  *                 offset_stride >= groups*K*3, K = kernel_h*kernel_w - remove_center; extra columns ignored
+ *   offset_bias : (offset_stride) dtype, or NULL (forward only; domain version 5): the forward reads
+ *                 offset_mask[..., j] + offset_bias[j], summed in float32 and rounded to dtype (what an Add
+ *                 node before the op computes)
  *   out         : (batch, out_height, out_width, groups*group_channels)  dtype (output)
+ * `activation` (forward only; domain version 5): SSM_ACTIVATION_NONE, or SILU applied to the output rounded
+ * to dtype (what a Sigmoid and Mul after the op compute, in float32). The backward takes NONE only.
  */
 typedef struct ssm_deform_shape {
   int64_t batch;
@@ -190,11 +203,13 @@ typedef struct ssm_deform_shape {
   int32_t dilation_h, dilation_w;
   int32_t remove_center;
   float offset_scale;
-  int32_t dtype; /* ssm_dtype */
+  int32_t dtype;      /* ssm_dtype */
+  int32_t activation; /* ssm_activation: NONE or SILU (forward only) */
 } ssm_deform_shape;
 
 SSM_API int ssm_deform_aggregate_fwd_cpu(const ssm_deform_shape* shape, const void* value,
-                                         const void* offset_mask, void* out, int num_threads);
+                                         const void* offset_mask, const void* offset_bias, void* out,
+                                         int num_threads);
 
 /* grad_value: float32 (batch, height, width, groups*group_channels); grad_offset_mask: float32
  * (batch, out_height, out_width, offset_stride), padding columns set to 0. Both overwritten. */
@@ -203,7 +218,8 @@ SSM_API int ssm_deform_aggregate_bwd_cpu(const ssm_deform_shape* shape, const vo
                                          float* grad_value, float* grad_offset_mask, int num_threads);
 
 SSM_API int ssm_deform_aggregate_fwd_cuda(const ssm_deform_shape* shape, const void* value,
-                                          const void* offset_mask, void* out, void* stream);
+                                          const void* offset_mask, const void* offset_bias, void* out,
+                                          void* stream);
 
 SSM_API int ssm_deform_aggregate_bwd_cuda(const ssm_deform_shape* shape, const void* value,
                                           const void* offset_mask, const void* grad_out,
@@ -265,11 +281,6 @@ SSM_API int ssm_add_layer_norm_fwd_cuda(const ssm_layer_norm_shape* shape, const
  * channels are >= 1 and sum to channels; channels % shuffle_groups == 0. batch may be 0 (nothing to do). */
 #define SSM_DWCONV_MAX_GROUPS 16
 #define SSM_DWCONV_MAX_KERNEL 15
-
-typedef enum ssm_activation {
-  SSM_ACTIVATION_NONE = 0,
-  SSM_ACTIVATION_GELU = 1,
-} ssm_activation;
 
 typedef struct ssm_dwconv_shape {
   int64_t batch;

@@ -1,9 +1,10 @@
 // ssmpose::DeformAggregate for ONNX Runtime (CPU EP, and CUDA EP when built with CUDA).
 //
-// Inputs value (B, H, W, G*C) and offset_mask (B, Hout, Wout, P) with P >= G*K*3, K = kernel_h*kernel_w -
-// remove_center; output (B, Hout, Wout, G*C). Attributes kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-// dilation_h, dilation_w, group, group_channels, remove_center (ints) and offset_scale (float), all required.
-// Both inputs and the output share one type T (float32 or float16). Semantics: docs/ops.md.
+// Inputs value (B, H, W, G*C), offset_mask (B, Hout, Wout, P) with P >= G*K*3, K = kernel_h*kernel_w -
+// remove_center, and optional offset_bias (P) (domain version 5); output (B, Hout, Wout, G*C). Attributes
+// kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group, group_channels,
+// remove_center (ints) and offset_scale (float), all required, and activation (string "none" or "silu", default
+// "none"; domain version 5). All tensors share one type T (float32 or float16). Semantics: docs/ops.md.
 #include <climits>
 #include <cmath>
 
@@ -15,8 +16,9 @@ namespace ssmpose_ort {
 namespace {
 
 constexpr const char* kOp = "DeformAggregate";
-constexpr const char* kInputs[] = {"value", "offset_mask"};
-constexpr size_t kNumInputs = 2;
+constexpr const char* kInputs[] = {"value", "offset_mask", "offset_bias"};
+constexpr size_t kNumInputs = 3;
+constexpr size_t kRequiredInputs = 2;
 constexpr int64_t kMaxPoints = int64_t(1) << 20;  // the kernels' limit on kernel_h*kernel_w
 
 OrtStatus* shape_error(const Api& api, const std::string& msg) {
@@ -33,6 +35,7 @@ struct Attrs {
   int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group, group_channels,
       remove_center;
   float offset_scale;
+  int32_t activation;
 };
 
 struct DeformAggregateKernel : Kernel {
@@ -44,9 +47,10 @@ struct DeformAggregateKernel : Kernel {
   OrtStatus* compute(OrtKernelContext* ctx) override {
     size_t count = 0;
     if (OrtStatus* st = api.KernelContext_GetInputCount(ctx, &count)) return st;
-    TensorArg value, om;
+    TensorArg value, om, bias;
     if (OrtStatus* st = read_input(api, ctx, count, 0, kOp, "value", true, &value)) return st;
     if (OrtStatus* st = read_input(api, ctx, count, 1, kOp, "offset_mask", true, &om)) return st;
+    if (OrtStatus* st = read_input(api, ctx, count, 2, kOp, "offset_bias", false, &bias)) return st;
 
     int32_t dtype = 0;
     if (!to_ssm_dtype(value.type, &dtype)) {
@@ -54,6 +58,7 @@ struct DeformAggregateKernel : Kernel {
                                   "; supported: float32, float16");
     }
     if (OrtStatus* st = check_same_type(api, kOp, value, om)) return st;
+    if (OrtStatus* st = check_same_type(api, kOp, value, bias)) return st;
 
     // Shapes: the rules of ops.check_deform_aggregate_args.
     if (value.rank() != 4) {
@@ -80,6 +85,10 @@ struct DeformAggregateKernel : Kernel {
     if (om.dims[3] < om_cols) {
       return shape_error(api, "offset_mask has " + std::to_string(om.dims[3]) + " columns, needs >= group*K*3 = " +
                                   std::to_string(om_cols));
+    }
+    if (bias.present() && bias.dims != std::vector<int64_t>{om.dims[3]}) {
+      return shape_error(api, "offset_bias must have shape (P) = (" + std::to_string(om.dims[3]) +
+                                  "), offset_mask's last dimension, got " + shape_str(bias.dims));
     }
 
     // Before allocating: an empty image with a non-empty output (found by fuzzing: with group_channels near
@@ -115,13 +124,14 @@ struct DeformAggregateKernel : Kernel {
     shape.remove_center = static_cast<int32_t>(a.remove_center);
     shape.offset_scale = a.offset_scale;
     shape.dtype = dtype;
+    shape.activation = a.activation;
 
     int status = SSM_OK;
     const char* fn = "";
     const char* (*status_string)(int) = ssm_status_string;
     if (def->device == Device::CPU) {
       fn = "ssm_deform_aggregate_fwd_cpu";
-      status = ssm_deform_aggregate_fwd_cpu(&shape, value.data, om.data, out, num_threads);
+      status = ssm_deform_aggregate_fwd_cpu(&shape, value.data, om.data, bias.data, out, num_threads);
     } else {
 #if defined(SSMPOSE_ORT_WITH_CUDA)
       const CudaKernels* cuda = nullptr;
@@ -130,7 +140,7 @@ struct DeformAggregateKernel : Kernel {
       if (OrtStatus* st = compute_stream(api, ctx, &stream)) return st;
       fn = "ssm_deform_aggregate_fwd_cuda";
       status_string = cuda->status_string;
-      status = cuda->deform_aggregate_fwd(&shape, value.data, om.data, out, stream);
+      status = cuda->deform_aggregate_fwd(&shape, value.data, om.data, bias.data, out, stream);
 #else
       return make_error(api, ORT_FAIL, "%s: built without CUDA", kOp);
 #endif
@@ -165,6 +175,13 @@ OrtStatus* create(const OpDef& def, const Api& api, const OrtKernelInfo* info, K
     return make_error(api, ORT_INVALID_ARGUMENT, "%s: attribute offset_scale must be finite, got %g", kOp,
                       static_cast<double>(a.offset_scale));
   }
+  std::string activation;
+  if (OrtStatus* st = read_string_attr_or(api, info, kOp, "activation", "none", &activation)) return st;
+  if (activation != "none" && activation != "silu") {
+    return make_error(api, ORT_INVALID_ARGUMENT, "%s: attribute activation must be \"none\" or \"silu\", got \"%s\"",
+                      kOp, activation.c_str());
+  }
+  a.activation = activation == "silu" ? SSM_ACTIVATION_SILU : SSM_ACTIVATION_NONE;
   // Plugin attributes of the TensorRT form (plugin_version, plugin_namespace) and any others are ignored.
 
   const int64_t points = a.kernel_h * a.kernel_w - a.remove_center;  // no overflow: both < 2^31
@@ -193,7 +210,7 @@ OrtStatus* create(const OpDef& def, const Api& api, const OrtKernelInfo* info, K
 }  // namespace
 
 void deform_aggregate_op_defs(std::vector<const OpDef*>* defs) {
-  static const OpDefSet ops(kOp, kInputs, kNumInputs, kNumInputs, create, 1, false);
+  static const OpDefSet ops(kOp, kInputs, kNumInputs, kRequiredInputs, create, 1, false);
   ops.append_to(defs);
 }
 

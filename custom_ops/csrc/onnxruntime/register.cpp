@@ -9,7 +9,8 @@
 #include "ssmpose_kernels.h"
 
 // Bump when the operators' interface (inputs, attributes, types, EPs) or these entry points change.
-#define SSMPOSE_ORT_LIBRARY_VERSION 4  // 2: SelectiveScan2D; 3: LayerNorm; 4: AddLayerNorm, MultiKernelDepthwiseConv
+#define SSMPOSE_ORT_LIBRARY_VERSION 5  // 2: SelectiveScan2D; 3: LayerNorm; 4: AddLayerNorm, MultiKernelDepthwiseConv;
+                                        // 5: DeformAggregate's offset_bias input and activation attribute
 
 namespace ssmpose_ort {
 namespace {

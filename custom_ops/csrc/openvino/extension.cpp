@@ -23,13 +23,15 @@
 #include "openvino/op/select.hpp"
 #include "openvino/op/slice.hpp"
 #include "openvino/op/subtract.hpp"
+#include "openvino/op/swish.hpp"
 #include "ops.hpp"
 #include "ssmpose_kernels.h"
 
 // Bumped whenever an op is added or the ops' attributes, inputs or semantics change
 // (custom_ops/openvino_library.py checks it). 2: SelectiveScan2D (ssmpose domain version 2). 3: the LayerNorm
 // conversion (domain version 3). 4: the AddLayerNorm and MultiKernelDepthwiseConv conversions (domain version 4).
-#define SSMPOSE_OV_LIBRARY_VERSION 4
+// 5: DeformAggregate's offset_bias input and activation attribute (domain version 5).
+#define SSMPOSE_OV_LIBRARY_VERSION 5
 #define SSMPOSE_OV_STR2(x) #x
 #define SSMPOSE_OV_STR(x) SSMPOSE_OV_STR2(x)
 
@@ -159,11 +161,29 @@ ov::OutputVector convert_selective_scan_2d(const ov::frontend::NodeContext& node
   return {node.mark_node(op)->output(0)};
 }
 
+// DeformAggregate: inputs value, offset_mask and (domain version 5) an optional offset_bias, which the op passes to
+// the kernel; attribute activation ("none" or "silu", default "none"; domain version 5), which becomes OpenVINO's
+// own Swish (beta 1, SiLU) after the op.
 ov::OutputVector convert_deform_aggregate(const ov::frontend::NodeContext& node) {
   constexpr const char* kOp = "DeformAggregate";
-  if (node.get_input_size() != 2 || omitted(node, 0) || omitted(node, 1)) {
+  const size_t count = node.get_input_size();
+  if (count < 2 || count > 3 || omitted(node, 0) || omitted(node, 1)) {
     OPENVINO_THROW("ssmpose DeformAggregate node '", node.get_name(),
-                   "': expects 2 inputs (value, offset_mask), got ", node.get_input_size());
+                   "': expects 2 or 3 inputs (value, offset_mask, optional offset_bias), got ", count);
+  }
+  bool silu = false;
+  if (node.has_attribute("activation")) {
+    const ov::Any value = node.get_attribute_as_any("activation");
+    if (!value.is<std::string>()) {
+      OPENVINO_THROW("ssmpose DeformAggregate node '", node.get_name(), "': attribute activation must be a string, "
+                     "got ", value.type_info().name());
+    }
+    const std::string activation = value.as<std::string>();
+    if (activation != "none" && activation != "silu") {
+      OPENVINO_THROW("ssmpose DeformAggregate node '", node.get_name(),
+                     "': attribute activation must be \"none\" or \"silu\", got \"", activation, "\"");
+    }
+    silu = activation == "silu";
   }
   DeformAttributes a;
   a.kernel_h = required_int(node, kOp, "kernel_h");
@@ -191,8 +211,12 @@ ov::OutputVector convert_deform_aggregate(const ov::frontend::NodeContext& node)
     OPENVINO_THROW("ssmpose DeformAggregate node '", node.get_name(), "': attribute offset_scale must be a float, "
                    "got ", scale.type_info().name());
   }
-  auto op = std::make_shared<DeformAggregate>(ov::OutputVector{node.get_input(0), node.get_input(1)}, a);
-  return {node.mark_node(op)->output(0)};
+  ov::OutputVector inputs{node.get_input(0), node.get_input(1)};
+  if (count == 3 && !omitted(node, 2)) inputs.push_back(node.get_input(2));
+  auto op = std::make_shared<DeformAggregate>(inputs, a);
+  ov::Output<ov::Node> out = node.mark_node(op)->output(0);
+  if (silu) out = node.mark_node(std::make_shared<ov::op::v4::Swish>(out))->output(0);
+  return {out};
 }
 
 // LayerNorm (domain version 3): inputs X (rank >= 1, last dimension C), weight (C), bias (C), all f32 or all f16;

@@ -280,13 +280,16 @@ DeformAggregate::DeformAggregate(const ov::OutputVector& inputs, const DeformAtt
 }
 
 void DeformAggregate::validate_and_infer_types() {
-  const std::vector<std::string> names{"value", "offset_mask"};
-  NODE_VALIDATION_CHECK(this, get_input_size() == 2, "expects 2 inputs (value, offset_mask), got ",
-                        get_input_size());
+  const std::vector<std::string> names{"value", "offset_mask", "offset_bias"};
+  NODE_VALIDATION_CHECK(this, get_input_size() == 2 || get_input_size() == 3,
+                        "expects 2 or 3 inputs (value, offset_mask, optional offset_bias), got ", get_input_size());
   const ov::element::Type type = common_float_type(this, names);
   std::vector<int64_t> out;
-  const std::string problem = check_deform_aggregate(m_attrs, partial_to_shape(get_input_partial_shape(0)),
-                                                     partial_to_shape(get_input_partial_shape(1)), &out);
+  const Shape om = partial_to_shape(get_input_partial_shape(1));
+  std::string problem = check_deform_aggregate(m_attrs, partial_to_shape(get_input_partial_shape(0)), om, &out);
+  if (problem.empty() && get_input_size() == 3) {
+    problem = check_offset_bias(om, partial_to_shape(get_input_partial_shape(2)));
+  }
   NODE_VALIDATION_CHECK(this, problem.empty(), problem);
   set_output_type(0, type, to_partial(out));
 }
@@ -319,7 +322,8 @@ bool DeformAggregate::has_evaluate() const {
 bool DeformAggregate::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
   const Shape value = tensor_shape(inputs[0]), om = tensor_shape(inputs[1]);
   std::vector<int64_t> out;
-  const std::string problem = check_deform_aggregate(m_attrs, value, om, &out);
+  std::string problem = check_deform_aggregate(m_attrs, value, om, &out);
+  if (problem.empty() && inputs.size() > 2) problem = check_offset_bias(om, tensor_shape(inputs[2]));
   if (!problem.empty()) OPENVINO_THROW("ssmpose DeformAggregate node '", get_friendly_name(), "': ", problem);
   int32_t dtype = 0;
   if (!ssm_dtype_of(inputs[0].get_element_type(), &dtype)) {
@@ -353,7 +357,8 @@ bool DeformAggregate::evaluate(ov::TensorVector& outputs, const ov::TensorVector
   shape.offset_scale = m_attrs.offset_scale;
   shape.dtype = dtype;
   const int status =
-      ssm_deform_aggregate_fwd_cpu(&shape, inputs[0].data(), inputs[1].data(), outputs[0].data(), cpu_threads());
+      ssm_deform_aggregate_fwd_cpu(&shape, inputs[0].data(), inputs[1].data(),
+                                   inputs.size() > 2 ? inputs[2].data() : nullptr, outputs[0].data(), cpu_threads());
   if (status != SSM_OK) kernel_failed(this, "ssm_deform_aggregate_fwd_cpu", status);
   return true;
 }

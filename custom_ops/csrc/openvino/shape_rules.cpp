@@ -224,4 +224,14 @@ std::string check_deform_aggregate(const DeformAttributes& a, const Shape& value
   return std::string();
 }
 
+std::string check_offset_bias(const Shape& offset_mask, const Shape& offset_bias) {
+  if (!offset_bias.rank_known) return std::string();
+  const int64_t columns = offset_mask.rank_known && offset_mask.dims.size() == 4 ? offset_mask.dims[3] : kUnknown;
+  if (offset_bias.dims.size() != 1 || !compatible(offset_bias.dims[0], columns)) {
+    return "offset_bias must have shape (P) = (" + (known(columns) ? std::to_string(columns) : std::string("?")) +
+           "), offset_mask's last dimension, got " + shape_str(offset_bias.dims);
+  }
+  return std::string();
+}
+
 }  // namespace ssmpose_ov

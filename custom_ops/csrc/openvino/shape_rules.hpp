@@ -44,6 +44,9 @@ std::string check_deform_attributes(const DeformAttributes& a, int64_t* om_cols)
 std::string check_deform_aggregate(const DeformAttributes& a, const Shape& value, const Shape& offset_mask,
                                    std::vector<int64_t>* out);
 
+// DeformAggregate's optional offset_bias (domain version 5): (P), P offset_mask's last dimension.
+std::string check_offset_bias(const Shape& offset_mask, const Shape& offset_bias);
+
 }  // namespace ssmpose_ov
 
 #endif  // SSMPOSE_OV_SHAPE_RULES_HPP

@@ -11,7 +11,9 @@ namespace ssmpose_trt {
 namespace {
 
 constexpr const char* kOp = "DeformAggregate";
-constexpr const char* kInputs[] = {"value", "offset_mask"};
+constexpr const char* kInputs[] = {"value", "offset_mask", "offset_bias"};
+constexpr const char* kNone = "none";
+constexpr const char* kSilu = "silu";
 constexpr int64_t kMaxPoints = int64_t(1) << 20;  // the kernels' limit on kernel_h*kernel_w
 
 std::string err_msg(const std::string& msg) { return std::string(kOp) + ": " + msg; }
@@ -33,14 +35,14 @@ int64_t deform_out_size(int64_t in, int32_t kernel, int32_t stride, int32_t pad,
 }
 
 DeformAggregatePlugin::DeformAggregatePlugin(std::string layer_name, const DeformAttrs& attrs)
-    : PluginBase(kOp, std::move(layer_name), 2, 2), attrs_(attrs) {
+    : PluginBase(kOp, std::move(layer_name), 2, 3), attrs_(attrs) {
   // Validated by the creator: K >= 1 and group*K*3 fits.
   const int64_t points = int64_t(attrs.kernel_h) * attrs.kernel_w - attrs.remove_center;
   om_cols_ = int64_t(attrs.group) * points * 3;
 }
 
 const char* DeformAggregatePlugin::input_name(int32_t index) const {
-  return index >= 0 && index < 2 ? kInputs[index] : "?";
+  return index >= 0 && index < 3 ? kInputs[index] : "?";
 }
 
 bool DeformAggregatePlugin::infer_shape(const std::vector<std::vector<int64_t>>& in, std::vector<int64_t>* out,
@@ -78,6 +80,13 @@ bool DeformAggregatePlugin::infer_shape(const std::vector<std::vector<int64_t>>&
   if (known(om[3]) && om[3] < om_cols_) {
     return fail("offset_mask has " + std::to_string(om[3]) + " columns, needs >= group*K*3 = " +
                 std::to_string(om_cols_));
+  }
+  if (in.size() > 2) {
+    const std::vector<int64_t>& bias = in[2];
+    if (bias.size() != 1 || (known(bias[0]) && known(om[3]) && bias[0] != om[3])) {
+      return fail("offset_bias must have shape (P) = (" + dim_str(om[3]) + "), offset_mask's last dimension, got " +
+                  shape_str(bias));
+    }
   }
   out->assign(4, -1);
   for (int i = 0; i < 3; ++i) (*out)[i] = known(expected_lead[i]) ? expected_lead[i] : om[i];
@@ -139,13 +148,15 @@ void DeformAggregatePlugin::prepare(const std::vector<std::vector<int64_t>>& in,
   shape_.remove_center = attrs_.remove_center;
   shape_.offset_scale = attrs_.offset_scale;
   shape_.dtype = dtype;
+  shape_.activation = attrs_.activation;
   empty_output_ = value[0] == 0 || om[1] == 0 || om[2] == 0;
 }
 
 int DeformAggregatePlugin::launch(const CudaKernels& cuda, const void* const* inputs, void* const* outputs,
                                   void* stream, const char** kernel) const {
   *kernel = "ssm_deform_aggregate_fwd_cuda";
-  return cuda.deform_aggregate_fwd(&shape_, inputs[0], inputs[1], outputs[0], stream);
+  const void* bias = configured_inputs() > 2 ? inputs[2] : nullptr;
+  return cuda.deform_aggregate_fwd(&shape_, inputs[0], inputs[1], bias, outputs[0], stream);
 }
 
 void DeformAggregatePlugin::write_fields(FieldWriter* w) const {
@@ -161,6 +172,7 @@ void DeformAggregatePlugin::write_fields(FieldWriter* w) const {
   w->add_int("group_channels", attrs_.group_channels);
   w->add_float("offset_scale", attrs_.offset_scale);
   w->add_int("remove_center", attrs_.remove_center);
+  w->add_string("activation", attrs_.activation == SSM_ACTIVATION_SILU ? kSilu : kNone);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -193,6 +205,7 @@ const IntField kIntFields[] = {
 DeformAggregateCreator::DeformAggregateCreator() : CreatorBase(kOp) {
   for (const IntField& f : kIntFields) add_field(f.name, nvinfer1::PluginFieldType::kINT32);
   add_field("offset_scale", nvinfer1::PluginFieldType::kFLOAT32);
+  add_field("activation", nvinfer1::PluginFieldType::kCHAR, 5);  // "none" / "silu" and a NUL
 }
 
 bool DeformAggregateCreator::parse(const nvinfer1::PluginFieldCollection* fc, DeformAttrs* attrs, std::string* err) {
@@ -204,6 +217,13 @@ bool DeformAggregateCreator::parse(const nvinfer1::PluginFieldCollection* fc, De
     a.*(f.member) = static_cast<int32_t>(v);
   }
   if (!r.get_float("offset_scale", true, 1.0f, &a.offset_scale, err)) return false;
+  std::string activation;
+  if (!r.get_string("activation", false, kNone, &activation, err)) return false;
+  if (activation != kNone && activation != kSilu) {
+    *err = err_msg("field activation must be \"none\" or \"silu\", got " + quoted(activation));
+    return false;
+  }
+  a.activation = activation == kSilu ? SSM_ACTIVATION_SILU : SSM_ACTIVATION_NONE;
   const int64_t points = int64_t(a.kernel_h) * a.kernel_w - a.remove_center;  // no overflow: both < 2^31
   if (points < 1) {
     *err = err_msg("kernel " + std::to_string(a.kernel_h) + "x" + std::to_string(a.kernel_w) +

@@ -125,15 +125,17 @@ class SelectiveScan2DCreator : public CreatorBase {
 };
 
 // ------------------------------------------------------------------------------------------------
-// DeformAggregate: value (B, H, W, G*C), offset_mask (B, Hout, Wout, P) with P >= G*K*3 -> (B, Hout, Wout, G*C),
-// Hout = (H + 2*pad_h - (dilation_h*(kernel_h-1)+1)) // stride_h + 1 (Wout likewise). All fields required:
-// kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group, group_channels,
-// remove_center (ints) and offset_scale (float).
+// DeformAggregate: value (B, H, W, G*C), offset_mask (B, Hout, Wout, P) with P >= G*K*3, optional offset_bias (P)
+// (domain version 5) -> (B, Hout, Wout, G*C), Hout = (H + 2*pad_h - (dilation_h*(kernel_h-1)+1)) // stride_h + 1
+// (Wout likewise). Required fields: kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+// group, group_channels, remove_center (ints) and offset_scale (float); optional: activation ("none" or "silu",
+// default "none"; domain version 5).
 
 struct DeformAttrs {
   int32_t kernel_h = 0, kernel_w = 0, stride_h = 0, stride_w = 0, pad_h = 0, pad_w = 0, dilation_h = 0,
           dilation_w = 0, group = 0, group_channels = 0, remove_center = 0;
   float offset_scale = 1.0f;
+  int32_t activation = SSM_ACTIVATION_NONE;
 };
 
 // Python-style floor division (b > 0).

@@ -20,8 +20,9 @@
 
 // Bump when the plugins' interface (names, fields, inputs, serialised fields) or the entry points change.
 // 2: adds SelectiveScan2D (ssmpose domain version 2). 3: adds LayerNorm (ssmpose domain version 3). 4: adds
-// AddLayerNorm and MultiKernelDepthwiseConv (ssmpose domain version 4; kernel ABI 3).
-#define SSMPOSE_TRT_LIBRARY_VERSION 4
+// AddLayerNorm and MultiKernelDepthwiseConv (ssmpose domain version 4; kernel ABI 3). 5: DeformAggregate's optional
+// offset_bias input and activation field (ssmpose domain version 5; kernel ABI 4).
+#define SSMPOSE_TRT_LIBRARY_VERSION 5
 
 namespace nvinfer1 {
 class ILoggerFinder;  // declared by TensorRT's full headers (NvInferRuntimeCommon.h); only passed through here
@@ -134,7 +135,8 @@ struct CudaKernels {
                             const void*, const void*, void*, void*) = nullptr;
   int (*selective_scan_2d_fwd)(const ssm_scan2d_shape*, const void*, const void*, const void*, const void*,
                                const void*, const void*, const void*, void*, void*) = nullptr;
-  int (*deform_aggregate_fwd)(const ssm_deform_shape*, const void*, const void*, void*, void*) = nullptr;
+  int (*deform_aggregate_fwd)(const ssm_deform_shape*, const void*, const void*, const void*, void*,
+                              void*) = nullptr;
   int (*layer_norm_fwd)(const ssm_layer_norm_shape*, const void*, const void*, const void*, void*, void*) = nullptr;
   int (*add_layer_norm_fwd)(const ssm_layer_norm_shape*, const void*, const void*, const void*, const void*, void*,
                             void*, void*) = nullptr;

@@ -96,6 +96,13 @@ SSM_INLINE uint16_t float_to_bf16(float f) {
   return static_cast<uint16_t>((x + 0x7fffu + odd) >> 16);
 }
 
+// f rounded to `dtype` (float32: f itself), as float32.
+SSM_INLINE float round_to_dtype(int dtype, float f) {
+  if (dtype == SSM_FLOAT16) return half_to_float(float_to_half(f));
+  if (dtype == SSM_BFLOAT16) return bf16_to_float(float_to_bf16(f));
+  return f;
+}
+
 // Converts n elements of `dtype` to float32 / float32 to `dtype`, in parallel.
 void convert_to_float(int dtype, const void* src, float* dst, int64_t n, int num_threads);
 void convert_from_float(int dtype, const float* src, void* dst, int64_t n, int num_threads);

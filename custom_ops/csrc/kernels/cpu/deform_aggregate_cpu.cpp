@@ -9,6 +9,8 @@
 // float16 / bfloat16: value (gathered at random) and, for the backward, every input are converted to
 // float32 copies first; the forward converts offset_mask and the output pixel by pixel as it streams
 // through them. Accumulation is float32.
+// The forward's epilogues (domain version 5): the offset bias is added to each offset_mask value as it is
+// read and the sum rounded to the dtype; SiLU is applied to each output value rounded to the dtype.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -23,6 +25,8 @@ namespace {
 struct DeformArgs {
   const float* value;
   const float* om;  // offset_mask as float32 (backward only; the forward streams it)
+  const float* om_bias;  // offset bias as float32 (offset_stride values), or null
+  int activation;
   int64_t batch, height, width, out_h, out_w, groups, gc, stride_om;
   int64_t channels;  // groups * gc
   int K;
@@ -35,6 +39,8 @@ DeformArgs make_args(const ssm_deform_shape* sh, const float* value, const float
   DeformArgs a;
   a.value = value;
   a.om = om;
+  a.om_bias = nullptr;
+  a.activation = sh->activation;
   a.batch = sh->batch;
   a.height = sh->height;
   a.width = sh->width;
@@ -104,9 +110,13 @@ SSM_HOT void forward_row(const DeformArgs& a, const void* offset_mask, void* out
   for (int64_t x = 0; x < a.out_w; ++x) {
     const int64_t om_offset = ((b * a.out_h + y) * a.out_w + x) * a.stride_om + g * K * 3;
     const float* om = static_cast<const float*>(offset_mask) + om_offset;
-    if (io_dtype != SSM_FLOAT32) {
+    if (io_dtype != SSM_FLOAT32 || a.om_bias) {
       span_to_float(io_dtype, offset_mask, om_offset, om_buf, 3 * K);
       om = om_buf;
+    }
+    if (a.om_bias) {
+      const float* bias = a.om_bias + g * K * 3;
+      for (int64_t j = 0; j < 3 * K; ++j) om_buf[j] = round_to_dtype(io_dtype, om_buf[j] + bias[j]);
     }
     const float bx = a.base_x[x];
     for (int64_t c = 0; c < C; ++c) acc[c] = 0.0f;
@@ -138,6 +148,12 @@ SSM_HOT void forward_row(const DeformArgs& a, const void* offset_mask, void* out
       }
     }
     const int64_t out_offset = ((b * a.out_h + y) * a.out_w + x) * GC + g * C;
+    if (a.activation == SSM_ACTIVATION_SILU) {
+      for (int64_t c = 0; c < C; ++c) {
+        const float z = round_to_dtype(io_dtype, acc[c]);
+        acc[c] = z / (1.0f + std::exp(-z));
+      }
+    }
     if (io_dtype == SSM_FLOAT32) {
       float* o = static_cast<float*>(out) + out_offset;
       for (int64_t c = 0; c < C; ++c) o[c] = acc[c];
@@ -213,6 +229,7 @@ int validate(const ssm_deform_shape* sh) {
       sh->dilation_w <= 0)
     return SSM_ERR_BAD_SIZE;
   if (sh->remove_center != 0 && sh->remove_center != 1) return SSM_ERR_BAD_SIZE;
+  if (sh->activation != SSM_ACTIVATION_NONE && sh->activation != SSM_ACTIVATION_SILU) return SSM_ERR_UNSUPPORTED;
   int64_t points;
   if (!checked_mul(sh->kernel_h, sh->kernel_w, &points)) return SSM_ERR_BAD_SIZE;
   points -= sh->remove_center;
@@ -234,12 +251,13 @@ const float* as_float(int dtype, const void* p, int64_t n, int threads, std::vec
   return store.data();
 }
 
-int deform_forward(const ssm_deform_shape* sh, const void* value, const void* offset_mask, void* out,
-                   int num_threads) {
+int deform_forward(const ssm_deform_shape* sh, const void* value, const void* offset_mask, const void* offset_bias,
+                   void* out, int num_threads) {
   const int threads = resolve_threads(num_threads);
   const int64_t n_value = sh->batch * sh->height * sh->width * sh->groups * sh->group_channels;
-  std::vector<float> value_store;
-  const DeformArgs a = make_args(sh, as_float(sh->dtype, value, n_value, threads, value_store), nullptr);
+  std::vector<float> value_store, bias_store;
+  DeformArgs a = make_args(sh, as_float(sh->dtype, value, n_value, threads, value_store), nullptr);
+  if (offset_bias) a.om_bias = as_float(sh->dtype, offset_bias, sh->offset_stride, 1, bias_store);
   const int64_t items = a.batch * a.out_h * a.groups;
   const double work = static_cast<double>(a.out_w) * a.K * (30.0 + 8.0 * a.gc);
   std::atomic<int> failed(0);
@@ -334,13 +352,14 @@ int deform_backward(const ssm_deform_shape* sh, const void* value, const void* o
 extern "C" {
 
 SSM_API int ssm_deform_aggregate_fwd_cpu(const ssm_deform_shape* shape, const void* value,
-                                         const void* offset_mask, void* out, int num_threads) {
+                                         const void* offset_mask, const void* offset_bias, void* out,
+                                         int num_threads) {
   if (!shape) return SSM_ERR_NULL_POINTER;
   const int st = ssm::cpu::validate(shape);
   if (st != SSM_OK) return st;
   if (!value || !offset_mask || !out) return SSM_ERR_NULL_POINTER;
   try {
-    return ssm::cpu::deform_forward(shape, value, offset_mask, out, num_threads);
+    return ssm::cpu::deform_forward(shape, value, offset_mask, offset_bias, out, num_threads);
   } catch (...) {
     return SSM_ERR_BAD_SIZE;  // allocation failure
   }
@@ -352,6 +371,7 @@ SSM_API int ssm_deform_aggregate_bwd_cpu(const ssm_deform_shape* shape, const vo
   if (!shape) return SSM_ERR_NULL_POINTER;
   const int st = ssm::cpu::validate(shape);
   if (st != SSM_OK) return st;
+  if (shape->activation != SSM_ACTIVATION_NONE) return SSM_ERR_UNSUPPORTED;  // forward-only epilogue
   if (!value || !offset_mask || !grad_out || !grad_value || !grad_offset_mask) return SSM_ERR_NULL_POINTER;
   try {
     return ssm::cpu::deform_backward(shape, value, offset_mask, grad_out, grad_value, grad_offset_mask,

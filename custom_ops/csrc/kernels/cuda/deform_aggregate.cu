@@ -39,6 +39,10 @@
 //   channel sums of grad_out*sample and grad_out*d(sample)/d(x,y), reduced over the TPG lanes with
 //   warp shuffles and stored by the first lane; padding columns are written as zeros.
 //   Index arithmetic inside an image is 32-bit (the host checks that an image has < 2^31 elements).
+//
+// Forward epilogues (domain version 5): an offset bias, added to each offset/mask value as it is read and
+// the sum rounded to T (what an Add node before the op computes), and SiLU on each output value rounded
+// to T. Neither changes the work decomposition; the tensor-core path is not taken with them.
 #include <limits.h>
 
 #include <type_traits>
@@ -120,6 +124,8 @@ FastDiv make_fastdiv(uint32_t d) {
 struct DeformArgs {
   const void* value;
   const void* om;
+  const void* om_bias;  // forward: offset bias (P values) or null
+  int silu;             // forward: SiLU on the output
   const void* gout;
   void* out;
   float* gval;
@@ -222,6 +228,32 @@ __device__ __forceinline__ void kernel_point(const DeformArgs& a, int idx, int& 
   }
 }
 
+// x rounded to T, as float
+template <typename T>
+__device__ __forceinline__ float round_to(float x) {
+  return to_f(from_f<T>(x));
+}
+
+// Offset/mask value at column `col` of a pixel's row: the stored value, plus the offset bias (rounded to T)
+// when there is one.
+template <typename T>
+__device__ __forceinline__ float om_value(const DeformArgs& a, const T* p, uint32_t col) {
+  const float v = to_f(__ldg(p));
+  if (a.om_bias == nullptr) return v;
+  return round_to<T>(v + to_f(__ldg(static_cast<const T*>(a.om_bias) + col)));
+}
+
+// The output epilogue: SiLU of the value rounded to T, when asked for.
+template <typename T, int VEC>
+__device__ __forceinline__ void finish_output(const DeformArgs& a, float (&acc)[VEC]) {
+  if (!a.silu) return;
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    const float z = round_to<T>(acc[e]);
+    acc[e] = z / (1.f + expf(-z));
+  }
+}
+
 template <typename T>
 __device__ __forceinline__ const T* corner_ptr(const T* vb, const Corners& c, int q, int coff) {
   return c.ok[q] ? vb + c.off[q] + coff : reinterpret_cast<const T*>(g_zero_vec);
@@ -259,9 +291,10 @@ __global__ void __launch_bounds__(kThreads, SSM_DEFORM_FWD_MIN_BLOCKS) deform_fw
         kernel_point<KS>(a, idx, i, jj);
         if (a.remove_center && i == ci && jj == cj) continue;
         const int k = (a.remove_center && (i > ci || (i == ci && jj > cj))) ? idx - 1 : idx;
-        const float dx = to_f(omp[2 * k]);
-        const float dy = to_f(omp[2 * k + 1]);
-        const float m = to_f(omp[2 * K + k]);
+        const uint32_t col = (uint32_t)(pi.g * K * 3);
+        const float dx = om_value(a, omp + 2 * k, col + 2 * k);
+        const float dy = om_value(a, omp + 2 * k + 1, col + 2 * k + 1);
+        const float m = om_value(a, omp + 2 * K + k, col + 2 * K + k);
         const float px = pi.p0x + ((float)(i * a.dw) + dx) * a.scale;
         const float py = pi.p0y + ((float)(jj * a.dh) + dy) * a.scale;
         Corners c;
@@ -276,6 +309,7 @@ __global__ void __launch_bounds__(kThreads, SSM_DEFORM_FWD_MIN_BLOCKS) deform_fw
           for (int e = 0; e < VEC; ++e) acc[e] = fmaf(mw, vv[q][e], acc[e]);
         }
       }
+      finish_output<T, VEC>(a, acc);
       store_vec<T, VEC>(outp + coff, acc);
     }
   }
@@ -290,7 +324,8 @@ struct __align__(16) PgRec {
   uint32_t om;   // element offset of the pg's offset/mask slice within one image's offset_mask
   uint32_t gc;   // g * C
   uint32_t out;  // element offset of the pg's output channels within one image
-  uint32_t pad[3];
+  uint32_t col;  // column of the pg's offset/mask slice in a pixel's row (g * K * 3)
+  uint32_t pad[2];
 };
 
 // pg: index in tile order (see SSM_DEFORM_GROUP_MAJOR), 0 <= pg < Ho*Wo*G.
@@ -320,7 +355,8 @@ __device__ __forceinline__ PgRec make_pg_rec(const DeformArgs& a, int pg) {
   r.om = (uint32_t)pix * (uint32_t)a.P + (uint32_t)(g * a.K * 3);
   r.gc = (uint32_t)(g * a.C);
   r.out = ((uint32_t)pix * (uint32_t)a.G + (uint32_t)g) * (uint32_t)a.C;
-  r.pad[0] = r.pad[1] = r.pad[2] = 0u;
+  r.col = (uint32_t)(g * a.K * 3);
+  r.pad[0] = r.pad[1] = 0u;
   return r;
 }
 
@@ -344,9 +380,10 @@ __device__ __forceinline__ void sample_setup(const DeformArgs& a, const PgRec& r
   }
   const T* od = ptr_add(omb, r.om + 2u * (uint32_t)k);
   const T* om_ = ptr_add(omb, r.om + (uint32_t)(2 * K + k));
-  const float dx = to_f(__ldg(od));
-  const float dy = to_f(__ldg(od + 1));
-  const float m = to_f(__ldg(om_)) * mscale;
+  const uint32_t col = r.col + 2u * (uint32_t)k;
+  const float dx = om_value(a, od, col);
+  const float dy = om_value(a, od + 1, col + 1u);
+  const float m = om_value(a, om_, r.col + (uint32_t)(2 * K + k)) * mscale;
   const float px = r.p0x + ((float)(i * a.dw) + dx) * a.scale;
   const float py = r.p0y + ((float)(jj * a.dh) + dy) * a.scale;
   const float fh = floorf(py), fw = floorf(px);
@@ -439,6 +476,7 @@ __global__ void __launch_bounds__(kThreads, SSM_DEFORM_FWD_MIN_BLOCKS) deform_fw
 #pragma unroll
           for (int e = 0; e < VEC; ++e) acc[e] = fmaf(wq.w, vv[3][e], acc[e]);
         }
+        finish_output<T, VEC>(a, acc);
         store_vec<T, VEC>(ob + v * VEC, acc);
       }
     }
@@ -736,6 +774,7 @@ int check_shape(const ssm_deform_shape* s, int64_t* K_out) {
     return SSM_ERR_BAD_SIZE;
   const int64_t K = (int64_t)s->kernel_h * s->kernel_w - (s->remove_center ? 1 : 0);
   if (K < 1) return SSM_ERR_BAD_SIZE;
+  if (s->activation != SSM_ACTIVATION_NONE && s->activation != SSM_ACTIVATION_SILU) return SSM_ERR_UNSUPPORTED;
   if (s->offset_stride < s->groups * K * 3) return SSM_ERR_BAD_SIZE;
   // coordinates must stay exact-ish and indices must fit in int64
   const double pix_out = double(s->batch) * double(s->out_height) * double(s->out_width);
@@ -832,7 +871,7 @@ void plan_fwd(const ssm_deform_shape* s, int vec, DeformArgs& a, dim3& grid) {
   const bool k3 = a.kh == 3 && a.kw == 3;
   const int rounds = SSM_DEFORM_TILE_ROUNDS;
   int64_t npg = 0;
-  if (SSM_DEFORM_MMA && s->dtype == SSM_FLOAT16 && vec == 8 && a.C % 32 == 0 && k3 &&
+  if (SSM_DEFORM_MMA && s->dtype == SSM_FLOAT16 && vec == 8 && a.C % 32 == 0 && k3 && !a.om_bias && !a.silu &&
       device_cc_major() >= 8) {
     npg = a.n_pg < 32 * rounds ? a.n_pg : 32 * rounds;
     const int64_t nsp = ((a.K + 1) / 2) | 1;
@@ -958,7 +997,8 @@ int elem_size(int dtype) { return dtype == SSM_FLOAT32 ? 4 : 2; }
 extern "C" {
 
 SSM_API int ssm_deform_aggregate_fwd_cuda(const ssm_deform_shape* shape, const void* value,
-                                          const void* offset_mask, void* out, void* stream) {
+                                          const void* offset_mask, const void* offset_bias, void* out,
+                                          void* stream) {
   int64_t K = 0;
   const int st = check_shape(shape, &K);
   if (st != SSM_OK) return st;
@@ -971,6 +1011,8 @@ SSM_API int ssm_deform_aggregate_fwd_cuda(const ssm_deform_shape* shape, const v
   if (!value || !offset_mask || !out) return SSM_ERR_NULL_POINTER;
   a.value = value;
   a.om = offset_mask;
+  a.om_bias = offset_bias;
+  a.silu = shape->activation == SSM_ACTIVATION_SILU;
   a.out = out;
   plan_fwd(shape, vec, a, grid);
   return launch<true>(shape->dtype, vec, a, grid, static_cast<cudaStream_t>(stream));
@@ -988,6 +1030,7 @@ SSM_API int ssm_deform_aggregate_bwd_cuda(const ssm_deform_shape* shape, const v
   dim3 grid;
   const int fs = fill_args(shape, K, vec, a, grid);  // size limits first, as the other entry points
   if (fs != SSM_OK) return fs;
+  if (shape->activation != SSM_ACTIVATION_NONE) return SSM_ERR_UNSUPPORTED;  // forward-only epilogue
   if (!value || !offset_mask || !grad_out || !grad_value || !grad_offset_mask)
     return SSM_ERR_NULL_POINTER;
   a.value = value;

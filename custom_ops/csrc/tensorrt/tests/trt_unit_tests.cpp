@@ -367,8 +367,10 @@ bool fields_match_creator(const PluginFieldCollection* fc, nvinfer1::IPluginCrea
   for (int32_t i = 0; same && i < fc->nbFields; ++i) {
     bool found = false;
     for (int32_t j = 0; j < names->nbFields; ++j) {
+      const bool one_value = fc->fields[i].type == PluginFieldType::kCHAR ? fc->fields[i].length >= 1
+                                                                          : fc->fields[i].length == 1;
       found = found || (std::strcmp(fc->fields[i].name, names->fields[j].name) == 0 &&
-                        fc->fields[i].type == names->fields[j].type && fc->fields[i].length == 1);
+                        fc->fields[i].type == names->fields[j].type && one_value);
     }
     same = same && found;
   }
@@ -531,6 +533,19 @@ void test_deform_fields() {
   check(!DeformAggregateCreator::parse(str_scale.fc(), &a, &err) && contains(err, "must be a float, got char"),
         "deform.fields.string_offset_scale", err);
 
+  // activation (domain version 5): "none" by default, "silu", nothing else
+  check(DeformAggregateCreator::parse(deform_fields().fc(), &a, &err) && a.activation == SSM_ACTIVATION_NONE,
+        "deform.fields.activation_default", err);
+  Fields silu = deform_fields();
+  silu.str("activation", "silu");
+  check(DeformAggregateCreator::parse(silu.fc(), &a, &err) && a.activation == SSM_ACTIVATION_SILU,
+        "deform.fields.activation_silu", err);
+  Fields gelu = deform_fields();
+  gelu.str("activation", "gelu");
+  check(!DeformAggregateCreator::parse(gelu.fc(), &a, &err) &&
+            contains(err, "DeformAggregate: field activation must be \"none\" or \"silu\", got \"gelu\""),
+        "deform.fields.activation_bad", err);
+
   Fields no_points = deform_fields(1, 1, 1, 1, 0, 0, 1, 1, 4, 16, 1.0f, 1);
   check(!DeformAggregateCreator::parse(no_points.fc(), &a, &err) &&
             contains(err, "kernel 1x1 with remove_center has no sampling points"),
@@ -627,8 +642,9 @@ void test_formats() {
   check(d->supportsFormatCombination(0, dio.data(), 2, 1) && d->supportsFormatCombination(1, dio.data(), 2, 1) &&
             d->supportsFormatCombination(2, dio.data(), 2, 1),
         "formats.deform_float16");
-  check(d->getOutputDataTypes(&out, 1, in_f, 3) != 0, "types.deform_three_inputs_refused");
-  check_error("types.deform_count_message", {"DeformAggregate (layer 'd'): takes 2 inputs, got 3"});
+  check(d->getOutputDataTypes(&out, 1, in_f, 3) == 0 && out == F, "types.deform_offset_bias_accepted");
+  check(d->getOutputDataTypes(&out, 1, in_f, 4) != 0, "types.deform_four_inputs_refused");
+  check_error("types.deform_count_message", {"DeformAggregate (layer 'd'): takes 2 to 3 inputs, got 4"});
 }
 
 void test_scan_shapes() {
@@ -881,12 +897,24 @@ void test_serialization() {
             a->pad_w == 2 && a->dilation_h == 2 && a->dilation_w == 1 && a->group == 6 && a->group_channels == 12 &&
             a->offset_scale == 0.375f && a->remove_center == 1,
         "serialize.deform_round_trip");
+  Fields silu_fields = deform_fields();
+  silu_fields.str("activation", "silu");
+  auto silu = as_plugin<DeformAggregatePlugin>(
+      deform_creator().createPlugin("d", silu_fields.fc(), nvinfer1::TensorRTPhase::kBUILD));
+  if (silu) {
+    Fields silu_copy = copy_fields(silu->getFieldsToSerialize());
+    auto back = as_plugin<DeformAggregatePlugin>(
+        deform_creator().createPlugin("d", silu_copy.fc(), nvinfer1::TensorRTPhase::kRUNTIME));
+    check(back && back->attrs().activation == SSM_ACTIVATION_SILU, "serialize.deform_activation_round_trip");
+  } else {
+    check(false, "serialize.deform_activation_plugin");
+  }
   // getFieldsToSerialize may be called again; the collection stays valid and equal.
   if (e) {
     const PluginFieldCollection* one = e->getFieldsToSerialize();
     const int32_t n1 = one->nbFields;
     const PluginFieldCollection* two = e->getFieldsToSerialize();
-    check(n1 == 12 && two->nbFields == 12 && *static_cast<const float*>(two->fields[10].data) == 0.375f,
+    check(n1 == 13 && two->nbFields == 13 && *static_cast<const float*>(two->fields[10].data) == 0.375f,
           "serialize.repeatable");
   }
 }
