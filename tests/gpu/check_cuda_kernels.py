@@ -2085,6 +2085,7 @@ VARIANTS = {
     "dwsmall0": ["SSM_DW_SMALL_GRIDS=0"],      # MultiKernelDepthwiseConv: batch-1 grids keep the large tiles
     "dwrows4": ["SSM_DW_SMALL_GRID_ITEM_ROWS=4"],  # ... small-grid plans with 4 x 4 items
     "s2dgroups0": ["SSM_SCAN2D_DIRECTION_GROUPS=0"],  # SelectiveScan2D: the four directions one after another
+    "s2dgw8": ["SSM_SCAN2D_GROUP_WARPS=8"],           # ... direction groups of 8 warps (1024 threads per block)
 }
 
 # MultiKernelDepthwiseConv shapes whose plan the "dw" variants change: batch 1 and 2 of the HRVMamba LPUs (the

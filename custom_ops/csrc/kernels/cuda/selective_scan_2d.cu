@@ -68,6 +68,9 @@ using namespace ssm_cuda;
 #ifndef SSM_SCAN2D_DIRECTION_GROUPS  // 0: never run the four directions at once
 #define SSM_SCAN2D_DIRECTION_GROUPS 1
 #endif
+#ifndef SSM_SCAN2D_GROUP_WARPS  // warps per direction group when the four directions run at once (<= kMaxWarps)
+#define SSM_SCAN2D_GROUP_WARPS 4
+#endif
 #ifndef SSM_SCAN2D_BWD_SMEM_BUDGET
 #define SSM_SCAN2D_BWD_SMEM_BUDGET (110 * 1024)
 #endif
@@ -82,7 +85,8 @@ static_assert(kFwdItems % 2 == 1 && kBwdItems % 2 == 1, "the steps per segment m
 constexpr int kMaxWarps = 8;
 constexpr int kMaxThreads = kMaxWarps * 32;
 constexpr int kDirections = 4;
-constexpr int kGroupWarps = 4;  // warps per direction group when the four directions run at once
+constexpr int kGroupWarps = SSM_SCAN2D_GROUP_WARPS;
+static_assert(kGroupWarps >= 1 && kGroupWarps <= kMaxWarps, "SSM_SCAN2D_GROUP_WARPS");
 constexpr int64_t kMinBlocks = 256;          // narrower channel blocks below this many blocks
 // Limit of H * (W | 1): the accumulator of one channel in 144 KB; with the scan scratch every plan stays
 // below 160 KB of shared memory, within sm_80's 163 KB (docs/ops.md, "Limits").
