@@ -87,14 +87,15 @@ def _attrs(node):
 
 @pytest.mark.parametrize("name,size", CASES)
 def test_custom_form_has_one_node_per_op_with_the_attributes(exported, name, size):
-    """The default export, op version 4: one SelectiveScan2D and one DeformAggregate per SS2D, every LPU one
-    MultiKernelDepthwiseConv with its GELU, every LayerNorm a LayerNorm or AddLayerNorm node."""
+    """The default export, op version 5: one SelectiveScan2D and one DeformAggregate per SS2D (with its offset bias
+    and SiLU), every LPU one MultiKernelDepthwiseConv with its GELU, every LayerNorm a LayerNorm or AddLayerNorm
+    node."""
     e = exported(name, size)
     model = onnx.load(str(e.paths["custom"]), load_external_data=False)
     ss2d = [m for m in e.model.modules() if isinstance(m, SS2D)]
     scans, deforms = _ssmpose_nodes(model, "SelectiveScan2D"), _ssmpose_nodes(model, "DeformAggregate")
     assert len(scans) == len(deforms) == len(ss2d)
-    assert {(o.domain, o.version) for o in model.opset_import} == {("", 20), ("ssmpose", 4)}
+    assert {(o.domain, o.version) for o in model.opset_import} == {("", 20), ("ssmpose", 5)}
     op_types = [n.op_type for n in model.graph.node]
     lpus = [n for n in _ssmpose_nodes(model, "MultiKernelDepthwiseConv") if _attrs(n)["activation"] == b"gelu"]
     assert len(lpus) == sum(isinstance(m, HRVMambaBlock) for m in e.model.modules())
@@ -115,6 +116,7 @@ def test_custom_form_has_one_node_per_op_with_the_attributes(exported, name, siz
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert (attrs["kernel_h"], attrs["stride_h"], attrs["pad_h"], attrs["dilation_h"],
                 attrs["remove_center"], attrs["offset_scale"], attrs["group_channels"]) == (3, 1, 1, 1, 0, 1.0, 32)
+        assert attrs["activation"] == b"silu" and len(node.input) == 3
 
 
 @pytest.mark.parametrize("name,size", CASES)
