@@ -656,11 +656,12 @@ def _lower_node(node, chunk_size: int, method: str):
 def _lower_deform_aggregate(builder, node, attrs, inputs):
     """DeformAggregate with the epilogues of domain version 5 as the nodes they replaced: Add of the offset bias
     before it, Sigmoid and Mul (SiLU) after it."""
+    from ..export.schemas import DEFORM_ACTIVATIONS
     values = {name: attrs.get(name, _DEFORM_DEFAULTS[name]) for name in DEFORM_ATTRIBUTES}
     activation = str(attrs.get("activation", "none"))
-    if activation not in ("none", "silu"):
-        raise ValueError(f"{DOMAIN}::DeformAggregate {node.name!r}: attribute activation must be 'none' or "
-                         f"'silu', got {activation!r}")
+    if activation not in DEFORM_ACTIVATIONS:
+        raise ValueError(f"{DOMAIN}::DeformAggregate {node.name!r}: attribute activation must be one of "
+                         f"{', '.join(DEFORM_ACTIVATIONS)}, got {activation!r}")
     offset_mask = inputs[1]
     if inputs[2] is not None:
         offset_mask = builder.Add(inputs[1], inputs[2])
