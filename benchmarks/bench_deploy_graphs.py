@@ -37,6 +37,7 @@ CUSTOM = {  # name: (op_version, opset)
     "custom v3": (3, 20),
     "custom v4": (4, 20),
     "custom v5": (5, 20),
+    "custom v6": (6, 20),
 }
 PORTABLE = {  # name: (scan lowering, chunk size)
     "portable matrix T32": ("matrix", 32),

@@ -22,8 +22,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-ABI_VERSION = 4  # must equal SSM_KERNELS_ABI_VERSION of ssmpose_kernels.h (2: adds LayerNorm; 3: AddLayerNorm,
-#                  MultiKernelDepthwiseConv; 4: DeformAggregate's offset bias and activation)
+ABI_VERSION = 5  # must equal SSM_KERNELS_ABI_VERSION of ssmpose_kernels.h (2: adds LayerNorm; 3: AddLayerNorm,
+#                  MultiKernelDepthwiseConv; 4: DeformAggregate's offset bias and activation; 5: SelectiveScan2D
+#                  with the dt projection)
 
 CPU_LIBRARY_NAME = "libssmpose_kernels.so"
 CUDA_LIBRARY_NAME = "libssmpose_kernels_cuda.so"
@@ -35,6 +36,7 @@ _DTYPE_CODES = {torch.float32: SSM_FLOAT32, torch.float16: SSM_FLOAT16, torch.bf
 
 MAX_DSTATE = 16
 SCAN_2D_DIRECTIONS = 4  # SelectiveScan2D: SS2D's four directions, the only value of domain version 2
+SCAN_2D_MAX_DT_RANK = 64  # SelectiveScan2D with the dt projection (domain version 6): SSM_SCAN2D_MAX_DT_RANK
 DWCONV_MAX_GROUPS = 16  # SSM_DWCONV_MAX_GROUPS
 DWCONV_MAX_KERNEL = 15  # SSM_DWCONV_MAX_KERNEL
 SSM_ACTIVATION_NONE, SSM_ACTIVATION_GELU, SSM_ACTIVATION_SILU = 0, 1, 2
@@ -151,6 +153,7 @@ _CPU_SIGNATURES = {
     "ssm_selective_scan_fwd_cpu": ([_SCAN, _P, _P, _P, _P, _P, _P, _P, _P, _I], _I),
     "ssm_selective_scan_bwd_cpu": ([_SCAN, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I], _I),
     "ssm_selective_scan_2d_fwd_cpu": ([_SCAN2D, _P, _P, _P, _P, _P, _P, _P, _P, _I], _I),
+    "ssm_selective_scan_2d_proj_fwd_cpu": ([_SCAN2D, ctypes.c_int64, _P, _P, _P, _P, _P, _P, _P, _I], _I),
     "ssm_selective_scan_2d_bwd_cpu": ([_SCAN2D, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I],
                                       _I),
     "ssm_deform_aggregate_fwd_cpu": ([_DEFORM, _P, _P, _P, _P, _I], _I),
@@ -166,6 +169,7 @@ _CUDA_SIGNATURES = {
     "ssm_selective_scan_bwd_cuda": ([_SCAN, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P],
                                     _I),
     "ssm_selective_scan_2d_fwd_cuda": ([_SCAN2D, _P, _P, _P, _P, _P, _P, _P, _P, _P], _I),
+    "ssm_selective_scan_2d_proj_fwd_cuda": ([_SCAN2D, ctypes.c_int64, _P, _P, _P, _P, _P, _P, _P, _P], _I),
     "ssm_selective_scan_2d_bwd_cuda_workspace_size": ([_SCAN2D], ctypes.c_size_t),
     "ssm_selective_scan_2d_bwd_cuda": ([_SCAN2D, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P,
                                         _P], _I),
@@ -493,6 +497,62 @@ def selective_scan_2d_fwd(x, delta, A, Bs, Cs, Ds=None, delta_bias=None, delta_s
         fn = "ssm_selective_scan_2d_fwd_cuda"
         with torch.cuda.device(device):
             status = lib.ssm_selective_scan_2d_fwd_cuda(*args, _stream(device))
+    _raise_on_error(op, lib, status, fn)
+    return y
+
+
+def selective_scan_2d_proj_fwd(x, x_proj, dt_projection, A, Ds=None, delta_bias=None,
+                               delta_softplus=True) -> torch.Tensor:
+    """SelectiveScan2D with the dt projection folded in (operator domain version 6, forward only).
+
+    x_proj (B, H, W, 4, R + 2N) holds, per position and direction, the dt inputs, B and C; dt_projection
+    (4, D, R) forms delta = x_proj[..., :R] @ dt_projection[k].T, rounded to the dtype. Returns y (B, H, W, D).
+    """
+    op = "SelectiveScan2D"
+    named = [("x", x), ("x_proj", x_proj), ("dt_projection", dt_projection), ("A", A), ("Ds", Ds),
+             ("delta_bias", delta_bias)]
+    dtype, device = _check_tensors(op, named)
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must have shape (batch, height, width, dim), got {tuple(x.shape)}")
+    if dt_projection.dim() != 3:
+        raise ValueError(f"{op}: dt_projection must have shape (directions, dim, dt_rank), "
+                         f"got {tuple(dt_projection.shape)}")
+    if A.dim() != 2:
+        raise ValueError(f"{op}: A must have shape (directions*dim, dstate), got {tuple(A.shape)}")
+    batch, height, width, dim = x.shape
+    directions, dt_rank = SCAN_2D_DIRECTIONS, dt_projection.shape[2]
+    dstate = A.shape[1]
+    if not 1 <= dstate <= MAX_DSTATE:
+        raise ValueError(f"{op}: dstate (A.shape[1]) must be in 1..{MAX_DSTATE}, got {dstate}")
+    if not 1 <= dt_rank <= SCAN_2D_MAX_DT_RANK:
+        raise ValueError(f"{op}: dt_rank (dt_projection.shape[2]) must be in 1..{SCAN_2D_MAX_DT_RANK}, "
+                         f"got {dt_rank}")
+    channels = directions * dim
+    _check_shape(op, "dt_projection", dt_projection, (directions, dim, dt_rank))
+    _check_shape(op, "A", A, (channels, dstate))
+    _check_shape(op, "x_proj", x_proj, (batch, height, width, directions, dt_rank + 2 * dstate))
+    if Ds is not None:
+        _check_shape(op, "Ds", Ds, (channels,))
+    if delta_bias is not None:
+        _check_shape(op, "delta_bias", delta_bias, (channels,))
+    _raise_on_limit(op, scan2d_limit_error(batch, height, width, dim, directions, dstate, device.type))
+    shape = Scan2DShape(batch, height, width, dim, directions, dstate, 1 if delta_softplus else 0,
+                        _DTYPE_CODES[dtype])
+    y = torch.empty(x.shape, dtype=dtype, device=device)
+    if y.numel() == 0:
+        return y
+    x, x_proj, dt_projection, A, Ds, delta_bias = (_contig(t) for t in (x, x_proj, dt_projection, A, Ds,
+                                                                         delta_bias))
+    lib = _backend(op, device)
+    args = (ctypes.byref(shape), dt_rank, _ptr(x), _ptr(x_proj), _ptr(dt_projection), _ptr(A), _ptr(Ds),
+            _ptr(delta_bias), _ptr(y))
+    if device.type == "cpu":
+        fn = "ssm_selective_scan_2d_proj_fwd_cpu"
+        status = lib.ssm_selective_scan_2d_proj_fwd_cpu(*args, _num_threads())
+    else:
+        fn = "ssm_selective_scan_2d_proj_fwd_cuda"
+        with torch.cuda.device(device):
+            status = lib.ssm_selective_scan_2d_proj_fwd_cuda(*args, _stream(device))
     _raise_on_error(op, lib, status, fn)
     return y
 

@@ -30,8 +30,8 @@ from typing import Dict, Optional, Tuple
 from .ort_library import find_library
 
 LIBRARY_NAME = "libssmpose_ov.so"
-OV_LIBRARY_VERSION = 5  # must equal SSMPOSE_OV_LIBRARY_VERSION of csrc/openvino/extension.cpp
-KERNELS_ABI_VERSION = 4  # kernel_library.ABI_VERSION (not imported: that module imports torch)
+OV_LIBRARY_VERSION = 6  # must equal SSMPOSE_OV_LIBRARY_VERSION of csrc/openvino/extension.cpp
+KERNELS_ABI_VERSION = 5  # kernel_library.ABI_VERSION (not imported: that module imports torch)
 
 
 def _release(version: str) -> str:

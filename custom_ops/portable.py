@@ -625,7 +625,7 @@ def _attribute_values(node) -> dict:
 def _lower_node(node, chunk_size: int, method: str):
     builder = IRBuilder()
     attrs = _attribute_values(node)
-    inputs = list(node.inputs) + [None] * 7
+    inputs = list(node.inputs) + [None] * 8
     if node.op_type == "SelectiveScan":
         out = selective_scan_subgraph(builder, *inputs[:7], delta_softplus=int(attrs.get("delta_softplus", 1)),
                                       chunk_size=chunk_size, method=method)
@@ -634,7 +634,10 @@ def _lower_node(node, chunk_size: int, method: str):
         if directions != SCAN_2D_DIRECTIONS:
             raise ValueError(f"{DOMAIN}::SelectiveScan2D: attribute directions must be {SCAN_2D_DIRECTIONS}, "
                              f"got {directions}")
-        out = selective_scan_2d_subgraph(builder, *inputs[:7], delta_softplus=int(attrs.get("delta_softplus", 1)),
+        scan_inputs = inputs[:7]
+        if inputs[7] is not None:   # domain version 6: the dt projection as the nodes it replaced
+            scan_inputs[1], scan_inputs[3], scan_inputs[4] = _projected_scan_inputs(builder, node, inputs)
+        out = selective_scan_2d_subgraph(builder, *scan_inputs, delta_softplus=int(attrs.get("delta_softplus", 1)),
                                          chunk_size=chunk_size, method=method)
     elif node.op_type == "DeformAggregate":
         out = _lower_deform_aggregate(builder, node, attrs, inputs)
@@ -651,6 +654,34 @@ def _lower_node(node, chunk_size: int, method: str):
     else:
         raise ValueError(f"no portable lowering for {DOMAIN}::{node.op_type}")
     return builder.tape.nodes, out if isinstance(out, list) else [out]
+
+
+def _projected_scan_inputs(builder, node, inputs):
+    """delta, Bs and Cs of a SelectiveScan2D with a dt_projection (domain version 6), as the nodes the fusion
+    replaced: Split of x_proj (B, H, W, K, R + 2N) into the dt inputs, Bs and Cs, and MatMul of the dt inputs
+    (B, H, W, K, 1, R) with dt_projection transposed (K, R, D), reshaped to (B, H, W, K*D)."""
+    ir = _ir()
+    x_proj, A, weight = inputs[1], inputs[2], inputs[7]
+    where = f"{DOMAIN}::SelectiveScan2D {node.name!r}"
+    if inputs[3] is not None or inputs[4] is not None:
+        raise ValueError(f"{where}: with dt_projection, Bs and Cs must be omitted (they are read from x_proj)")
+    shapes = [v.shape for v in (x_proj, A, weight)]
+    if any(shape is None for shape in shapes) or [len(shape) for shape in shapes] != [5, 2, 3]:
+        raise ValueError(f"{where}: the portable lowering needs the shapes of x_proj (B, H, W, K, R + 2N), A "
+                         f"(K*D, N) and dt_projection (K, D, R), got {shapes}")
+    directions, dim, rank = (_static(weight, axis, "dt_projection") for axis in range(3))
+    dstate = _static(A, 1, "A")
+    if _static(x_proj, 4, "x_proj") != rank + 2 * dstate:
+        raise ValueError(f"{where}: x_proj's last dimension must be R + 2N = {rank + 2 * dstate}, got "
+                         f"{x_proj.shape[4]}")
+    dts, Bs, Cs = builder.op_multi_out("Split", [x_proj, [rank, dstate, dstate]], {"axis": -1}, 3)
+    product = builder.MatMul(builder.Unsqueeze(dts, [-2]), builder.Transpose(weight, perm=[0, 2, 1]))
+    delta = builder.Reshape(product, [0, 0, 0, -1])
+    lead = list(x_proj.shape)[:4]
+    delta.shape, delta.type = ir.Shape(lead[:3] + [directions * dim]), x_proj.type
+    for value in (Bs, Cs):
+        value.shape, value.type = ir.Shape(lead + [dstate]), x_proj.type
+    return delta, Bs, Cs
 
 
 def _lower_deform_aggregate(builder, node, attrs, inputs):

@@ -173,6 +173,28 @@ def deform_output_size(height, width, kernel_h, kernel_w, stride_h, stride_w, pa
     return out_h, out_w
 
 
+def scan_2d_projected_inputs(x_proj, dt_projection):
+    """delta (B, H, W, 4*D), Bs, Cs (B, H, W, 4, N) from SelectiveScan2D's folded dt projection (domain version 6).
+
+    x_proj (B, H, W, 4, R + 2N) holds per position and direction the dt inputs, B and C; dt_projection (4, D, R).
+    delta[..., k*D + c] = sum_r x_proj[..., k, r] * dt_projection[k, c, r], computed in the compute dtype and
+    rounded to x_proj's dtype, as the MatMul node it replaces."""
+    rank = dt_projection.shape[2]
+    dstate = (x_proj.shape[-1] - rank) // 2
+    ct = _compute_dtype(x_proj)
+    dts = x_proj[..., :rank].to(ct)
+    delta = torch.einsum("bhwkr,kdr->bhwkd", dts, dt_projection.to(ct)).to(x_proj.dtype)
+    delta = delta.reshape(*x_proj.shape[:3], -1)
+    return delta, x_proj[..., rank:rank + dstate], x_proj[..., rank + dstate:]
+
+
+def selective_scan_2d_proj_reference(x, x_proj, dt_projection, A, Ds=None, delta_bias=None, delta_softplus=True):
+    """SelectiveScan2D with the dt projection folded in: `scan_2d_projected_inputs`, then
+    `selective_scan_2d_reference`."""
+    delta, Bs, Cs = scan_2d_projected_inputs(x_proj, dt_projection)
+    return selective_scan_2d_reference(x, delta, A, Bs, Cs, Ds, delta_bias, delta_softplus)
+
+
 def deform_aggregate_reference(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                                dilation_h, dilation_w, group, group_channels, offset_scale,
                                remove_center, offset_bias=None, activation: str = "none"):

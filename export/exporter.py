@@ -36,13 +36,13 @@ import torch.nn as nn
 from ..custom_ops import ops
 from .metadata import build_metadata, write_metadata
 from .fusions import (fuse_erf_gelu, use_add_layer_norm_op, use_block_diagonal_matmul, use_deform_aggregate_epilogues,
-                      use_depthwise_conv_op, use_layer_norm_op)
-from .schemas import (DOMAIN, EPILOGUE_DOMAIN_VERSION, FUSED_DOMAIN_VERSION, LAYER_NORM_DOMAIN_VERSION,
-                      nodes_domain_version, op_domain_version, register_schemas)
+                      use_depthwise_conv_op, use_layer_norm_op, use_scan_dt_projection)
+from .schemas import (DOMAIN, DT_PROJECTION_DOMAIN_VERSION, EPILOGUE_DOMAIN_VERSION, FUSED_DOMAIN_VERSION,
+                      LAYER_NORM_DOMAIN_VERSION, nodes_domain_version, op_domain_version, register_schemas)
 
 FORMS = ("custom", "portable")
-OP_VERSIONS = (1, 2, 3, 4, 5)
-DEFAULT_OP_VERSION = EPILOGUE_DOMAIN_VERSION   # `ssmpose export --op-version` defaults to the same (cli/export_cmds.py)
+OP_VERSIONS = (1, 2, 3, 4, 5, 6)
+DEFAULT_OP_VERSION = DT_PROJECTION_DOMAIN_VERSION   # `ssmpose export --op-version` defaults to the same (cli/export_cmds.py)
 # Opset 20 brings the one-node Gelu (five nodes below it). The portable form stays below 20: TensorRT's parser
 # knows only GridSample's opset-16 mode names and samples nearest-neighbour with opset 20's "linear".
 SUPPORTED_OPSETS = {"custom": (18, 19, 20), "portable": (18, 19)}
@@ -385,7 +385,7 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
 def _fuse_custom(proto: onnx.ModelProto, op_version: int) -> None:
     """The custom form's fusions of `op_version` (export/fusions.py): 3: LayerNorm; 4: also MultiKernelDepthwiseConv
     and AddLayerNorm (which fuses the Adds before LayerNorm nodes, so it runs after the LayerNorm fusion); 5: also
-    DeformAggregate's offset bias and SiLU."""
+    DeformAggregate's offset bias and SiLU; 6: also SelectiveScan2D's dt projection."""
     if op_version >= LAYER_NORM_DOMAIN_VERSION:
         use_layer_norm_op(proto)
     if op_version >= FUSED_DOMAIN_VERSION:
@@ -393,6 +393,8 @@ def _fuse_custom(proto: onnx.ModelProto, op_version: int) -> None:
         use_add_layer_norm_op(proto)
     if op_version >= EPILOGUE_DOMAIN_VERSION:
         use_deform_aggregate_epilogues(proto)
+    if op_version >= DT_PROJECTION_DOMAIN_VERSION:
+        use_scan_dt_projection(proto)
 
 
 def _custom_domain_version(proto: onnx.ModelProto) -> int:

@@ -502,3 +502,88 @@ def use_block_diagonal_matmul(model) -> int:
         model.graph.value_info.remove(info)
     _rebuild(model, set())
     return len(replacements)
+
+
+def _split_sizes(index: _GraphIndex, split):
+    """The sizes of a Split node along its last axis (from its input or attribute), or None."""
+    import numpy as np
+    attrs = _attributes(split)
+    sizes = index.array(split.input[1]) if len(split.input) > 1 and split.input[1] else attrs.get("split")
+    if sizes is None:
+        return None
+    shape = index.shapes.get(split.input[0])
+    axis = int(attrs.get("axis", 0))
+    if shape is None or axis not in (-1, len(shape) - 1):
+        return None
+    return [int(v) for v in np.asarray(sizes).reshape(-1)]
+
+
+def _block_diagonal_blocks(weight, groups: int, rank: int):
+    """The (groups, D, rank) weight of a (groups*rank, groups*D) block-diagonal matrix (zero off its diagonal
+    blocks; the transpose of `use_block_diagonal_matmul`'s), or None."""
+    import numpy as np
+    if weight is None or weight.ndim != 2 or weight.shape[0] != groups * rank or weight.shape[1] % groups:
+        return None
+    dim = weight.shape[1] // groups
+    blocks = np.stack([weight[g * rank:(g + 1) * rank, g * dim:(g + 1) * dim].T for g in range(groups)])
+    rebuilt = np.zeros_like(weight)
+    for g in range(groups):
+        rebuilt[g * rank:(g + 1) * rank, g * dim:(g + 1) * dim] = blocks[g].T
+    return np.ascontiguousarray(blocks) if np.array_equal(rebuilt, weight) else None
+
+
+def use_scan_dt_projection(model) -> int:
+    """Fold SS2D's dt projection into every `ssmpose::SelectiveScan2D` (domain version 6, docs/ops.md): where its
+    delta is Reshape(MatMul(Reshape(dts), W)) with W the block-diagonal weight of `use_block_diagonal_matmul`, and
+    dts, Bs and Cs are the three outputs of one Split of x_proj (B, H, W, K, R + 2N) along the last axis, the scan
+    takes x_proj and the (K, D, R) weight instead; the Split, the MatMul and the Reshapes go. The op computes
+    delta as the MatMul did (float32 sums rounded to the type). Every intermediate must have the scan as its only
+    user. Works on an onnx.ModelProto in place (the caller imports the domain at version 6); returns the scans
+    changed."""
+    import onnx
+
+    from .schemas import DOMAIN, SCAN_2D_DIRECTIONS, SCAN_2D_MAX_DT_RANK, uses_dt_projection
+    index = _GraphIndex(model)
+    removed, changed = set(), 0
+    for scan in index.nodes:
+        if scan.op_type != "SelectiveScan2D" or scan.domain != DOMAIN or uses_dt_projection(scan) \
+                or len(scan.input) < 5:
+            continue
+        chain, value = [], scan.input[1]
+        node = index.producer.get(value)
+        if _is(node, "Reshape") and index.sole_consumer(value) is scan:   # optional Reshape after the MatMul
+            chain.append(node)
+            value = node.input[0]
+        matmul = index.producer.get(value)
+        if not _is(matmul, "MatMul") or index.sole_consumer(value) is not (chain[-1] if chain else scan):
+            continue
+        flatten = index.producer.get(matmul.input[0])
+        if not _is(flatten, "Reshape") or index.sole_consumer(matmul.input[0]) is not matmul:
+            continue
+        split = index.producer.get(flatten.input[0])
+        if not _is(split, "Split") or len(split.output) != 3 or list(split.output[1:]) != list(scan.input[3:5]) \
+                or split.output[0] != flatten.input[0]:
+            continue
+        if any(index.sole_consumer(out) is not user for out, user in zip(split.output, (flatten, scan, scan))):
+            continue
+        sizes, x_proj_shape = _split_sizes(index, split), index.shapes.get(split.input[0])
+        if sizes is None or len(sizes) != 3 or sizes[1] != sizes[2] or x_proj_shape is None \
+                or len(x_proj_shape) != 5 or x_proj_shape[3] != SCAN_2D_DIRECTIONS:
+            continue
+        rank = sizes[0]
+        weight = _block_diagonal_blocks(index.array(matmul.input[1]), SCAN_2D_DIRECTIONS, rank)
+        if weight is None or not 1 <= rank <= SCAN_2D_MAX_DT_RANK:
+            continue
+        fused = onnx.NodeProto()
+        fused.CopyFrom(scan)
+        inputs = list(scan.input) + [""] * (7 - len(scan.input))
+        inputs[1], inputs[3], inputs[4] = split.input[0], "", ""
+        stem = scan.name or scan.output[0]
+        inputs.append(index.new_initializer(f"{stem}.dt_projection", weight))
+        del fused.input[:]
+        fused.input.extend(inputs)
+        scan.CopyFrom(fused)
+        removed.update(index.position[id(n)] for n in chain + [matmul, flatten, split])
+        changed += 1
+    _rebuild(model, removed)
+    return changed

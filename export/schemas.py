@@ -2,7 +2,8 @@
 
 Domain version 1 has SelectiveScan and DeformAggregate; version 2 adds SelectiveScan2D; version 3 adds
 LayerNorm; version 4 adds AddLayerNorm and MultiKernelDepthwiseConv; version 5 gives DeformAggregate an optional
-offset_bias input and an activation attribute (its forward-only epilogues). The other ops are unchanged, so they
+offset_bias input and an activation attribute (its forward-only epilogues); version 6 gives SelectiveScan2D an
+optional dt_projection input (the dt projection folded in, forward only). The other ops are unchanged, so they
 resolve to their first schemas in a later graph. A graph imports the lowest version that has all its ops and
 their features (`op_domain_version`, `nodes_domain_version`): a graph with SelectiveScan and DeformAggregate
 only stays version 1.
@@ -32,7 +33,8 @@ SCAN_2D_DOMAIN_VERSION = 2  # SelectiveScan2D
 LAYER_NORM_DOMAIN_VERSION = 3  # LayerNorm
 FUSED_DOMAIN_VERSION = 4  # AddLayerNorm, MultiKernelDepthwiseConv
 EPILOGUE_DOMAIN_VERSION = 5  # DeformAggregate's offset_bias and activation
-LATEST_DOMAIN_VERSION = EPILOGUE_DOMAIN_VERSION
+DT_PROJECTION_DOMAIN_VERSION = 6  # SelectiveScan2D's dt_projection
+LATEST_DOMAIN_VERSION = DT_PROJECTION_DOMAIN_VERSION
 OP_SINCE_VERSION = {"SelectiveScan": DOMAIN_VERSION, "DeformAggregate": DOMAIN_VERSION,
                     "SelectiveScan2D": SCAN_2D_DOMAIN_VERSION, "LayerNorm": LAYER_NORM_DOMAIN_VERSION,
                     "AddLayerNorm": FUSED_DOMAIN_VERSION, "MultiKernelDepthwiseConv": FUSED_DOMAIN_VERSION}
@@ -49,8 +51,9 @@ _Param = onnx.defs.OpSchema.FormalParameter
 _Option = onnx.defs.OpSchema.FormalParameterOption
 
 SCAN_INPUTS = ("u", "delta", "A", "Bs", "Cs", "Ds", "delta_bias")
-SCAN_2D_INPUTS = ("x", "delta", "A", "Bs", "Cs", "Ds", "delta_bias")
+SCAN_2D_INPUTS = ("x", "delta", "A", "Bs", "Cs", "Ds", "delta_bias", "dt_projection")
 SCAN_2D_DIRECTIONS = 4
+SCAN_2D_MAX_DT_RANK = 64  # SSM_SCAN2D_MAX_DT_RANK of the kernel library
 DEFORM_INPUTS = ("value", "offset_mask", "offset_bias")
 DEFORM_INT_ATTRIBUTES = ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w", "dilation_h",
                          "dilation_w", "group", "group_channels")
@@ -117,13 +120,25 @@ def _infer_selective_scan(ctx) -> None:
 def _infer_selective_scan_2d(ctx) -> None:
     op = "SelectiveScan2D"
     x = ctx.get_input_type(0)
-    ranks = {"x": 4, "delta": 4, "A": 2, "Bs": 5, "Cs": 5}
-    for index, name in enumerate(SCAN_2D_INPUTS[:5]):
-        _check_rank(op, name, _dims(ctx.get_input_type(index)), ranks[name])
+    projected = ctx.get_num_inputs() > 7 and ctx.has_input(7)
+    if projected:  # domain version 6: input 1 is x_proj (B, H, W, K, R + 2N), Bs / Cs omitted
+        if ctx.has_input(3) or ctx.has_input(4):
+            _fail(op, "with dt_projection, Bs and Cs must be omitted (they are read from input 1, x_proj)")
+        ranks = {"x": 4, "delta": 5, "A": 2, "dt_projection": 3}
+        names = ("x", "delta", "A")
+    else:
+        if not (ctx.has_input(3) and ctx.has_input(4)):
+            _fail(op, "Bs and Cs are required unless dt_projection is given")
+        ranks = {"x": 4, "delta": 4, "A": 2, "Bs": 5, "Cs": 5}
+        names = SCAN_2D_INPUTS[:5]
+    for name in names:
+        _check_rank(op, name, _dims(ctx.get_input_type(SCAN_2D_INPUTS.index(name))), ranks[name])
+    if projected:
+        _check_rank(op, "dt_projection", _dims(ctx.get_input_type(7)), 3)
     directions = _int_attr(ctx, "directions", SCAN_2D_DIRECTIONS)
     if directions != SCAN_2D_DIRECTIONS:
         _fail(op, f"attribute directions must be {SCAN_2D_DIRECTIONS} (domain version 2), got {directions}")
-    bdims = _dims(ctx.get_input_type(3))
+    bdims = _dims(ctx.get_input_type(1 if projected else 3))
     if bdims is not None and bdims[3].HasField("dim_value") and bdims[3].dim_value != directions:
         _fail(op, f"Bs.shape[3] must be the {directions} directions, got {bdims[3].dim_value}")
     ctx.set_output_type(0, _output(x.tensor_type.elem_type, _dims(x)))
@@ -180,16 +195,25 @@ def _selective_scan_schema() -> onnx.defs.OpSchema:
     return schema
 
 
-def _selective_scan_2d_schema() -> onnx.defs.OpSchema:
+def _selective_scan_2d_schema(version: int = SCAN_2D_DOMAIN_VERSION) -> onnx.defs.OpSchema:
+    """Version 2, or version 6 with the optional dt_projection input (then input 1 is x_proj and Bs / Cs are
+    omitted)."""
     optional = dict(param_option=_Option.Optional)
+    projected = version >= DT_PROJECTION_DOMAIN_VERSION
+    bc = optional if projected else {}
+    inputs = [_Param("x", "T", "(B, H, W, D)"),
+              _Param("delta", "T", "(B, H, W, K*D); with dt_projection x_proj (B, H, W, K, R + 2N)"),
+              _Param("A", "T", "(K*D, N)"), _Param("Bs", "T", "(B, H, W, K, N)", **bc),
+              _Param("Cs", "T", "(B, H, W, K, N)", **bc), _Param("Ds", "T", "(K*D)", **optional),
+              _Param("delta_bias", "T", "(K*D)", **optional)]
+    if projected:
+        inputs.append(_Param("dt_projection", "T", "(K, D, R): delta = x_proj[..., :R] @ dt_projection[k].T",
+                             **optional))
     schema = onnx.defs.OpSchema(
-        "SelectiveScan2D", DOMAIN, SCAN_2D_DOMAIN_VERSION,
+        "SelectiveScan2D", DOMAIN, version,
         "SS2D's four-direction selective scan in one node, channel-last (docs/ops.md). y has the shape and "
         "type of x.",
-        inputs=[_Param("x", "T", "(B, H, W, D)"), _Param("delta", "T", "(B, H, W, K*D)"),
-                _Param("A", "T", "(K*D, N)"), _Param("Bs", "T", "(B, H, W, K, N)"),
-                _Param("Cs", "T", "(B, H, W, K, N)"), _Param("Ds", "T", "(K*D)", **optional),
-                _Param("delta_bias", "T", "(K*D)", **optional)],
+        inputs=inputs,
         outputs=[_Param("y", "T", "(B, H, W, D)")],
         type_constraints=[("T", _FLOAT_TYPES, "float tensors")],
         attributes=[_attribute("delta_softplus", 1, "apply softplus to delta + delta_bias"),
@@ -354,7 +378,8 @@ def register_schemas() -> None:
     """Register the ssmpose-domain schemas in this process (idempotent)."""
     for factory in (_selective_scan_schema, _deform_aggregate_schema, _selective_scan_2d_schema,
                     _layer_norm_schema, _add_layer_norm_schema, _depthwise_conv_schema,
-                    lambda: _deform_aggregate_schema(EPILOGUE_DOMAIN_VERSION)):
+                    lambda: _deform_aggregate_schema(EPILOGUE_DOMAIN_VERSION),
+                    lambda: _selective_scan_2d_schema(DT_PROJECTION_DOMAIN_VERSION)):
         schema = factory()
         if onnx.defs.has(schema.name, schema.since_version, DOMAIN) and \
                 onnx.defs.get_schema(schema.name, schema.since_version, DOMAIN).since_version == schema.since_version:
@@ -378,9 +403,19 @@ def uses_deform_epilogues(node) -> bool:
     return (len(node.input) > 2 and node.input[2] != "") or activation != "none"
 
 
+def uses_dt_projection(node) -> bool:
+    """Whether an onnx NodeProto is a SelectiveScan2D with a dt_projection input (domain version 6)."""
+    return node.op_type == "SelectiveScan2D" and len(node.input) > 7 and node.input[7] != ""
+
+
 def nodes_domain_version(nodes) -> int:
     """The `ssmpose` domain version a graph with these onnx NodeProtos (of the ssmpose domain) must import:
-    `op_domain_version` of their types, and 5 where a DeformAggregate uses its epilogues."""
+    `op_domain_version` of their types, 5 where a DeformAggregate uses its epilogues, 6 where a SelectiveScan2D
+    has a dt_projection."""
     nodes = list(nodes)
     version = op_domain_version(n.op_type for n in nodes)
-    return max(version, EPILOGUE_DOMAIN_VERSION) if any(uses_deform_epilogues(n) for n in nodes) else version
+    if any(uses_deform_epilogues(n) for n in nodes):
+        version = max(version, EPILOGUE_DOMAIN_VERSION)
+    if any(uses_dt_projection(n) for n in nodes):
+        version = max(version, DT_PROJECTION_DOMAIN_VERSION)
+    return version

@@ -4,8 +4,9 @@ Custom-form files (``ssmpose`` domain nodes) need the project's plugin library `
 (``custom_ops/csrc/tensorrt``, docs/tensorrt.md), which is loaded into TensorRT's plugin registry before the file is
 parsed or a cached engine is deserialised; portable files need nothing but TensorRT. The library carries a plugin
 for every op of the domain, versions 1 to 5 (2 added SelectiveScan2D, 3 LayerNorm, 4 AddLayerNorm and
-MultiKernelDepthwiseConv, 5 DeformAggregate's offset_bias input and activation field), so files exported with any
-op version build.
+MultiKernelDepthwiseConv, 5 DeformAggregate's offset_bias input and activation field), so files exported with op
+versions 1 to 5 build. Version 6 (SelectiveScan2D's dt_projection, the export default) is refused with a message
+asking for ``--op-version 5``.
 
 Precision: a float32 export builds an fp32 engine (TF32 off, so that results stay within the fp32 parity
 tolerance) unless ``precision="fp16"``, which lets TensorRT pick float16 kernels (the ssmpose plugins then
@@ -43,6 +44,7 @@ PLUGIN_LIBRARY_NAME = "libssmpose_trt.so"
 # library is refused as stale.
 PLUGIN_LIBRARY_VERSION = 5
 PLUGIN_NAMESPACE = "ssmpose"
+MAX_OP_DOMAIN_VERSION = 5  # the plugins' ops and inputs are those of domain versions 1 to 5
 PLUGIN_VERSION = "1"  # of every plugin, later ones included (the domain version is not the plugin version)
 PLUGIN_NAMES = ("SelectiveScan", "DeformAggregate", "SelectiveScan2D", "LayerNorm", "AddLayerNorm",
                 "MultiKernelDepthwiseConv")  # every op of the ssmpose domain
@@ -416,6 +418,11 @@ class TensorRTSession(Session):
         self.precision, self.strongly_typed = precision, strongly_typed
 
         self.plugin_library, self.plugin_info = None, {}
+        if "ssmpose" in domains and int(metadata.get("op_domain_version", 1)) > MAX_OP_DOMAIN_VERSION:
+            raise ValueError(f"{where} imports ssmpose domain version {metadata['op_domain_version']}; the TensorRT "
+                             f"plugins cover versions 1 to {MAX_OP_DOMAIN_VERSION} (version 6's SelectiveScan2D "
+                             f"omits its Bs and Cs inputs, which TensorRT's ONNX parser cannot hand to a plugin). "
+                             f"Export with --op-version {MAX_OP_DOMAIN_VERSION} for TensorRT.")
         if "ssmpose" in domains:
             library, reason, info = plugin_library()
             if library is None:

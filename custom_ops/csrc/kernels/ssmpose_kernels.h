@@ -41,8 +41,9 @@ extern "C" {
 #define SSM_API __attribute__((visibility("default")))
 #endif
 
-#define SSM_KERNELS_ABI_VERSION 4  /* 2: adds LayerNorm; 3: adds AddLayerNorm, MultiKernelDepthwiseConv and
-                                      ssm_set_cpu_executor; 4: DeformAggregate's offset bias and activation */
+#define SSM_KERNELS_ABI_VERSION 5  /* 2: adds LayerNorm; 3: adds AddLayerNorm, MultiKernelDepthwiseConv and
+                                      ssm_set_cpu_executor; 4: DeformAggregate's offset bias and activation;
+                                      5: SelectiveScan2D with the dt projection (ssm_selective_scan_2d_proj_*) */
 
 typedef enum ssm_dtype {
   SSM_FLOAT32 = 0,
@@ -164,6 +165,22 @@ SSM_API int ssm_selective_scan_2d_bwd_cpu(const ssm_scan2d_shape* shape, const v
 SSM_API int ssm_selective_scan_2d_fwd_cuda(const ssm_scan2d_shape* shape, const void* x, const void* delta,
     const void* A, const void* Bs, const void* Cs, const void* Ds, const void* delta_bias, void* y,
     void* stream);
+
+/* SelectiveScan2D with the dt projection folded in (forward only; domain version 6):
+ *   x_proj        : (batch, height, width, directions, dt_rank + 2*dstate)  dtype: for each position and
+ *                   direction k, the dt inputs (dt_rank values), then B (dstate), then C (dstate)
+ *   dt_projection : (directions, dim, dt_rank)                              dtype
+ * delta[b,h,w,k*dim + c] = sum over r of x_proj[b,h,w,k,r] * dt_projection[k,c,r], accumulated in float32
+ * and rounded to dtype (what a MatMul node producing delta computes); Bs and Cs are read in place from
+ * x_proj. Everything else as ssm_selective_scan_2d_fwd_*. 1 <= dt_rank <= 64. */
+SSM_API int ssm_selective_scan_2d_proj_fwd_cpu(const ssm_scan2d_shape* shape, int64_t dt_rank, const void* x,
+    const void* x_proj, const void* dt_projection, const void* A, const void* Ds, const void* delta_bias,
+    void* y, int num_threads);
+SSM_API int ssm_selective_scan_2d_proj_fwd_cuda(const ssm_scan2d_shape* shape, int64_t dt_rank, const void* x,
+    const void* x_proj, const void* dt_projection, const void* A, const void* Ds, const void* delta_bias,
+    void* y, void* stream);
+#define SSM_SCAN2D_MAX_DT_RANK 64
+
 SSM_API size_t ssm_selective_scan_2d_bwd_cuda_workspace_size(const ssm_scan2d_shape* shape);
 SSM_API int ssm_selective_scan_2d_bwd_cuda(const ssm_scan2d_shape* shape, const void* x, const void* delta,
     const void* A, const void* Bs, const void* Cs, const void* Ds, const void* delta_bias, const void* dy,

@@ -68,6 +68,8 @@ Loaded load() {
       reinterpret_cast<decltype(out.kernels.selective_scan_fwd)>(sym("ssm_selective_scan_fwd_cuda"));
   out.kernels.selective_scan_2d_fwd =
       reinterpret_cast<decltype(out.kernels.selective_scan_2d_fwd)>(sym("ssm_selective_scan_2d_fwd_cuda"));
+  out.kernels.selective_scan_2d_proj_fwd = reinterpret_cast<decltype(out.kernels.selective_scan_2d_proj_fwd)>(
+      sym("ssm_selective_scan_2d_proj_fwd_cuda"));
   out.kernels.deform_aggregate_fwd =
       reinterpret_cast<decltype(out.kernels.deform_aggregate_fwd)>(sym("ssm_deform_aggregate_fwd_cuda"));
   out.kernels.layer_norm_fwd =

@@ -146,6 +146,7 @@ int cpu_threads() noexcept;
 struct CudaKernels {
   decltype(&ssm_selective_scan_fwd_cuda) selective_scan_fwd;
   decltype(&ssm_selective_scan_2d_fwd_cuda) selective_scan_2d_fwd;
+  decltype(&ssm_selective_scan_2d_proj_fwd_cuda) selective_scan_2d_proj_fwd;
   decltype(&ssm_deform_aggregate_fwd_cuda) deform_aggregate_fwd;
   decltype(&ssm_layer_norm_fwd_cuda) layer_norm_fwd;
   decltype(&ssm_add_layer_norm_fwd_cuda) add_layer_norm_fwd;

@@ -9,8 +9,9 @@
 #include "ssmpose_kernels.h"
 
 // Bump when the operators' interface (inputs, attributes, types, EPs) or these entry points change.
-#define SSMPOSE_ORT_LIBRARY_VERSION 5  // 2: SelectiveScan2D; 3: LayerNorm; 4: AddLayerNorm, MultiKernelDepthwiseConv;
-                                        // 5: DeformAggregate's offset_bias input and activation attribute
+#define SSMPOSE_ORT_LIBRARY_VERSION 6  // 2: SelectiveScan2D; 3: LayerNorm; 4: AddLayerNorm, MultiKernelDepthwiseConv;
+                                        // 5: DeformAggregate's offset_bias input and activation attribute;
+                                        // 6: SelectiveScan2D's dt_projection input
 
 namespace ssmpose_ort {
 namespace {

@@ -18,7 +18,10 @@
 // d_delta (b, p, k*D + c) has a single writer and is stored directly.
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <cstring>
 #include <memory>
+#include <new>
 #include <vector>
 
 #include "cpu_common.h"
@@ -37,8 +40,9 @@ constexpr int64_t kDirections = 4;
 
 struct Scan2DArgs {
   const void* x;      // io_dtype (B, H, W, D)
-  const void* delta;  // io_dtype (B, H, W, K*D)
+  const void* delta;  // delta_dtype (B, H, W, K*D)
   int io_dtype;
+  int delta_dtype;    // io_dtype, or float32 when the dt projection made delta (already rounded to io_dtype)
   const float* A;     // (K*D, N)
   const float* Bs;    // (B, H, W, K, N)
   const float* Cs;
@@ -102,7 +106,7 @@ struct DirectionSeq {
     for (int t = 0; t < tc; ++t) {
       const int64_t row = b * L + pos[t];
       span_to_float(dtype, s->x, row * D + c0, cb.u[t], nch);
-      span_to_float(dtype, s->delta, (row * K + k) * D + c0, cb.z[t], nch);
+      span_to_float(s->delta_dtype, s->delta, (row * K + k) * D + c0, cb.z[t], nch);
       cb.B[t] = s->Bs + (row * K + k) * N;
       cb.C[t] = s->Cs + (row * K + k) * N;
       if (with_dy) {
@@ -211,6 +215,7 @@ Scan2DArgs make_args(const ssm_scan2d_shape* shape, const void* x, const void* d
   s.x = x;
   s.delta = delta;
   s.io_dtype = dt;
+  s.delta_dtype = dt;
   s.A = as_float(dt, A, channels * shape->dstate, threads, cv.A);
   s.Bs = as_float(dt, Bs, n_bc, threads, cv.Bs);
   s.Cs = as_float(dt, Cs, n_bc, threads, cv.Cs);
@@ -244,11 +249,57 @@ void sum_directions(const Scan2DArgs& s, const float* parts, void* out, int thre
   });
 }
 
+void run_forward(const Scan2DArgs& s, void* y, int threads);
+
 int scan2d_forward(const ssm_scan2d_shape* shape, const void* x, const void* delta, const void* A, const void* Bs,
                    const void* Cs, const void* Ds, const void* delta_bias, void* y, int num_threads) {
   const int threads = resolve_threads(num_threads);
   ConvertedInputs cv;
   const Scan2DArgs s = make_args(shape, x, delta, A, Bs, Cs, Ds, delta_bias, threads, cv);
+  run_forward(s, y, threads);
+  return SSM_OK;
+}
+
+// The dt projection's forward: delta (float32, each value rounded to the dtype as a MatMul node's output is)
+// and Bs / Cs (float32) are formed from x_proj first, then the scan runs as above. The CPU path is for
+// parity and tests; the fusion pays on the GPU.
+int scan2d_proj_forward(const ssm_scan2d_shape* shape, int64_t R, const void* x, const void* x_proj,
+                        const void* dt_projection, const void* A, const void* Ds, const void* delta_bias, void* y,
+                        int num_threads) {
+  const int threads = resolve_threads(num_threads);
+  const int dt = shape->dtype;
+  const int64_t K = shape->directions, D = shape->dim, N = shape->dstate;
+  const int64_t rows = shape->batch * shape->height * shape->width * K;  // (position, direction) rows
+  const int64_t row_len = R + 2 * N;
+  std::vector<float> xp_store, w_store;
+  const float* xp = scan::as_float(dt, x_proj, rows * row_len, threads, xp_store);
+  const float* w = scan::as_float(dt, dt_projection, K * D * R, threads, w_store);
+  std::vector<float> delta(static_cast<size_t>(rows * D)), Bs(static_cast<size_t>(rows * N)),
+      Cs(static_cast<size_t>(rows * N));
+  parallel_for(rows, threads, static_cast<double>(D * R), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t k = r % K;
+      const float* in = xp + r * row_len;
+      for (int64_t c = 0; c < D; ++c) {
+        const float* wc = w + (k * D + c) * R;
+        float sum = 0.f;
+        for (int64_t j = 0; j < R; ++j) sum = std::fma(in[j], wc[j], sum);
+        delta[static_cast<size_t>(r * D + c)] = round_to_dtype(dt, sum);
+      }
+      std::memcpy(&Bs[static_cast<size_t>(r * N)], in + R, sizeof(float) * N);
+      std::memcpy(&Cs[static_cast<size_t>(r * N)], in + R + N, sizeof(float) * N);
+    }
+  });
+  ConvertedInputs cv;
+  Scan2DArgs s = make_args(shape, x, delta.data(), A, nullptr, nullptr, Ds, delta_bias, threads, cv);
+  s.delta_dtype = SSM_FLOAT32;
+  s.Bs = Bs.data();
+  s.Cs = Cs.data();
+  run_forward(s, y, threads);
+  return SSM_OK;
+}
+
+void run_forward(const Scan2DArgs& s, void* y, int threads) {
   std::vector<float> y_parts(static_cast<size_t>(s.directions * s.batch * s.length * s.dim));
   const int64_t tiles = (s.dim + kTile - 1) / kTile;
   const int64_t items = s.batch * s.directions * tiles;
@@ -265,9 +316,8 @@ int scan2d_forward(const ssm_scan2d_shape* shape, const void* x, const void* del
       failed.store(1);
     }
   });
-  if (failed.load()) return SSM_ERR_BAD_SIZE;
+  if (failed.load()) throw std::bad_alloc();
   sum_directions(s, y_parts.data(), y, threads);
-  return SSM_OK;
 }
 
 int scan2d_backward(const ssm_scan2d_shape* shape, const void* x, const void* delta, const void* A, const void* Bs,
@@ -372,6 +422,26 @@ SSM_API int ssm_selective_scan_2d_fwd_cpu(const ssm_scan2d_shape* shape, const v
   if (!x || !delta || !A || !Bs || !Cs || !y) return SSM_ERR_NULL_POINTER;
   try {
     return ssm::cpu::scan2d_forward(shape, x, delta, A, Bs, Cs, Ds, delta_bias, y, num_threads);
+  } catch (...) {
+    return SSM_ERR_BAD_SIZE;  // allocation failure
+  }
+}
+
+SSM_API int ssm_selective_scan_2d_proj_fwd_cpu(const ssm_scan2d_shape* shape, int64_t dt_rank, const void* x,
+                                               const void* x_proj, const void* dt_projection, const void* A,
+                                               const void* Ds, const void* delta_bias, void* y, int num_threads) {
+  if (!shape) return SSM_ERR_NULL_POINTER;
+  const int st = ssm::cpu::validate_shape(shape);
+  if (st != SSM_OK) return st;
+  if (dt_rank < 1 || dt_rank > SSM_SCAN2D_MAX_DT_RANK) return SSM_ERR_BAD_SIZE;
+  int64_t n;
+  if (!ssm::cpu::checked_product({shape->batch, shape->height, shape->width, shape->directions,
+                                  dt_rank + 2 * shape->dstate}, &n))
+    return SSM_ERR_BAD_SIZE;
+  if (!x || !x_proj || !dt_projection || !A || !y) return SSM_ERR_NULL_POINTER;
+  try {
+    return ssm::cpu::scan2d_proj_forward(shape, dt_rank, x, x_proj, dt_projection, A, Ds, delta_bias, y,
+                                         num_threads);
   } catch (...) {
     return SSM_ERR_BAD_SIZE;  // allocation failure
   }

@@ -101,6 +101,7 @@ struct Scan2DArgs {
   const void* Ds;
   const void* delta_bias;
   const void* dy;
+  const void* dtw;  // forward with the dt projection: (4, D, dt_rank); delta is then x_proj (see dt_rank)
   void* y;
   void* dx;
   void* d_delta;
@@ -116,6 +117,9 @@ struct Scan2DArgs {
   int64_t ncb;             // channel blocks
   int64_t acc_floats;      // shared-memory accumulator (rounded up to a multiple of 4)
   int height, width, length, wp, dim, dstate;
+  // dt_rank > 0 (forward only): delta is x_proj (B, L, 4, bc_row), each row dt inputs (dt_rank), B, C, and
+  // Bs / Cs point into it; bc_row = dt_rank + 2N. dt_rank == 0: delta (B, L, 4*D), Bs / Cs rows of bc_row = N.
+  int dt_rank, bc_row;
   int softplus, cl_log2, nwarps, nchunks, chunk;
   FastDiv fd_h, fd_w;
 };
@@ -316,8 +320,10 @@ __global__ void __launch_bounds__(kG == 1 ? kMaxThreads : kG * kGroupWarps * 32,
   float2* tot = reinterpret_cast<float2*>(smem + kG * a.acc_floats) + group * 2 * a.nwarps * N * CL;
   const T* xc = x + l.b * L * D + cs;
   const T* deltab = delta + l.b * L * KD + cs;
-  const T* Bb = Bs + l.b * L * kDirections * N;
-  const T* Cb = Cs + l.b * L * kDirections * N;
+  const T* Bb = Bs + l.b * L * kDirections * a.bc_row;
+  const T* Cb = Cs + l.b * L * kDirections * a.bc_row;
+  const T* xpb = delta + l.b * L * kDirections * a.bc_row;  // with the dt projection: x_proj of image b
+  const T* __restrict__ dtw = static_cast<const T*>(a.dtw);
   const T zero = from_f<T>(0.f);
 
   // Raw values of the chunk in flight (B and C too when N == 1).
@@ -331,10 +337,20 @@ __global__ void __launch_bounds__(kG == 1 ? kMaxThreads : kG * kGroupWarps * 32,
       const int p = ok ? step_position(a, k, t0 + i) : 0;
       const bool okc = ok && l.cvalid;
       rx[i] = okc ? xc[p * D] : zero;
-      rd[i] = okc ? dk[p * KD] : zero;
+      if (a.dt_rank == 0) {
+        rd[i] = okc ? dk[p * KD] : zero;
+      } else {  // delta = the dt projection of the row's dt inputs, rounded to T as a MatMul's output
+        float sum = 0.f;
+        if (okc) {
+          const T* in = xpb + (p * kDirections + k) * a.bc_row;
+          const T* w = dtw + (k * D + l.c) * a.dt_rank;
+          for (int r = 0; r < a.dt_rank; ++r) sum = fmaf(to_f(in[r]), to_f(w[r]), sum);
+        }
+        rd[i] = from_f<T>(sum);
+      }
       if constexpr (kN == 1) {
-        rb[i] = ok ? Bb[p * kDirections + k] : zero;
-        rc[i] = ok ? Cb[p * kDirections + k] : zero;
+        rb[i] = ok ? Bb[(p * kDirections + k) * a.bc_row] : zero;
+        rc[i] = ok ? Cb[(p * kDirections + k) * a.bc_row] : zero;
       }
     }
   };
@@ -385,7 +401,7 @@ __global__ void __launch_bounds__(kG == 1 ? kMaxThreads : kG * kGroupWarps * 32,
       dtx[i] = dt[i] * xv[i];
     }
     auto load_bc = [&](const T* base, int i, int n) {
-      return (t0 + i < L) ? ldf(base + pos[i] * kDirections * N + k * N + n) : 0.f;
+      return (t0 + i < L) ? ldf(base + (pos[i] * kDirections + k) * a.bc_row + n) : 0.f;
     };
 
     float Pin[kN], Sin[kN];  // inclusive scan over the warp's segments
@@ -861,6 +877,7 @@ Scan2DArgs base_args(const ssm_scan2d_shape* s, const Plan2D& p) {
   a.acc_floats = p.acc_floats;
   a.fd_h = make_fastdiv((uint32_t)s->height);
   a.fd_w = make_fastdiv((uint32_t)s->width);
+  a.bc_row = (int)s->dstate;
   return a;
 }
 
@@ -910,6 +927,35 @@ SSM_API int ssm_selective_scan_2d_fwd_cuda(const ssm_scan2d_shape* shape, const 
   a.A = A;
   a.Bs = Bs;
   a.Cs = Cs;
+  a.Ds = Ds;
+  a.delta_bias = delta_bias;
+  a.y = y;
+  return dispatch<Fwd2DLauncher>(shape->dtype, (int)shape->dstate, a, p, shape->batch,
+                                 static_cast<cudaStream_t>(stream));
+}
+
+SSM_API int ssm_selective_scan_2d_proj_fwd_cuda(const ssm_scan2d_shape* shape, int64_t dt_rank, const void* x,
+                                                const void* x_proj, const void* dt_projection, const void* A,
+                                                const void* Ds, const void* delta_bias, void* y, void* stream) {
+  const int st = check_shape(shape);
+  if (st != SSM_OK) return st;
+  if (dt_rank < 1 || dt_rank > SSM_SCAN2D_MAX_DT_RANK) return SSM_ERR_BAD_SIZE;
+  const int64_t row = dt_rank + 2 * shape->dstate;
+  // x_proj's offsets inside an image are 32-bit, as delta's are
+  if (shape->height * shape->width * kDirections * row > INT_MAX) return SSM_ERR_BAD_SIZE;
+  if (!product_below({shape->batch, shape->height * shape->width, kDirections, row})) return SSM_ERR_BAD_SIZE;
+  if (!x || !x_proj || !dt_projection || !A || !y) return SSM_ERR_NULL_POINTER;
+  const Plan2D p = make_plan(shape, false);
+  Scan2DArgs a = base_args(shape, p);
+  const size_t elem = shape->dtype == SSM_FLOAT32 ? 4 : 2;
+  a.x = x;
+  a.delta = x_proj;
+  a.dtw = dt_projection;
+  a.dt_rank = (int)dt_rank;
+  a.bc_row = (int)row;
+  a.Bs = static_cast<const char*>(x_proj) + dt_rank * elem;
+  a.Cs = static_cast<const char*>(x_proj) + (dt_rank + shape->dstate) * elem;
+  a.A = A;
   a.Ds = Ds;
   a.delta_bias = delta_bias;
   a.y = y;
