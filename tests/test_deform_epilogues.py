@@ -240,7 +240,7 @@ def test_fusion_leaves_look_alikes_alone(knob):
 
 @pytest.fixture(scope="module")
 def exported_tiny(exported):
-    """hrvmamba_tiny's default export (op version 5), traced once per session (tests/conftest.py)."""
+    """hrvmamba_tiny's default export (op version 6), traced once per session (tests/conftest.py)."""
     return exported("hrvmamba_tiny", (256, 192))
 
 
@@ -248,8 +248,8 @@ def test_default_export_folds_every_deform_epilogue(exported_tiny):
     from ssmpose.training.models.hrvmamba_blocks import HRVMambaBlock
     custom = onnx.load(str(exported_tiny.paths["custom"]), load_external_data=False)
     onnx.checker.check_model(custom, full_check=True)
-    assert {o.domain: o.version for o in custom.opset_import}["ssmpose"] == 5
-    assert read_metadata(exported_tiny.paths["custom"])["op_domain_version"] == 5
+    assert {o.domain: o.version for o in custom.opset_import}["ssmpose"] == 6   # 5's epilogues and 6's projection
+    assert read_metadata(exported_tiny.paths["custom"])["op_domain_version"] == 6
     deform = [n for n in custom.graph.node if n.op_type == "DeformAggregate"]
     blocks = [m for m in exported_tiny.model.modules() if isinstance(m, HRVMambaBlock)]
     assert len(deform) == len(blocks)

@@ -87,15 +87,15 @@ def _attrs(node):
 
 @pytest.mark.parametrize("name,size", CASES)
 def test_custom_form_has_one_node_per_op_with_the_attributes(exported, name, size):
-    """The default export, op version 5: one SelectiveScan2D and one DeformAggregate per SS2D (with its offset bias
-    and SiLU), every LPU one MultiKernelDepthwiseConv with its GELU, every LayerNorm a LayerNorm or AddLayerNorm
+    """The default export, op version 6: one SelectiveScan2D (with its dt projection) and one DeformAggregate per SS2D
+    (with its offset bias and SiLU), every LPU one MultiKernelDepthwiseConv with its GELU, every LayerNorm a LayerNorm or AddLayerNorm
     node."""
     e = exported(name, size)
     model = onnx.load(str(e.paths["custom"]), load_external_data=False)
     ss2d = [m for m in e.model.modules() if isinstance(m, SS2D)]
     scans, deforms = _ssmpose_nodes(model, "SelectiveScan2D"), _ssmpose_nodes(model, "DeformAggregate")
     assert len(scans) == len(deforms) == len(ss2d)
-    assert {(o.domain, o.version) for o in model.opset_import} == {("", 20), ("ssmpose", 5)}
+    assert {(o.domain, o.version) for o in model.opset_import} == {("", 20), ("ssmpose", 6)}
     op_types = [n.op_type for n in model.graph.node]
     lpus = [n for n in _ssmpose_nodes(model, "MultiKernelDepthwiseConv") if _attrs(n)["activation"] == b"gelu"]
     assert len(lpus) == sum(isinstance(m, HRVMambaBlock) for m in e.model.modules())
@@ -109,6 +109,7 @@ def test_custom_form_has_one_node_per_op_with_the_attributes(exported, name, siz
         attrs = _attrs(node)
         assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == b"ssmpose"
     assert {onnx.helper.get_attribute_value(a) for n in scans for a in n.attribute if a.name == "delta_softplus"} == {1}
+    assert all(len(n.input) == 8 and n.input[3] == n.input[4] == "" for n in scans)   # the dt projection inside
     groups = sorted({m.conv2d.group for m in ss2d})
     seen = sorted({onnx.helper.get_attribute_value(a) for n in deforms for a in n.attribute if a.name == "group"})
     assert seen == groups

@@ -165,6 +165,9 @@ def load_library(path: str):
         lib.ssm_selective_scan_2d_bwd_cuda_workspace_size.restype = ctypes.c_size_t
         lib.ssm_selective_scan_2d_bwd_cuda.argtypes = [ctypes.POINTER(Scan2DShape)] + [vp] * 17
         lib.ssm_selective_scan_2d_bwd_cuda.restype = ctypes.c_int
+    if hasattr(lib, "ssm_selective_scan_2d_proj_fwd_cuda"):  # absent from libraries older than domain version 6
+        lib.ssm_selective_scan_2d_proj_fwd_cuda.argtypes = [ctypes.POINTER(Scan2DShape), ctypes.c_int64] + [vp] * 8
+        lib.ssm_selective_scan_2d_proj_fwd_cuda.restype = ctypes.c_int
     if hasattr(lib, "ssm_layer_norm_fwd_cuda"):  # absent from libraries older than domain version 3
         lib.ssm_layer_norm_fwd_cuda.argtypes = [ctypes.POINTER(LayerNormShape)] + [vp] * 5
         lib.ssm_layer_norm_fwd_cuda.restype = ctypes.c_int
@@ -770,6 +773,84 @@ def check_scan2d(lib, rep, B, H, W, D, N, dtype, softplus=1, useD=True, usebias=
     rep.add(name + " bwd", ok, detail + "".join(" | " + b for b in bad))
 
 
+def check_scan2d_proj(lib, rep, B, H, W, D, N, R, dtype, tag=""):
+    """SelectiveScan2D with the dt projection (domain version 6) against the float64 reference of the unfused
+    nodes (delta = the dt inputs times the projection, rounded to the dtype), against the plain kernel fed that
+    delta (the same values up to the float32 sums' order), and run to run (bitwise)."""
+    plan = scan2d_plan(B, H, W, D, N, dtype, bwd=False)
+    name = (f"scan2d proj {tag}B{B} {H}x{W} D{D} N{N} R{R} {str(dtype)[6:]} [CL{plan['CL']} w{plan['warps']} "
+            f"c{plan['chunks']}" + (f" g{plan['groups']}]" if plan["groups"] > 1 else "]"))
+    if not hasattr(lib, "ssm_selective_scan_2d_proj_fwd_cuda"):
+        rep.add(name, False, "the library has no ssm_selective_scan_2d_proj_fwd_cuda")
+        return
+    gen = torch.Generator(device="cuda").manual_seed(B * 7919 + H * 131 + W * 17 + D + N + R)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=gen)  # noqa: E731
+    x = r(B, H, W, D).to(dtype)
+    x_proj = torch.cat([r(B, H, W, 4, R) * 0.5, r(B, H, W, 4, 2 * N)], dim=-1).to(dtype)
+    weight = (r(4, D, R) / R ** 0.5).to(dtype)
+    A = (-torch.exp(r(4 * D, N) * 0.5)).to(dtype)
+    Ds, db = r(4 * D).to(dtype), (r(4 * D) * 0.5 - 1.0).to(dtype)
+    delta = torch.einsum("bhwkr,kdr->bhwkd", x_proj[..., :R].float(), weight.float()).to(dtype).reshape(B, H, W, 4 * D)
+    Bs, Cs = x_proj[..., R:R + N].contiguous(), x_proj[..., R + N:].contiguous()
+    sh = Scan2DShape(B, H, W, D, 4, N, 1, DTYPE_CODE[dtype])
+    ys = []
+    for _ in range(3):
+        y = torch.full((B, H, W, D), float("nan"), device="cuda", dtype=dtype)
+        st = lib.ssm_selective_scan_2d_proj_fwd_cuda(ctypes.byref(sh), R, P(x), P(x_proj), P(weight), P(A), P(Ds),
+                                                     P(db), P(y), stream_ptr())
+        torch.cuda.synchronize()
+        if st != SSM_OK:
+            rep.add(name, False, f"status {st}")
+            return
+        ys.append(y)
+    same = all(torch.equal(ys[0], t) for t in ys[1:])
+    plain = torch.full((B, H, W, D), float("nan"), device="cuda", dtype=dtype)
+    st = scan2d_fwd(lib, sh, (x, delta, A, Bs, Cs, Ds, db), plain)
+    torch.cuda.synchronize()
+    yref = scan2d_ref(*[t.double() for t in (x, delta, A, Bs, Cs, Ds, db)], 1)
+    rel, mx = errs(ys[0], yref)
+    rel_plain, _ = errs(ys[0], plain.double())
+    ok = st == SSM_OK and same and rel <= TOL_FWD[dtype] and rel_plain <= TOL_FWD[dtype]
+    rep.add(name, ok, f"rel {rel:.2e} maxrel {mx:.2e} vs plain kernel rel {rel_plain:.2e} deterministic={same}" +
+            ("" if ok else f" | worst {top_errors(ys[0], yref)}"))
+
+
+def check_errors_scan2d_proj(lib, rep):
+    """Bad dt_rank and null pointers: status codes, no launch."""
+    if not hasattr(lib, "ssm_selective_scan_2d_proj_fwd_cuda"):
+        rep.add("scan2d proj argument validation", False, "the library has no ssm_selective_scan_2d_proj_fwd_cuda")
+        return
+    t = torch.zeros(4096, device="cuda", dtype=torch.float16)
+    sh = Scan2DShape(1, 4, 4, 4, 4, 1, 1, DTYPE_CODE[torch.float16])
+
+    def call(rank, *ptrs):
+        return lib.ssm_selective_scan_2d_proj_fwd_cuda(ctypes.byref(sh), rank, *ptrs, None)
+    full = [P(t)] * 7   # x, x_proj, dt_projection, A, Ds, delta_bias, y (the stream is the None below)
+    got = {"rank 0": call(0, *full), "rank 65": call(65, *full), "null x_proj": call(2, P(t), None, *full[2:]),
+           "null dt_projection": call(2, P(t), P(t), None, *full[3:]), "ok": call(2, *full)}
+    torch.cuda.synchronize()
+    want = {"rank 0": SSM_ERR_BAD_SIZE, "rank 65": SSM_ERR_BAD_SIZE, "null x_proj": SSM_ERR_NULL_POINTER,
+            "null dt_projection": SSM_ERR_NULL_POINTER, "ok": SSM_OK}
+    bad = {k: v for k, v in got.items() if v != want[k]}
+    rep.add("scan2d proj argument validation", not bad, f"wrong statuses {bad}" if bad else "statuses as documented")
+
+
+def run_scan2d_proj_checks(lib, rep, quick=False):
+    f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
+    check_errors_scan2d_proj(lib, rep)
+    check_scan2d_proj(lib, rep, 1, 64, 48, 64, 1, 2, f16, tag="hrv-small-64x48 ")    # grouped plan, batch 1
+    check_scan2d_proj(lib, rep, 3, 5, 9, 4, 4, 3, bf16)                              # N = 4 (B / C per state)
+    check_scan2d_proj(lib, rep, 64, 4, 3, 64, 1, 4, f16, tag="wide ")                # CL 16, one group
+    if quick:
+        return
+    check_scan2d_proj(lib, rep, 1, 32, 24, 128, 1, 4, f16, tag="hrv-small-32x24 ")
+    check_scan2d_proj(lib, rep, 32, 32, 24, 128, 1, 4, f16, tag="hrv-small-32x24 wide ")   # CL 16
+    check_scan2d_proj(lib, rep, 2, 7, 5, 6, 1, 1, f32)                               # odd grid, rank 1
+    check_scan2d_proj(lib, rep, 2, 9, 7, 12, 16, 8, f32)                             # N = 16
+    check_scan2d_proj(lib, rep, 1, 16, 12, 64, 2, 64, f16, tag="largest rank ")
+    check_scan2d_proj(lib, rep, 4, 8, 6, 256, 1, 16, bf16, tag="hrv-small-8x6 ")
+
+
 def check_errors_scan2d(lib, rep):
     """Status codes of the SelectiveScan2D entry points (shape checked before the pointers)."""
     if not hasattr(lib, "ssm_selective_scan_2d_fwd_cuda"):
@@ -819,6 +900,7 @@ def check_errors_scan2d(lib, rep):
 def run_scan2d_checks(lib, rep, quick=False):
     f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
     check_errors_scan2d(lib, rep)
+    run_scan2d_proj_checks(lib, rep, quick)
     if quick:  # every code path at small sizes (compute-sanitizer)
         check_scan2d(lib, rep, 2, 7, 5, 6, 1, f32)                                       # CL 1, odd H/W
         check_scan2d(lib, rep, 64, 8, 6, 20, 1, f16, v1=False)                           # CL 16, partial channel block
@@ -2086,6 +2168,8 @@ VARIANTS = {
     "dwrows4": ["SSM_DW_SMALL_GRID_ITEM_ROWS=4"],  # ... small-grid plans with 4 x 4 items
     "s2dgroups0": ["SSM_SCAN2D_DIRECTION_GROUPS=0"],  # SelectiveScan2D: the four directions one after another
     "s2dgw8": ["SSM_SCAN2D_GROUP_WARPS=8"],           # ... direction groups of 8 warps (1024 threads per block)
+    # ... with the dt projection: ranks up to 8 prefetched (two blocks per SM, so that the pairs fit the registers)
+    "dtpairs4": ["SSM_SCAN2D_MAX_DT_PAIRS=4", "SSM_SCAN2D_PAIRS_MIN_BLOCKS=2"],
 }
 
 # MultiKernelDepthwiseConv shapes whose plan the "dw" variants change: batch 1 and 2 of the HRVMamba LPUs (the

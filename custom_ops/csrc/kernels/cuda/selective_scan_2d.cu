@@ -39,6 +39,7 @@
 //   kernel adds the partials in a fixed order. The workspace holds the partials; with one channel block
 //   (one image) they are the outputs themselves.
 #include <limits.h>
+#include <string.h>
 
 #include "selective_scan_common.cuh"
 
@@ -71,6 +72,12 @@ using namespace ssm_cuda;
 #ifndef SSM_SCAN2D_GROUP_WARPS  // warps per direction group when the four directions run at once (<= kMaxWarps)
 #define SSM_SCAN2D_GROUP_WARPS 4
 #endif
+#ifndef SSM_SCAN2D_MAX_DT_PAIRS  // dt input pairs the forward with the dt projection prefetches (ranks <= 2x)
+#define SSM_SCAN2D_MAX_DT_PAIRS 2
+#endif
+#ifndef SSM_SCAN2D_PAIRS_MIN_BLOCKS  // blocks per SM the register budget of that kernel is made for
+#define SSM_SCAN2D_PAIRS_MIN_BLOCKS SSM_SCAN2D_FWD_MIN_BLOCKS
+#endif
 #ifndef SSM_SCAN2D_BWD_SMEM_BUDGET
 #define SSM_SCAN2D_BWD_SMEM_BUDGET (110 * 1024)
 #endif
@@ -83,6 +90,9 @@ constexpr int64_t kBwdSmemBudget = SSM_SCAN2D_BWD_SMEM_BUDGET;
 constexpr int64_t kGroupedSmemBudget = 144 * 1024;
 static_assert(kFwdItems % 2 == 1 && kBwdItems % 2 == 1, "the steps per segment must be odd");
 constexpr int kMaxWarps = 8;
+// dt inputs prefetched as 32-bit pairs (16-bit data): even ranks up to 4 by default (HRVMamba's 2 and 4; at 8
+// the kernel spilled registers at three blocks per SM)
+constexpr int kMaxDtPairs = SSM_SCAN2D_MAX_DT_PAIRS;
 constexpr int kMaxThreads = kMaxWarps * 32;
 constexpr int kDirections = 4;
 constexpr int kGroupWarps = SSM_SCAN2D_GROUP_WARPS;
@@ -119,7 +129,8 @@ struct Scan2DArgs {
   int height, width, length, wp, dim, dstate;
   // dt_rank > 0 (forward only): delta is x_proj (B, L, 4, bc_row), each row dt inputs (dt_rank), B, C, and
   // Bs / Cs point into it; bc_row = dt_rank + 2N. dt_rank == 0: delta (B, L, 4*D), Bs / Cs rows of bc_row = N.
-  int dt_rank, bc_row;
+  // dt_pairs > 0: the kPairs kernel, which prefetches the dt inputs as dt_pairs 32-bit pairs (16-bit data).
+  int dt_rank, bc_row, dt_pairs;
   int softplus, cl_log2, nwarps, nchunks, chunk;
   FastDiv fd_h, fd_w;
 };
@@ -295,11 +306,24 @@ __device__ __forceinline__ void next_segment(float P, float S, const Lane& l, in
 // ------------------------------------------------------------------------------------------------
 // Forward
 
+// The two 16-bit values of a 32-bit pair, as floats.
+template <typename T>
+__device__ __forceinline__ float2 unpack_pair(uint32_t u) {
+  T v[2];
+  memcpy(v, &u, sizeof(u));
+  return make_float2(to_f(v[0]), to_f(v[1]));
+}
+
 // kG direction groups (1, or 4 for small grids): group g runs directions g, g + kG, ... into accumulator g.
-template <typename T, int kN, int kG>
+// kPairs (16-bit data, an even dt_rank <= 2 * kMaxDtPairs, 4-byte aligned rows; make_dt_pairs): with the dt
+// projection, the chunk in flight holds the raw dt inputs, and delta is formed when the chunk is processed, so
+// the loads stay ahead of the arithmetic as delta's do. Otherwise the projection is formed as the loads are issued.
+template <typename T, int kN, int kG, bool kPairs>
 __global__ void __launch_bounds__(kG == 1 ? kMaxThreads : kG * kGroupWarps * 32,
-                                  kG == 1 ? SSM_SCAN2D_FWD_MIN_BLOCKS : 1) scan2d_fwd_kernel(const Scan2DArgs a) {
+                                  kG == 1 ? (kPairs ? SSM_SCAN2D_PAIRS_MIN_BLOCKS : SSM_SCAN2D_FWD_MIN_BLOCKS) : 1)
+    scan2d_fwd_kernel(const Scan2DArgs a) {
   constexpr int kI = kFwdItems;
+  constexpr int kP = kPairs ? kMaxDtPairs : 1;
   extern __shared__ __align__(16) float smem[];
   const T* __restrict__ x = static_cast<const T*>(a.x);
   const T* __restrict__ delta = static_cast<const T*>(a.delta);
@@ -326,8 +350,9 @@ __global__ void __launch_bounds__(kG == 1 ? kMaxThreads : kG * kGroupWarps * 32,
   const T* __restrict__ dtw = static_cast<const T*>(a.dtw);
   const T zero = from_f<T>(0.f);
 
-  // Raw values of the chunk in flight (B and C too when N == 1).
+  // Raw values of the chunk in flight (B and C too when N == 1; the dt input pairs with kPairs).
   T rx[kI], rd[kI], rb[kI], rc[kI];
+  uint32_t rdt[kI][kP];
   auto issue = [&](int k, int ch) {
     const int t0 = ch * a.chunk + l.seg * kI;
     const T* dk = deltab + k * D;
@@ -337,7 +362,11 @@ __global__ void __launch_bounds__(kG == 1 ? kMaxThreads : kG * kGroupWarps * 32,
       const int p = ok ? step_position(a, k, t0 + i) : 0;
       const bool okc = ok && l.cvalid;
       rx[i] = okc ? xc[p * D] : zero;
-      if (a.dt_rank == 0) {
+      if constexpr (kPairs) {
+        const uint32_t* in = reinterpret_cast<const uint32_t*>(xpb + (p * kDirections + k) * a.bc_row);
+#pragma unroll
+        for (int j = 0; j < kP; ++j) rdt[i][j] = (okc && j < a.dt_pairs) ? in[j] : 0u;
+      } else if (a.dt_rank == 0) {
         rd[i] = okc ? dk[p * KD] : zero;
       } else {  // delta = the dt projection of the row's dt inputs, rounded to T as a MatMul's output
         float sum = 0.f;
@@ -357,6 +386,7 @@ __global__ void __launch_bounds__(kG == 1 ? kMaxThreads : kG * kGroupWarps * 32,
 
   float A2[kN], carry[kN];
   float Dv = 0.f, bias = 0.f;
+  const T* wrow = dtw;  // kPairs: the dt projection row of this channel and direction (read through L1)
   int k = group, ch = 0, buf = 0;
   issue(k, 0);
   for (int it = 0; it < kDirections / kG * a.nchunks; ++it) {
@@ -369,13 +399,27 @@ __global__ void __launch_bounds__(kG == 1 ? kMaxThreads : kG * kGroupWarps * 32,
       }
       Dv = (Ds && l.cvalid) ? ldf(Ds + pc) : 0.f;
       bias = (dbias && l.cvalid) ? ldf(dbias + pc) : 0.f;
+      if constexpr (kPairs) wrow = dtw + (k * D + cs) * a.dt_rank;
     }
     const int t0 = ch * a.chunk + l.seg * kI;
     float xv[kI], dt[kI], Bv[kI], Cv[kI];
 #pragma unroll
     for (int i = 0; i < kI; ++i) {
       xv[i] = to_f(rx[i]);
-      dt[i] = to_f(rd[i]);
+      if constexpr (kPairs) {  // the same sums, in the same order, as the projection formed at issue time
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < kP; ++j) {
+          if (j < a.dt_pairs) {
+            const float2 v = unpack_pair<T>(rdt[i][j]);
+            sum = fmaf(v.x, ldf(wrow + 2 * j), sum);
+            sum = fmaf(v.y, ldf(wrow + 2 * j + 1), sum);
+          }
+        }
+        dt[i] = to_f(from_f<T>(sum));
+      } else {
+        dt[i] = to_f(rd[i]);
+      }
       if constexpr (kN == 1) {
         Bv[i] = to_f(rb[i]);
         Cv[i] = to_f(rc[i]);
@@ -897,9 +941,15 @@ template <typename T, int kN>
 struct Fwd2DLauncher {
   static int run(const Scan2DArgs& a, const Plan2D& p, int64_t batch, cudaStream_t st) {
     if constexpr (kN == 1) {  // direction groups: one state only (make_plan)
-      if (p.groups == kDirections) return launch(scan2d_fwd_kernel<T, kN, kDirections>, a, p, batch, st);
+      if constexpr (sizeof(T) == 2) {  // prefetched dt input pairs: HRVMamba's case (make_dt_pairs)
+        if (a.dt_pairs > 0) {
+          if (p.groups == kDirections) return launch(scan2d_fwd_kernel<T, kN, kDirections, true>, a, p, batch, st);
+          return launch(scan2d_fwd_kernel<T, kN, 1, true>, a, p, batch, st);
+        }
+      }
+      if (p.groups == kDirections) return launch(scan2d_fwd_kernel<T, kN, kDirections, false>, a, p, batch, st);
     }
-    return launch(scan2d_fwd_kernel<T, kN, 1>, a, p, batch, st);
+    return launch(scan2d_fwd_kernel<T, kN, 1, false>, a, p, batch, st);
   }
 };
 
@@ -953,6 +1003,10 @@ SSM_API int ssm_selective_scan_2d_proj_fwd_cuda(const ssm_scan2d_shape* shape, i
   a.dtw = dt_projection;
   a.dt_rank = (int)dt_rank;
   a.bc_row = (int)row;
+  // 16-bit data, one state, an even rank of at most 2 * kMaxDtPairs and 4-byte aligned rows: the kPairs kernel
+  const bool pairs = elem == 2 && shape->dstate == 1 && dt_rank % 2 == 0 && dt_rank <= 2 * kMaxDtPairs &&
+                     row % 2 == 0 && reinterpret_cast<uintptr_t>(x_proj) % 4 == 0;
+  a.dt_pairs = pairs ? (int)(dt_rank / 2) : 0;
   a.Bs = static_cast<const char*>(x_proj) + dt_rank * elem;
   a.Cs = static_cast<const char*>(x_proj) + (dt_rank + shape->dstate) * elem;
   a.A = A;
