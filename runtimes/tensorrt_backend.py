@@ -400,12 +400,17 @@ class TensorRTSession(Session):
         are run in slices of max. `cache_dir`: engine cache folder (default ~/.cache/ssmpose/trt or
         $SSMPOSE_TRT_CACHE); `use_cache=False` always builds (and stores nothing)."""
         trt = _import_tensorrt()
-        self.device = _cuda_device(device_id)
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"tensorrt: ONNX file {self.path} does not exist")
         metadata, domains, _ = read_onnx_metadata(self.path)
         where = f"tensorrt: {self.path.name}"
+        if "ssmpose" in domains and int(metadata.get("op_domain_version", 1)) > MAX_OP_DOMAIN_VERSION:
+            raise ValueError(f"{where} imports ssmpose domain version {metadata['op_domain_version']}; the TensorRT "
+                             f"plugins cover versions 1 to {MAX_OP_DOMAIN_VERSION} (version 6's SelectiveScan2D "
+                             f"omits its Bs and Cs inputs, which TensorRT's ONNX parser cannot hand to a plugin). "
+                             f"Export with --op-version {MAX_OP_DOMAIN_VERSION} for TensorRT.")
+        self.device = _cuda_device(device_id)
         file_dtype = metadata.get("dtype", "float32")
         strongly_typed = file_dtype == "float16"
         if precision is None:
@@ -418,11 +423,6 @@ class TensorRTSession(Session):
         self.precision, self.strongly_typed = precision, strongly_typed
 
         self.plugin_library, self.plugin_info = None, {}
-        if "ssmpose" in domains and int(metadata.get("op_domain_version", 1)) > MAX_OP_DOMAIN_VERSION:
-            raise ValueError(f"{where} imports ssmpose domain version {metadata['op_domain_version']}; the TensorRT "
-                             f"plugins cover versions 1 to {MAX_OP_DOMAIN_VERSION} (version 6's SelectiveScan2D "
-                             f"omits its Bs and Cs inputs, which TensorRT's ONNX parser cannot hand to a plugin). "
-                             f"Export with --op-version {MAX_OP_DOMAIN_VERSION} for TensorRT.")
         if "ssmpose" in domains:
             library, reason, info = plugin_library()
             if library is None:

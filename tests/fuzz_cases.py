@@ -57,6 +57,7 @@ OP_VERSIONS = {"SelectiveScan": 1, "DeformAggregate": 1, "SelectiveScan2D": 2, "
                "MultiKernelDepthwiseConv": 4}
 ALL_OPS = tuple(OP_VERSIONS)
 DEFORM_EPILOGUE_VERSION = 5   # DeformAggregate's offset_bias input and activation attribute
+DT_PROJECTION_VERSION = 6     # SelectiveScan2D's dt_projection input
 HUGE = 1 << 40  # a dimension no tensor could hold; only ever next to a zero-size dimension
 INT32_MAX = (1 << 31) - 1
 
@@ -128,6 +129,10 @@ MUTATIONS = {
         "attr": "delta_softplus not 0/1, a float or a string",
         "directions_attr": "attribute directions != 4 (0, 1, 3, 5, 8, -4, 2^40), a float or a string",
         "missing": "a required input omitted (empty name, or fewer than 5 inputs)",
+        "dt_projection": "valid: the dt projection folded in (domain version 6): x_proj (B, H, W, 4, R + 2N) as input "
+                         "1, dt_projection (4, D, R), Bs / Cs omitted",
+        "proj_shape": "with dt_projection (domain version 6): x_proj's last dimension or (B, H, W) wrong, "
+                      "dt_projection of the wrong shape or rank, R = 0, or Bs / Cs given as well",
     },
     "LayerNorm": {
         "float16": "valid: all inputs float16",
@@ -204,6 +209,8 @@ class Case:
         offset_bias or an activation."""
         if self.op == "DeformAggregate" and ("offset_bias" in self.inputs or "activation" in self.attrs):
             return DEFORM_EPILOGUE_VERSION
+        if self.op == "SelectiveScan2D" and "dt_projection" in self.inputs:
+            return DT_PROJECTION_VERSION
         return OP_VERSIONS[self.op]
 
     def model(self):
@@ -885,11 +892,57 @@ def _scan2d_case(seed: int, index: int, attempt: int) -> Case:
             inputs = SCAN2D_INPUTS[: int(rng.integers(1, 5))]
             keywords += ["input"]
     shape_muts = {"rank", "mismatch_BHW", "directions_dim", "mismatch_D", "mismatch_N", "N_range", "vec_len"}
+    projected = {"dt_projection", "proj_shape"} & set(muts)
+    if projected and set(muts) & (shape_muts | {"missing", "dtype_mix"}):
+        muts = [m for m in muts if m not in projected]   # one change of the inputs' layout at a time
+    elif projected:
+        inputs = _project_scan2d(rng, feeds, inputs, types, "proj_shape" in muts, keywords)
+        valid = valid and "proj_shape" not in muts
+        return _finish("SelectiveScan2D", "t", seed, index, rng, inputs, types, feeds, attrs, valid, keywords, muts)
     if not valid and set(muts) <= shape_muts and _scan2d_shapes_ok(feeds, inputs):
         raise _TooBig("the shape mutations cancelled out")
     if valid and not _scan2d_shapes_ok(feeds, inputs):
         raise _TooBig("a valid case with invalid shapes")
     return _finish("SelectiveScan2D", "t", seed, index, rng, inputs, types, feeds, attrs, valid, keywords, muts)
+
+
+def _project_scan2d(rng, feeds, inputs, types, bad: bool, keywords) -> List[str]:
+    """Turns a SelectiveScan2D case into the domain-version-6 form: x_proj = (dt inputs, Bs, Cs) along the last
+    axis, a (4, D, R) dt_projection; Ds / delta_bias as they were. `bad`: one shape error of that form."""
+    B, H, W, D = feeds["x"].shape
+    N = feeds["Bs"].shape[-1]
+    R = int(rng.choice([1, 2, 4, int(rng.integers(1, 9))]))
+    lead = (B, H, W, 4)
+    dts = _randn(rng, lead + (R,), 0.7)
+    feeds["x_proj"] = np.concatenate([dts, feeds["Bs"], feeds["Cs"]], axis=-1) if _size_ok(lead) else \
+        np.zeros(lead + (R + 2 * N,), np.float32)
+    feeds["dt_projection"] = _randn(rng, (4, D, R), 0.5 / np.sqrt(R))
+    types["x_proj"] = types["dt_projection"] = types["delta"]
+    opt = [n if len(inputs) > i and inputs[i] == n else "" for i, n in ((5, "Ds"), (6, "delta_bias"))]
+    inputs = ["x", "x_proj", "A", "", ""] + opt + ["dt_projection"]
+    if bad:
+        kind = str(rng.choice(["row", "lead", "weight_D", "weight_rank", "rank_zero", "with_bc"]))
+        if kind == "row":
+            feeds["x_proj"] = _randn(rng, lead + (R + 2 * N + int(rng.choice([-1, 1])),))
+            keywords += ["x_proj"]
+        elif kind == "lead":
+            feeds["x_proj"] = _randn(rng, (B, H + 1, W, 4, R + 2 * N))
+            keywords += ["x_proj"]
+        elif kind == "weight_D":
+            feeds["dt_projection"] = _randn(rng, (4, D + 1, R))
+            keywords += ["dt_projection"]
+        elif kind == "weight_rank":
+            feeds["dt_projection"] = _randn(rng, (4 * D, R))
+            keywords += ["dt_projection"]
+        elif kind == "rank_zero":
+            feeds["dt_projection"] = _randn(rng, (4, D, 0))
+            feeds["x_proj"] = _randn(rng, lead + (2 * N,))
+            keywords += ["dt_rank", "dt_projection"]
+        else:
+            name = str(rng.choice(["Bs", "Cs"]))
+            inputs[SCAN2D_INPUTS.index(name)] = name
+            keywords += ["Bs and Cs must be omitted", "omitted"]
+    return inputs
 
 
 def _scan2d_shapes_ok(feeds, inputs) -> bool:
@@ -1263,9 +1316,13 @@ def _reference_new(case: Case, t):
 
     f = case.feeds
     if case.op == "SelectiveScan2D":
-        if f["x"].size == 0 or f["Bs"].size == 0:  # empty output (B, H, W or D = 0; H or W may be huge)
+        if f["x"].size == 0:  # empty output (B, H, W or D = 0; H or W may be huge)
             return np.zeros(f["x"].shape)
         opt = [t(f[n]) if n in case.inputs else None for n in ("Ds", "delta_bias")]
+        if "dt_projection" in case.inputs:
+            return ref.selective_scan_2d_proj_reference(t(f["x"]), t(f["x_proj"]), t(f["dt_projection"]), t(f["A"]),
+                                                        *opt, delta_softplus=bool(case.attrs.get("delta_softplus",
+                                                                                                1))).numpy()
         return ref.selective_scan_2d_reference(t(f["x"]), t(f["delta"]), t(f["A"]), t(f["Bs"]), t(f["Cs"]), *opt,
                                                delta_softplus=bool(case.attrs.get("delta_softplus", 1))).numpy()
     eps = float(case.attrs.get("epsilon", 1e-5))

@@ -145,6 +145,29 @@ def test_openvino_against_the_unfused_reference():
     assert_close(got, _expected(a), 1e-5)
 
 
+@pytest.mark.skipif(openvino_library.openvino_library_path() is None, reason="libssmpose_ov.so not built")
+def test_openvino_names_bad_inputs():
+    ov = pytest.importorskip("openvino")
+    a = _arrays(CASES[0])
+    core = ov.Core()
+    openvino_library.add_to_core(core)
+
+    def compile_with(**changes):
+        feeds = dict(a, **changes)
+        model = _node_model()
+        for entry in model.graph.input:
+            entry.CopyFrom(helper.make_tensor_value_info(entry.name, F32, list(feeds[entry.name].shape)))
+        return core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU"), feeds
+
+    with pytest.raises(Exception, match=r"with dt_projection, input 1 \(x_proj\) must be \(B, H, W, K, R \+ 2N\) = "
+                                        r"\(2, 6, 5, 4, 4\), got \(2, 6, 5, 4, 3\)"):
+        compile_with(x_proj=a["x_proj"][..., :-1].copy())
+    with pytest.raises(Exception, match=r"dt_projection must be \(K, D, R\) = \(4, 16, R\), got shape \(4, 15, 2\)"):
+        compile_with(dt_projection=a["dt_projection"][:, 1:].copy())
+    with pytest.raises(Exception, match=r"dt_rank R = dt_projection.shape\[2\] must be in 1..64, got 65"):
+        compile_with(dt_projection=np.zeros((4, 16, 65), np.float32), x_proj=np.zeros((2, 6, 5, 4, 67), np.float32))
+
+
 # --- the schema -------------------------------------------------------------------------------------------------
 
 def test_schema_infers_the_output_and_refuses_bs_with_dt_projection():
@@ -280,3 +303,17 @@ def test_onnx_runtime_cuda_against_the_unfused_reference(case, elem):
     ort_library.register(options)
     session = ort.InferenceSession(_node_model(elem).SerializeToString(), options, providers=["CUDAExecutionProvider"])
     assert_close(session.run(None, a)[0], _expected(a), **_tolerance(dtype), what=str(case))
+
+
+def test_tensorrt_backend_refuses_version_6_with_advice(exported_tiny, monkeypatch):
+    """The TensorRT plugins stop at domain version 5: the backend names the version and the export option before
+    TensorRT parses the file (a stand-in tensorrt module of a supported version is enough to get there)."""
+    import sys
+
+    from ssmpose import runtimes
+    fake = type(sys)("tensorrt")
+    fake.__version__ = "10.14.1"
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    with pytest.raises(ValueError, match=r"imports ssmpose domain version 6; the TensorRT plugins cover versions 1 "
+                                         r"to 5 .* Export with --op-version 5 for TensorRT"):
+        runtimes.load(exported_tiny.paths["custom"], "tensorrt")

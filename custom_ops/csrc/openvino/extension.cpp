@@ -18,16 +18,12 @@
 #include "openvino/op/convert.hpp"
 #include "openvino/op/greater.hpp"
 #include "openvino/op/less_eq.hpp"
-#include "openvino/op/matmul.hpp"
 #include "openvino/op/multiply.hpp"
-#include "openvino/op/reshape.hpp"
 #include "openvino/op/mvn.hpp"
 #include "openvino/op/select.hpp"
 #include "openvino/op/slice.hpp"
 #include "openvino/op/subtract.hpp"
 #include "openvino/op/swish.hpp"
-#include "openvino/op/unsqueeze.hpp"
-#include "openvino/op/variadic_split.hpp"
 #include "ops.hpp"
 #include "ssmpose_kernels.h"
 
@@ -137,47 +133,31 @@ ov::OutputVector convert_selective_scan(const ov::frontend::NodeContext& node) {
   return {node.mark_node(op)->output(0)};
 }
 
-// Static dimension `axis` of a SelectiveScan2D input, or an error naming it.
-int64_t static_dim(const ov::frontend::NodeContext& node, const ov::Output<ov::Node>& input, const char* name,
-                   int64_t rank, int64_t axis) {
-  const ov::PartialShape shape = input.get_partial_shape();
-  if (shape.rank().is_dynamic() || shape.rank().get_length() != rank || shape[axis].is_dynamic()) {
-    OPENVINO_THROW("ssmpose SelectiveScan2D node '", node.get_name(), "': with dt_projection, ", name,
-                   " must have rank ", rank, " and a static dimension ", axis, ", got shape ", shape);
-  }
-  return shape[axis].get_length();
-}
-
-// Domain version 6: dt_projection (K, D, R) given, input 1 is x_proj (B, H, W, K, R + 2N), Bs / Cs omitted. The
-// projection becomes OpenVINO's own ops in front of the op (what the unfused nodes were): VariadicSplit of x_proj
-// into the dt inputs, Bs and Cs, and MatMul of the dt inputs (B, H, W, K, 1, R) with dt_projection transposed
-// (K, R, D), reshaped to delta (B, H, W, K*D).
-ov::OutputVector projected_scan_inputs(const ov::frontend::NodeContext& node) {
+// Domain version 6: dt_projection (K, D, R) given, input 1 is x_proj (B, H, W, K, R + 2N), Bs / Cs omitted; the
+// node becomes SelectiveScan2DProj, whose kernel forms delta from x_proj (the shapes are checked there, in the ONNX
+// Runtime adapter's words).
+ov::OutputVector convert_selective_scan_2d_proj(const ov::frontend::NodeContext& node) {
+  constexpr const char* kOp = "SelectiveScan2D";
   if (!omitted(node, 3) || !omitted(node, 4)) {
     OPENVINO_THROW("ssmpose SelectiveScan2D node '", node.get_name(), "': with dt_projection, Bs and Cs must be ",
                    "omitted (they are read from input 1, x_proj)");
   }
-  const ov::Output<ov::Node> x_proj = node.get_input(1), A = node.get_input(2), dtw = node.get_input(7);
-  const int64_t rank = static_dim(node, dtw, "dt_projection", 3, 2);
-  const int64_t dstate = static_dim(node, A, "A", 2, 1);
-  if (rank < 1 || rank > SSM_SCAN2D_MAX_DT_RANK) {
-    OPENVINO_THROW("ssmpose SelectiveScan2D node '", node.get_name(), "': dt_rank R = dt_projection.shape[2] must ",
-                   "be in 1..", SSM_SCAN2D_MAX_DT_RANK, ", got ", rank);
+  constexpr const char* kNames[] = {"x", "x_proj", "A"};
+  for (size_t i = 0; i < 3; ++i) {
+    if (omitted(node, i)) {
+      OPENVINO_THROW("ssmpose SelectiveScan2D node '", node.get_name(), "': required input ", i, " (", kNames[i],
+                     ") is missing");
+    }
   }
-  const int64_t row = static_dim(node, x_proj, "x_proj (input 1)", 5, 4);
-  if (row != rank + 2 * dstate) {
-    OPENVINO_THROW("ssmpose SelectiveScan2D node '", node.get_name(), "': x_proj's last dimension must be R + 2N = ",
-                   rank + 2 * dstate, " (R from dt_projection, N from A), got ", row);
-  }
-  auto i64 = [&](std::vector<int64_t> values) {
-    return node.mark_node(ov::op::v0::Constant::create(ov::element::i64, {values.size()}, values));
-  };
-  auto parts = node.mark_node(std::make_shared<ov::op::v1::VariadicSplit>(x_proj, i64({-1})->output(0),
-                                                                         i64({rank, dstate, dstate})->output(0)));
-  auto dts = node.mark_node(std::make_shared<ov::op::v0::Unsqueeze>(parts->output(0), i64({-2})->output(0)));
-  auto product = node.mark_node(std::make_shared<ov::op::v0::MatMul>(dts, dtw, false, true));
-  auto delta = node.mark_node(std::make_shared<ov::op::v1::Reshape>(product, i64({0, 0, 0, -1})->output(0), true));
-  return {node.get_input(0), delta->output(0), A, parts->output(1), parts->output(2)};
+  ov::OutputVector inputs{node.get_input(0), node.get_input(1), node.get_input(7), node.get_input(2)};
+  const bool has_ds = !omitted(node, 5), has_bias = !omitted(node, 6);
+  if (has_ds) inputs.push_back(node.get_input(5));
+  if (has_bias) inputs.push_back(node.get_input(6));
+  const int64_t softplus = node.has_attribute("delta_softplus") ? int_attribute(node, kOp, "delta_softplus") : 1;
+  const int64_t directions = node.has_attribute("directions") ? int_attribute(node, kOp, "directions")
+                                                                : kScan2DDirections;
+  auto op = std::make_shared<SelectiveScan2DProj>(inputs, softplus, directions, has_ds, has_bias);
+  return {node.mark_node(op)->output(0)};
 }
 
 // SelectiveScan2D (domain version 2): inputs x, delta, A, Bs, Cs[, Ds][, delta_bias][, dt_projection (domain
@@ -193,9 +173,9 @@ ov::OutputVector convert_selective_scan_2d(const ov::frontend::NodeContext& node
                    "Cs[, Ds][, delta_bias][, dt_projection]), got ", count);
   }
   const bool projected = !omitted(node, 7);
+  if (projected) return convert_selective_scan_2d_proj(node);
   ov::OutputVector inputs;
-  if (projected) inputs = projected_scan_inputs(node);
-  for (size_t i = 0; i < 5 && !projected; ++i) {
+  for (size_t i = 0; i < 5; ++i) {
     if (omitted(node, i)) {
       OPENVINO_THROW("ssmpose SelectiveScan2D node '", node.get_name(), "': required input ", i, " (", kNames[i],
                      ") is missing");
@@ -449,6 +429,7 @@ OPENVINO_EXTENSION_C_API const char* ssmpose_ov_openvino_version() {
 OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({
     std::make_shared<ov::OpExtension<ssmpose_ov::SelectiveScan>>(),
     std::make_shared<ov::OpExtension<ssmpose_ov::SelectiveScan2D>>(),
+    std::make_shared<ov::OpExtension<ssmpose_ov::SelectiveScan2DProj>>(),
     std::make_shared<ov::OpExtension<ssmpose_ov::DeformAggregate>>(),
     std::make_shared<ov::frontend::onnx::ConversionExtension>("SelectiveScan", "ssmpose",
                                                               ssmpose_ov::convert_selective_scan),

@@ -272,6 +272,109 @@ bool SelectiveScan2D::evaluate(ov::TensorVector& outputs, const ov::TensorVector
 }
 
 // ------------------------------------------------------------------------------------------------
+// SelectiveScan2D with the dt projection (domain version 6)
+
+SelectiveScan2DProj::SelectiveScan2DProj(const ov::OutputVector& inputs, int64_t delta_softplus, int64_t directions,
+                                         bool has_ds, bool has_delta_bias)
+    : Op(inputs),
+      m_delta_softplus(delta_softplus),
+      m_directions(directions),
+      m_has_ds(has_ds),
+      m_has_delta_bias(has_delta_bias) {
+  constructor_validate_and_infer_types();
+}
+
+static std::vector<std::string> scan_2d_proj_input_names(bool has_ds, bool has_delta_bias) {
+  std::vector<std::string> names{"x", "x_proj", "dt_projection", "A"};
+  if (has_ds) names.push_back("Ds");
+  if (has_delta_bias) names.push_back("delta_bias");
+  return names;
+}
+
+void SelectiveScan2DProj::validate_and_infer_types() {
+  const std::vector<std::string> names = scan_2d_proj_input_names(m_has_ds, m_has_delta_bias);
+  NODE_VALIDATION_CHECK(this, get_input_size() == names.size(), "expects ", names.size(),
+                        " inputs (x, x_proj, dt_projection, A", m_has_ds ? ", Ds" : "",
+                        m_has_delta_bias ? ", delta_bias" : "", "), got ", get_input_size());
+  NODE_VALIDATION_CHECK(this, m_delta_softplus == 0 || m_delta_softplus == 1,
+                        "attribute delta_softplus must be in [0, 1], got ", m_delta_softplus);
+  NODE_VALIDATION_CHECK(this, m_directions == kScan2DDirections, "attribute directions must be in [",
+                        kScan2DDirections, ", ", kScan2DDirections, "], got ", m_directions);
+  const ov::element::Type type = common_float_type(this, names);
+  std::vector<Shape> shapes;
+  for (size_t i = 0; i < get_input_size(); ++i) shapes.push_back(partial_to_shape(get_input_partial_shape(i)));
+  const std::string problem = check_selective_scan_2d_proj(shapes, names);
+  NODE_VALIDATION_CHECK(this, problem.empty(), problem);
+  const ov::PartialShape& x = get_input_partial_shape(0);
+  set_output_type(0, type, x.rank().is_static() ? x : ov::PartialShape::dynamic(4));
+}
+
+std::shared_ptr<ov::Node> SelectiveScan2DProj::clone_with_new_inputs(const ov::OutputVector& inputs) const {
+  return std::make_shared<SelectiveScan2DProj>(inputs, m_delta_softplus, m_directions, m_has_ds, m_has_delta_bias);
+}
+
+bool SelectiveScan2DProj::visit_attributes(ov::AttributeVisitor& visitor) {
+  visitor.on_attribute("delta_softplus", m_delta_softplus);
+  visitor.on_attribute("directions", m_directions);
+  visitor.on_attribute("has_ds", m_has_ds);
+  visitor.on_attribute("has_delta_bias", m_has_delta_bias);
+  return true;
+}
+
+bool SelectiveScan2DProj::has_evaluate() const {
+  int32_t dtype = 0;
+  return ssm_dtype_of(get_input_element_type(0), &dtype);
+}
+
+bool SelectiveScan2DProj::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
+  const std::vector<std::string> names = scan_2d_proj_input_names(m_has_ds, m_has_delta_bias);
+  if (inputs.size() != names.size() || outputs.size() != 1) {
+    OPENVINO_THROW("ssmpose SelectiveScan2D node '", get_friendly_name(), "': expects ", names.size(),
+                   " inputs and 1 output, got ", inputs.size(), " and ", outputs.size());
+  }
+  int32_t dtype = 0;
+  const ov::element::Type type = inputs[0].get_element_type();
+  if (!ssm_dtype_of(type, &dtype)) {
+    OPENVINO_THROW("ssmpose SelectiveScan2D node '", get_friendly_name(), "': x has element type ", type,
+                   "; supported: f32, f16");
+  }
+  for (size_t i = 1; i < inputs.size(); ++i) {
+    if (inputs[i].get_element_type() != type) {
+      OPENVINO_THROW("ssmpose SelectiveScan2D node '", get_friendly_name(), "': input ", names[i],
+                     " has element type ", inputs[i].get_element_type(), " but x has ", type,
+                     "; all inputs must share one type");
+    }
+  }
+  std::vector<Shape> shapes;
+  for (const ov::Tensor& t : inputs) shapes.push_back(tensor_shape(t));
+  const std::string problem = check_selective_scan_2d_proj(shapes, names);
+  if (!problem.empty()) {
+    OPENVINO_THROW("ssmpose SelectiveScan2D node '", get_friendly_name(), "': ", problem);
+  }
+  set_output_shape(this, outputs[0], inputs[0].get_shape());
+  if (outputs[0].get_size() == 0) return true;  // B, H, W or D is 0: nothing to compute
+
+  const std::vector<int64_t>& x = shapes[0].dims;
+  ssm_scan2d_shape shape{};
+  shape.batch = x[0];
+  shape.height = x[1];
+  shape.width = x[2];
+  shape.dim = x[3];
+  shape.directions = kScan2DDirections;
+  shape.dstate = shapes[3].dims[1];
+  shape.delta_softplus = static_cast<int32_t>(m_delta_softplus);
+  shape.dtype = dtype;
+  size_t next = 4;
+  const void* ds = m_has_ds ? inputs[next++].data() : nullptr;
+  const void* bias = m_has_delta_bias ? inputs[next++].data() : nullptr;
+  const int status = ssm_selective_scan_2d_proj_fwd_cpu(&shape, shapes[2].dims[2], inputs[0].data(),
+                                                        inputs[1].data(), inputs[2].data(), inputs[3].data(), ds,
+                                                        bias, outputs[0].data(), cpu_threads());
+  if (status != SSM_OK) kernel_failed(this, "ssm_selective_scan_2d_proj_fwd_cpu", status);
+  return true;
+}
+
+// ------------------------------------------------------------------------------------------------
 // DeformAggregate
 
 DeformAggregate::DeformAggregate(const ov::OutputVector& inputs, const DeformAttributes& attributes)

@@ -57,6 +57,30 @@ private:
   bool m_has_delta_bias = true;
 };
 
+// SelectiveScan2D with the dt projection (domain version 6): inputs x, x_proj (B, H, W, K, R + 2N), dt_projection
+// (K, D, R), A, then Ds and delta_bias when has_ds / has_delta_bias say they are present. The ONNX node's
+// SelectiveScan2D with a dt_projection input becomes this op; its kernel forms delta from x_proj.
+class SelectiveScan2DProj : public ov::op::Op {
+public:
+  OPENVINO_OP("SelectiveScan2DProj", "ssmpose");
+
+  SelectiveScan2DProj() = default;
+  SelectiveScan2DProj(const ov::OutputVector& inputs, int64_t delta_softplus, int64_t directions, bool has_ds,
+                      bool has_delta_bias);
+
+  void validate_and_infer_types() override;
+  std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& inputs) const override;
+  bool visit_attributes(ov::AttributeVisitor& visitor) override;
+  bool has_evaluate() const override;
+  bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
+
+private:
+  int64_t m_delta_softplus = 1;
+  int64_t m_directions = kScan2DDirections;
+  bool m_has_ds = true;
+  bool m_has_delta_bias = true;
+};
+
 // DeformAggregate: inputs value (B, H, W, G*C) and offset_mask (B, Hout, Wout, P).
 class DeformAggregate : public ov::op::Op {
 public:

@@ -126,6 +126,45 @@ std::string check_selective_scan_2d(const std::vector<Shape>& shapes, const std:
   return std::string();
 }
 
+std::string check_selective_scan_2d_proj(const std::vector<Shape>& shapes, const std::vector<std::string>& names) {
+  const Shape &x = shapes[0], &x_proj = shapes[1], &dtw = shapes[2], &A = shapes[3];
+  if (x.rank_known && x.dims.size() != 4) return rank_error(names[0], "(B, H, W, D)", x);
+  const int64_t batch = x.rank_known ? x.dims[0] : kUnknown, height = x.rank_known ? x.dims[1] : kUnknown,
+                width = x.rank_known ? x.dims[2] : kUnknown, dim = x.rank_known ? x.dims[3] : kUnknown;
+  if (dtw.rank_known && (dtw.dims.size() != 3 || !compatible(dtw.dims[0], kScan2DDirections) ||
+                         !compatible(dtw.dims[1], dim))) {
+    return "dt_projection must be (K, D, R) = (" + std::to_string(kScan2DDirections) + ", " +
+           (known(dim) ? std::to_string(dim) : std::string("?")) + ", R), got shape " + shape_str(dtw.dims);
+  }
+  const int64_t rank = dtw.rank_known ? dtw.dims[2] : kUnknown;
+  if (known(rank) && (rank < 1 || rank > kMaxDtRank)) {
+    return "dt_rank R = dt_projection.shape[2] must be in 1.." + std::to_string(kMaxDtRank) + ", got " +
+           std::to_string(rank);
+  }
+  if (known(dim) && dim > INT64_MAX / kScan2DDirections) return "K*D overflows";
+  const int64_t channels = known(dim) ? kScan2DDirections * dim : kUnknown;
+  if (A.rank_known && (A.dims.size() != 2 || !compatible(A.dims[0], channels))) {
+    return "A must be (" + (known(channels) ? std::to_string(channels) : std::string("?")) + ", N), got " +
+           shape_str(A.dims);
+  }
+  const int64_t dstate = A.rank_known ? A.dims[1] : kUnknown;
+  if (known(dstate) && (dstate < 1 || dstate > kMaxState)) {
+    return "dstate N = A.shape[1] must be in 1.." + std::to_string(kMaxState) + ", got " + std::to_string(dstate);
+  }
+  const int64_t row = known(rank) && known(dstate) ? rank + 2 * dstate : kUnknown;
+  const std::vector<int64_t> xp_dims{batch, height, width, kScan2DDirections, row};
+  if (x_proj.rank_known && !compatible(x_proj.dims, xp_dims)) {
+    return "with dt_projection, input 1 (x_proj) must be (B, H, W, K, R + 2N) = " + shape_str(xp_dims) + ", got " +
+           shape_str(x_proj.dims);
+  }
+  for (size_t i = 4; i < shapes.size(); ++i) {
+    if (shapes[i].rank_known && !compatible(shapes[i].dims, {channels})) {
+      return names[i] + " must be " + shape_str({channels}) + ", got " + shape_str(shapes[i].dims);
+    }
+  }
+  return std::string();
+}
+
 std::string check_deform_attributes(const DeformAttributes& a, int64_t* om_cols) {
   struct Range {
     const char* name;

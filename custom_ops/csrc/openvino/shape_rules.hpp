@@ -15,6 +15,7 @@ constexpr int64_t kUnknown = -1;
 constexpr int64_t kMaxState = 16;                 // the kernels' limit on N
 constexpr int64_t kMaxPoints = int64_t(1) << 20;  // the kernels' limit on kernel_h*kernel_w
 constexpr int64_t kScan2DDirections = 4;          // SelectiveScan2D's K, the only value of domain version 2
+constexpr int64_t kMaxDtRank = 64;                // the kernels' limit on the dt projection's rank R
 
 struct Shape {
   bool rank_known = true;
@@ -36,6 +37,10 @@ std::string check_selective_scan(const std::vector<Shape>& shapes, const std::ve
 // the ONNX Runtime adapter (csrc/onnxruntime/selective_scan_2d_op.cpp); K is taken as 4 (the only value), so
 // delta, A, Ds and delta_bias are checked against x's D even while Bs.shape[3] is not known.
 std::string check_selective_scan_2d(const std::vector<Shape>& shapes, const std::vector<std::string>& names);
+
+// shapes/names: x, x_proj, dt_projection, A, then the present optional inputs (Ds, delta_bias): SelectiveScan2D with
+// the dt projection (domain version 6), in the words of the ONNX Runtime adapter.
+std::string check_selective_scan_2d_proj(const std::vector<Shape>& shapes, const std::vector<std::string>& names);
 
 // Attribute ranges; sets *om_cols to group*K*3 (K = kernel_h*kernel_w - remove_center).
 std::string check_deform_attributes(const DeformAttributes& a, int64_t* om_cols);
