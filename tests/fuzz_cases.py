@@ -3,9 +3,9 @@
 Each case is one SelectiveScan, DeformAggregate, SelectiveScan2D, LayerNorm, AddLayerNorm or
 MultiKernelDepthwiseConv node built from a small valid configuration plus zero to three mutations drawn from the
 list in MUTATIONS (wrong ranks, zero-size and huge dimensions, mismatched B/G/N/L/H/W/C, bad attributes, P too
-small, NaN/Inf values, unsupported or mixed dtypes, missing inputs; DeformAggregate's offset_bias and activation).
-The graph imports the `ssmpose` domain at the op's version (OP_VERSIONS; 5 for a DeformAggregate with its
-epilogues). A case is a pure function of (seed, index), so every runtime sees the same cases. A
+small, NaN/Inf values, unsupported or mixed dtypes, missing inputs; DeformAggregate's offset_bias and activation;
+SelectiveScan2D's dt_projection). The graph imports the `ssmpose` domain at the op's version (OP_VERSIONS; 5 for a
+DeformAggregate with its epilogues, 6 for a SelectiveScan2D with a dt_projection). A case is a pure function of (seed, index), so every runtime sees the same cases. A
 case knows whether it is valid under docs/ops.md; the verdict (`judge`) is:
 
 - invalid case: the runtime must raise, and the message must name the op and contain one of the case's
@@ -206,7 +206,7 @@ class Case:
     @property
     def version(self) -> int:
         """The ssmpose domain version the graph imports: the op's (docs/ops.md), 5 for a DeformAggregate with an
-        offset_bias or an activation."""
+        offset_bias or an activation, 6 for a SelectiveScan2D with a dt_projection."""
         if self.op == "DeformAggregate" and ("offset_bias" in self.inputs or "activation" in self.attrs):
             return DEFORM_EPILOGUE_VERSION
         if self.op == "SelectiveScan2D" and "dt_projection" in self.inputs:

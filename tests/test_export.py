@@ -193,7 +193,7 @@ def test_metadata_round_trip(exported, name, size):
         assert (got["family"], got["variant"]) == ("hrvmamba", name.split("_", 1)[1])
         assert got["export_form"] == form and got["opset"] == DEFAULT_OPSETS[form] and got["dtype"] == "float32"
         assert got["batch"] == "dynamic" and got["input_name"] == "images" and got["output_name"] == "heatmaps"
-        assert got["op_domain"] == "ssmpose" and got["op_domain_version"] == 5   # the custom form's, for both
+        assert got["op_domain"] == "ssmpose" and got["op_domain_version"] == 6   # the custom form's, for both
         assert got["ssmpose_version"] == ssmpose.__version__
         assert (got["chunk_size"] is None) == (form == "custom")
         raw = onnx.load(str(path), load_external_data=False)

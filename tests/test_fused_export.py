@@ -12,8 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ssmpose.custom_ops.reference import multi_kernel_depthwise_conv_reference
 from ssmpose.export import read_metadata
-from ssmpose.export.fusions import (use_add_layer_norm_op, use_block_diagonal_matmul, use_depthwise_conv_op,
-                                    use_layer_norm_op)
+from ssmpose.export.fusions import (use_add_layer_norm_op, use_block_diagonal_matmul, use_deform_aggregate_epilogues,
+                                    use_depthwise_conv_op, use_layer_norm_op, use_scan_dt_projection)
 from ssmpose.training.models.hrvmamba_blocks import LPU_KERNELS, HRVMambaBlock, HRVMambaSEBlock
 from ssmpose.training.models.layers import channel_shuffle_to_channels_last
 
@@ -234,18 +234,20 @@ def test_schema_refuses_bad_attributes(attributes, message):
 
 @pytest.fixture(scope="module")
 def exported_v4(exported):
-    """hrvmamba_tiny's default export, op version 4 (traced once per session, tests/conftest.py)."""
+    """hrvmamba_tiny's default export, op version 6 (traced once per session, tests/conftest.py)."""
     e = exported("hrvmamba_tiny", (256, 192))
     return e, e.paths["custom"]
 
 
 def _fused_v2(path):
-    """A version-2 custom export with the version-4 fusions applied in the order `export_forms` applies them."""
+    """A version-2 custom export with the fusions of versions 3 to 6 applied in the order `export_forms` applies
+    them; returns the model and what each fusion changed."""
     model = onnx.load(str(path))
-    made = [use_layer_norm_op(model), use_depthwise_conv_op(model), use_add_layer_norm_op(model)]
+    made = [use_layer_norm_op(model), use_depthwise_conv_op(model), use_add_layer_norm_op(model),
+            use_deform_aggregate_epilogues(model), use_scan_dt_projection(model)]
     for entry in model.opset_import:
         if entry.domain == "ssmpose":
-            entry.version = 4
+            entry.version = 6
     return model, made
 
 
@@ -253,7 +255,7 @@ def test_hrvmamba_v4_graph_has_the_fused_nodes(exported_v4):
     e, path = exported_v4
     custom = onnx.load(str(path), load_external_data=False)
     onnx.checker.check_model(custom, full_check=True)
-    assert {o.domain: o.version for o in custom.opset_import}["ssmpose"] == 5   # with the DeformAggregate epilogues
+    assert {o.domain: o.version for o in custom.opset_import}["ssmpose"] == 6   # with the dt projections
     assert "LayerNormalization" not in {n.op_type for n in custom.graph.node}
     op_types = [n.op_type for n in custom.graph.node]
     blocks = [m for m in e.model.modules() if isinstance(m, HRVMambaBlock)]
@@ -266,30 +268,31 @@ def test_hrvmamba_v4_graph_has_the_fused_nodes(exported_v4):
     # channel-last convolution there to fuse. Every other one is fused.
     assert all(producers[n.input[0]].op_type != "Transpose" for n in left)
     assert fused == len(blocks) + position_convs - len(left) and len(left) <= 2
-    assert op_types.count("Split") == len(blocks) and op_types.count("Gelu") == len(blocks)   # the scans, the MLPs
+    assert op_types.count("Split") == 0 and op_types.count("Gelu") == len(blocks)   # dt projections folded; MLPs
     assert "Einsum" not in op_types   # each dt projection is one MatMul (use_block_diagonal_matmul)
     norms = sum(isinstance(m, torch.nn.LayerNorm) for m in e.model.modules())
     assert op_types.count("AddLayerNorm") + op_types.count("LayerNorm") == norms
     assert op_types.count("AddLayerNorm") >= 3 * len(blocks)
-    assert _fused_v2(path)[1] == [0, 0, 0]   # nothing left to fuse
+    assert _fused_v2(path)[1] == [0, 0, 0, 0, 0]   # nothing left to fuse
 
 
 def test_fusions_of_a_version_2_export_give_the_default_export(exported):
     """mamkpd_small's version-2 export (the one test_scan_2d_models.py and test_openvino_scan_2d.py use) with
     the fusions applied is its default export (tests/test_mamkpd.py runs that), value for value. MamKPD has no
-    LPU, and a Transpose stands between each residual Add and its channel-first LayerNorm: only the LayerNorms
-    fuse, so the default export imports ssmpose version 3, the lowest with its ops."""
+    LPU and no DeformAggregate, and a Transpose stands between each residual Add and its channel-first LayerNorm:
+    its LayerNorms and its SS2Ds' dt projections fuse, so the default export imports ssmpose version 6."""
     v2 = exported("mamkpd_small", (256, 192), op_version=2)
     default = exported("mamkpd_small", (256, 192))
     fused, made = _fused_v2(v2.paths["custom"])
     norms = sum(isinstance(m, torch.nn.LayerNorm) for m in default.model.modules())   # LayerNorm2d too
-    assert made == [norms, 0, 0]
+    scans = sum(n.op_type == "SelectiveScan2D" for n in onnx.load(str(v2.paths["custom"])).graph.node)
+    assert made == [norms, 0, 0, 0, scans] and scans > 0
     expected = onnx.load(str(default.paths["custom"]))
     for node in list(fused.graph.node) + list(expected.graph.node):
         node.ClearField("doc_string")   # the exporter sets it empty after fusing, make_node leaves it unset
     assert fused.graph.SerializeToString(deterministic=True) == expected.graph.SerializeToString(deterministic=True)
-    assert {o.domain: o.version for o in expected.opset_import}["ssmpose"] == 3
-    assert read_metadata(default.paths["custom"])["op_domain_version"] == 3
+    assert {o.domain: o.version for o in expected.opset_import}["ssmpose"] == 6
+    assert read_metadata(default.paths["custom"])["op_domain_version"] == 6
 
 
 def test_hrvmamba_v4_custom_and_lowered_graphs_match_pytorch(exported_v4, tmp_path):

@@ -270,11 +270,12 @@ def test_cases_are_reproducible_and_varied(ops, count):
         mutations = {m for c in cases if c.op == op for m in c.mutations}
         expected = set(fuzz_cases.MUTATIONS[op]) - {"declared"}
         assert expected <= mutations, f"{op}: never generated in {count} cases: {sorted(expected - mutations)}"
-        # every graph imports the ssmpose domain at the op's version (5 for DeformAggregate's epilogues)
+        # every graph imports the ssmpose domain at the op's version (5 for DeformAggregate's epilogues, 6 for
+        # SelectiveScan2D's dt_projection)
         assert all(c.model().opset_import[1].version == c.version for c in cases if c.op == op)
-        assert {c.version for c in cases if c.op == op} == (
-            {fuzz_cases.OP_VERSIONS[op], fuzz_cases.DEFORM_EPILOGUE_VERSION} if op == "DeformAggregate"
-            else {fuzz_cases.OP_VERSIONS[op]})
+        later = {"DeformAggregate": {fuzz_cases.DEFORM_EPILOGUE_VERSION},
+                 "SelectiveScan2D": {fuzz_cases.DT_PROJECTION_VERSION}}.get(op, set())
+        assert {c.version for c in cases if c.op == op} == {fuzz_cases.OP_VERSIONS[op]} | later
     assert sum(c.valid for c in cases) >= count // 5 and sum(not c.valid for c in cases) >= count // 2
     # nothing big: every fed tensor is small, however huge its declared dimensions
     assert max(v.nbytes for c in cases for v in c.feeds.values()) < 64 << 20

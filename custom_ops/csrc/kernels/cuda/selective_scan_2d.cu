@@ -306,6 +306,13 @@ __device__ __forceinline__ void next_segment(float P, float S, const Lane& l, in
 // ------------------------------------------------------------------------------------------------
 // Forward
 
+// Hint to bring the `bytes` bytes at p into L1 (every 128-byte line they touch; only addresses inside the range).
+__device__ __forceinline__ void prefetch_l1(const void* p, int bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int off = 0; off < bytes; off += 128) asm volatile("prefetch.global.L1 [%0];" ::"l"(c + off));
+  asm volatile("prefetch.global.L1 [%0];" ::"l"(c + bytes - 1));
+}
+
 // The two 16-bit values of a 32-bit pair, as floats.
 template <typename T>
 __device__ __forceinline__ float2 unpack_pair(uint32_t u) {
@@ -317,7 +324,8 @@ __device__ __forceinline__ float2 unpack_pair(uint32_t u) {
 // kG direction groups (1, or 4 for small grids): group g runs directions g, g + kG, ... into accumulator g.
 // kPairs (16-bit data, an even dt_rank <= 2 * kMaxDtPairs, 4-byte aligned rows; make_dt_pairs): with the dt
 // projection, the chunk in flight holds the raw dt inputs, and delta is formed when the chunk is processed, so
-// the loads stay ahead of the arithmetic as delta's do. Otherwise the projection is formed as the loads are issued.
+// the loads stay ahead of the arithmetic as delta's do. Otherwise the rows of dt inputs are prefetched into L1 as
+// the loads are issued and read from there when the chunk is processed.
 template <typename T, int kN, int kG, bool kPairs>
 __global__ void __launch_bounds__(kG == 1 ? kMaxThreads : kG * kGroupWarps * 32,
                                   kG == 1 ? (kPairs ? SSM_SCAN2D_PAIRS_MIN_BLOCKS : SSM_SCAN2D_FWD_MIN_BLOCKS) : 1)
@@ -368,14 +376,8 @@ __global__ void __launch_bounds__(kG == 1 ? kMaxThreads : kG * kGroupWarps * 32,
         for (int j = 0; j < kP; ++j) rdt[i][j] = (okc && j < a.dt_pairs) ? in[j] : 0u;
       } else if (a.dt_rank == 0) {
         rd[i] = okc ? dk[p * KD] : zero;
-      } else {  // delta = the dt projection of the row's dt inputs, rounded to T as a MatMul's output
-        float sum = 0.f;
-        if (okc) {
-          const T* in = xpb + (p * kDirections + k) * a.bc_row;
-          const T* w = dtw + (k * D + l.c) * a.dt_rank;
-          for (int r = 0; r < a.dt_rank; ++r) sum = fmaf(to_f(in[r]), to_f(w[r]), sum);
-        }
-        rd[i] = from_f<T>(sum);
+      } else if (okc) {  // the dt projection: the row's dt inputs into L1 now, delta when the chunk is processed
+        prefetch_l1(xpb + (p * kDirections + k) * a.bc_row, a.dt_rank * (int)sizeof(T));
       }
       if constexpr (kN == 1) {
         rb[i] = ok ? Bb[(p * kDirections + k) * a.bc_row] : zero;
@@ -415,6 +417,14 @@ __global__ void __launch_bounds__(kG == 1 ? kMaxThreads : kG * kGroupWarps * 32,
             sum = fmaf(v.x, ldf(wrow + 2 * j), sum);
             sum = fmaf(v.y, ldf(wrow + 2 * j + 1), sum);
           }
+        }
+        dt[i] = to_f(from_f<T>(sum));
+      } else if (a.dt_rank > 0) {  // the same sums as above, from the rows prefetched into L1
+        float sum = 0.f;
+        if (t0 + i < L && l.cvalid) {
+          const T* in = xpb + (step_position(a, k, t0 + i) * kDirections + k) * a.bc_row;
+          const T* w = dtw + (k * D + l.c) * a.dt_rank;
+          for (int r = 0; r < a.dt_rank; ++r) sum = fmaf(to_f(in[r]), to_f(w[r]), sum);
         }
         dt[i] = to_f(from_f<T>(sum));
       } else {
