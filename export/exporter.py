@@ -344,6 +344,7 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
     forms.sort(key=lambda f: f != "custom")
     if forms[0] != "custom" and op_version >= LAYER_NORM_DOMAIN_VERSION:
         probe = _finish(_copy_ir(traced), "custom", chunk_size, scan_lowering, {})
+        use_block_diagonal_matmul(probe)   # as for the custom form below: the dt projection fusion needs it
         _fuse_custom(probe, op_version)
         domain_version = _custom_domain_version(probe)
     shared_s = time.perf_counter() - start

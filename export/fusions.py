@@ -532,14 +532,20 @@ def _block_diagonal_blocks(weight, groups: int, rank: int):
     return np.ascontiguousarray(blocks) if np.array_equal(rebuilt, weight) else None
 
 
-def use_scan_dt_projection(model) -> int:
+# Largest dt rank the export folds into SelectiveScan2D. The kernel forms delta on CUDA cores, R multiply-adds per
+# value, where the MatMul it replaces ran on tensor cores: hrvmamba_small's ranks 2 and 4 gain (the kernel
+# prefetches them as pairs), hrvmamba_base's 5 to 40 lost 21 % at batch 128 on an H100 (docs/benchmarks.md).
+MAX_FOLDED_DT_RANK = 4
+
+
+def use_scan_dt_projection(model, max_rank: int = MAX_FOLDED_DT_RANK) -> int:
     """Fold SS2D's dt projection into every `ssmpose::SelectiveScan2D` (domain version 6, docs/ops.md): where its
     delta is Reshape(MatMul(Reshape(dts), W)) with W the block-diagonal weight of `use_block_diagonal_matmul`, and
     dts, Bs and Cs are the three outputs of one Split of x_proj (B, H, W, K, R + 2N) along the last axis, the scan
     takes x_proj and the (K, D, R) weight instead; the Split, the MatMul and the Reshapes go. The op computes
     delta as the MatMul did (float32 sums rounded to the type). Every intermediate must have the scan as its only
-    user. Works on an onnx.ModelProto in place (the caller imports the domain at version 6); returns the scans
-    changed."""
+    user, and the rank R must be at most `max_rank` (MAX_FOLDED_DT_RANK). Works on an onnx.ModelProto in place
+    (the caller imports the domain at version 6); returns the scans changed."""
     import onnx
 
     from .schemas import DOMAIN, SCAN_2D_DIRECTIONS, SCAN_2D_MAX_DT_RANK, uses_dt_projection
@@ -572,7 +578,7 @@ def use_scan_dt_projection(model) -> int:
             continue
         rank = sizes[0]
         weight = _block_diagonal_blocks(index.array(matmul.input[1]), SCAN_2D_DIRECTIONS, rank)
-        if weight is None or not 1 <= rank <= SCAN_2D_MAX_DT_RANK:
+        if weight is None or not 1 <= rank <= min(max_rank, SCAN_2D_MAX_DT_RANK):
             continue
         fused = onnx.NodeProto()
         fused.CopyFrom(scan)

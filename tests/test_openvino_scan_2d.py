@@ -286,7 +286,7 @@ def test_bad_attributes_types_and_inputs():
     text = read_error(node_model(["x", "delta", "A", "", "Cs"], GOOD))
     assert "ssmpose SelectiveScan2D node 'scan0': required input 3 (Bs) is missing" in text, text
     text = read_error(node_model(["x", "delta", "A", "Bs"], GOOD))
-    assert "ssmpose SelectiveScan2D node 'scan0': expects 5 to 7 inputs" in text and "got 4" in text, text
+    assert "ssmpose SelectiveScan2D node 'scan0': expects 5 to 8 inputs" in text and "got 4" in text, text
 
 
 # ------------------------------------------------------------------------------------------------

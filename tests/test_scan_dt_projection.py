@@ -20,7 +20,7 @@ from onnx import helper, numpy_helper
 from ssmpose.custom_ops import kernel_library, openvino_library, ort_library
 from ssmpose.custom_ops import reference as ref
 from ssmpose.export import read_metadata
-from ssmpose.export.fusions import use_block_diagonal_matmul, use_scan_dt_projection
+from ssmpose.export.fusions import MAX_FOLDED_DT_RANK, use_block_diagonal_matmul, use_scan_dt_projection
 from ssmpose.export.schemas import register_schemas
 
 from op_cases import F16, F32, NP_TYPES, assert_close  # noqa: E402
@@ -236,6 +236,14 @@ def test_fusion_folds_the_projection_with_the_same_output(case):
     assert_close(_ort_session(model).run(None, feeds)[0], before, 1e-6, what="fused")
 
 
+def test_fusion_keeps_ranks_above_the_limit():
+    """CASES[1] has rank 3: folded by default (MAX_FOLDED_DT_RANK 4), left alone with a limit of 2."""
+    assert MAX_FOLDED_DT_RANK == 4
+    model, _ = _unfused_graph(CASES[1])
+    assert use_scan_dt_projection(model, max_rank=2) == 0 and len(model.graph.node) == 5
+    assert use_scan_dt_projection(model) == 1 and len(model.graph.node) == 1
+
+
 @pytest.mark.parametrize("knob", ["delta_used_elsewhere", "bs_used_elsewhere", "dense_weight", "uneven_split"])
 def test_fusion_leaves_look_alikes_alone(knob):
     case = CASES[0]
@@ -253,16 +261,34 @@ def exported_tiny(exported):
     return exported("hrvmamba_tiny", (256, 192))
 
 
-def test_default_export_folds_every_dt_projection(exported_tiny):
+def test_default_export_folds_the_low_rank_dt_projections(exported_tiny):
+    """hrvmamba_tiny's dt ranks are 1, 2, 4 (folded) and 8 (its last stage, left as Split and MatMul)."""
     custom = onnx.load(str(exported_tiny.paths["custom"]), load_external_data=False)
     onnx.checker.check_model(custom, full_check=True)
     assert {o.domain: o.version for o in custom.opset_import}["ssmpose"] == 6
     assert read_metadata(exported_tiny.paths["custom"])["op_domain_version"] == 6
+    weights = {i.name: i for i in custom.graph.initializer}
     scans = [n for n in custom.graph.node if n.op_type == "SelectiveScan2D"]
-    assert scans and all(len(n.input) == 8 and n.input[3] == n.input[4] == "" for n in scans)
-    assert not [n for n in custom.graph.node if n.op_type == "Split"]
-    assert use_scan_dt_projection(custom) == 0   # nothing left to fold
+    folded = [n for n in scans if len(n.input) == 8 and n.input[7]]
+    ranks = sorted({weights[n.input[7]].dims[2] for n in folded})
+    assert ranks == [1, 2, 4] and all(n.input[3] == n.input[4] == "" for n in folded)
+    splits = [n for n in custom.graph.node if n.op_type == "Split"]
+    assert len(splits) == len(scans) - len(folded) == 4
+    assert use_scan_dt_projection(custom) == 0   # nothing left to fold at the default limit
     assert use_block_diagonal_matmul(custom) == 0
+
+
+@needs_ort
+def test_folding_every_rank_gives_the_same_heatmaps(exported_tiny):
+    """The rank-8 stage folded as well (max_rank 64): the same heatmaps, float32, on ONNX Runtime's CPU EP."""
+    custom = onnx.load(str(exported_tiny.paths["custom"]))
+    assert use_scan_dt_projection(custom, max_rank=64) == 4
+    images = torch.randn(1, 3, 256, 192, generator=torch.Generator().manual_seed(9)).numpy()
+    options = ort.SessionOptions()
+    ort_library.register(options)
+    runs = [ort.InferenceSession(model, options, providers=["CPUExecutionProvider"]).run(None, {"images": images})[0]
+            for model in (str(exported_tiny.paths["custom"]), custom.SerializeToString())]
+    assert np.abs(runs[1] - runs[0]).max() <= 1e-5 * np.abs(runs[0]).max()
 
 
 @needs_ort
