@@ -264,6 +264,8 @@ def test_default_export_folds_every_deform_epilogue(exported_tiny):
 
 @needs_ort
 def test_default_export_and_its_lowering_match_pytorch(exported_tiny, tmp_path):
+    """The default export (its DeformAggregate epilogues, and version 6's dt projections in SelectiveScan2D) and
+    its portable lowering (which writes both back as standard nodes) against PyTorch, float32, 1e-5."""
     import onnx_ir as ir
 
     from ssmpose.custom_ops.portable import lower_to_portable

@@ -101,32 +101,16 @@ struct SelectiveScan2DKernel : Kernel {
     if (OrtStatus* st = alloc_output(api, ctx, 0, x.dims, kOp, &y)) return st;
     if (y == nullptr) return nullptr;  // empty output (B, H, W or D is 0): nothing to compute
     const ssm_scan2d_shape shape = scan_shape(x, dstate, dtype);
-
-    int status = SSM_OK;
-    const char* fn = "";
-    const char* (*status_string)(int) = ssm_status_string;
-    if (def->device == Device::CPU) {
-      fn = "ssm_selective_scan_2d_fwd_cpu";
-      status = ssm_selective_scan_2d_fwd_cpu(&shape, x.data, delta.data, A.data, Bs.data, Cs.data, Ds.data,
-                                             bias.data, y, num_threads);
-    } else {
-#if defined(SSMPOSE_ORT_WITH_CUDA)
-      const CudaKernels* cuda = nullptr;
-      if (OrtStatus* st = cuda_kernels(api, kOp, &cuda)) return st;
-      void* stream = nullptr;
-      if (OrtStatus* st = compute_stream(api, ctx, &stream)) return st;
-      fn = "ssm_selective_scan_2d_fwd_cuda";
-      status_string = cuda->status_string;
-      status = cuda->selective_scan_2d_fwd(&shape, x.data, delta.data, A.data, Bs.data, Cs.data, Ds.data, bias.data,
-                                           y, stream);
-#else
-      return make_error(api, ORT_FAIL, "%s: built without CUDA", kOp);
-#endif
-    }
-    if (status != SSM_OK) {
-      return make_error(api, ORT_FAIL, "%s: %s failed with status %d (%s)", kOp, fn, status, status_string(status));
-    }
-    return nullptr;
+    return run_kernel(
+        ctx, "ssm_selective_scan_2d_fwd",
+        [&] {
+          return ssm_selective_scan_2d_fwd_cpu(&shape, x.data, delta.data, A.data, Bs.data, Cs.data, Ds.data,
+                                               bias.data, y, num_threads);
+        },
+        [&](const auto& cuda, void* stream) {  // generic: compiled only in a CUDA build
+          return cuda.selective_scan_2d_fwd(&shape, x.data, delta.data, A.data, Bs.data, Cs.data, Ds.data,
+                                            bias.data, y, stream);
+        });
   }
 
   // Domain version 6: delta and Bs / Cs from x_proj (input 1) and dt_projection (input 7).
@@ -172,29 +156,44 @@ struct SelectiveScan2DKernel : Kernel {
     if (OrtStatus* st = alloc_output(api, ctx, 0, x.dims, kOp, &y)) return st;
     if (y == nullptr) return nullptr;
     const ssm_scan2d_shape shape = scan_shape(x, dstate, dtype);
+    return run_kernel(
+        ctx, "ssm_selective_scan_2d_proj_fwd",
+        [&] {
+          return ssm_selective_scan_2d_proj_fwd_cpu(&shape, rank, x.data, x_proj.data, dtw.data, A.data, Ds.data,
+                                                    bias.data, y, num_threads);
+        },
+        [&](const auto& cuda, void* stream) {  // generic: compiled only in a CUDA build
+          return cuda.selective_scan_2d_proj_fwd(&shape, rank, x.data, x_proj.data, dtw.data, A.data, Ds.data,
+                                                 bias.data, y, stream);
+        });
+  }
+
+  // The CPU kernel, or on the CUDA EP the CUDA one (`name` + "_cpu" / "_cuda" in errors).
+  template <typename CpuCall, typename CudaCall>
+  OrtStatus* run_kernel(OrtKernelContext* ctx, const std::string& name, CpuCall cpu, CudaCall cuda) {
     int status = SSM_OK;
-    const char* fn = "";
+    std::string fn = name + "_cpu";
     const char* (*status_string)(int) = ssm_status_string;
     if (def->device == Device::CPU) {
-      fn = "ssm_selective_scan_2d_proj_fwd_cpu";
-      status = ssm_selective_scan_2d_proj_fwd_cpu(&shape, rank, x.data, x_proj.data, dtw.data, A.data, Ds.data,
-                                                  bias.data, y, num_threads);
+      status = cpu();
     } else {
 #if defined(SSMPOSE_ORT_WITH_CUDA)
-      const CudaKernels* cuda = nullptr;
-      if (OrtStatus* st = cuda_kernels(api, kOp, &cuda)) return st;
+      const CudaKernels* kernels = nullptr;
+      if (OrtStatus* st = cuda_kernels(api, kOp, &kernels)) return st;
       void* stream = nullptr;
       if (OrtStatus* st = compute_stream(api, ctx, &stream)) return st;
-      fn = "ssm_selective_scan_2d_proj_fwd_cuda";
-      status_string = cuda->status_string;
-      status = cuda->selective_scan_2d_proj_fwd(&shape, rank, x.data, x_proj.data, dtw.data, A.data, Ds.data,
-                                                bias.data, y, stream);
+      fn = name + "_cuda";
+      status_string = kernels->status_string;
+      status = cuda(*kernels, stream);
 #else
+      (void)ctx;
+      (void)cuda;
       return make_error(api, ORT_FAIL, "%s: built without CUDA", kOp);
 #endif
     }
     if (status != SSM_OK) {
-      return make_error(api, ORT_FAIL, "%s: %s failed with status %d (%s)", kOp, fn, status, status_string(status));
+      return make_error(api, ORT_FAIL, "%s: %s failed with status %d (%s)", kOp, fn.c_str(), status,
+                        status_string(status));
     }
     return nullptr;
   }

@@ -133,62 +133,46 @@ ov::OutputVector convert_selective_scan(const ov::frontend::NodeContext& node) {
   return {node.mark_node(op)->output(0)};
 }
 
-// Domain version 6: dt_projection (K, D, R) given, input 1 is x_proj (B, H, W, K, R + 2N), Bs / Cs omitted; the
-// node becomes SelectiveScan2DProj, whose kernel forms delta from x_proj (the shapes are checked there, in the ONNX
-// Runtime adapter's words).
-ov::OutputVector convert_selective_scan_2d_proj(const ov::frontend::NodeContext& node) {
-  constexpr const char* kOp = "SelectiveScan2D";
-  if (!omitted(node, 3) || !omitted(node, 4)) {
-    OPENVINO_THROW("ssmpose SelectiveScan2D node '", node.get_name(), "': with dt_projection, Bs and Cs must be ",
-                   "omitted (they are read from input 1, x_proj)");
-  }
-  constexpr const char* kNames[] = {"x", "x_proj", "A"};
-  for (size_t i = 0; i < 3; ++i) {
-    if (omitted(node, i)) {
-      OPENVINO_THROW("ssmpose SelectiveScan2D node '", node.get_name(), "': required input ", i, " (", kNames[i],
-                     ") is missing");
-    }
-  }
-  ov::OutputVector inputs{node.get_input(0), node.get_input(1), node.get_input(7), node.get_input(2)};
-  const bool has_ds = !omitted(node, 5), has_bias = !omitted(node, 6);
-  if (has_ds) inputs.push_back(node.get_input(5));
-  if (has_bias) inputs.push_back(node.get_input(6));
-  const int64_t softplus = node.has_attribute("delta_softplus") ? int_attribute(node, kOp, "delta_softplus") : 1;
-  const int64_t directions = node.has_attribute("directions") ? int_attribute(node, kOp, "directions")
-                                                                : kScan2DDirections;
-  auto op = std::make_shared<SelectiveScan2DProj>(inputs, softplus, directions, has_ds, has_bias);
-  return {node.mark_node(op)->output(0)};
-}
-
-// SelectiveScan2D (domain version 2): inputs x, delta, A, Bs, Cs[, Ds][, delta_bias][, dt_projection (domain
-// version 6)], attributes delta_softplus (default 1) and directions (default 4). OpenVINO's ONNX frontend does not
-// tell a converter the domain version the graph imports, so, as with ONNX Runtime 1.16, the op is also accepted in
-// a graph that imports version 1.
+// SelectiveScan2D (domain version 2): inputs x, delta, A, Bs, Cs[, Ds][, delta_bias], attributes delta_softplus
+// (default 1) and directions (default 4). Domain version 6: with dt_projection (input 7, (K, D, R)), input 1 is x_proj
+// (B, H, W, K, R + 2N) and Bs / Cs are omitted; the node then becomes SelectiveScan2DProj, whose kernel forms delta
+// from x_proj. OpenVINO's ONNX frontend does not tell a converter the domain version the graph imports, so, as with
+// ONNX Runtime 1.16, the op is also accepted in a graph that imports version 1.
 ov::OutputVector convert_selective_scan_2d(const ov::frontend::NodeContext& node) {
   constexpr const char* kOp = "SelectiveScan2D";
-  constexpr const char* kNames[] = {"x", "delta", "A", "Bs", "Cs"};
   const size_t count = node.get_input_size();
   if (count < 5 || count > 8) {
     OPENVINO_THROW("ssmpose SelectiveScan2D node '", node.get_name(), "': expects 5 to 8 inputs (x, delta, A, Bs, ",
                    "Cs[, Ds][, delta_bias][, dt_projection]), got ", count);
   }
   const bool projected = !omitted(node, 7);
-  if (projected) return convert_selective_scan_2d_proj(node);
+  if (projected && (!omitted(node, 3) || !omitted(node, 4))) {
+    OPENVINO_THROW("ssmpose SelectiveScan2D node '", node.get_name(), "': with dt_projection, Bs and Cs must be ",
+                   "omitted (they are read from input 1, x_proj)");
+  }
+  const std::vector<const char*> names = projected ? std::vector<const char*>{"x", "x_proj", "A"}
+                                                   : std::vector<const char*>{"x", "delta", "A", "Bs", "Cs"};
   ov::OutputVector inputs;
-  for (size_t i = 0; i < 5; ++i) {
+  for (size_t i = 0; i < names.size(); ++i) {
     if (omitted(node, i)) {
-      OPENVINO_THROW("ssmpose SelectiveScan2D node '", node.get_name(), "': required input ", i, " (", kNames[i],
+      OPENVINO_THROW("ssmpose SelectiveScan2D node '", node.get_name(), "': required input ", i, " (", names[i],
                      ") is missing");
     }
     inputs.push_back(node.get_input(static_cast<int>(i)));
   }
+  if (projected) inputs.insert(inputs.begin() + 2, node.get_input(7));   // x, x_proj, dt_projection, A
   const bool has_ds = !omitted(node, 5), has_bias = !omitted(node, 6);
   if (has_ds) inputs.push_back(node.get_input(5));
   if (has_bias) inputs.push_back(node.get_input(6));
   const int64_t softplus = node.has_attribute("delta_softplus") ? int_attribute(node, kOp, "delta_softplus") : 1;
   const int64_t directions = node.has_attribute("directions") ? int_attribute(node, kOp, "directions")
                                                                 : kScan2DDirections;
-  auto op = std::make_shared<SelectiveScan2D>(inputs, softplus, directions, has_ds, has_bias);
+  std::shared_ptr<ov::Node> op;
+  if (projected) {
+    op = std::make_shared<SelectiveScan2DProj>(inputs, softplus, directions, has_ds, has_bias);
+  } else {
+    op = std::make_shared<SelectiveScan2D>(inputs, softplus, directions, has_ds, has_bias);
+  }
   return {node.mark_node(op)->output(0)};
 }
 

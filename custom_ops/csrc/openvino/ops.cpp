@@ -171,6 +171,75 @@ bool SelectiveScan::evaluate(ov::TensorVector& outputs, const ov::TensorVector& 
 // SelectiveScan2D (domain version 2). Argument mapping and words as the ONNX Runtime adapter
 // (csrc/onnxruntime/selective_scan_2d_op.cpp).
 
+namespace {
+
+using Scan2DRule = std::string (*)(const std::vector<Shape>&, const std::vector<std::string>&);
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string out;
+  for (const std::string& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+// What both SelectiveScan2D ops check when the graph is built: the input count, the attributes, one float type and
+// `rule` on the shapes known so far; the output takes x's type and shape.
+void validate_scan_2d(ov::op::Op* op, const std::vector<std::string>& names, int64_t delta_softplus,
+                      int64_t directions, Scan2DRule rule) {
+  NODE_VALIDATION_CHECK(op, op->get_input_size() == names.size(), "expects ", names.size(), " inputs (",
+                        joined(names), "), got ", op->get_input_size());
+  NODE_VALIDATION_CHECK(op, delta_softplus == 0 || delta_softplus == 1,
+                        "attribute delta_softplus must be in [0, 1], got ", delta_softplus);
+  NODE_VALIDATION_CHECK(op, directions == kScan2DDirections, "attribute directions must be in [", kScan2DDirections,
+                        ", ", kScan2DDirections, "], got ", directions);
+  const ov::element::Type type = common_float_type(op, names);
+  std::vector<Shape> shapes;
+  for (size_t i = 0; i < op->get_input_size(); ++i) shapes.push_back(partial_to_shape(op->get_input_partial_shape(i)));
+  const std::string problem = rule(shapes, names);
+  NODE_VALIDATION_CHECK(op, problem.empty(), problem);
+  const ov::PartialShape& x = op->get_input_partial_shape(0);
+  op->set_output_type(0, type, x.rank().is_static() ? x : ov::PartialShape::dynamic(4));
+}
+
+// What both check when they run: the counts, one supported type and `rule` on the actual shapes; sizes the output.
+// Returns the kernel dtype and the shapes.
+int32_t evaluate_scan_2d_inputs(const ov::Node* op, ov::TensorVector& outputs, const ov::TensorVector& inputs,
+                                const std::vector<std::string>& names, Scan2DRule rule, std::vector<Shape>* shapes) {
+  if (inputs.size() != names.size() || outputs.size() != 1) {
+    OPENVINO_THROW("ssmpose SelectiveScan2D node '", op->get_friendly_name(), "': expects ", names.size(),
+                   " inputs and 1 output, got ", inputs.size(), " and ", outputs.size());
+  }
+  int32_t dtype = 0;
+  const ov::element::Type type = inputs[0].get_element_type();
+  if (!ssm_dtype_of(type, &dtype)) {
+    OPENVINO_THROW("ssmpose SelectiveScan2D node '", op->get_friendly_name(), "': x has element type ", type,
+                   "; supported: f32, f16");
+  }
+  for (size_t i = 1; i < inputs.size(); ++i) {
+    if (inputs[i].get_element_type() != type) {
+      OPENVINO_THROW("ssmpose SelectiveScan2D node '", op->get_friendly_name(), "': input ", names[i],
+                     " has element type ", inputs[i].get_element_type(), " but x has ", type,
+                     "; all inputs must share one type");
+    }
+  }
+  for (const ov::Tensor& t : inputs) shapes->push_back(tensor_shape(t));
+  const std::string problem = rule(*shapes, names);
+  if (!problem.empty()) {
+    OPENVINO_THROW("ssmpose SelectiveScan2D node '", op->get_friendly_name(), "': ", problem);
+  }
+  set_output_shape(op, outputs[0], inputs[0].get_shape());
+  return dtype;
+}
+
+void visit_scan_2d_attributes(ov::AttributeVisitor& visitor, int64_t& delta_softplus, int64_t& directions,
+                              bool& has_ds, bool& has_delta_bias) {
+  visitor.on_attribute("delta_softplus", delta_softplus);
+  visitor.on_attribute("directions", directions);
+  visitor.on_attribute("has_ds", has_ds);
+  visitor.on_attribute("has_delta_bias", has_delta_bias);
+}
+
+}  // namespace
+
 SelectiveScan2D::SelectiveScan2D(const ov::OutputVector& inputs, int64_t delta_softplus, int64_t directions,
                                  bool has_ds, bool has_delta_bias)
     : Op(inputs),
@@ -189,21 +258,8 @@ static std::vector<std::string> scan_2d_input_names(bool has_ds, bool has_delta_
 }
 
 void SelectiveScan2D::validate_and_infer_types() {
-  const std::vector<std::string> names = scan_2d_input_names(m_has_ds, m_has_delta_bias);
-  NODE_VALIDATION_CHECK(this, get_input_size() == names.size(), "expects ", names.size(),
-                        " inputs (x, delta, A, Bs, Cs", m_has_ds ? ", Ds" : "", m_has_delta_bias ? ", delta_bias" : "",
-                        "), got ", get_input_size());
-  NODE_VALIDATION_CHECK(this, m_delta_softplus == 0 || m_delta_softplus == 1,
-                        "attribute delta_softplus must be in [0, 1], got ", m_delta_softplus);
-  NODE_VALIDATION_CHECK(this, m_directions == kScan2DDirections, "attribute directions must be in [",
-                        kScan2DDirections, ", ", kScan2DDirections, "], got ", m_directions);
-  const ov::element::Type type = common_float_type(this, names);
-  std::vector<Shape> shapes;
-  for (size_t i = 0; i < get_input_size(); ++i) shapes.push_back(partial_to_shape(get_input_partial_shape(i)));
-  const std::string problem = check_selective_scan_2d(shapes, names);
-  NODE_VALIDATION_CHECK(this, problem.empty(), problem);
-  const ov::PartialShape& x = get_input_partial_shape(0);
-  set_output_type(0, type, x.rank().is_static() ? x : ov::PartialShape::dynamic(4));
+  validate_scan_2d(this, scan_2d_input_names(m_has_ds, m_has_delta_bias), m_delta_softplus, m_directions,
+                   check_selective_scan_2d);
 }
 
 std::shared_ptr<ov::Node> SelectiveScan2D::clone_with_new_inputs(const ov::OutputVector& inputs) const {
@@ -211,10 +267,7 @@ std::shared_ptr<ov::Node> SelectiveScan2D::clone_with_new_inputs(const ov::Outpu
 }
 
 bool SelectiveScan2D::visit_attributes(ov::AttributeVisitor& visitor) {
-  visitor.on_attribute("delta_softplus", m_delta_softplus);
-  visitor.on_attribute("directions", m_directions);
-  visitor.on_attribute("has_ds", m_has_ds);
-  visitor.on_attribute("has_delta_bias", m_has_delta_bias);
+  visit_scan_2d_attributes(visitor, m_delta_softplus, m_directions, m_has_ds, m_has_delta_bias);
   return true;
 }
 
@@ -224,31 +277,9 @@ bool SelectiveScan2D::has_evaluate() const {
 }
 
 bool SelectiveScan2D::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
-  const std::vector<std::string> names = scan_2d_input_names(m_has_ds, m_has_delta_bias);
-  if (inputs.size() != names.size() || outputs.size() != 1) {
-    OPENVINO_THROW("ssmpose SelectiveScan2D node '", get_friendly_name(), "': expects ", names.size(),
-                   " inputs and 1 output, got ", inputs.size(), " and ", outputs.size());
-  }
-  int32_t dtype = 0;
-  const ov::element::Type type = inputs[0].get_element_type();
-  if (!ssm_dtype_of(type, &dtype)) {
-    OPENVINO_THROW("ssmpose SelectiveScan2D node '", get_friendly_name(), "': x has element type ", type,
-                   "; supported: f32, f16");
-  }
-  for (size_t i = 1; i < inputs.size(); ++i) {
-    if (inputs[i].get_element_type() != type) {
-      OPENVINO_THROW("ssmpose SelectiveScan2D node '", get_friendly_name(), "': input ", names[i],
-                     " has element type ", inputs[i].get_element_type(), " but x has ", type,
-                     "; all inputs must share one type");
-    }
-  }
   std::vector<Shape> shapes;
-  for (const ov::Tensor& t : inputs) shapes.push_back(tensor_shape(t));
-  const std::string problem = check_selective_scan_2d(shapes, names);
-  if (!problem.empty()) {
-    OPENVINO_THROW("ssmpose SelectiveScan2D node '", get_friendly_name(), "': ", problem);
-  }
-  set_output_shape(this, outputs[0], inputs[0].get_shape());
+  const int32_t dtype = evaluate_scan_2d_inputs(this, outputs, inputs, scan_2d_input_names(m_has_ds, m_has_delta_bias),
+                                                check_selective_scan_2d, &shapes);
   if (outputs[0].get_size() == 0) return true;  // B, H, W or D is 0: nothing to compute
 
   const std::vector<int64_t>& x = shapes[0].dims;
@@ -292,21 +323,8 @@ static std::vector<std::string> scan_2d_proj_input_names(bool has_ds, bool has_d
 }
 
 void SelectiveScan2DProj::validate_and_infer_types() {
-  const std::vector<std::string> names = scan_2d_proj_input_names(m_has_ds, m_has_delta_bias);
-  NODE_VALIDATION_CHECK(this, get_input_size() == names.size(), "expects ", names.size(),
-                        " inputs (x, x_proj, dt_projection, A", m_has_ds ? ", Ds" : "",
-                        m_has_delta_bias ? ", delta_bias" : "", "), got ", get_input_size());
-  NODE_VALIDATION_CHECK(this, m_delta_softplus == 0 || m_delta_softplus == 1,
-                        "attribute delta_softplus must be in [0, 1], got ", m_delta_softplus);
-  NODE_VALIDATION_CHECK(this, m_directions == kScan2DDirections, "attribute directions must be in [",
-                        kScan2DDirections, ", ", kScan2DDirections, "], got ", m_directions);
-  const ov::element::Type type = common_float_type(this, names);
-  std::vector<Shape> shapes;
-  for (size_t i = 0; i < get_input_size(); ++i) shapes.push_back(partial_to_shape(get_input_partial_shape(i)));
-  const std::string problem = check_selective_scan_2d_proj(shapes, names);
-  NODE_VALIDATION_CHECK(this, problem.empty(), problem);
-  const ov::PartialShape& x = get_input_partial_shape(0);
-  set_output_type(0, type, x.rank().is_static() ? x : ov::PartialShape::dynamic(4));
+  validate_scan_2d(this, scan_2d_proj_input_names(m_has_ds, m_has_delta_bias), m_delta_softplus, m_directions,
+                   check_selective_scan_2d_proj);
 }
 
 std::shared_ptr<ov::Node> SelectiveScan2DProj::clone_with_new_inputs(const ov::OutputVector& inputs) const {
@@ -314,10 +332,7 @@ std::shared_ptr<ov::Node> SelectiveScan2DProj::clone_with_new_inputs(const ov::O
 }
 
 bool SelectiveScan2DProj::visit_attributes(ov::AttributeVisitor& visitor) {
-  visitor.on_attribute("delta_softplus", m_delta_softplus);
-  visitor.on_attribute("directions", m_directions);
-  visitor.on_attribute("has_ds", m_has_ds);
-  visitor.on_attribute("has_delta_bias", m_has_delta_bias);
+  visit_scan_2d_attributes(visitor, m_delta_softplus, m_directions, m_has_ds, m_has_delta_bias);
   return true;
 }
 
@@ -327,31 +342,10 @@ bool SelectiveScan2DProj::has_evaluate() const {
 }
 
 bool SelectiveScan2DProj::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
-  const std::vector<std::string> names = scan_2d_proj_input_names(m_has_ds, m_has_delta_bias);
-  if (inputs.size() != names.size() || outputs.size() != 1) {
-    OPENVINO_THROW("ssmpose SelectiveScan2D node '", get_friendly_name(), "': expects ", names.size(),
-                   " inputs and 1 output, got ", inputs.size(), " and ", outputs.size());
-  }
-  int32_t dtype = 0;
-  const ov::element::Type type = inputs[0].get_element_type();
-  if (!ssm_dtype_of(type, &dtype)) {
-    OPENVINO_THROW("ssmpose SelectiveScan2D node '", get_friendly_name(), "': x has element type ", type,
-                   "; supported: f32, f16");
-  }
-  for (size_t i = 1; i < inputs.size(); ++i) {
-    if (inputs[i].get_element_type() != type) {
-      OPENVINO_THROW("ssmpose SelectiveScan2D node '", get_friendly_name(), "': input ", names[i],
-                     " has element type ", inputs[i].get_element_type(), " but x has ", type,
-                     "; all inputs must share one type");
-    }
-  }
   std::vector<Shape> shapes;
-  for (const ov::Tensor& t : inputs) shapes.push_back(tensor_shape(t));
-  const std::string problem = check_selective_scan_2d_proj(shapes, names);
-  if (!problem.empty()) {
-    OPENVINO_THROW("ssmpose SelectiveScan2D node '", get_friendly_name(), "': ", problem);
-  }
-  set_output_shape(this, outputs[0], inputs[0].get_shape());
+  const int32_t dtype = evaluate_scan_2d_inputs(this, outputs, inputs,
+                                                scan_2d_proj_input_names(m_has_ds, m_has_delta_bias),
+                                                check_selective_scan_2d_proj, &shapes);
   if (outputs[0].get_size() == 0) return true;  // B, H, W or D is 0: nothing to compute
 
   const std::vector<int64_t>& x = shapes[0].dims;
