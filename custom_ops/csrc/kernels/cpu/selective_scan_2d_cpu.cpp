@@ -249,7 +249,27 @@ void sum_directions(const Scan2DArgs& s, const float* parts, void* out, int thre
   });
 }
 
-void run_forward(const Scan2DArgs& s, void* y, int threads);
+// The scan over (batch, direction, channel tile) items, then the direction sum into y.
+void run_forward(const Scan2DArgs& s, void* y, int threads) {
+  std::vector<float> y_parts(static_cast<size_t>(s.directions * s.batch * s.length * s.dim));
+  const int64_t tiles = (s.dim + kTile - 1) / kTile;
+  const int64_t items = s.batch * s.directions * tiles;
+  const double work = static_cast<double>(kTile) * static_cast<double>(s.length) * (30.0 * s.dstate + 40.0);
+  std::atomic<int> failed(0);
+  parallel_for(items, threads, work, [&](int64_t i0, int64_t i1) {
+    try {
+      std::unique_ptr<ChunkBuffers> cb(new ChunkBuffers);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t tile = i % tiles, bk = i / tiles;
+        forward_item(s, y_parts.data(), bk / s.directions, bk % s.directions, tile, *cb);
+      }
+    } catch (...) {
+      failed.store(1);
+    }
+  });
+  if (failed.load()) throw std::bad_alloc();
+  sum_directions(s, y_parts.data(), y, threads);
+}
 
 int scan2d_forward(const ssm_scan2d_shape* shape, const void* x, const void* delta, const void* A, const void* Bs,
                    const void* Cs, const void* Ds, const void* delta_bias, void* y, int num_threads) {
@@ -297,27 +317,6 @@ int scan2d_proj_forward(const ssm_scan2d_shape* shape, int64_t R, const void* x,
   s.Cs = Cs.data();
   run_forward(s, y, threads);
   return SSM_OK;
-}
-
-void run_forward(const Scan2DArgs& s, void* y, int threads) {
-  std::vector<float> y_parts(static_cast<size_t>(s.directions * s.batch * s.length * s.dim));
-  const int64_t tiles = (s.dim + kTile - 1) / kTile;
-  const int64_t items = s.batch * s.directions * tiles;
-  const double work = static_cast<double>(kTile) * static_cast<double>(s.length) * (30.0 * s.dstate + 40.0);
-  std::atomic<int> failed(0);
-  parallel_for(items, threads, work, [&](int64_t i0, int64_t i1) {
-    try {
-      std::unique_ptr<ChunkBuffers> cb(new ChunkBuffers);
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t tile = i % tiles, bk = i / tiles;
-        forward_item(s, y_parts.data(), bk / s.directions, bk % s.directions, tile, *cb);
-      }
-    } catch (...) {
-      failed.store(1);
-    }
-  });
-  if (failed.load()) throw std::bad_alloc();
-  sum_directions(s, y_parts.data(), y, threads);
 }
 
 int scan2d_backward(const ssm_scan2d_shape* shape, const void* x, const void* delta, const void* A, const void* Bs,

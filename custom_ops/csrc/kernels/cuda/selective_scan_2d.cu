@@ -322,10 +322,10 @@ __device__ __forceinline__ float2 unpack_pair(uint32_t u) {
 }
 
 // kG direction groups (1, or 4 for small grids): group g runs directions g, g + kG, ... into accumulator g.
-// kPairs (16-bit data, an even dt_rank <= 2 * kMaxDtPairs, 4-byte aligned rows; make_dt_pairs): with the dt
-// projection, the chunk in flight holds the raw dt inputs, and delta is formed when the chunk is processed, so
-// the loads stay ahead of the arithmetic as delta's do. Otherwise the rows of dt inputs are prefetched into L1 as
-// the loads are issued and read from there when the chunk is processed.
+// With the dt projection, delta is formed when a chunk is processed, so that its loads stay ahead of the
+// arithmetic as delta's do. kPairs (16-bit data, one state, an even dt_rank <= 2 * kMaxDtPairs, 4-byte aligned
+// rows, as ssm_selective_scan_2d_proj_fwd_cuda decides): the chunk in flight holds the raw dt inputs. Otherwise
+// the rows of dt inputs are prefetched into L1 as the loads are issued and read from there.
 template <typename T, int kN, int kG, bool kPairs>
 __global__ void __launch_bounds__(kG == 1 ? kMaxThreads : kG * kGroupWarps * 32,
                                   kG == 1 ? (kPairs ? SSM_SCAN2D_PAIRS_MIN_BLOCKS : SSM_SCAN2D_FWD_MIN_BLOCKS) : 1)
@@ -408,7 +408,7 @@ __global__ void __launch_bounds__(kG == 1 ? kMaxThreads : kG * kGroupWarps * 32,
 #pragma unroll
     for (int i = 0; i < kI; ++i) {
       xv[i] = to_f(rx[i]);
-      if constexpr (kPairs) {  // the same sums, in the same order, as the projection formed at issue time
+      if constexpr (kPairs) {  // the same sums, in the same order, as the L1 path below
         float sum = 0.f;
 #pragma unroll
         for (int j = 0; j < kP; ++j) {
@@ -951,7 +951,7 @@ template <typename T, int kN>
 struct Fwd2DLauncher {
   static int run(const Scan2DArgs& a, const Plan2D& p, int64_t batch, cudaStream_t st) {
     if constexpr (kN == 1) {  // direction groups: one state only (make_plan)
-      if constexpr (sizeof(T) == 2) {  // prefetched dt input pairs: HRVMamba's case (make_dt_pairs)
+      if constexpr (sizeof(T) == 2) {  // prefetched dt input pairs (ssm_selective_scan_2d_proj_fwd_cuda)
         if (a.dt_pairs > 0) {
           if (p.groups == kDirections) return launch(scan2d_fwd_kernel<T, kN, kDirections, true>, a, p, batch, st);
           return launch(scan2d_fwd_kernel<T, kN, 1, true>, a, p, batch, st);
