@@ -532,6 +532,15 @@ def _block_diagonal_blocks(weight, groups: int, rank: int):
     return np.ascontiguousarray(blocks) if np.array_equal(rebuilt, weight) else None
 
 
+def _flattens_directions(index: _GraphIndex, reshape, x_proj_shape, width: int) -> bool:
+    """Whether `reshape` turns the (B, H, W, K, R) dt inputs into (B, H, W, K*R), direction-major as the
+    block-diagonal weight reads them: a constant shape (d0, d1, d2, K*R), each d 0 (copy) or x_proj's dimension."""
+    shape = index.array(reshape.input[1])
+    if shape is None or shape.ndim != 1 or len(shape) != 4 or int(shape[3]) != width:
+        return False
+    return all(int(d) == 0 or int(d) == x_proj_shape[i] for i, d in enumerate(shape[:3]))
+
+
 # Largest dt rank the export folds into SelectiveScan2D. The kernel forms delta on CUDA cores, R multiply-adds per
 # value, where the MatMul it replaces ran on tensor cores: hrvmamba_small's ranks 2 and 4 gain (the kernel
 # prefetches them as pairs), hrvmamba_base's 5 to 40 lost 21 % at batch 128 on an H100 (docs/benchmarks.md).
@@ -577,6 +586,8 @@ def use_scan_dt_projection(model, max_rank: int = MAX_FOLDED_DT_RANK) -> int:
                 or len(x_proj_shape) != 5 or x_proj_shape[3] != SCAN_2D_DIRECTIONS:
             continue
         rank = sizes[0]
+        if not _flattens_directions(index, flatten, x_proj_shape, SCAN_2D_DIRECTIONS * rank):
+            continue
         weight = _block_diagonal_blocks(index.array(matmul.input[1]), SCAN_2D_DIRECTIONS, rank)
         if weight is None or not 1 <= rank <= min(max_rank, SCAN_2D_MAX_DT_RANK):
             continue

@@ -186,7 +186,7 @@ def test_schema_infers_the_output_and_refuses_bs_with_dt_projection():
 
 # --- the fusion -------------------------------------------------------------------------------------------------
 
-def _unfused_graph(case, extra_user=None, dense_weight=False, split_sizes=None, seed=0):
+def _unfused_graph(case, extra_user=None, dense_weight=False, split_sizes=None, flat_shape=None, seed=0):
     """x_proj -> Split (R, N, N) -> Reshape -> MatMul (block-diagonal, as use_block_diagonal_matmul writes it) ->
     Reshape -> SelectiveScan2D, with the shapes recorded as the exporter does. The knobs make look-alikes."""
     B, H, W, D, N, R = case
@@ -200,7 +200,7 @@ def _unfused_graph(case, extra_user=None, dense_weight=False, split_sizes=None, 
     inits = [numpy_helper.from_array(v, k) for k, v in (("A", a["A"]), ("Ds", a["Ds"]), ("delta_bias", a["delta_bias"]),
                                                         ("W", block))]
     inits += [numpy_helper.from_array(np.array(split_sizes or [R, N, N], np.int64), "sizes"),
-              numpy_helper.from_array(np.array([0, 0, 0, 4 * R], np.int64), "flat_shape"),
+              numpy_helper.from_array(np.array(flat_shape or [0, 0, 0, 4 * R], np.int64), "flat_shape"),
               numpy_helper.from_array(np.array([0, 0, 0, 4 * D], np.int64), "delta_shape")]
     nodes = [helper.make_node("Split", ["x_proj", "sizes"], ["dts", "Bs", "Cs"], axis=-1),
              helper.make_node("Reshape", ["dts", "flat_shape"], ["flat"]),
@@ -245,11 +245,13 @@ def test_fusion_keeps_ranks_above_the_limit():
     assert use_scan_dt_projection(model) == 1 and len(model.graph.node) == 1
 
 
-@pytest.mark.parametrize("knob", ["delta_used_elsewhere", "bs_used_elsewhere", "dense_weight", "uneven_split"])
+@pytest.mark.parametrize("knob", ["delta_used_elsewhere", "bs_used_elsewhere", "dense_weight", "uneven_split",
+                                  "other_flatten"])
 def test_fusion_leaves_look_alikes_alone(knob):
     case = CASES[0]
     options = {"delta_used_elsewhere": dict(extra_user="delta"), "bs_used_elsewhere": dict(extra_user="Bs"),
-               "dense_weight": dict(dense_weight=True), "uneven_split": dict(split_sizes=[1, 2, 1])}[knob]
+               "dense_weight": dict(dense_weight=True), "uneven_split": dict(split_sizes=[1, 2, 1]),
+               "other_flatten": dict(flat_shape=[0, 0, -1, 2])}[knob]
     model, _ = _unfused_graph(case, **options)
     before = [n.op_type for n in model.graph.node]
     assert use_scan_dt_projection(model) == 0
