@@ -5,8 +5,8 @@ Custom-form files (``ssmpose`` domain nodes) need the project's plugin library `
 parsed or a cached engine is deserialised; portable files need nothing but TensorRT. The library carries a plugin
 for every op of the domain, versions 1 to 5 (2 added SelectiveScan2D, 3 LayerNorm, 4 AddLayerNorm and
 MultiKernelDepthwiseConv, 5 DeformAggregate's offset_bias input and activation field), so files exported with op
-versions 1 to 5 build. Version 6 (SelectiveScan2D's dt_projection, the export default) is refused with a message
-asking for ``--op-version 5``.
+versions 1 to 5 build. Version 6 (SelectiveScan2D's dt_projection, the export default for HRVMamba) is refused
+with a message asking for ``--op-version 5``.
 
 Precision: a float32 export builds an fp32 engine (TF32 off, so that results stay within the fp32 parity
 tolerance) unless ``precision="fp16"``, which lets TensorRT pick float16 kernels (the ssmpose plugins then
@@ -408,7 +408,7 @@ class TensorRTSession(Session):
         if "ssmpose" in domains and int(metadata.get("op_domain_version", 1)) > MAX_OP_DOMAIN_VERSION:
             raise ValueError(f"{where} imports ssmpose domain version {metadata['op_domain_version']}; the TensorRT "
                              f"plugins cover versions 1 to {MAX_OP_DOMAIN_VERSION} (version 6's SelectiveScan2D "
-                             f"omits its Bs and Cs inputs, which TensorRT's ONNX parser cannot hand to a plugin). "
+                             f"omits its Bs and Cs inputs; the plugins take their inputs by position). "
                              f"Export with --op-version {MAX_OP_DOMAIN_VERSION} for TensorRT.")
         self.device = _cuda_device(device_id)
         file_dtype = metadata.get("dtype", "float32")
