@@ -277,15 +277,16 @@ def export_model(model: Union[str, nn.Module], output=None, *, checkpoint=None, 
                 computed in float32)
     chunk_size  portable form: chunk length of the scan lowering (default: the lowering's, 64 / 64 / 32)
     scan_lowering  portable form: "halving" (default), "doubling" or "matrix" (docs/export.md)
-    op_version  ssmpose domain version of the custom form's nodes. 5 (default): one SelectiveScan2D node per
+    op_version  ssmpose domain version of the custom form's nodes. 6 (default): as 5, and SS2D's dt
+                projection inside SelectiveScan2D where its rank is at most 4; 5: one SelectiveScan2D node per
                 SS2D, every LayerNorm over the last axis as ssmpose::LayerNorm, the residual Add before a
                 LayerNorm fused with it (ssmpose::AddLayerNorm), the LPU's and position convolutions as
                 ssmpose::MultiKernelDepthwiseConv, and the offset bias and SiLU around each DeformAggregate
-                inside it; 4: as 5 without the DeformAggregate epilogues; 3: SelectiveScan2D and LayerNorm only;
-                2: SelectiveScan2D only (for runtime libraries built before version 3); 1: SS2D's scan as
-                cross-scan -> SelectiveScan -> cross-merge (for libraries built before version 2). The graph
-                imports the lowest version that has all its ops. The fusions of 3 to 5 apply to the custom form
-                only.
+                inside it (TensorRT's plugins stop here); 4: as 5 without the DeformAggregate epilogues; 3:
+                SelectiveScan2D and LayerNorm only; 2: SelectiveScan2D only (for runtime libraries built before
+                version 3); 1: SS2D's scan as cross-scan -> SelectiveScan -> cross-merge (for libraries built
+                before version 2). The graph imports the lowest version that has all its ops. The fusions of 3
+                to 6 apply to the custom form only.
     """
     if form not in FORMS:
         raise ExportError(f"export form must be one of {', '.join(FORMS)}, got {form!r}")

@@ -13,6 +13,8 @@ left alone.
   SiLU (Sigmoid, Mul) after it -> that DeformAggregate's offset_bias input and activation (domain version 5).
 - `use_block_diagonal_matmul`: SS2D's per-direction dt projection, an Einsum "...kr,kdr->...kd" with a constant
   weight -> Reshape, one MatMul with the block-diagonal weight, Reshape (standard ops, every form).
+- `use_scan_dt_projection`: the Split of SS2D's x projection and that MatMul before an `ssmpose::SelectiveScan2D`
+  -> the scan's x_proj and dt_projection inputs, for ranks up to MAX_FOLDED_DT_RANK (domain version 6).
 """
 from __future__ import annotations
 
