@@ -161,17 +161,18 @@ ov::OutputVector convert_selective_scan_2d(const ov::frontend::NodeContext& node
     inputs.push_back(node.get_input(static_cast<int>(i)));
   }
   if (projected) inputs.insert(inputs.begin() + 2, node.get_input(7));   // x, x_proj, dt_projection, A
-  const bool has_ds = !omitted(node, 5), has_bias = !omitted(node, 6);
-  if (has_ds) inputs.push_back(node.get_input(5));
-  if (has_bias) inputs.push_back(node.get_input(6));
-  const int64_t softplus = node.has_attribute("delta_softplus") ? int_attribute(node, kOp, "delta_softplus") : 1;
-  const int64_t directions = node.has_attribute("directions") ? int_attribute(node, kOp, "directions")
-                                                                : kScan2DDirections;
+  Scan2DAttributes attributes;
+  attributes.has_ds = !omitted(node, 5);
+  attributes.has_delta_bias = !omitted(node, 6);
+  if (attributes.has_ds) inputs.push_back(node.get_input(5));
+  if (attributes.has_delta_bias) inputs.push_back(node.get_input(6));
+  if (node.has_attribute("delta_softplus")) attributes.delta_softplus = int_attribute(node, kOp, "delta_softplus");
+  if (node.has_attribute("directions")) attributes.directions = int_attribute(node, kOp, "directions");
   std::shared_ptr<ov::Node> op;
   if (projected) {
-    op = std::make_shared<SelectiveScan2DProj>(inputs, softplus, directions, has_ds, has_bias);
+    op = std::make_shared<SelectiveScan2DProj>(inputs, attributes);
   } else {
-    op = std::make_shared<SelectiveScan2D>(inputs, softplus, directions, has_ds, has_bias);
+    op = std::make_shared<SelectiveScan2D>(inputs, attributes);
   }
   return {node.mark_node(op)->output(0)};
 }

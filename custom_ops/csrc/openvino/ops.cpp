@@ -230,23 +230,17 @@ int32_t evaluate_scan_2d_inputs(const ov::Node* op, ov::TensorVector& outputs, c
   return dtype;
 }
 
-void visit_scan_2d_attributes(ov::AttributeVisitor& visitor, int64_t& delta_softplus, int64_t& directions,
-                              bool& has_ds, bool& has_delta_bias) {
+}  // namespace
+
+void Scan2DAttributes::visit(ov::AttributeVisitor& visitor) {
   visitor.on_attribute("delta_softplus", delta_softplus);
   visitor.on_attribute("directions", directions);
   visitor.on_attribute("has_ds", has_ds);
   visitor.on_attribute("has_delta_bias", has_delta_bias);
 }
 
-}  // namespace
-
-SelectiveScan2D::SelectiveScan2D(const ov::OutputVector& inputs, int64_t delta_softplus, int64_t directions,
-                                 bool has_ds, bool has_delta_bias)
-    : Op(inputs),
-      m_delta_softplus(delta_softplus),
-      m_directions(directions),
-      m_has_ds(has_ds),
-      m_has_delta_bias(has_delta_bias) {
+SelectiveScan2D::SelectiveScan2D(const ov::OutputVector& inputs, const Scan2DAttributes& attributes)
+    : Op(inputs), m_attrs(attributes) {
   constructor_validate_and_infer_types();
 }
 
@@ -258,16 +252,16 @@ static std::vector<std::string> scan_2d_input_names(bool has_ds, bool has_delta_
 }
 
 void SelectiveScan2D::validate_and_infer_types() {
-  validate_scan_2d(this, scan_2d_input_names(m_has_ds, m_has_delta_bias), m_delta_softplus, m_directions,
+  validate_scan_2d(this, scan_2d_input_names(m_attrs.has_ds, m_attrs.has_delta_bias), m_attrs.delta_softplus, m_attrs.directions,
                    check_selective_scan_2d);
 }
 
 std::shared_ptr<ov::Node> SelectiveScan2D::clone_with_new_inputs(const ov::OutputVector& inputs) const {
-  return std::make_shared<SelectiveScan2D>(inputs, m_delta_softplus, m_directions, m_has_ds, m_has_delta_bias);
+  return std::make_shared<SelectiveScan2D>(inputs, m_attrs);
 }
 
 bool SelectiveScan2D::visit_attributes(ov::AttributeVisitor& visitor) {
-  visit_scan_2d_attributes(visitor, m_delta_softplus, m_directions, m_has_ds, m_has_delta_bias);
+  m_attrs.visit(visitor);
   return true;
 }
 
@@ -278,7 +272,7 @@ bool SelectiveScan2D::has_evaluate() const {
 
 bool SelectiveScan2D::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
   std::vector<Shape> shapes;
-  const int32_t dtype = evaluate_scan_2d_inputs(this, outputs, inputs, scan_2d_input_names(m_has_ds, m_has_delta_bias),
+  const int32_t dtype = evaluate_scan_2d_inputs(this, outputs, inputs, scan_2d_input_names(m_attrs.has_ds, m_attrs.has_delta_bias),
                                                 check_selective_scan_2d, &shapes);
   if (outputs[0].get_size() == 0) return true;  // B, H, W or D is 0: nothing to compute
 
@@ -290,11 +284,11 @@ bool SelectiveScan2D::evaluate(ov::TensorVector& outputs, const ov::TensorVector
   shape.dim = x[3];
   shape.directions = shapes[3].dims[3];
   shape.dstate = shapes[3].dims[4];
-  shape.delta_softplus = static_cast<int32_t>(m_delta_softplus);
+  shape.delta_softplus = static_cast<int32_t>(m_attrs.delta_softplus);
   shape.dtype = dtype;
   size_t next = 5;
-  const void* ds = m_has_ds ? inputs[next++].data() : nullptr;
-  const void* bias = m_has_delta_bias ? inputs[next++].data() : nullptr;
+  const void* ds = m_attrs.has_ds ? inputs[next++].data() : nullptr;
+  const void* bias = m_attrs.has_delta_bias ? inputs[next++].data() : nullptr;
   const int status = ssm_selective_scan_2d_fwd_cpu(&shape, inputs[0].data(), inputs[1].data(), inputs[2].data(),
                                                    inputs[3].data(), inputs[4].data(), ds, bias, outputs[0].data(),
                                                    cpu_threads());
@@ -305,13 +299,8 @@ bool SelectiveScan2D::evaluate(ov::TensorVector& outputs, const ov::TensorVector
 // ------------------------------------------------------------------------------------------------
 // SelectiveScan2D with the dt projection (domain version 6)
 
-SelectiveScan2DProj::SelectiveScan2DProj(const ov::OutputVector& inputs, int64_t delta_softplus, int64_t directions,
-                                         bool has_ds, bool has_delta_bias)
-    : Op(inputs),
-      m_delta_softplus(delta_softplus),
-      m_directions(directions),
-      m_has_ds(has_ds),
-      m_has_delta_bias(has_delta_bias) {
+SelectiveScan2DProj::SelectiveScan2DProj(const ov::OutputVector& inputs, const Scan2DAttributes& attributes)
+    : Op(inputs), m_attrs(attributes) {
   constructor_validate_and_infer_types();
 }
 
@@ -323,16 +312,16 @@ static std::vector<std::string> scan_2d_proj_input_names(bool has_ds, bool has_d
 }
 
 void SelectiveScan2DProj::validate_and_infer_types() {
-  validate_scan_2d(this, scan_2d_proj_input_names(m_has_ds, m_has_delta_bias), m_delta_softplus, m_directions,
+  validate_scan_2d(this, scan_2d_proj_input_names(m_attrs.has_ds, m_attrs.has_delta_bias), m_attrs.delta_softplus, m_attrs.directions,
                    check_selective_scan_2d_proj);
 }
 
 std::shared_ptr<ov::Node> SelectiveScan2DProj::clone_with_new_inputs(const ov::OutputVector& inputs) const {
-  return std::make_shared<SelectiveScan2DProj>(inputs, m_delta_softplus, m_directions, m_has_ds, m_has_delta_bias);
+  return std::make_shared<SelectiveScan2DProj>(inputs, m_attrs);
 }
 
 bool SelectiveScan2DProj::visit_attributes(ov::AttributeVisitor& visitor) {
-  visit_scan_2d_attributes(visitor, m_delta_softplus, m_directions, m_has_ds, m_has_delta_bias);
+  m_attrs.visit(visitor);
   return true;
 }
 
@@ -344,7 +333,7 @@ bool SelectiveScan2DProj::has_evaluate() const {
 bool SelectiveScan2DProj::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
   std::vector<Shape> shapes;
   const int32_t dtype = evaluate_scan_2d_inputs(this, outputs, inputs,
-                                                scan_2d_proj_input_names(m_has_ds, m_has_delta_bias),
+                                                scan_2d_proj_input_names(m_attrs.has_ds, m_attrs.has_delta_bias),
                                                 check_selective_scan_2d_proj, &shapes);
   if (outputs[0].get_size() == 0) return true;  // B, H, W or D is 0: nothing to compute
 
@@ -356,11 +345,11 @@ bool SelectiveScan2DProj::evaluate(ov::TensorVector& outputs, const ov::TensorVe
   shape.dim = x[3];
   shape.directions = kScan2DDirections;
   shape.dstate = shapes[3].dims[1];
-  shape.delta_softplus = static_cast<int32_t>(m_delta_softplus);
+  shape.delta_softplus = static_cast<int32_t>(m_attrs.delta_softplus);
   shape.dtype = dtype;
   size_t next = 4;
-  const void* ds = m_has_ds ? inputs[next++].data() : nullptr;
-  const void* bias = m_has_delta_bias ? inputs[next++].data() : nullptr;
+  const void* ds = m_attrs.has_ds ? inputs[next++].data() : nullptr;
+  const void* bias = m_attrs.has_delta_bias ? inputs[next++].data() : nullptr;
   const int status = ssm_selective_scan_2d_proj_fwd_cpu(&shape, shapes[2].dims[2], inputs[0].data(),
                                                         inputs[1].data(), inputs[2].data(), inputs[3].data(), ds,
                                                         bias, outputs[0].data(), cpu_threads());
