@@ -251,6 +251,21 @@ static std::vector<std::string> scan_2d_input_names(bool has_ds, bool has_delta_
   return names;
 }
 
+// The kernels' shape of a SelectiveScan2D node: x (B, H, W, D), the directions and the state size.
+static ssm_scan2d_shape scan_2d_shape(const std::vector<int64_t>& x, int64_t directions, int64_t dstate,
+                                      int64_t delta_softplus, int32_t dtype) {
+  ssm_scan2d_shape shape{};
+  shape.batch = x[0];
+  shape.height = x[1];
+  shape.width = x[2];
+  shape.dim = x[3];
+  shape.directions = directions;
+  shape.dstate = dstate;
+  shape.delta_softplus = static_cast<int32_t>(delta_softplus);
+  shape.dtype = dtype;
+  return shape;
+}
+
 void SelectiveScan2D::validate_and_infer_types() {
   validate_scan_2d(this, scan_2d_input_names(m_attrs.has_ds, m_attrs.has_delta_bias), m_attrs.delta_softplus, m_attrs.directions,
                    check_selective_scan_2d);
@@ -276,16 +291,8 @@ bool SelectiveScan2D::evaluate(ov::TensorVector& outputs, const ov::TensorVector
                                                 check_selective_scan_2d, &shapes);
   if (outputs[0].get_size() == 0) return true;  // B, H, W or D is 0: nothing to compute
 
-  const std::vector<int64_t>& x = shapes[0].dims;
-  ssm_scan2d_shape shape{};
-  shape.batch = x[0];
-  shape.height = x[1];
-  shape.width = x[2];
-  shape.dim = x[3];
-  shape.directions = shapes[3].dims[3];
-  shape.dstate = shapes[3].dims[4];
-  shape.delta_softplus = static_cast<int32_t>(m_attrs.delta_softplus);
-  shape.dtype = dtype;
+  const ssm_scan2d_shape shape =
+      scan_2d_shape(shapes[0].dims, shapes[3].dims[3], shapes[3].dims[4], m_attrs.delta_softplus, dtype);
   size_t next = 5;
   const void* ds = m_attrs.has_ds ? inputs[next++].data() : nullptr;
   const void* bias = m_attrs.has_delta_bias ? inputs[next++].data() : nullptr;
@@ -337,16 +344,8 @@ bool SelectiveScan2DProj::evaluate(ov::TensorVector& outputs, const ov::TensorVe
                                                 check_selective_scan_2d_proj, &shapes);
   if (outputs[0].get_size() == 0) return true;  // B, H, W or D is 0: nothing to compute
 
-  const std::vector<int64_t>& x = shapes[0].dims;
-  ssm_scan2d_shape shape{};
-  shape.batch = x[0];
-  shape.height = x[1];
-  shape.width = x[2];
-  shape.dim = x[3];
-  shape.directions = kScan2DDirections;
-  shape.dstate = shapes[3].dims[1];
-  shape.delta_softplus = static_cast<int32_t>(m_attrs.delta_softplus);
-  shape.dtype = dtype;
+  const ssm_scan2d_shape shape =
+      scan_2d_shape(shapes[0].dims, kScan2DDirections, shapes[3].dims[1], m_attrs.delta_softplus, dtype);
   size_t next = 4;
   const void* ds = m_attrs.has_ds ? inputs[next++].data() : nullptr;
   const void* bias = m_attrs.has_delta_bias ? inputs[next++].data() : nullptr;
