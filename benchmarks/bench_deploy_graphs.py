@@ -38,6 +38,7 @@ CUSTOM = {  # name: (op_version, opset)
     "custom v4": (4, 20),
     "custom v5": (5, 20),
     "custom v6": (6, 20),
+    "custom v7": (7, 20),
 }
 PORTABLE = {  # name: (scan lowering, chunk size)
     "portable matrix T32": ("matrix", 32),

@@ -22,9 +22,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-ABI_VERSION = 5  # must equal SSM_KERNELS_ABI_VERSION of ssmpose_kernels.h (2: adds LayerNorm; 3: AddLayerNorm,
+ABI_VERSION = 6  # must equal SSM_KERNELS_ABI_VERSION of ssmpose_kernels.h (2: adds LayerNorm; 3: AddLayerNorm,
 #                  MultiKernelDepthwiseConv; 4: DeformAggregate's offset bias and activation; 5: SelectiveScan2D
-#                  with the dt projection)
+#                  with the dt projection; 6: VSSBlockTail)
 
 CPU_LIBRARY_NAME = "libssmpose_kernels.so"
 CUDA_LIBRARY_NAME = "libssmpose_kernels_cuda.so"
@@ -114,6 +114,27 @@ class LayerNormShape(ctypes.Structure):
     ]
 
 
+class VSSTailShape(ctypes.Structure):
+    """Mirror of `ssm_vss_tail_shape` (VSSBlockTail)."""
+
+    _fields_ = [
+        ("rows", ctypes.c_int64),
+        ("inner", ctypes.c_int64),
+        ("channels", ctypes.c_int64),
+        ("hidden", ctypes.c_int64),
+        ("epsilon", ctypes.c_float),
+        ("dtype", ctypes.c_int32),
+    ]
+
+
+class VSSTailParams(ctypes.Structure):
+    """Mirror of `ssm_vss_tail_params`: the nine parameter pointers in the ONNX inputs' order."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in (
+        "out_norm_weight", "out_norm_bias", "out_proj", "norm_weight", "norm_bias", "fc1_weight", "fc1_bias",
+        "fc2_weight", "fc2_bias")]
+
+
 class DwConvShape(ctypes.Structure):
     """Mirror of `ssm_dwconv_shape` (MultiKernelDepthwiseConv)."""
 
@@ -138,6 +159,8 @@ _SCAN2D = ctypes.POINTER(Scan2DShape)
 _DEFORM = ctypes.POINTER(DeformShape)
 _LAYER_NORM = ctypes.POINTER(LayerNormShape)
 _DWCONV = ctypes.POINTER(DwConvShape)
+_VSS_TAIL = ctypes.POINTER(VSSTailShape)
+_VSS_PARAMS = ctypes.POINTER(VSSTailParams)
 _I = ctypes.c_int
 
 # ssm_task_fn and ssm_cpu_executor of the header: a host's thread pool for the CPU kernels' loops, installed per thread
@@ -161,6 +184,7 @@ _CPU_SIGNATURES = {
     "ssm_layer_norm_fwd_cpu": ([_LAYER_NORM, _P, _P, _P, _P, _I], _I),
     "ssm_add_layer_norm_fwd_cpu": ([_LAYER_NORM, _P, _P, _P, _P, _P, _P, _I], _I),
     "ssm_depthwise_conv_fwd_cpu": ([_DWCONV, _P, _P, _P, _P, _I], _I),
+    "ssm_vss_block_tail_fwd_cpu": ([_VSS_TAIL, _P, _P, _VSS_PARAMS, _P, _I], _I),
     "ssm_set_cpu_executor": ([_P, _P], None),  # (a CPU_EXECUTOR instance or None, executor_data)
 }
 _CUDA_SIGNATURES = {
@@ -178,6 +202,7 @@ _CUDA_SIGNATURES = {
     "ssm_layer_norm_fwd_cuda": ([_LAYER_NORM, _P, _P, _P, _P, _P], _I),
     "ssm_add_layer_norm_fwd_cuda": ([_LAYER_NORM, _P, _P, _P, _P, _P, _P, _P], _I),
     "ssm_depthwise_conv_fwd_cuda": ([_DWCONV, _P, _P, _P, _P, _P], _I),
+    "ssm_vss_block_tail_fwd_cuda": ([_VSS_TAIL, _P, _P, _VSS_PARAMS, _P, _P], _I),
 }
 
 

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 LIBRARY_NAME = "libssmpose_ort.so"
-ORT_LIBRARY_VERSION = 6  # must equal SSMPOSE_ORT_LIBRARY_VERSION of csrc/onnxruntime/register.cpp (3: LayerNorm;
+ORT_LIBRARY_VERSION = 7  # must equal SSMPOSE_ORT_LIBRARY_VERSION of csrc/onnxruntime/register.cpp (3: LayerNorm;
 #                          4: AddLayerNorm, MultiKernelDepthwiseConv; 5: DeformAggregate's epilogues;
-#                          6: SelectiveScan2D's dt_projection)
+#                          6: SelectiveScan2D's dt_projection; 7: VSSBlockTail)
 ORT_API_VERSION = 16  # the ONNX Runtime C API version the library requests
 MIN_ORT_VERSION = "1.16"  # the first ONNX Runtime with that API version
 DOMAIN = "ssmpose"

@@ -311,3 +311,39 @@ def multi_kernel_depthwise_conv_reference(x, weight, bias, kernel_sizes, group_c
     if activation == "gelu":
         z = F.gelu(z)
     return z.to(x.dtype)
+
+
+VSS_TAIL_PARAMS = ("out_norm_weight", "out_norm_bias", "out_proj", "norm_weight", "norm_bias", "fc1_weight",
+                   "fc1_bias", "fc2_weight", "fc2_bias")
+
+
+def vss_block_tail_reference(y, residual, out_norm_weight, out_norm_bias, out_proj, norm_weight, norm_bias,
+                             fc1_weight, fc1_bias, fc2_weight, fc2_bias, epsilon: float = 1e-5):
+    """VSSBlockTail (docs/ops.md): y (..., D) the scan's output, residual (..., C); returns Z (..., C) with
+    x1 = residual + round(LN(y)) @ out_proj, Z = x1 + round(GELU(round(LN(x1)) @ fc1 + b1)) @ fc2 + b2.
+    The operands of the three products are rounded to y's type, as the kernels feed them to tensor cores;
+    everything else is float32 (float64 for float64 inputs)."""
+    inner, channels = y.shape[-1], residual.shape[-1]
+    hidden = fc1_weight.shape[-1]
+    expected = {"out_norm_weight": (inner,), "out_norm_bias": (inner,), "out_proj": (inner, channels),
+                "norm_weight": (channels,), "norm_bias": (channels,), "fc1_weight": (channels, hidden),
+                "fc1_bias": (hidden,), "fc2_weight": (hidden, channels), "fc2_bias": (channels,)}
+    given = dict(zip(VSS_TAIL_PARAMS, (out_norm_weight, out_norm_bias, out_proj, norm_weight, norm_bias,
+                                       fc1_weight, fc1_bias, fc2_weight, fc2_bias)))
+    for name, shape in expected.items():
+        if tuple(given[name].shape) != shape:
+            raise ValueError(f"VSSBlockTail: {name} has shape {tuple(given[name].shape)}, expected {shape}")
+    if y.shape[:-1] != residual.shape[:-1]:
+        raise ValueError(f"VSSBlockTail: Y {tuple(y.shape)} and R {tuple(residual.shape)} differ before the "
+                         "last axis")
+    dtype = _compute_dtype(y)
+    p = {name: t.to(dtype) for name, t in given.items()}
+
+    def operand(t):
+        return t.to(y.dtype).to(dtype)
+
+    a = operand(layer_norm_reference(y.to(dtype), p["out_norm_weight"], p["out_norm_bias"], epsilon))
+    x1 = residual.to(dtype) + a @ p["out_proj"]
+    b = operand(layer_norm_reference(x1, p["norm_weight"], p["norm_bias"], epsilon))
+    g = operand(F.gelu(b @ p["fc1_weight"] + p["fc1_bias"]))
+    return (x1 + g @ p["fc2_weight"] + p["fc2_bias"]).to(y.dtype)

@@ -36,13 +36,14 @@ import torch.nn as nn
 from ..custom_ops import ops
 from .metadata import build_metadata, write_metadata
 from .fusions import (fuse_erf_gelu, use_add_layer_norm_op, use_block_diagonal_matmul, use_deform_aggregate_epilogues,
-                      use_depthwise_conv_op, use_layer_norm_op, use_scan_dt_projection)
+                      use_depthwise_conv_op, use_layer_norm_op, use_scan_dt_projection, use_vss_block_tail_op)
 from .schemas import (DOMAIN, DT_PROJECTION_DOMAIN_VERSION, EPILOGUE_DOMAIN_VERSION, FUSED_DOMAIN_VERSION,
-                      LAYER_NORM_DOMAIN_VERSION, nodes_domain_version, op_domain_version, register_schemas)
+                      LAYER_NORM_DOMAIN_VERSION, VSS_TAIL_DOMAIN_VERSION, nodes_domain_version, op_domain_version,
+                      register_schemas)
 
 FORMS = ("custom", "portable")
-OP_VERSIONS = (1, 2, 3, 4, 5, 6)
-DEFAULT_OP_VERSION = DT_PROJECTION_DOMAIN_VERSION   # `ssmpose export --op-version` defaults to the same (cli/export_cmds.py)
+OP_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+DEFAULT_OP_VERSION = VSS_TAIL_DOMAIN_VERSION   # `ssmpose export --op-version` defaults to the same (cli/export_cmds.py)
 # Opset 20 brings the one-node Gelu (five nodes below it). The portable form stays below 20: TensorRT's parser
 # knows only GridSample's opset-16 mode names and samples nearest-neighbour with opset 20's "linear".
 SUPPORTED_OPSETS = {"custom": (18, 19, 20), "portable": (18, 19)}
@@ -277,8 +278,10 @@ def export_model(model: Union[str, nn.Module], output=None, *, checkpoint=None, 
                 computed in float32)
     chunk_size  portable form: chunk length of the scan lowering (default: the lowering's, 64 / 64 / 32)
     scan_lowering  portable form: "halving" (default), "doubling" or "matrix" (docs/export.md)
-    op_version  ssmpose domain version of the custom form's nodes. 6 (default): as 5, and SS2D's dt
-                projection inside SelectiveScan2D where its rank is at most 4; 5: one SelectiveScan2D node per
+    op_version  ssmpose domain version of the custom form's nodes. 7 (default): as 6, and each VMamba block's
+                chain after its scan (out_norm, out_proj, residual add, norm2, MLP, residual add) as one
+                ssmpose::VSSBlockTail; 6: as 5, and SS2D's dt projection inside SelectiveScan2D where its rank
+                is at most 4; 5: one SelectiveScan2D node per
                 SS2D, every LayerNorm over the last axis as ssmpose::LayerNorm, the residual Add before a
                 LayerNorm fused with it (ssmpose::AddLayerNorm), the LPU's and position convolutions as
                 ssmpose::MultiKernelDepthwiseConv, and the offset bias and SiLU around each DeformAggregate
@@ -286,7 +289,7 @@ def export_model(model: Union[str, nn.Module], output=None, *, checkpoint=None, 
                 SelectiveScan2D and LayerNorm only; 2: SelectiveScan2D only (for runtime libraries built before
                 version 3); 1: SS2D's scan as cross-scan -> SelectiveScan -> cross-merge (for libraries built
                 before version 2). The graph imports the lowest version that has all its ops. The fusions of 3
-                to 6 apply to the custom form only.
+                to 7 apply to the custom form only.
     """
     if form not in FORMS:
         raise ExportError(f"export form must be one of {', '.join(FORMS)}, got {form!r}")
@@ -387,7 +390,8 @@ def export_forms(model: Union[str, nn.Module], outputs: dict, *, checkpoint=None
 def _fuse_custom(proto: onnx.ModelProto, op_version: int) -> None:
     """The custom form's fusions of `op_version` (export/fusions.py): 3: LayerNorm; 4: also MultiKernelDepthwiseConv
     and AddLayerNorm (which fuses the Adds before LayerNorm nodes, so it runs after the LayerNorm fusion); 5: also
-    DeformAggregate's offset bias and SiLU; 6: also SelectiveScan2D's dt projection."""
+    DeformAggregate's offset bias and SiLU; 6: also SelectiveScan2D's dt projection; 7: also VSSBlockTail (after the
+    AddLayerNorm fusion, whose nodes it matches)."""
     if op_version >= LAYER_NORM_DOMAIN_VERSION:
         use_layer_norm_op(proto)
     if op_version >= FUSED_DOMAIN_VERSION:
@@ -397,6 +401,8 @@ def _fuse_custom(proto: onnx.ModelProto, op_version: int) -> None:
         use_deform_aggregate_epilogues(proto)
     if op_version >= DT_PROJECTION_DOMAIN_VERSION:
         use_scan_dt_projection(proto)
+    if op_version >= VSS_TAIL_DOMAIN_VERSION:
+        use_vss_block_tail_op(proto)
 
 
 def _custom_domain_version(proto: onnx.ModelProto) -> int:

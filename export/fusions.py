@@ -15,6 +15,9 @@ left alone.
   weight -> Reshape, one MatMul with the block-diagonal weight, Reshape (standard ops, every form).
 - `use_scan_dt_projection`: the Split of SS2D's x projection and that MatMul before an `ssmpose::SelectiveScan2D`
   -> the scan's x_proj and dt_projection inputs, for ranks up to MAX_FOLDED_DT_RANK (domain version 6).
+- `use_vss_block_tail_op`: a VMamba block's chain after the scan (LayerNorm, out_proj, AddLayerNorm, fc1, GELU,
+  fc2, the residual add) -> one `ssmpose::VSSBlockTail` (domain version 7). Unlike the fusions above it does not
+  compute bit for bit what it replaces: it keeps the intermediates in float32 (docs/ops.md).
 """
 from __future__ import annotations
 
@@ -606,3 +609,108 @@ def use_scan_dt_projection(model, max_rank: int = MAX_FOLDED_DT_RANK) -> int:
         changed += 1
     _rebuild(model, removed)
     return changed
+
+
+def _bias_add(index: _GraphIndex, add, value: str, length: int):
+    """The constant bias name when `add` is Add(value, bias) (either order) with a 1-D constant of `length`
+    values; else None."""
+    if not _is(add, "Add") or value not in add.input:
+        return None
+    bias = add.input[1] if add.input[0] == value else add.input[0]
+    array = index.array(bias)
+    return bias if array is not None and array.shape == (length,) else None
+
+
+def _matmul_weight(index: _GraphIndex, matmul, value: str):
+    """The constant 2-D weight of MatMul(value, weight), else None."""
+    if not _is(matmul, "MatMul") or matmul.input[0] != value:
+        return None
+    array = index.array(matmul.input[1])
+    return matmul.input[1] if array is not None and array.ndim == 2 else None
+
+
+def _match_vss_tail(index: _GraphIndex, out_norm):
+    """The VSSBlockTail chain that starts at the `ssmpose::LayerNorm` `out_norm`, as (inputs, epsilon, final
+    node), or None. The chain: LayerNorm -> MatMul(out_proj) -> AddLayerNorm(residual, .) -> MatMul(fc1) -> Add(b1)
+    -> Gelu -> MatMul(fc2) -> Add(b2) -> the residual Add (an Add or an AddLayerNorm) of the AddLayerNorm's sum,
+    every intermediate used once and constant weights of matching shapes."""
+    from .schemas import DOMAIN, LAYER_NORM_EPSILON, vss_tail_shape_error
+    step = lambda value: index.sole_consumer(value)  # noqa: E731
+    proj = step(out_norm.output[0])
+    out_proj = _matmul_weight(index, proj, out_norm.output[0])
+    norm = step(proj.output[0]) if out_proj else None
+    if norm is None or norm.op_type != "AddLayerNorm" or norm.domain != DOMAIN or proj.output[0] not in norm.input[:2]:
+        return None
+    residual = norm.input[1] if norm.input[0] == proj.output[0] else norm.input[0]
+    fc1 = step(norm.output[0])
+    fc1_weight = _matmul_weight(index, fc1, norm.output[0])
+    if fc1_weight is None:
+        return None
+    (d, c), (c1, h) = index.array(out_proj).shape, index.array(fc1_weight).shape
+    fc1_add = step(fc1.output[0])
+    fc1_bias = _bias_add(index, fc1_add, fc1.output[0], h)
+    gelu = step(fc1_add.output[0]) if fc1_bias else None
+    if not _is(gelu, "Gelu") or _attributes(gelu).get("approximate", b"none") not in (b"none", "none"):
+        return None
+    fc2 = step(gelu.output[0])
+    fc2_weight = _matmul_weight(index, fc2, gelu.output[0])
+    fc2_add = step(fc2.output[0]) if fc2_weight else None
+    fc2_bias = _bias_add(index, fc2_add, fc2.output[0], c) if fc2_add is not None else None
+    final = step(fc2_add.output[0]) if fc2_bias else None
+    summed = norm.output[1]
+    if final is None or index.sole_consumer(summed) is not final or summed not in final.input[:2]:
+        return None
+    if not (_is(final, "Add") or (final.op_type == "AddLayerNorm" and final.domain == DOMAIN)):
+        return None
+    params = [out_norm.input[1], out_norm.input[2], out_proj, norm.input[2], norm.input[3], fc1_weight, fc1_bias,
+              fc2_weight, fc2_bias]
+    expected = [(d,), (d,), (d, c), (c,), (c,), (c, h), (h,), (h, c), (c,)]
+    arrays = [index.array(name) for name in params]
+    if c1 != c or any(a is None or a.shape != shape for a, shape in zip(arrays, expected)) \
+            or len({a.dtype for a in arrays}) != 1 or vss_tail_shape_error(d, c, h):
+        return None
+    epsilon = float(_attributes(out_norm).get("epsilon", LAYER_NORM_EPSILON))
+    if float(_attributes(norm).get("epsilon", LAYER_NORM_EPSILON)) != epsilon:
+        return None
+    return [out_norm.input[0], residual] + params, epsilon, final, [out_norm, proj, norm, fc1, fc1_add, gelu, fc2,
+                                                                    fc2_add]
+
+
+def use_vss_block_tail_op(model) -> int:
+    """Replace every VMamba block tail after a scan (see `_match_vss_tail`: SS2D's out_norm and out_proj, the
+    residual add, the MLP's norm, fc1, GELU, fc2 and the second residual add) by one `ssmpose::VSSBlockTail`
+    (domain version 7, docs/ops.md). Its output takes the residual add's name; where that add was an
+    AddLayerNorm (the next block's first norm), a `ssmpose::LayerNorm` of the output stays. Run after
+    `use_add_layer_norm_op`. Works on an onnx.ModelProto in place; returns the nodes made."""
+    import onnx
+
+    from .schemas import DOMAIN, LAYER_NORM_EPSILON, PLUGIN_NAMESPACE, PLUGIN_VERSION
+    index = _GraphIndex(model)
+    removed, made = set(), 0
+    for out_norm in index.nodes:
+        if out_norm.op_type != "LayerNorm" or out_norm.domain != DOMAIN or index.position[id(out_norm)] in removed:
+            continue
+        match = _match_vss_tail(index, out_norm)
+        if match is None:
+            continue
+        inputs, epsilon, final, chain = match
+        if any(index.position[id(n)] in removed for n in chain + [final]):
+            continue
+        residual_stream = final.output[1] if final.op_type == "AddLayerNorm" else final.output[0]
+        tail = onnx.helper.make_node(
+            "VSSBlockTail", inputs, [residual_stream], name=out_norm.name or residual_stream, domain=DOMAIN,
+            epsilon=epsilon, plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE)
+        fc2_add = chain[-1]
+        if final.op_type == "AddLayerNorm":
+            next_epsilon = float(_attributes(final).get("epsilon", LAYER_NORM_EPSILON))
+            final.CopyFrom(onnx.helper.make_node(
+                "LayerNorm", [residual_stream, final.input[2], final.input[3]], [final.output[0]],
+                name=final.name, domain=DOMAIN, epsilon=next_epsilon, plugin_version=PLUGIN_VERSION,
+                plugin_namespace=PLUGIN_NAMESPACE))
+        else:
+            removed.add(index.position[id(final)])
+        fc2_add.CopyFrom(tail)   # the last node of the chain: every input of the tail is computed before it
+        removed.update(index.position[id(n)] for n in chain[:-1])
+        made += 1
+    _rebuild(model, removed)
+    return made

@@ -3,7 +3,8 @@
 Domain version 1 has SelectiveScan and DeformAggregate; version 2 adds SelectiveScan2D; version 3 adds
 LayerNorm; version 4 adds AddLayerNorm and MultiKernelDepthwiseConv; version 5 gives DeformAggregate an optional
 offset_bias input and an activation attribute (its forward-only epilogues); version 6 gives SelectiveScan2D an
-optional dt_projection input (the dt projection folded in, forward only). The other ops are unchanged, so they
+optional dt_projection input (the dt projection folded in, forward only); version 7 adds VSSBlockTail (a
+VMamba block's per-position chain after its scan). The other ops are unchanged, so they
 resolve to their first schemas in a later graph. A graph imports the lowest version that has all its ops and
 their features (`op_domain_version`, `nodes_domain_version`): a graph with SelectiveScan and DeformAggregate
 only stays version 1.
@@ -34,10 +35,12 @@ LAYER_NORM_DOMAIN_VERSION = 3  # LayerNorm
 FUSED_DOMAIN_VERSION = 4  # AddLayerNorm, MultiKernelDepthwiseConv
 EPILOGUE_DOMAIN_VERSION = 5  # DeformAggregate's offset_bias and activation
 DT_PROJECTION_DOMAIN_VERSION = 6  # SelectiveScan2D's dt_projection
-LATEST_DOMAIN_VERSION = DT_PROJECTION_DOMAIN_VERSION
+VSS_TAIL_DOMAIN_VERSION = 7  # VSSBlockTail
+LATEST_DOMAIN_VERSION = VSS_TAIL_DOMAIN_VERSION
 OP_SINCE_VERSION = {"SelectiveScan": DOMAIN_VERSION, "DeformAggregate": DOMAIN_VERSION,
                     "SelectiveScan2D": SCAN_2D_DOMAIN_VERSION, "LayerNorm": LAYER_NORM_DOMAIN_VERSION,
-                    "AddLayerNorm": FUSED_DOMAIN_VERSION, "MultiKernelDepthwiseConv": FUSED_DOMAIN_VERSION}
+                    "AddLayerNorm": FUSED_DOMAIN_VERSION, "MultiKernelDepthwiseConv": FUSED_DOMAIN_VERSION,
+                    "VSSBlockTail": VSS_TAIL_DOMAIN_VERSION}
 LAYER_NORM_EPSILON = 1e-5
 DWCONV_MAX_KERNEL = 15   # SSM_DWCONV_MAX_KERNEL / SSM_DWCONV_MAX_GROUPS of the kernel library
 DWCONV_MAX_GROUPS = 16
@@ -55,6 +58,10 @@ SCAN_2D_INPUTS = ("x", "delta", "A", "Bs", "Cs", "Ds", "delta_bias", "dt_project
 SCAN_2D_DIRECTIONS = 4
 SCAN_2D_MAX_DT_RANK = 64  # SSM_SCAN2D_MAX_DT_RANK of the kernel library
 DEFORM_INPUTS = ("value", "offset_mask", "offset_bias")
+VSS_TAIL_INPUTS = ("Y", "R", "out_norm_weight", "out_norm_bias", "out_proj", "norm_weight", "norm_bias",
+                   "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
+VSS_TAIL_MAX_WIDE = 1024     # SSM_VSS_TAIL_MAX_WIDE / SSM_VSS_TAIL_MAX_CHANNELS of the kernel library
+VSS_TAIL_MAX_CHANNELS = 512
 DEFORM_INT_ATTRIBUTES = ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w", "dilation_h",
                          "dilation_w", "group", "group_channels")
 
@@ -255,6 +262,60 @@ def _infer_add_layer_norm(ctx) -> None:
     ctx.set_output_type(1, _output(x.tensor_type.elem_type, xdims))
 
 
+def vss_tail_shape_error(inner: int, channels: int, hidden: int) -> Optional[str]:
+    """Why VSSBlockTail cannot take these widths (D of Y, C of R, H of fc1), or None."""
+    for name, value, limit in (("D (Y's channels)", inner, VSS_TAIL_MAX_WIDE),
+                               ("C (R's channels)", channels, VSS_TAIL_MAX_CHANNELS),
+                               ("H (fc1's outputs)", hidden, VSS_TAIL_MAX_WIDE)):
+        if not 1 <= value <= limit:
+            return f"{name} = {value} is outside 1..{limit}"
+    return None
+
+
+def _infer_vss_block_tail(ctx) -> None:
+    op = "VSSBlockTail"
+    known = lambda dims: [d.dim_value if d.HasField("dim_value") else None for d in dims]  # noqa: E731
+    dims = {name: _dims(ctx.get_input_type(i)) for i, name in enumerate(VSS_TAIL_INPUTS)}
+    ydims, rdims = dims["Y"], dims["R"]
+    for name in ("Y", "R"):
+        if dims[name] is not None and len(dims[name]) < 1:
+            _fail(op, f"{name} must have rank >= 1, got a scalar")
+    if ydims is not None and rdims is not None:
+        ys, rs = known(ydims), known(rdims)
+        if len(ys) != len(rs) or any(a is not None and b is not None and a != b for a, b in zip(ys[:-1], rs[:-1])):
+            _fail(op, f"Y {ys} and R {rs} must agree except in the last axis")
+    ranks = {"out_norm_weight": 1, "out_norm_bias": 1, "out_proj": 2, "norm_weight": 1, "norm_bias": 1,
+             "fc1_weight": 2, "fc1_bias": 1, "fc2_weight": 2, "fc2_bias": 1}
+    for name, rank in ranks.items():
+        _check_rank(op, name, dims[name], rank)
+    inner = known(ydims)[-1] if ydims else None
+    channels = known(rdims)[-1] if rdims else None
+    hidden = known(dims["fc1_weight"])[-1] if dims["fc1_weight"] else None
+    wanted = {"out_norm_weight": (inner,), "out_norm_bias": (inner,), "out_proj": (inner, channels),
+              "norm_weight": (channels,), "norm_bias": (channels,), "fc1_weight": (channels, hidden),
+              "fc1_bias": (hidden,), "fc2_weight": (hidden, channels), "fc2_bias": (channels,)}
+    for name, shape in wanted.items():
+        if dims[name] is None:
+            continue
+        got = known(dims[name])
+        if any(a is not None and b is not None and a != b for a, b in zip(got, shape)):
+            _fail(op, f"{name} has shape {got}, expected {[s if s is not None else '?' for s in shape]} "
+                      f"(D = {inner}, C = {channels}, H = {hidden})")
+    if None not in (inner, channels, hidden):
+        problem = vss_tail_shape_error(inner, channels, hidden)
+        if problem:
+            _fail(op, problem)
+    epsilon = _float_attr(ctx, "epsilon", LAYER_NORM_EPSILON)
+    if not 0.0 < epsilon < float("inf"):
+        _fail(op, f"attribute epsilon must be finite and > 0, got {epsilon}")
+    out = None if rdims is None else list(rdims)
+    if out is not None and ydims is not None:
+        # Z takes R's last axis and, where R's leading dims are unknown, Y's.
+        out = [r if r.HasField("dim_value") or r.HasField("dim_param") else y for r, y in zip(rdims[:-1], ydims[:-1])] \
+            + [rdims[-1]]
+    ctx.set_output_type(0, _output(ctx.get_input_type(0).tensor_type.elem_type, out))
+
+
 def _ints_attr(ctx, name: str) -> Optional[List[int]]:
     attr = ctx.get_attribute(name)
     return None if attr is None else list(attr.ints)
@@ -351,6 +412,23 @@ def _layer_norm_schema() -> onnx.defs.OpSchema:
     return schema
 
 
+def _vss_block_tail_schema() -> onnx.defs.OpSchema:
+    shapes = {"Y": "(..., D), the scan's output", "R": "(..., C), the residual stream",
+              "out_norm_weight": "(D)", "out_norm_bias": "(D)", "out_proj": "(D, C), applied as Y @ out_proj",
+              "norm_weight": "(C)", "norm_bias": "(C)", "fc1_weight": "(C, H)", "fc1_bias": "(H)",
+              "fc2_weight": "(H, C)", "fc2_bias": "(C)"}
+    schema = onnx.defs.OpSchema(
+        "VSSBlockTail", DOMAIN, VSS_TAIL_DOMAIN_VERSION,
+        "A VMamba block's per-position chain after its scan (docs/ops.md): X1 = R + LayerNorm(Y) @ out_proj, "
+        "Z = X1 + GELU(LayerNorm(X1) @ fc1_weight + fc1_bias) @ fc2_weight + fc2_bias.",
+        inputs=[_Param(name, "T", shapes[name]) for name in VSS_TAIL_INPUTS],
+        outputs=[_Param("Z", "T", "(..., C)")],
+        type_constraints=[("T", _FLOAT_TYPES, "float tensors")],
+        attributes=[_attribute("epsilon", LAYER_NORM_EPSILON, "of both LayerNorms")] + _plugin_attributes())
+    schema.set_type_and_shape_inference_function(_infer_vss_block_tail)
+    return schema
+
+
 def _deform_aggregate_schema(version: int = DOMAIN_VERSION) -> onnx.defs.OpSchema:
     """Version 1, or version 5 with the optional offset_bias input and the activation attribute."""
     defaults = dict(kernel_h=3, kernel_w=3, stride_h=1, stride_w=1, pad_h=1, pad_w=1, dilation_h=1, dilation_w=1,
@@ -379,7 +457,7 @@ def register_schemas() -> None:
     for factory in (_selective_scan_schema, _deform_aggregate_schema, _selective_scan_2d_schema,
                     _layer_norm_schema, _add_layer_norm_schema, _depthwise_conv_schema,
                     lambda: _deform_aggregate_schema(EPILOGUE_DOMAIN_VERSION),
-                    lambda: _selective_scan_2d_schema(DT_PROJECTION_DOMAIN_VERSION)):
+                    lambda: _selective_scan_2d_schema(DT_PROJECTION_DOMAIN_VERSION), _vss_block_tail_schema):
         schema = factory()
         if onnx.defs.has(schema.name, schema.since_version, DOMAIN) and \
                 onnx.defs.get_schema(schema.name, schema.since_version, DOMAIN).since_version == schema.since_version:
@@ -410,7 +488,7 @@ def uses_dt_projection(node) -> bool:
 
 def nodes_domain_version(nodes) -> int:
     """The `ssmpose` domain version a graph with these onnx NodeProtos (of the ssmpose domain) must import:
-    `op_domain_version` of their types, 5 where a DeformAggregate uses its epilogues, 6 where a SelectiveScan2D
+    `op_domain_version` of their types (7 with a VSSBlockTail), 5 where a DeformAggregate uses its epilogues, 6 where a SelectiveScan2D
     has a dt_projection."""
     nodes = list(nodes)
     version = op_domain_version(n.op_type for n in nodes)

@@ -63,8 +63,8 @@ needs_cuda_lib = pytest.mark.skipif(CUDA is None, reason="CUDA kernel library no
 def test_libraries_present():
     """Fails in CI (SSMPOSE_REQUIRE_KERNELS=1) when a library is missing; skips elsewhere."""
     require_built({"CPU kernels": LIB, "libssmpose_ort": ORT_LIB})
-    assert LIB.ssm_abi_version() == kl.ABI_VERSION == 5
-    assert ort_library.library_info()["version"] == ort_library.ORT_LIBRARY_VERSION == 6
+    assert LIB.ssm_abi_version() == kl.ABI_VERSION == 6
+    assert ort_library.library_info()["version"] == ort_library.ORT_LIBRARY_VERSION == 7
 
 
 # ------------------------------------------------------------------------------------------------

@@ -44,6 +44,11 @@ What it does
     AddLayerNorm beside a separate add + ssm_layer_norm_fwd_cuda; MultiKernelDepthwiseConv (float16, hrvmamba_small's
     four LPU shapes at batch 32 and 128) beside PyTorch's chain (permute, split, F.conv2d per group, cat,
     shuffle, gelu, channel-last output), GB/s = one read of X and one write of Y.
+  * VSSBlockTail (domain version 7): against the float64 vss_block_tail_reference (custom_ops/reference.py) in
+    float32 / float16 / bfloat16, on the HRVMamba widths (the tensor-core path), odd widths and misaligned
+    weights (the SIMT path), the largest widths (the most shared memory), rows that are not a multiple of the
+    tile, batch 0; outputs poisoned with NaN, bitwise-identical repeated calls, bad arguments' status codes;
+    timed against the unfused chain in PyTorch (--bench-ops vsstail).
 The references are self-checked against naive loops with --selftest-reference (runs on the CPU too).
 Exit status 0 when every check passed.
 """
@@ -102,6 +107,19 @@ class LayerNormShape(ctypes.Structure):
 DWCONV_MAX_GROUPS = 16
 
 
+class VSSTailShape(ctypes.Structure):
+    _fields_ = [("rows", ctypes.c_int64), ("inner", ctypes.c_int64), ("channels", ctypes.c_int64),
+                ("hidden", ctypes.c_int64), ("epsilon", ctypes.c_float), ("dtype", ctypes.c_int32)]
+
+
+VSS_TAIL_PARAMS = ("out_norm_weight", "out_norm_bias", "out_proj", "norm_weight", "norm_bias", "fc1_weight",
+                   "fc1_bias", "fc2_weight", "fc2_bias")
+
+
+class VSSTailParams(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_void_p) for name in VSS_TAIL_PARAMS]
+
+
 class DwconvShape(ctypes.Structure):
     _fields_ = [("batch", ctypes.c_int64), ("height", ctypes.c_int64), ("width", ctypes.c_int64),
                 ("channels", ctypes.c_int64), ("kernel_max", ctypes.c_int32), ("num_groups", ctypes.c_int32),
@@ -126,7 +144,7 @@ def build_library(out_dir: str, arch: str, defines=(), name="libssmpose_kernels_
     os.makedirs(out_dir, exist_ok=True)
     cdir = os.path.join(KDIR, "cuda")
     srcs = [os.path.join(cdir, n) for n in ("selective_scan.cu", "selective_scan_2d.cu", "deform_aggregate.cu",
-                                            "layer_norm.cu", "depthwise_conv.cu")
+                                            "layer_norm.cu", "depthwise_conv.cu", "vss_block_tail.cu")
             if os.path.exists(os.path.join(cdir, n))]
     common = os.path.join(KDIR, "common.cpp")
     flags = ["-O3", "-std=c++17", f"-arch={arch}", "-Xcompiler", "-fPIC,-fvisibility=hidden",
@@ -177,6 +195,10 @@ def load_library(path: str):
     if hasattr(lib, "ssm_depthwise_conv_fwd_cuda"):
         lib.ssm_depthwise_conv_fwd_cuda.argtypes = [ctypes.POINTER(DwconvShape)] + [vp] * 5
         lib.ssm_depthwise_conv_fwd_cuda.restype = ctypes.c_int
+    if hasattr(lib, "ssm_vss_block_tail_fwd_cuda"):  # absent from libraries older than domain version 7
+        lib.ssm_vss_block_tail_fwd_cuda.argtypes = [ctypes.POINTER(VSSTailShape), vp, vp,
+                                                    ctypes.POINTER(VSSTailParams), vp, vp]
+        lib.ssm_vss_block_tail_fwd_cuda.restype = ctypes.c_int
     lib.ssm_deform_aggregate_fwd_cuda.argtypes = [ctypes.POINTER(DeformShape)] + [vp] * 5
     lib.ssm_deform_aggregate_fwd_cuda.restype = ctypes.c_int
     lib.ssm_deform_aggregate_bwd_cuda.argtypes = [ctypes.POINTER(DeformShape)] + [vp] * 6
@@ -1732,6 +1754,134 @@ def run_checks(lib, rep, ops=("scan", "scan2d", "deform")):
         run_add_layer_norm_checks(lib, rep)
     if "dwconv" in ops:
         run_dwconv_checks(lib, rep)
+    if "vsstail" in ops:
+        run_vss_tail_checks(lib, rep)
+
+
+# ----------------------------------------------------------------------------------------------
+# VSSBlockTail
+
+def vss_tail_inputs(rows, D, C, H, dtype, seed=0, misalign=False):
+    """Y, R and the nine parameters (a dict) on the GPU; misalign: the three weight matrices start one element
+    into their allocation (not 32-byte aligned: the SIMT path)."""
+    gen = torch.Generator(device="cuda").manual_seed(seed * 7919 + rows * 31 + D * 7 + C * 3 + H)
+    rnd = lambda *shape: torch.randn(*shape, device="cuda", generator=gen, dtype=torch.float64)  # noqa: E731
+    shift = 1 if misalign else 0
+
+    def weight(k, n):
+        store = torch.empty(k * n + shift, device="cuda", dtype=dtype)
+        store[shift:] = (rnd(k * n) / math.sqrt(k)).to(dtype)
+        return store[shift:].view(k, n)
+
+    params = {"out_norm_weight": (1 + 0.3 * rnd(D)).to(dtype), "out_norm_bias": (0.2 * rnd(D)).to(dtype),
+              "out_proj": weight(D, C), "norm_weight": (1 + 0.3 * rnd(C)).to(dtype),
+              "norm_bias": (0.2 * rnd(C)).to(dtype), "fc1_weight": weight(C, H), "fc1_bias": (0.2 * rnd(H)).to(dtype),
+              "fc2_weight": weight(H, C), "fc2_bias": (0.2 * rnd(C)).to(dtype)}
+    return rnd(rows, D).to(dtype), rnd(rows, C).to(dtype), params
+
+
+def vss_tail_call(lib, y, r, params, z, eps=1e-5, shape=None):
+    rows, D = y.shape
+    sh = shape or VSSTailShape(rows, D, r.shape[1], params["fc1_weight"].shape[1], eps, DTYPE_CODE[y.dtype])
+    pr = VSSTailParams(*[params[n].data_ptr() for n in VSS_TAIL_PARAMS])
+    return lib.ssm_vss_block_tail_fwd_cuda(ctypes.byref(sh), P(y), P(r), ctypes.byref(pr), P(z), stream_ptr())
+
+
+def check_vss_tail(lib, rep, rows, D, C, H, dtype, misalign=False, tag=""):
+    sys.path.insert(0, REPO)
+    from custom_ops.reference import vss_block_tail_reference
+    y, r, params = vss_tail_inputs(rows, D, C, H, dtype, misalign=misalign)
+    path = "mma" if dtype != torch.float32 and D % 16 == 0 and C % 16 == 0 and H % 16 == 0 and not misalign else "simt"
+    name = f"vsstail {tag}rows={rows} D={D} C={C} H={H} {str(dtype)[6:]} {path}"
+    z = torch.full((rows, C), float("nan"), device="cuda", dtype=dtype)
+    st = vss_tail_call(lib, y, r, params, z)
+    torch.cuda.synchronize()
+    if st != SSM_OK:
+        rep.add(name, False, f"status {st}")
+        return
+    if rows == 0:
+        rep.add(name, True, "empty")
+        return
+    ref = vss_block_tail_reference(y.double(), r.double(), *[params[n].double() for n in VSS_TAIL_PARAMS])
+    rel, mx = errs(z, ref)
+    z2 = torch.full_like(z, float("nan"))
+    vss_tail_call(lib, y, r, params, z2)
+    torch.cuda.synchronize()
+    same = torch.equal(z, z2)
+    ok = mx <= TOL_FWD[dtype] and same
+    rep.add(name, ok, f"max err {mx:.2e} (rel {rel:.2e}, tol {TOL_FWD[dtype]:.0e}), repeat bitwise {same}"
+            + ("" if ok else f"; worst {top_errors(z, ref)}"))
+
+
+def check_errors_vss_tail(lib, rep):
+    f16 = torch.float16
+    y, r, params = vss_tail_inputs(4, 64, 32, 64, f16)
+    z = torch.empty(4, 32, device="cuda", dtype=f16)
+    cases = {
+        "D > 1024": (VSSTailShape(4, 1040, 32, 64, 1e-5, 1), SSM_ERR_BAD_SIZE),
+        "C > 512": (VSSTailShape(4, 64, 528, 64, 1e-5, 1), SSM_ERR_BAD_SIZE),
+        "H = 0": (VSSTailShape(4, 64, 32, 0, 1e-5, 1), SSM_ERR_BAD_SIZE),
+        "rows < 0": (VSSTailShape(-1, 64, 32, 64, 1e-5, 1), SSM_ERR_BAD_SIZE),
+        "dtype 7": (VSSTailShape(4, 64, 32, 64, 1e-5, 7), SSM_ERR_BAD_DTYPE),
+        "epsilon 0": (VSSTailShape(4, 64, 32, 64, 0.0, 1), SSM_ERR_UNSUPPORTED),
+    }
+    for label, (sh, want) in cases.items():
+        got = vss_tail_call(lib, y, r, params, z, shape=sh)
+        rep.add(f"vsstail errors: {label}", got == want, f"status {got}, want {want}")
+    got = lib.ssm_vss_block_tail_fwd_cuda(ctypes.byref(VSSTailShape(4, 64, 32, 64, 1e-5, 1)), P(y), P(r), None,
+                                          P(z), stream_ptr())
+    rep.add("vsstail errors: params NULL", got == SSM_ERR_NULL_POINTER, f"status {got}")
+
+
+def run_vss_tail_checks(lib, rep, quick=False):
+    if not hasattr(lib, "ssm_vss_block_tail_fwd_cuda"):
+        rep.add("vsstail", False, "the library has no ssm_vss_block_tail_fwd_cuda (built before domain version 7)")
+        return
+    f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
+    check_errors_vss_tail(lib, rep)
+    widths = [(64, 32, 64), (128, 64, 128), (256, 128, 256), (512, 256, 512), (160, 80, 160), (640, 320, 640)]
+    for dt in (f32, f16, bf16):
+        for D, C, H in (widths[:2] if quick else widths):
+            check_vss_tail(lib, rep, 300 if quick else 3072, D, C, H, dt, tag="hrv ")
+    check_vss_tail(lib, rep, 37, 24, 12, 40, f16, tag="odd widths ")
+    check_vss_tail(lib, rep, 37, 24, 12, 40, f32, tag="odd widths ")
+    check_vss_tail(lib, rep, 5, 1, 1, 1, f32, tag="one channel ")
+    check_vss_tail(lib, rep, 101, 64, 32, 64, f16, misalign=True, tag="misaligned ")
+    check_vss_tail(lib, rep, 0, 64, 32, 64, f16, tag="empty ")
+    check_vss_tail(lib, rep, 1, 64, 32, 64, f16, tag="one row ")
+    if not quick:
+        check_vss_tail(lib, rep, 200, 1024, 512, 1024, f32, tag="largest ")
+        check_vss_tail(lib, rep, 200, 1024, 512, 1024, f16, tag="largest ")
+        check_vss_tail(lib, rep, 128 * 3072 + 5, 64, 32, 64, f16, tag="batch 128 ")
+
+
+def bench_vss_tail(lib, batch=128, dtype=torch.float16):
+    """The fused kernel against the unfused chain in PyTorch (F.layer_norm, matmul, add, gelu) on hrvmamba_small's
+    four stages (64x48 .. 8x6 at 256x192) at batch 1 and `batch`."""
+    import torch.nn.functional as F
+    rows_out = []
+    for batch_size in (1, batch):
+        for (D, C, H), (h, w) in zip([(64, 32, 64), (128, 64, 128), (256, 128, 256), (512, 256, 512)],
+                                     [(64, 48), (32, 24), (16, 12), (8, 6)]):
+            rows = batch_size * h * w
+            y, r, p = vss_tail_inputs(rows, D, C, H, dtype)
+            z = torch.empty(rows, C, device="cuda", dtype=dtype)
+
+            def fused():
+                vss_tail_call(lib, y, r, p, z)
+
+            def chain():
+                a = F.layer_norm(y, (D,), p["out_norm_weight"], p["out_norm_bias"])
+                x1 = r + a @ p["out_proj"]
+                b = F.layer_norm(x1, (C,), p["norm_weight"], p["norm_bias"])
+                return x1 + F.gelu(b @ p["fc1_weight"] + p["fc1_bias"]) @ p["fc2_weight"] + p["fc2_bias"]
+
+            t_fused, t_chain = time_gpu(fused), time_gpu(chain)
+            line = (f"vsstail b={batch_size:<4} {h}x{w} D={D} C={C} H={H} {str(dtype)[6:]}: fused {t_fused * 1e6:8.1f} us"
+                    f"  torch chain {t_chain * 1e6:8.1f} us  ({t_chain / t_fused:.2f}x)")
+            print(line, flush=True)
+            rows_out.append(line)
+    return rows_out
 
 
 def run_deform_checks(lib, rep, tag="", bwd=True):
@@ -2135,6 +2285,8 @@ def run_quick_checks(lib, rep, ops=("scan", "scan2d", "deform")):
         run_add_layer_norm_checks(lib, rep, quick=True)
     if "dwconv" in ops:
         run_dwconv_checks(lib, rep, quick=True)
+    if "vsstail" in ops:
+        run_vss_tail_checks(lib, rep, quick=True)
     if "deform" not in ops:
         return
     check_deform(lib, rep, 1, 9, 7, 2, 32, f32)
@@ -2265,9 +2417,9 @@ def main():
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--quick", action="store_true", help="small checks only (e.g. under compute-sanitizer)")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--check-ops", default="scan,scan2d,deform,layernorm,addlayernorm,dwconv",
+    ap.add_argument("--check-ops", default="scan,scan2d,deform,layernorm,addlayernorm,dwconv,vsstail",
                     help="operators to check (comma list)")
-    ap.add_argument("--bench-ops", default="scan,scan2d,deform,layernorm,addlayernorm,dwconv",
+    ap.add_argument("--bench-ops", default="scan,scan2d,deform,layernorm,addlayernorm,dwconv,vsstail",
                     help="operators to time (comma list)")
     ap.add_argument("--bench-dirs", default="fwd,bwd", help="directions to time (comma list)")
     ap.add_argument("--selftest-reference", action="store_true", help="check the references against naive loops")
@@ -2342,6 +2494,8 @@ def main():
             rows += bench_add_layer_norm(lib, bw, args.batch)
         if "dwconv" in ops and hasattr(lib, "ssm_depthwise_conv_fwd_cuda"):
             rows += bench_dwconv(lib, bw, batches=sorted({32, args.batch}))
+        if "vsstail" in ops and hasattr(lib, "ssm_vss_block_tail_fwd_cuda"):
+            bench_vss_tail(lib, args.batch)   # prints its lines
         if variants:
             deform_v = [v for v in variants if not v[0].startswith(("scan", "s2d", "ln", "dw"))]
             scan_v = [v for v in variants if v[0].startswith("scan")]

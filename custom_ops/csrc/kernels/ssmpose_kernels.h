@@ -41,9 +41,10 @@ extern "C" {
 #define SSM_API __attribute__((visibility("default")))
 #endif
 
-#define SSM_KERNELS_ABI_VERSION 5  /* 2: adds LayerNorm; 3: adds AddLayerNorm, MultiKernelDepthwiseConv and
+#define SSM_KERNELS_ABI_VERSION 6  /* 2: adds LayerNorm; 3: adds AddLayerNorm, MultiKernelDepthwiseConv and
                                       ssm_set_cpu_executor; 4: DeformAggregate's offset bias and activation;
-                                      5: SelectiveScan2D with the dt projection (ssm_selective_scan_2d_proj_*) */
+                                      5: SelectiveScan2D with the dt projection (ssm_selective_scan_2d_proj_*);
+                                      6: VSSBlockTail (ssm_vss_block_tail_*) */
 
 typedef enum ssm_dtype {
   SSM_FLOAT32 = 0,
@@ -316,6 +317,58 @@ SSM_API int ssm_depthwise_conv_fwd_cpu(const ssm_dwconv_shape* shape, const void
                                        const void* bias, void* y, int num_threads);
 SSM_API int ssm_depthwise_conv_fwd_cuda(const ssm_dwconv_shape* shape, const void* x, const void* weight,
                                         const void* bias, void* y, void* stream);
+
+/* ------------------------------------------------------------------------------------------------
+ * VSSBlockTail (domain version 7): what a VMamba-style block computes at each position after its scan, in
+ * one pass: SS2D's output norm and projection, the residual add, the MLP's norm, fc1, GELU, fc2 and the
+ * second residual add.
+ *   y            : (rows, inner)     dtype   the scan's output
+ *   residual     : (rows, channels)  dtype   the block's residual stream before the SS2D branch
+ *   out_norm_weight, out_norm_bias : (inner)            dtype
+ *   out_proj     : (inner, channels) dtype   applied as y @ out_proj (ONNX MatMul's layout)
+ *   norm_weight, norm_bias         : (channels)         dtype
+ *   fc1_weight   : (channels, hidden) dtype;  fc1_bias : (hidden)
+ *   fc2_weight   : (hidden, channels) dtype;  fc2_bias : (channels)
+ *   z            : (rows, channels)  dtype   (output; may not alias an input)
+ * With LN the LayerNorm above (float32 statistics, epsilon) and round() rounding to dtype:
+ *   a  = round(LN(y; out_norm))                       the operand of the first product
+ *   x1 = residual + a @ out_proj                      float32, not rounded
+ *   b  = round(LN(x1; norm))
+ *   g  = round(GELU(b @ fc1_weight + fc1_bias))       exact GELU 0.5 v (1 + erf(v / sqrt 2)) in float32
+ *   z  = round(x1 + g @ fc2_weight + fc2_bias)
+ * Products accumulate in float32 (in any order: the CUDA kernel uses tensor cores for float16 / bfloat16).
+ * rows may be 0 (nothing to do); 1 <= inner, hidden <= SSM_VSS_TAIL_MAX_WIDE and
+ * 1 <= channels <= SSM_VSS_TAIL_MAX_CHANNELS (the CUDA kernel keeps 16 rows of every intermediate in shared
+ * memory); rows * max(inner, channels, hidden) <= 2^60 - 1; epsilon > 0 and finite. */
+#define SSM_VSS_TAIL_MAX_WIDE 1024
+#define SSM_VSS_TAIL_MAX_CHANNELS 512
+
+typedef struct ssm_vss_tail_shape {
+  int64_t rows;
+  int64_t inner;     /* D: the scan's channels */
+  int64_t channels;  /* C: the residual stream's channels */
+  int64_t hidden;    /* H: the MLP's hidden channels */
+  float epsilon;     /* of both LayerNorms */
+  int32_t dtype;     /* ssm_dtype */
+} ssm_vss_tail_shape;
+
+/* The nine parameter tensors, in the order of the ONNX inputs 2..10. */
+typedef struct ssm_vss_tail_params {
+  const void* out_norm_weight;
+  const void* out_norm_bias;
+  const void* out_proj;
+  const void* norm_weight;
+  const void* norm_bias;
+  const void* fc1_weight;
+  const void* fc1_bias;
+  const void* fc2_weight;
+  const void* fc2_bias;
+} ssm_vss_tail_params;
+
+SSM_API int ssm_vss_block_tail_fwd_cpu(const ssm_vss_tail_shape* shape, const void* y, const void* residual,
+                                       const ssm_vss_tail_params* params, void* z, int num_threads);
+SSM_API int ssm_vss_block_tail_fwd_cuda(const ssm_vss_tail_shape* shape, const void* y, const void* residual,
+                                        const ssm_vss_tail_params* params, void* z, void* stream);
 
 #ifdef __cplusplus
 }

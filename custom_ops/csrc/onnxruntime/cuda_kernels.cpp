@@ -78,6 +78,8 @@ Loaded load() {
       reinterpret_cast<decltype(out.kernels.add_layer_norm_fwd)>(sym("ssm_add_layer_norm_fwd_cuda"));
   out.kernels.depthwise_conv_fwd =
       reinterpret_cast<decltype(out.kernels.depthwise_conv_fwd)>(sym("ssm_depthwise_conv_fwd_cuda"));
+  out.kernels.vss_block_tail_fwd =
+      reinterpret_cast<decltype(out.kernels.vss_block_tail_fwd)>(sym("ssm_vss_block_tail_fwd_cuda"));
   if (out.error.empty() && abi() != SSM_KERNELS_ABI_VERSION) {
     out.error = std::string(kCudaLibrary) + " implements kernel ABI version " + std::to_string(abi()) +
                 ", libssmpose_ort needs " + std::to_string(SSM_KERNELS_ABI_VERSION) + ": rebuild the libraries";

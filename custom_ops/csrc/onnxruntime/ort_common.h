@@ -151,6 +151,7 @@ struct CudaKernels {
   decltype(&ssm_layer_norm_fwd_cuda) layer_norm_fwd;
   decltype(&ssm_add_layer_norm_fwd_cuda) add_layer_norm_fwd;
   decltype(&ssm_depthwise_conv_fwd_cuda) depthwise_conv_fwd;
+  decltype(&ssm_vss_block_tail_fwd_cuda) vss_block_tail_fwd;
   const char* (*status_string)(int status);
 };
 // The loaded CUDA kernels, or an error status saying why they cannot be loaded.
@@ -226,6 +227,7 @@ void selective_scan_2d_op_defs(std::vector<const OpDef*>* defs, bool op_versions
 void deform_aggregate_op_defs(std::vector<const OpDef*>* defs);
 void layer_norm_op_defs(std::vector<const OpDef*>* defs, bool op_versions);  // LayerNorm and AddLayerNorm
 void depthwise_conv_op_defs(std::vector<const OpDef*>* defs, bool op_versions);
+void vss_block_tail_op_defs(std::vector<const OpDef*>* defs, bool op_versions);
 
 }  // namespace ssmpose_ort
 

@@ -9,9 +9,9 @@
 #include "ssmpose_kernels.h"
 
 // Bump when the operators' interface (inputs, attributes, types, EPs) or these entry points change.
-#define SSMPOSE_ORT_LIBRARY_VERSION 6  // 2: SelectiveScan2D; 3: LayerNorm; 4: AddLayerNorm, MultiKernelDepthwiseConv;
+#define SSMPOSE_ORT_LIBRARY_VERSION 7  // 2: SelectiveScan2D; 3: LayerNorm; 4: AddLayerNorm, MultiKernelDepthwiseConv;
                                         // 5: DeformAggregate's offset_bias input and activation attribute;
-                                        // 6: SelectiveScan2D's dt_projection input
+                                        // 6: SelectiveScan2D's dt_projection input; 7: VSSBlockTail
 
 namespace ssmpose_ort {
 namespace {
@@ -71,6 +71,7 @@ OrtStatus* register_ops(OrtSessionOptions* options, const OrtApiBase* base) {
   deform_aggregate_op_defs(&defs);
   layer_norm_op_defs(&defs, op_versions);
   depthwise_conv_op_defs(&defs, op_versions);
+  vss_block_tail_op_defs(&defs, op_versions);
 
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* st = api.CreateCustomOpDomain(kDomain, &domain)) return st;
