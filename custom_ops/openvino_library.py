@@ -2,10 +2,11 @@
 
 The extension defines the ``ssmpose`` ops (SelectiveScan, SelectiveScan2D, DeformAggregate) for OpenVINO, with
 a CPU evaluate through the project's CPU kernels, and converts ``ssmpose``-domain ONNX nodes (domain versions 1
-to 4) to them. Three nodes become OpenVINO's own ops instead: LayerNorm (version 3) MVN, Multiply and Add;
+to 7) to them. Four nodes become OpenVINO's own ops instead: LayerNorm (version 3) MVN, Multiply and Add;
 AddLayerNorm (version 4) an Add and the same; MultiKernelDepthwiseConv (version 4) Transpose, Split,
-GroupConvolution, Concat, the channel shuffle and Gelu. See
-``custom_ops/csrc/openvino/``. It is searched for in the same folders as the ONNX Runtime library
+GroupConvolution, Concat, the channel shuffle and Gelu; VSSBlockTail (version 7) the LayerNorm conversion twice,
+three MatMuls, the Adds and Gelu (erf), with the float16 rounding of the products' operands done by arithmetic.
+See ``custom_ops/csrc/openvino/``. It is searched for in the same folders as the ONNX Runtime library
 (:func:`ort_library.find_library`).
 
 An OpenVINO extension is C++ compiled against one OpenVINO release; loading it into another release can
@@ -30,8 +31,8 @@ from typing import Dict, Optional, Tuple
 from .ort_library import find_library
 
 LIBRARY_NAME = "libssmpose_ov.so"
-OV_LIBRARY_VERSION = 6  # must equal SSMPOSE_OV_LIBRARY_VERSION of csrc/openvino/extension.cpp
-KERNELS_ABI_VERSION = 5  # kernel_library.ABI_VERSION (not imported: that module imports torch)
+OV_LIBRARY_VERSION = 7  # must equal SSMPOSE_OV_LIBRARY_VERSION of csrc/openvino/extension.cpp
+KERNELS_ABI_VERSION = 6  # kernel_library.ABI_VERSION (not imported: that module imports torch)
 
 
 def _release(version: str) -> str:

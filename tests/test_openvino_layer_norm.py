@@ -98,17 +98,17 @@ DATA = {"unit": dict(offset=0.0, std=1.0), "offset": dict(offset=1e3, std=0.1)}
 
 
 @needs_lib
-def test_library_version_6_has_layer_norm_and_add_layer_norm():
-    assert openvino_library.OV_LIBRARY_VERSION == 6 and openvino_library.KERNELS_ABI_VERSION == 5
-    assert openvino_library.library_info()["version"] == 6
+def test_library_version_7_has_layer_norm_and_add_layer_norm():
+    assert openvino_library.OV_LIBRARY_VERSION == 7 and openvino_library.KERNELS_ABI_VERSION == 6
+    assert openvino_library.library_info()["version"] == 7
 
 
 def test_a_library_without_add_layer_norm_is_refused(tmp_path):
     info = {"version": 3, "kernels_abi": 3, "openvino": "2026.4.1", "running_openvino": "2026.4.1"}
     problem = openvino_library._problem(tmp_path / "libssmpose_ov.so", info)
-    assert "is extension version 3, this ssmpose needs 6: the library is stale" in problem
-    problem = openvino_library._problem(tmp_path / "libssmpose_ov.so", dict(info, version=6, kernels_abi=3))
-    assert "uses kernel ABI 3, this ssmpose needs 5" in problem
+    assert "is extension version 3, this ssmpose needs 7: the library is stale" in problem
+    problem = openvino_library._problem(tmp_path / "libssmpose_ov.so", dict(info, version=7, kernels_abi=3))
+    assert "uses kernel ABI 3, this ssmpose needs 6" in problem
 
 
 @needs_lib

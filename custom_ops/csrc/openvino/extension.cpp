@@ -1,7 +1,7 @@
 // Entry points of libssmpose_ov.so: the OpenVINO extension list (the ops SelectiveScan, SelectiveScan2D and
 // DeformAggregate, for models read from IR, and their ONNX frontend conversions from `ssmpose` domain nodes; the
-// conversions of LayerNorm, AddLayerNorm and MultiKernelDepthwiseConv (depthwise_conv_conversion.cpp), which build
-// OpenVINO's own ops) and the version queries the Python loader checks before handing the library to OpenVINO.
+// conversions of LayerNorm, AddLayerNorm, VSSBlockTail and MultiKernelDepthwiseConv (depthwise_conv_conversion.cpp),
+// which build OpenVINO's own ops) and the version queries the Python loader checks before handing the library to OpenVINO.
 #include <cmath>
 #include <limits>
 #include <string>
@@ -16,8 +16,11 @@
 #include "openvino/op/add.hpp"
 #include "openvino/op/constant.hpp"
 #include "openvino/op/convert.hpp"
+#include "openvino/op/gelu.hpp"
 #include "openvino/op/greater.hpp"
+#include "openvino/op/less.hpp"
 #include "openvino/op/less_eq.hpp"
+#include "openvino/op/matmul.hpp"
 #include "openvino/op/multiply.hpp"
 #include "openvino/op/mvn.hpp"
 #include "openvino/op/select.hpp"
@@ -31,8 +34,8 @@
 // (custom_ops/openvino_library.py checks it). 2: SelectiveScan2D (ssmpose domain version 2). 3: the LayerNorm
 // conversion (domain version 3). 4: the AddLayerNorm and MultiKernelDepthwiseConv conversions (domain version 4).
 // 5: DeformAggregate's offset_bias input and activation attribute (domain version 5). 6: SelectiveScan2D's
-// dt_projection input (domain version 6).
-#define SSMPOSE_OV_LIBRARY_VERSION 6
+// dt_projection input (domain version 6). 7: the VSSBlockTail conversion (domain version 7; kernel ABI 6).
+#define SSMPOSE_OV_LIBRARY_VERSION 7
 #define SSMPOSE_OV_STR2(x) #x
 #define SSMPOSE_OV_STR(x) SSMPOSE_OV_STR2(x)
 
@@ -332,6 +335,10 @@ ov::OutputVector convert_layer_norm(const ov::frontend::NodeContext& node) {
   return {layer_norm(node, inputs[0], inputs[1], inputs[2], epsilon)};
 }
 
+ov::Output<ov::Node> f32_scalar(const ov::frontend::NodeContext& node, float value) {
+  return node.mark_node(ov::op::v0::Constant::create(ov::element::f32, ov::Shape{}, {value}));
+}
+
 // `s`, an f32 sum of two f16 values, rounded to f16 (to nearest, ties to even) by arithmetic: a Convert to f16 and
 // back would not do, because OpenVINO's CPU plugin runs an f16 graph in f32 unless the CPU computes f16 natively,
 // and its ConvertPrecision pass then turns every Convert to f16 into a Convert to f32 and removes it.
@@ -343,25 +350,27 @@ ov::OutputVector convert_layer_norm(const ov::frontend::NodeContext& node) {
 // plugin runs these ops in f16 (or bf16), the split degenerates to 0 or NaN; the result is then s itself, kept by
 // the test |hi - s| <= 2^-11 |s|, which a correct rounding always passes. |hi| > 65504 (f16 overflows to inf) gives
 // NaN, so that the LayerNorm of the row is NaN, as that of a row holding inf is. 13 elementwise ops, which the
-// plugin fuses.
-ov::Output<ov::Node> round_to_f16(const ov::frontend::NodeContext& node, const ov::Output<ov::Node>& s) {
-  const auto scalar = [&node](float value) {
-    return node.mark_node(ov::op::v0::Constant::create(ov::element::f32, ov::Shape{}, {value}));
-  };
-  const auto c = node.mark_node(
-      std::make_shared<ov::op::v1::Add>(node.mark_node(std::make_shared<ov::op::v1::Multiply>(s, scalar(8192.0f))), s));
+// plugin fuses. round_to_11_bits is the split without the overflow test (VSSBlockTail's operand rounding uses it
+// too).
+ov::Output<ov::Node> round_to_11_bits(const ov::frontend::NodeContext& node, const ov::Output<ov::Node>& s) {
+  const auto c = node.mark_node(std::make_shared<ov::op::v1::Add>(
+      node.mark_node(std::make_shared<ov::op::v1::Multiply>(s, f32_scalar(node, 8192.0f))), s));
   const auto d = node.mark_node(std::make_shared<ov::op::v1::Subtract>(c, s));
   const auto hi = node.mark_node(std::make_shared<ov::op::v1::Subtract>(c, d));
   const auto error = node.mark_node(
       std::make_shared<ov::op::v0::Abs>(node.mark_node(std::make_shared<ov::op::v1::Subtract>(hi, s))));
   const auto bound = node.mark_node(std::make_shared<ov::op::v1::Multiply>(
-      node.mark_node(std::make_shared<ov::op::v0::Abs>(s)), scalar(std::ldexp(1.0f, -11))));
-  const auto rounded = node.mark_node(std::make_shared<ov::op::v1::Select>(
-      node.mark_node(std::make_shared<ov::op::v1::LessEqual>(error, bound)), hi, s));
-  const auto overflow = node.mark_node(std::make_shared<ov::op::v1::Greater>(
-      node.mark_node(std::make_shared<ov::op::v0::Abs>(rounded)), scalar(65504.0f)));
+      node.mark_node(std::make_shared<ov::op::v0::Abs>(s)), f32_scalar(node, std::ldexp(1.0f, -11))));
   return node.mark_node(std::make_shared<ov::op::v1::Select>(
-      overflow, scalar(std::numeric_limits<float>::quiet_NaN()), rounded));
+      node.mark_node(std::make_shared<ov::op::v1::LessEqual>(error, bound)), hi, s));
+}
+
+ov::Output<ov::Node> round_to_f16(const ov::frontend::NodeContext& node, const ov::Output<ov::Node>& s) {
+  const ov::Output<ov::Node> rounded = round_to_11_bits(node, s);
+  const auto overflow = node.mark_node(std::make_shared<ov::op::v1::Greater>(
+      node.mark_node(std::make_shared<ov::op::v0::Abs>(rounded)), f32_scalar(node, 65504.0f)));
+  return node.mark_node(std::make_shared<ov::op::v1::Select>(
+      overflow, f32_scalar(node, std::numeric_limits<float>::quiet_NaN()), rounded));
 }
 
 // AddLayerNorm (domain version 4): inputs X (rank >= 1, last dimension C), R (X's shape, no broadcasting), weight
@@ -397,6 +406,172 @@ ov::OutputVector convert_add_layer_norm(const ov::frontend::NodeContext& node) {
   return {node.mark_node(std::make_shared<ov::op::v0::Convert>(y, ov::element::f16)), sum};
 }
 
+// VSSBlockTail (domain version 7): inputs Y (..., D), R (..., C), out_norm_weight (D), out_norm_bias (D), out_proj
+// (D, C), norm_weight (C), norm_bias (C), fc1_weight (C, H), fc1_bias (H), fc2_weight (H, C), fc2_bias (C), all
+// f32 or all f16; attribute epsilon as LayerNorm's (both norms). One output Z (..., C). No custom op: the node
+// becomes
+//   a  = LayerNorm(Y; out_norm)            the LayerNorm conversion above
+//   X1 = R + MatMul(a, out_proj)           Add without broadcasting
+//   b  = LayerNorm(X1; norm)
+//   g  = Gelu(MatMul(b, fc1_weight) + fc1_bias), erf mode
+//   Z  = X1 + (MatMul(g, fc2_weight) + fc2_bias)
+// For f16 the eleven inputs are converted to f32 first, everything is computed in f32 and Z is converted back
+// once; the operands a, b and g of the three products are rounded to f16 by round_operand_to_f16, as the contract
+// says (docs/ops.md: the kernels feed them to tensor cores), and X1 is not rounded. The rounding is arithmetic
+// because the CPU plugin computes an f16 graph in f32 and removes Converts to f16 inside it (see round_to_f16).
+
+// Any f32 value rounded to f16 and back, as a cast would: to nearest, ties to even, f16's subnormals, +-inf beyond
+// f16's range, NaN kept. Values below 2^-14 (f16's subnormal range) are first rounded to a multiple of 2^-24 by
+// adding and subtracting 0.75 (whose f32 spacing is 2^-24); the 0.75 (0 elsewhere) comes from a Select on the
+// value rather than a Constant, as a precaution: OpenVINO's transformations merge chains of Adds of constants,
+// which would cancel the step. Such a multiple has at most 10 significant bits, so the 11-bit split then keeps it.
+// Checked in numpy's f32 arithmetic against numpy's f16 cast, for both signs: every f32 value below 2^-14 (the
+// 0.75 step), every f32 in the binades [2^-14, 2^-13), [1, 2) and [2^15, 2^16) (the split, whose behaviour scales
+// with the binade; the values >= 65520 differ there, as they round to 65536, and become inf through the overflow
+// test) and 2.3 million random f32 values of f16's normal range. Where the plugin computes in f16 or bf16 the 0.75
+// step destroys small values; its result is then kept only if it is within 2^-25 of the value (which a correct
+// rounding always is), else the value itself.
+ov::Output<ov::Node> round_operand_to_f16(const ov::frontend::NodeContext& node, const ov::Output<ov::Node>& s) {
+  const auto magnitude = node.mark_node(std::make_shared<ov::op::v0::Abs>(s));
+  const auto small =
+      node.mark_node(std::make_shared<ov::op::v1::Less>(magnitude, f32_scalar(node, std::ldexp(1.0f, -14))));
+  const auto magic =
+      node.mark_node(std::make_shared<ov::op::v1::Select>(small, f32_scalar(node, 0.75f), f32_scalar(node, 0.0f)));
+  const auto gridded = node.mark_node(std::make_shared<ov::op::v1::Subtract>(
+      node.mark_node(std::make_shared<ov::op::v1::Add>(s, magic)), magic));
+  const auto off = node.mark_node(
+      std::make_shared<ov::op::v0::Abs>(node.mark_node(std::make_shared<ov::op::v1::Subtract>(gridded, s))));
+  const auto kept = node.mark_node(std::make_shared<ov::op::v1::Select>(
+      node.mark_node(std::make_shared<ov::op::v1::LessEqual>(off, f32_scalar(node, std::ldexp(1.0f, -25)))),
+      gridded, s));
+  const ov::Output<ov::Node> rounded = round_to_11_bits(node, kept);
+  const auto overflow = node.mark_node(std::make_shared<ov::op::v1::Greater>(
+      node.mark_node(std::make_shared<ov::op::v0::Abs>(rounded)), f32_scalar(node, 65504.0f)));
+  const float inf = std::numeric_limits<float>::infinity();
+  const auto signed_inf = node.mark_node(std::make_shared<ov::op::v1::Select>(
+      node.mark_node(std::make_shared<ov::op::v1::Greater>(s, f32_scalar(node, 0.0f))), f32_scalar(node, inf),
+      f32_scalar(node, -inf)));
+  return node.mark_node(std::make_shared<ov::op::v1::Select>(overflow, signed_inf, rounded));
+}
+
+// The shapes known when the model is read: Y and R of rank >= 1 with the same leading dimensions, the parameters
+// of rank 1 or 2 with lengths D (Y's last dimension), C (R's last dimension) and H (fc1_weight's last dimension;
+// a width unknown there is taken from the first parameter that has it), and 1 <= D, H <= 1024, 1 <= C <= 512
+// (the contract's limits, those of the kernels). Widths unknown until run time are not checked: a mismatch then
+// fails in MatMul or Add, except a bias or norm parameter of length 1, which they broadcast.
+void check_vss_tail_shapes(const std::string& where, const ov::OutputVector& inputs,
+                           const std::vector<const char*>& names) {
+  const ov::PartialShape& y = inputs[0].get_partial_shape();
+  const ov::PartialShape& r = inputs[1].get_partial_shape();
+  if (y.rank().is_static() && y.size() == 0) OPENVINO_THROW(where, "Y must have rank >= 1 (..., D), got a scalar");
+  if (r.rank().is_static() && r.size() == 0) OPENVINO_THROW(where, "R must have rank >= 1 (..., C), got a scalar");
+  if (y.rank().is_static() && r.rank().is_static()) {
+    bool same = y.size() == r.size();
+    for (size_t i = 0; same && i + 1 < y.size(); ++i) same = y[i].compatible(r[i]);
+    if (!same) {
+      OPENVINO_THROW(where, "R has shape ", r, " but Y has shape ", y, " (R must have Y's leading dimensions: Y is ",
+                     "(..., D), R (..., C))");
+    }
+  }
+  // Symbols of the parameters' axes: 0 = D, 1 = C, 2 = H.
+  const char* symbols[] = {"D", "C", "H"};
+  const std::vector<std::vector<int>> layout = {{}, {}, {0}, {0}, {0, 1}, {1}, {1}, {1, 2}, {2}, {2, 1}, {1}};
+  ov::Dimension width[3];
+  std::string source[3];
+  const auto take = [&](int symbol, const ov::Dimension& dim, const std::string& from) {
+    if (width[symbol].is_dynamic() && dim.is_static()) {
+      width[symbol] = dim;
+      source[symbol] = from;
+    }
+  };
+  if (y.rank().is_static()) take(0, y[y.size() - 1], "Y's last dimension");
+  if (r.rank().is_static()) take(1, r[r.size() - 1], "R's last dimension");
+  for (size_t i = 2; i < inputs.size(); ++i) {
+    const ov::PartialShape& shape = inputs[i].get_partial_shape();
+    if (shape.rank().is_dynamic()) continue;
+    if (shape.size() != layout[i].size()) {
+      std::string wanted;
+      for (int symbol : layout[i]) wanted += (wanted.empty() ? "" : ", ") + std::string(symbols[symbol]);
+      OPENVINO_THROW(where, names[i], " must be (", wanted, "), got shape ", shape);
+    }
+  }
+  // H from fc1_weight first, then D, C and H from the parameters in input order.
+  const ov::PartialShape& fc1 = inputs[7].get_partial_shape();
+  if (fc1.rank().is_static()) take(2, fc1[1], "fc1_weight's last dimension");
+  for (size_t i = 2; i < inputs.size(); ++i) {
+    const ov::PartialShape& shape = inputs[i].get_partial_shape();
+    if (shape.rank().is_dynamic()) continue;
+    for (size_t axis = 0; axis < layout[i].size(); ++axis) {
+      take(layout[i][axis], shape[axis], std::string(names[i]) + (layout[i].size() == 1 ? "'s length" :
+                                                                  axis == 0 ? "'s first dimension" : "'s last dimension"));
+    }
+  }
+  for (size_t i = 2; i < inputs.size(); ++i) {
+    const ov::PartialShape& shape = inputs[i].get_partial_shape();
+    if (shape.rank().is_dynamic()) continue;
+    bool match = true;
+    for (size_t axis = 0; axis < layout[i].size(); ++axis) {
+      const ov::Dimension& expected = width[layout[i][axis]];
+      if (shape[axis].is_static() && expected.is_static() && shape[axis].get_length() != expected.get_length()) {
+        match = false;
+      }
+    }
+    if (match) continue;
+    std::string wanted, values, sources;
+    for (int symbol : layout[i]) {
+      const bool first = wanted.empty();
+      wanted += (first ? "" : ", ") + std::string(symbols[symbol]);
+      values += (first ? "" : ", ") + (width[symbol].is_static() ? std::to_string(width[symbol].get_length()) : "?");
+      if (width[symbol].is_static()) {
+        sources += (sources.empty() ? "" : ", ") + std::string(symbols[symbol]) + " from " + source[symbol];
+      }
+    }
+    OPENVINO_THROW(where, names[i], " has shape ", shape, ", expected (", wanted, ") = (", values, ") (", sources,
+                   ")");
+  }
+  const int64_t limits[] = {SSM_VSS_TAIL_MAX_WIDE, SSM_VSS_TAIL_MAX_CHANNELS, SSM_VSS_TAIL_MAX_WIDE};
+  for (int symbol = 0; symbol < 3; ++symbol) {
+    if (width[symbol].is_static() && (width[symbol].get_length() < 1 || width[symbol].get_length() > limits[symbol])) {
+      OPENVINO_THROW(where, symbols[symbol], " = ", width[symbol].get_length(), " (", source[symbol],
+                     ") is outside 1..", limits[symbol], ", the op's limit");
+    }
+  }
+}
+
+ov::OutputVector convert_vss_block_tail(const ov::frontend::NodeContext& node) {
+  const std::vector<const char*> names = {"Y",         "R",          "out_norm_weight", "out_norm_bias",
+                                          "out_proj",  "norm_weight", "norm_bias",      "fc1_weight",
+                                          "fc1_bias",  "fc2_weight",  "fc2_bias"};
+  const std::string where = node_where(node, "VSSBlockTail");
+  ov::OutputVector in = required_inputs(node, where, names);
+  const ov::element::Type type = common_float_type(where, in, names);
+  const float epsilon = epsilon_attribute(node, where);
+  check_vss_tail_shapes(where, in, names);
+  const bool half = type == ov::element::f16;
+  if (half) {
+    for (auto& input : in) input = node.mark_node(std::make_shared<ov::op::v0::Convert>(input, ov::element::f32));
+  }
+  const auto operand = [&node, half](const ov::Output<ov::Node>& value) {
+    return half ? round_operand_to_f16(node, value) : value;
+  };
+  const auto matmul = [&node](const ov::Output<ov::Node>& x, const ov::Output<ov::Node>& w) -> ov::Output<ov::Node> {
+    return node.mark_node(std::make_shared<ov::op::v0::MatMul>(x, w, false, false));
+  };
+  const auto add = [&node](const ov::Output<ov::Node>& x, const ov::Output<ov::Node>& y, bool broadcast) {
+    return node.mark_node(std::make_shared<ov::op::v1::Add>(
+        x, y, ov::op::AutoBroadcastSpec(broadcast ? ov::op::AutoBroadcastType::NUMPY : ov::op::AutoBroadcastType::NONE)));
+  };
+  const ov::Output<ov::Node> a = operand(layer_norm(node, in[0], in[2], in[3], epsilon));
+  const ov::Output<ov::Node> x1 = add(in[1], matmul(a, in[4]), false);
+  const ov::Output<ov::Node> b = operand(layer_norm(node, x1, in[5], in[6], epsilon));
+  const ov::Output<ov::Node> h = add(matmul(b, in[7]), in[8], true);
+  const ov::Output<ov::Node> g =
+      operand(node.mark_node(std::make_shared<ov::op::v7::Gelu>(h, ov::op::GeluApproximationMode::ERF)));
+  ov::Output<ov::Node> z = add(x1, add(matmul(g, in[9]), in[10], true), false);
+  if (half) z = node.mark_node(std::make_shared<ov::op::v0::Convert>(z, ov::element::f16));
+  return {z};
+}
+
 }  // namespace
 
 }  // namespace ssmpose_ov
@@ -425,6 +600,8 @@ OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({
     std::make_shared<ov::frontend::onnx::ConversionExtension>("LayerNorm", "ssmpose", ssmpose_ov::convert_layer_norm),
     std::make_shared<ov::frontend::onnx::ConversionExtension>("AddLayerNorm", "ssmpose",
                                                               ssmpose_ov::convert_add_layer_norm),
+    std::make_shared<ov::frontend::onnx::ConversionExtension>("VSSBlockTail", "ssmpose",
+                                                              ssmpose_ov::convert_vss_block_tail),
     std::make_shared<ov::frontend::onnx::ConversionExtension>("MultiKernelDepthwiseConv", "ssmpose",
                                                               ssmpose_ov::convert_multi_kernel_depthwise_conv),
 }));
