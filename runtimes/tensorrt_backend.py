@@ -3,10 +3,11 @@
 Custom-form files (``ssmpose`` domain nodes) need the project's plugin library ``libssmpose_trt.so``
 (``custom_ops/csrc/tensorrt``, docs/tensorrt.md), which is loaded into TensorRT's plugin registry before the file is
 parsed or a cached engine is deserialised; portable files need nothing but TensorRT. The library carries a plugin
-for every op of the domain, versions 1 to 5 (2 added SelectiveScan2D, 3 LayerNorm, 4 AddLayerNorm and
-MultiKernelDepthwiseConv, 5 DeformAggregate's offset_bias input and activation field), so files exported with op
-versions 1 to 5 build. Version 6 (SelectiveScan2D's dt_projection, the export default for HRVMamba) is refused
-with a message asking for ``--op-version 5``.
+for every op of the domain, versions 1 to 7 (2 added SelectiveScan2D, 3 LayerNorm, 4 AddLayerNorm and
+MultiKernelDepthwiseConv, 5 DeformAggregate's offset_bias input and activation field, 7 VSSBlockTail), so files
+exported with op versions 1 to 5 build, and so do files of version 7 without version 6's feature. Version 6's
+feature, SelectiveScan2D's dt_projection input (the export default for HRVMamba), is not covered: a file with such a
+node (whatever its version) is refused before TensorRT parses it, with a message asking for ``--op-version 5``.
 
 Precision: a float32 export builds an fp32 engine (TF32 off, so that results stay within the fp32 parity
 tolerance) unless ``precision="fp16"``, which lets TensorRT pick float16 kernels (the ssmpose plugins then
@@ -40,14 +41,18 @@ from .onnx_metadata import read_onnx_metadata
 PLUGIN_LIBRARY_NAME = "libssmpose_trt.so"
 # Must equal SSMPOSE_TRT_LIBRARY_VERSION of custom_ops/csrc/tensorrt/trt_common.h. 2: SelectiveScan2D (domain
 # version 2) added; 3: LayerNorm (domain version 3) added; 4: AddLayerNorm and MultiKernelDepthwiseConv (domain
-# version 4) added; 5: DeformAggregate's offset_bias input and activation field (domain version 5). An older
-# library is refused as stale.
-PLUGIN_LIBRARY_VERSION = 5
+# version 4) added; 5: DeformAggregate's offset_bias input and activation field (domain version 5); 6: VSSBlockTail
+# (domain version 7) added. An older library is refused as stale.
+PLUGIN_LIBRARY_VERSION = 6
 PLUGIN_NAMESPACE = "ssmpose"
-MAX_OP_DOMAIN_VERSION = 5  # the plugins' ops and inputs are those of domain versions 1 to 5
+# The plugins' ops and inputs are those of domain versions 1 to 7, except version 6's: SelectiveScan2D's
+# dt_projection input (refused by node, whatever the file's version: _dt_projection_nodes).
+MAX_OP_DOMAIN_VERSION = 7
+UNSUPPORTED_DOMAIN_VERSION = 6  # SelectiveScan2D's dt_projection
+SUPPORTED_OP_VERSION = 5  # the --op-version to advise for a file the plugins cannot take
 PLUGIN_VERSION = "1"  # of every plugin, later ones included (the domain version is not the plugin version)
 PLUGIN_NAMES = ("SelectiveScan", "DeformAggregate", "SelectiveScan2D", "LayerNorm", "AddLayerNorm",
-                "MultiKernelDepthwiseConv")  # every op of the ssmpose domain
+                "MultiKernelDepthwiseConv", "VSSBlockTail")  # every op of the ssmpose domain
 MIN_TENSORRT_MAJOR = 10  # IPluginV3
 DEFAULT_BATCH_RANGE = (1, 32, 128)  # (min, opt, max) of the optimisation profile for a dynamic-batch file
 PRECISIONS = ("fp32", "fp16")
@@ -170,6 +175,38 @@ def plugin_library() -> Tuple[Optional[Path], Optional[str], Dict[str, object]]:
     if info["kernels_error"]:
         return None, f"{path} cannot run its plugins: {info['kernels_error']}", info
     return path, None, info
+
+
+def _dt_projection_nodes(path) -> List[str]:
+    """Names (or indices) of the file's SelectiveScan2D nodes with a dt_projection input (domain version 6), which
+    the plugins do not take. Reads the graph without its external data."""
+    import onnx
+
+    from ..export.schemas import DOMAIN, uses_dt_projection
+    model = onnx.load(str(path), load_external_data=False)
+    return [node.name or f"#{i}" for i, node in enumerate(model.graph.node)
+            if node.domain == DOMAIN and uses_dt_projection(node)]
+
+
+def check_op_domain(path, metadata: dict, where: str) -> None:
+    """Refuses, before TensorRT parses it, a custom-form file the plugins cannot build: one that imports a later
+    ssmpose domain version than MAX_OP_DOMAIN_VERSION, or has a SelectiveScan2D node with a dt_projection input
+    (version 6's feature: that node omits its Bs and Cs inputs, and the plugins take their inputs by position).
+    Version 7's VSSBlockTail is covered."""
+    version = int(metadata.get("op_domain_version", 1))
+    if version > MAX_OP_DOMAIN_VERSION:
+        raise ValueError(f"{where} imports ssmpose domain version {version}; the TensorRT plugins cover versions 1 "
+                         f"to {MAX_OP_DOMAIN_VERSION}. Export with --op-version {SUPPORTED_OP_VERSION} for "
+                         f"TensorRT.")
+    projected = _dt_projection_nodes(path)
+    if projected:
+        shown = ", ".join(repr(n) for n in projected[:3]) + (f" and {len(projected) - 3} more"
+                                                             if len(projected) > 3 else "")
+        raise ValueError(f"{where} imports ssmpose domain version {max(version, UNSUPPORTED_DOMAIN_VERSION)}; the "
+                         f"TensorRT plugins cover versions 1 to {SUPPORTED_OP_VERSION} and version 7's VSSBlockTail, "
+                         f"not version 6's SelectiveScan2D with a dt_projection input (nodes {shown}: such a node "
+                         f"omits its Bs and Cs inputs; the plugins take their inputs by position). Export with "
+                         f"--op-version {SUPPORTED_OP_VERSION} for TensorRT.")
 
 
 _registry_lock = threading.Lock()
@@ -405,11 +442,8 @@ class TensorRTSession(Session):
             raise FileNotFoundError(f"tensorrt: ONNX file {self.path} does not exist")
         metadata, domains, _ = read_onnx_metadata(self.path)
         where = f"tensorrt: {self.path.name}"
-        if "ssmpose" in domains and int(metadata.get("op_domain_version", 1)) > MAX_OP_DOMAIN_VERSION:
-            raise ValueError(f"{where} imports ssmpose domain version {metadata['op_domain_version']}; the TensorRT "
-                             f"plugins cover versions 1 to {MAX_OP_DOMAIN_VERSION} (version 6's SelectiveScan2D "
-                             f"omits its Bs and Cs inputs; the plugins take their inputs by position). "
-                             f"Export with --op-version {MAX_OP_DOMAIN_VERSION} for TensorRT.")
+        if "ssmpose" in domains:
+            check_op_domain(self.path, metadata, where)
         self.device = _cuda_device(device_id)
         file_dtype = metadata.get("dtype", "float32")
         strongly_typed = file_dtype == "float16"

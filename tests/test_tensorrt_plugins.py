@@ -8,7 +8,8 @@ Three layers, each skipping with its reason where what it needs is absent:
    IDimensionExpr and hand-made field collections and tensor descriptors). The program's checks are asserted here,
    its output-size expressions are compared with the Python reference, SelectiveScan2D's shape rules with
    ops.check_selective_scan_2d_args (same verdicts, same words), LayerNorm's, AddLayerNorm's and
-   MultiKernelDepthwiseConv's (fields included) with their ONNX schemas' shape inference (same verdicts), its field
+   MultiKernelDepthwiseConv's (fields included) and VSSBlockTail's with their ONNX schemas' shape inference (same
+   verdicts; VSSBlockTail's messages word for word), its field
    names and types with the ONNX schemas, and
    the library's exported symbols and dependencies are inspected. Headers are looked up in
    $SSMPOSE_TENSORRT_INCLUDE_DIR, $TENSORRT_ROOT/include, the project build's CMake cache, an installed kernel_lens
@@ -153,7 +154,12 @@ def test_unit_program_passes(unit_results):
                                    # MultiKernelDepthwiseConv, in every area
                                    "creators.MultiKernelDepthwiseConv.", "dwconv.fields.", "dwconv.create.",
                                    "plugin.dwconv_", "formats.dwconv_", "types.dwconv_", "dwconv.shapes.",
-                                   "configure.dwconv_", "runtime.dwconv_", "serialize.dwconv_"])
+                                   "configure.dwconv_", "runtime.dwconv_", "serialize.dwconv_",
+                                   # VSSBlockTail, in every area
+                                   "creators.VSSBlockTail.", "vsstail.fields.", "vsstail.create.",
+                                   "plugin.vsstail_", "formats.vsstail_", "types.vsstail_", "vsstail.shapes.",
+                                   "vsstail.shapes.bad_partial_", "configure.vsstail_", "runtime.vsstail_",
+                                   "runtime.vsstail_launch_", "serialize.vsstail_"])
 def test_unit_group(unit_results, group):
     """Each area is covered by at least one check, and none of its checks failed."""
     checks = {k: v for k, v in unit_results["results"].items() if k.startswith(group)}
@@ -475,6 +481,98 @@ def test_dwconv_rules_match_schema(unit_build, case):
             assert line.startswith(f"{stage} error: MultiKernelDepthwiseConv (layer 'c'): "), line
 
 
+VSS_TAIL_INPUTS = ("Y", "R", "out_norm_weight", "out_norm_bias", "out_proj", "norm_weight", "norm_bias",
+                   "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
+
+
+def _vss_tail_shapes(lead=(2, 5), inner=96, channels=48, hidden=192):
+    """The eleven input shapes of a VSSBlockTail node: Y (*lead, D), R (*lead, C) and the parameters."""
+    d, c, h = inner, channels, hidden
+    return {"Y": (*lead, d), "R": (*lead, c), "out_norm_weight": (d,), "out_norm_bias": (d,), "out_proj": (d, c),
+            "norm_weight": (c,), "norm_bias": (c,), "fc1_weight": (c, h), "fc1_bias": (h,), "fc2_weight": (h, c),
+            "fc2_bias": (c,)}
+
+
+VSS_TAIL_CASES = [
+    # id, input shapes, None (accepted: Z has R's shape) or the plugin's message after "VSSBlockTail (layer 'c'): "
+    ("hrvmamba-stage", _vss_tail_shapes(), None),
+    ("rank-4", _vss_tail_shapes((2, 16, 12), 192, 96, 384), None),
+    ("rank-1", _vss_tail_shapes((), 64, 32, 128), None),
+    ("no-rows", _vss_tail_shapes((0,)), None),
+    ("no-rows-inner", _vss_tail_shapes((2, 0, 3), 8, 8, 8), None),
+    ("widths-1", _vss_tail_shapes((7,), 1, 1, 1), None),
+    ("limits", _vss_tail_shapes((3,), 1024, 512, 1024), None),
+    ("C-above-D", _vss_tail_shapes((33,), 24, 40, 72), None),
+    ("Y-scalar", {**_vss_tail_shapes(), "Y": ()},
+     "Y must have rank >= 1 (its last axis holds the D channels), got shape ()"),
+    ("R-scalar", {**_vss_tail_shapes(), "R": ()},
+     "R must have rank >= 1 (its last axis holds the C channels), got shape ()"),
+    ("R-rows", {**_vss_tail_shapes(), "R": (2, 4, 48)},
+     "Y and R must agree in every dimension but the last, got Y (2, 5, 96) and R (2, 4, 48)"),
+    ("R-broadcast", {**_vss_tail_shapes(), "R": (1, 5, 48)},
+     "Y and R must agree in every dimension but the last, got Y (2, 5, 96) and R (1, 5, 48)"),
+    ("R-rank", {**_vss_tail_shapes(), "R": (10, 48)},
+     "Y and R must agree in every dimension but the last, got Y (2, 5, 96) and R (10, 48)"),
+    ("out_norm_weight", {**_vss_tail_shapes(), "out_norm_weight": (95,)},
+     "out_norm_weight must be (D,) = (96,), got (95,) (D = 96 from Y)"),
+    ("out_norm_bias-rank", {**_vss_tail_shapes(), "out_norm_bias": (96, 1)},
+     "out_norm_bias must be (D,) = (96,), got (96, 1) (D = 96 from Y)"),
+    ("out_proj-transposed", {**_vss_tail_shapes(), "out_proj": (48, 96)},
+     "out_proj must be (D, C) = (96, 48), got (48, 96) (D = 96 from Y, C = 48 from R)"),
+    ("norm_weight", {**_vss_tail_shapes(), "norm_weight": (96,)},
+     "norm_weight must be (C,) = (48,), got (96,) (C = 48 from R)"),
+    ("norm_bias-scalar", {**_vss_tail_shapes(), "norm_bias": ()},
+     "norm_bias must be (C,) = (48,), got () (C = 48 from R)"),
+    ("fc1_weight-transposed", {**_vss_tail_shapes(), "fc1_weight": (192, 48)},
+     "fc1_weight must be (C, H) = (48, ?), got (192, 48) (C = 48 from R)"),
+    ("fc1_bias", {**_vss_tail_shapes(), "fc1_bias": (191,)},
+     "fc1_bias must be (H,) = (192,), got (191,) (H = 192 from fc1_weight)"),
+    ("fc2_weight-transposed", {**_vss_tail_shapes(), "fc2_weight": (48, 192)},
+     "fc2_weight must be (H, C) = (192, 48), got (48, 192) (H = 192 from fc1_weight, C = 48 from R)"),
+    ("fc2_bias", {**_vss_tail_shapes(), "fc2_bias": (192,)},
+     "fc2_bias must be (C,) = (48,), got (192,) (C = 48 from R)"),
+    # the kernels' limits (export/schemas.py vss_tail_shape_error's words)
+    ("D-2048", _vss_tail_shapes(inner=2048), "D (Y's channels) = 2048 is outside 1..1024"),
+    ("C-640", _vss_tail_shapes(channels=640), "C (R's channels) = 640 is outside 1..512"),
+    ("H-1025", _vss_tail_shapes(hidden=1025), "H (fc1's outputs) = 1025 is outside 1..1024"),
+    ("D-0", _vss_tail_shapes(inner=0), "D (Y's channels) = 0 is outside 1..1024"),
+    ("C-0", _vss_tail_shapes(channels=0), "C (R's channels) = 0 is outside 1..512"),
+    ("H-0", _vss_tail_shapes(hidden=0), "H (fc1's outputs) = 0 is outside 1..1024"),
+]
+
+
+@pytest.mark.parametrize("case", VSS_TAIL_CASES, ids=lambda c: c[0])
+def test_vss_tail_shape_rules_match_schema(unit_build, case):
+    """VSSBlockTail's shape rules in the plugin, from constant dims (getOutputShapes) and at run time
+    (onShapeChange): the expected message word for word, the verdict of the ONNX schema's shape inference, and Z's
+    shape (R's) when accepted. The limits are in the schema's own words (vss_tail_shape_error)."""
+    from ssmpose.export import schemas
+    program, _ = unit_build
+    _, shapes, message = case
+    run = subprocess.run([str(program), "vsstail", *(",".join(map(str, shapes[n])) for n in VSS_TAIL_INPUTS)],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["build", "run"], run.stdout
+    assert tuple(schemas.VSS_TAIL_INPUTS) == VSS_TAIL_INPUTS
+    ok, outputs = _schema_verdict("VSSBlockTail", [(n, shapes[n]) for n in VSS_TAIL_INPUTS], ["Z"],
+                                  {"epsilon": 1e-5})
+    assert ok == (message is None), (ok, message)
+    if ok:
+        assert outputs == [list(shapes["R"])]
+    else:
+        limit = schemas.vss_tail_shape_error(shapes["Y"][-1] if shapes["Y"] else 1,
+                                             shapes["R"][-1] if shapes["R"] else 1, shapes["fc1_weight"][-1])
+        if " is outside 1.." in message:
+            assert message == limit
+    for line in lines:
+        stage = line.split()[0]
+        if message is None:
+            assert line == " ".join(map(str, (stage, *shapes["R"]))), line
+        else:
+            assert line == f"{stage} error: VSSBlockTail (layer 'c'): {message}", line
+
+
 def test_library_exports_only_the_entry_points(unit_build):
     _, library = unit_build
     nm = shutil.which("nm")
@@ -593,6 +691,39 @@ def test_check_batch_range():
     for bad in ((0, 1, 2), (4, 2, 8), (1, 2), (1, 2.0, 4), (True, 1, 1)):
         with pytest.raises(ValueError, match="batch_range must be three integers"):
             check(bad, None, "w")
+
+
+def test_check_op_domain(tmp_path):
+    """Domain version 7's VSSBlockTail passes the backend's check; a SelectiveScan2D node with a dt_projection input
+    (version 6's feature, in a version-6 or version-7 file) and a later domain version are refused with the advice
+    to export with --op-version 5."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    def save(name, nodes):
+        graph = helper.make_graph(nodes, "g", [], [])
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(helper.make_model(graph), str(path))
+        return path
+
+    tail = helper.make_node("VSSBlockTail", list(VSS_TAIL_INPUTS), ["Z"], name="block_0_tail", domain="ssmpose")
+    scan = helper.make_node("SelectiveScan2D", ["x", "delta", "A", "Bs", "Cs", "Ds", "delta_bias"], ["y"],
+                            name="ss2d_0", domain="ssmpose")
+    proj = helper.make_node("SelectiveScan2D", ["x", "x_proj", "A", "", "", "Ds", "delta_bias", "dt_projection"],
+                            ["y"], name="ss2d_1", domain="ssmpose")
+    check = trt_backend.check_op_domain
+    check(save("v7", [scan, tail]), {"op_domain_version": 7}, "tensorrt: v7.onnx")
+    check(save("v5", [scan]), {"op_domain_version": 5}, "tensorrt: v5.onnx")
+    for version, nodes in ((6, [proj]), (7, [proj, tail])):
+        with pytest.raises(ValueError, match=rf"^tensorrt: f\.onnx imports ssmpose domain version {version}; the "
+                                             r"TensorRT plugins cover versions 1 to 5 and version 7's VSSBlockTail, "
+                                             r"not version 6's SelectiveScan2D with a dt_projection input \(nodes "
+                                             r"'ss2d_1': .* Export with --op-version 5 for TensorRT\.$"):
+            check(save(f"v{version}_proj", nodes), {"op_domain_version": version}, "tensorrt: f.onnx")
+    with pytest.raises(ValueError, match=r"imports ssmpose domain version 8; the TensorRT plugins cover versions 1 "
+                                         r"to 7\. Export with --op-version 5 for TensorRT\."):
+        check(save("v8", [tail]), {"op_domain_version": 8}, "tensorrt: f.onnx")
+    assert trt_backend.MAX_OP_DOMAIN_VERSION == 7 and trt_backend.PLUGIN_LIBRARY_VERSION == 6
 
 
 def test_plugin_library_reasons(monkeypatch, tmp_path):
@@ -781,3 +912,32 @@ def test_engine_depthwise_conv(tmp_path, activation):
     y = engine.run({k: v.cuda() for k, v in arrays.items()})["Y"].cpu()
     expected = ref.multi_kernel_depthwise_conv_reference(*(arrays[k].double() for k in names), **attrs)
     torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("lead", [(2, 7), (3,)], ids=lambda s: "x".join(map(str, s)))
+def test_engine_vss_block_tail(tmp_path, lead):
+    """A VSSBlockTail node (domain version 7) as the exporter writes it, against the float64 reference
+    (reference.vss_block_tail_reference)."""
+    import torch
+    from onnx import helper
+
+    inner, channels, hidden = 96, 48, 192
+    shapes = _vss_tail_shapes(lead, inner, channels, hidden)
+    gen = torch.Generator().manual_seed(0)
+    scale = {"Y": 2.0, "R": 1.0, "out_norm_bias": 0.2, "out_proj": inner ** -0.5, "norm_bias": 0.2,
+             "fc1_weight": channels ** -0.5, "fc1_bias": 0.1, "fc2_weight": hidden ** -0.5, "fc2_bias": 0.1}
+    arrays = {}
+    for name in VSS_TAIL_INPUTS:
+        if name in ("out_norm_weight", "norm_weight"):
+            arrays[name] = torch.rand(*shapes[name], generator=gen) + 0.5
+        else:
+            arrays[name] = torch.randn(*shapes[name], generator=gen) * scale[name] + (1.0 if name == "Y" else 0.0)
+    names = list(VSS_TAIL_INPUTS)
+    node = helper.make_node("VSSBlockTail", names, ["Z"], domain="ssmpose", epsilon=1e-5, plugin_version="1",
+                            plugin_namespace="ssmpose")
+    engine = _engine_for(tmp_path, node, names, "Z", {k: tuple(v.shape) for k, v in arrays.items()},
+                         domain_version=7)
+    z = engine.run({k: v.cuda() for k, v in arrays.items()})["Z"].cpu()
+    expected = ref.vss_block_tail_reference(*(arrays[k].double() for k in names), epsilon=1e-5)
+    assert z.shape == tuple(shapes["R"])
+    torch.testing.assert_close(z.double(), expected, rtol=1e-4, atol=1e-4)

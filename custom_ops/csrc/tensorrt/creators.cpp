@@ -10,8 +10,10 @@ nvinfer1::IPluginCreatorInterface* const* plugin_creators(int32_t* count) {
   static LayerNormCreator layer_norm;
   static AddLayerNormCreator add_layer_norm;
   static DepthwiseConvCreator depthwise_conv;
-  static nvinfer1::IPluginCreatorInterface* const creators[] = {&scan,       &deform,         &scan_2d,
-                                                                &layer_norm, &add_layer_norm, &depthwise_conv};
+  static VSSBlockTailCreator vss_block_tail;
+  static nvinfer1::IPluginCreatorInterface* const creators[] = {&scan,           &deform,         &scan_2d,
+                                                                &layer_norm,     &add_layer_norm, &depthwise_conv,
+                                                                &vss_block_tail};
   *count = static_cast<int32_t>(sizeof(creators) / sizeof(creators[0]));
   return creators;
 }

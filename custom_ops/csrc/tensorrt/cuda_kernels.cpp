@@ -81,6 +81,8 @@ Loaded load() {
       reinterpret_cast<decltype(out.kernels.add_layer_norm_fwd)>(sym("ssm_add_layer_norm_fwd_cuda"));
   out.kernels.depthwise_conv_fwd =
       reinterpret_cast<decltype(out.kernels.depthwise_conv_fwd)>(sym("ssm_depthwise_conv_fwd_cuda"));
+  out.kernels.vss_block_tail_fwd =
+      reinterpret_cast<decltype(out.kernels.vss_block_tail_fwd)>(sym("ssm_vss_block_tail_fwd_cuda"));
   // The handle stays open for the life of the process (engines may run until exit).
   return out;
 }

@@ -1,7 +1,7 @@
 // The ssmpose TensorRT plugins (IPluginV3 with the V3One core/build/runtime capabilities) and their creators
-// (IPluginCreatorV3One): SelectiveScan, SelectiveScan2D, DeformAggregate, LayerNorm, AddLayerNorm and
-// MultiKernelDepthwiseConv. Plugin name = ONNX op type, version "1", namespace "ssmpose" (DESIGN.md sections 1, 4);
-// plugin fields = the ONNX attributes by the same names.
+// (IPluginCreatorV3One): SelectiveScan, SelectiveScan2D, DeformAggregate, LayerNorm, AddLayerNorm,
+// MultiKernelDepthwiseConv and VSSBlockTail. Plugin name = ONNX op type, version "1", namespace "ssmpose" (DESIGN.md
+// sections 1, 4); plugin fields = the ONNX attributes by the same names.
 // Semantics and shape rules: docs/ops.md.
 #ifndef SSMPOSE_TRT_PLUGINS_H
 #define SSMPOSE_TRT_PLUGINS_H
@@ -314,6 +314,47 @@ class DepthwiseConvCreator : public CreatorBase {
                                     nvinfer1::TensorRTPhase phase) noexcept override;
 
   static bool parse(const nvinfer1::PluginFieldCollection* fc, DepthwiseConvAttrs* attrs, std::string* err);
+};
+
+// ------------------------------------------------------------------------------------------------
+// VSSBlockTail (ssmpose domain version 7): what a VMamba-style block computes at each position after its scan, in
+// one node (docs/ops.md). Eleven inputs, all required: Y (..., D) of rank >= 1, R (..., C) with Y's leading dims,
+// out_norm_weight (D), out_norm_bias (D), out_proj (D, C), norm_weight (C), norm_bias (C), fc1_weight (C, H),
+// fc1_bias (H), fc2_weight (H, C), fc2_bias (C) -> Z of R's shape. 1 <= D, H <= SSM_VSS_TAIL_MAX_WIDE (1024),
+// 1 <= C <= SSM_VSS_TAIL_MAX_CHANNELS (512); the rows (the leading dims) may be empty. Field epsilon (float, default
+// 1e-5, finite and > 0; LayerNorm's field and rules, LayerNormAttrs), used by both LayerNorms.
+
+class VSSBlockTailPlugin : public PluginBase {
+ public:
+  VSSBlockTailPlugin(std::string layer_name, const LayerNormAttrs& attrs);
+  const LayerNormAttrs& attrs() const { return attrs_; }
+  const ssm_vss_tail_shape& kernel_shape() const { return shape_; }
+
+  nvinfer1::IPluginV3* clone() noexcept override { return clone_plugin(*this); }
+
+ protected:
+  bool infer_shape(const std::vector<std::vector<int64_t>>& in, std::vector<int64_t>* out,
+                   std::string* err) const override;
+  bool output_exprs(const nvinfer1::DimsExprs* inputs, nvinfer1::DimsExprs* out,
+                    nvinfer1::IExprBuilder& builder) const override;
+  void prepare(const std::vector<std::vector<int64_t>>& in, int32_t dtype) override;
+  int launch(const CudaKernels& cuda, const void* const* inputs, void* const* outputs, void* stream,
+             const char** kernel) const override;
+  void write_fields(FieldWriter* w) const override;
+  const char* input_name(int32_t index) const override;
+
+ private:
+  LayerNormAttrs attrs_;
+  ssm_vss_tail_shape shape_{};
+};
+
+class VSSBlockTailCreator : public CreatorBase {
+ public:
+  VSSBlockTailCreator();
+  nvinfer1::IPluginV3* createPlugin(const char* name, const nvinfer1::PluginFieldCollection* fc,
+                                    nvinfer1::TensorRTPhase phase) noexcept override;
+
+  static bool parse(const nvinfer1::PluginFieldCollection* fc, LayerNormAttrs* attrs, std::string* err);
 };
 
 // The creators the library exports through getCreators() (static objects, alive while the library is loaded).

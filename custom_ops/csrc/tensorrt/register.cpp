@@ -2,8 +2,8 @@
 //
 // TensorRT's plugin-library interface: IPluginRegistry::loadLibrary (Python: get_plugin_registry().load_library)
 // and `trtexec --dynamicPlugins` / `--setPluginsToSerialize` look up `getCreators` (IPluginCreatorInterface
-// creators; here six IPluginCreatorV3One: SelectiveScan, DeformAggregate, SelectiveScan2D, LayerNorm, AddLayerNorm,
-// MultiKernelDepthwiseConv) and `setLoggerFinder`. The version queries let the runtime layer refuse a stale build
+// creators; here seven IPluginCreatorV3One: SelectiveScan, DeformAggregate, SelectiveScan2D, LayerNorm, AddLayerNorm,
+// MultiKernelDepthwiseConv, VSSBlockTail) and `setLoggerFinder`. The version queries let the runtime layer refuse a stale build
 // with a clear message (DESIGN.md section 4). Only these symbols are exported (version script).
 #include <cstring>
 #include <string>

@@ -21,8 +21,9 @@
 // Bump when the plugins' interface (names, fields, inputs, serialised fields) or the entry points change.
 // 2: adds SelectiveScan2D (ssmpose domain version 2). 3: adds LayerNorm (ssmpose domain version 3). 4: adds
 // AddLayerNorm and MultiKernelDepthwiseConv (ssmpose domain version 4; kernel ABI 3). 5: DeformAggregate's optional
-// offset_bias input and activation field (ssmpose domain version 5; kernel ABI 4).
-#define SSMPOSE_TRT_LIBRARY_VERSION 5
+// offset_bias input and activation field (ssmpose domain version 5; kernel ABI 4). 6: adds VSSBlockTail (ssmpose
+// domain version 7; kernel ABI 6).
+#define SSMPOSE_TRT_LIBRARY_VERSION 6
 
 namespace nvinfer1 {
 class ILoggerFinder;  // declared by TensorRT's full headers (NvInferRuntimeCommon.h); only passed through here
@@ -141,6 +142,8 @@ struct CudaKernels {
   int (*add_layer_norm_fwd)(const ssm_layer_norm_shape*, const void*, const void*, const void*, const void*, void*,
                             void*, void*) = nullptr;
   int (*depthwise_conv_fwd)(const ssm_dwconv_shape*, const void*, const void*, const void*, void*, void*) = nullptr;
+  int (*vss_block_tail_fwd)(const ssm_vss_tail_shape*, const void*, const void*, const ssm_vss_tail_params*, void*,
+                            void*) = nullptr;
 };
 
 // The loaded kernels, or NULL with the reason in *error.

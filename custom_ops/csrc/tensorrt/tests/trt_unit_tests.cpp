@@ -25,10 +25,12 @@
 //   ssmpose_trt_unit_tests dwconv X WEIGHT BIAS KERNEL_SIZES GROUP_CHANNELS [SHUFFLE_GROUPS [ACTIVATION]]
 //                                          MultiKernelDepthwiseConv's field rules ("create error: ..." when the
 //                                          creator refuses them; lists as 3,5,7,9), then its shape rules, likewise
+//   ssmpose_trt_unit_tests vsstail Y R OUT_NORM_W OUT_NORM_B OUT_PROJ NORM_W NORM_B FC1_W FC1_B FC2_W FC2_B
+//                                          VSSBlockTail's shape rules, likewise (the lines give Z's shape: R's)
 //   ssmpose_trt_unit_tests gpu             (built with the CUDA runtime) enqueue on a GPU through the real CUDA kernels,
-//                                          compared with the CPU kernels (LayerNorm, AddLayerNorm and
-//                                          MultiKernelDepthwiseConv: with float64 references computed here); needs
-//                                          libssmpose_kernels{,_cuda}.so on the loader path
+//                                          compared with the CPU kernels (LayerNorm, AddLayerNorm,
+//                                          MultiKernelDepthwiseConv and VSSBlockTail: with float64 references computed
+//                                          here); needs libssmpose_kernels{,_cuda}.so on the loader path
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -358,6 +360,10 @@ DepthwiseConvCreator& dwconv_creator() {
   int32_t n = 0;
   return *dynamic_cast<DepthwiseConvCreator*>(plugin_creators(&n)[5]);
 }
+VSSBlockTailCreator& vss_tail_creator() {
+  int32_t n = 0;
+  return *dynamic_cast<VSSBlockTailCreator*>(plugin_creators(&n)[6]);
+}
 
 // The fields a plugin serialises are exactly its creator's field names (what the ONNX parser passes), with their
 // types.
@@ -415,11 +421,11 @@ std::string field_type(const PluginField& f) {
 void test_creators() {
   int32_t n = 0;
   nvinfer1::IPluginCreatorInterface* const* list = plugin_creators(&n);
-  check(n == 6 && std::all_of(list, list + n, [](nvinfer1::IPluginCreatorInterface* c) { return c != nullptr; }),
+  check(n == 7 && std::all_of(list, list + n, [](nvinfer1::IPluginCreatorInterface* c) { return c != nullptr; }),
         "creators.count");
-  const char* expected[] = {"SelectiveScan", "DeformAggregate",  "SelectiveScan2D",
-                            "LayerNorm",     "AddLayerNorm",     "MultiKernelDepthwiseConv"};
-  for (int32_t i = 0; i < n && i < 6; ++i) {
+  const char* expected[] = {"SelectiveScan", "DeformAggregate",          "SelectiveScan2D", "LayerNorm",
+                            "AddLayerNorm",  "MultiKernelDepthwiseConv", "VSSBlockTail"};
+  for (int32_t i = 0; i < n && i < 7; ++i) {
     auto* c = dynamic_cast<nvinfer1::IPluginCreatorV3One*>(list[i]);
     const std::string tag = std::string("creators.") + expected[i];
     check(c != nullptr, tag + ".is_v3one");
@@ -2556,6 +2562,557 @@ void test_dwconv_serialization() {
         "serialize.dwconv_int64_as_int32");
 }
 
+// ------------------------------------------------------------------------------------------------
+// VSSBlockTail (domain version 7): Y (..., D), R (..., C), out_norm_weight (D), out_norm_bias (D), out_proj (D, C),
+// norm_weight (C), norm_bias (C), fc1_weight (C, H), fc1_bias (H), fc2_weight (H, C), fc2_bias (C) -> Z of R's
+// shape. Field epsilon (float), as LayerNorm's.
+
+std::unique_ptr<VSSBlockTailPlugin> vss_tail_plugin(const char* layer, Fields f = Fields(),
+                                                    nvinfer1::TensorRTPhase phase = nvinfer1::TensorRTPhase::kBUILD) {
+  return as_plugin<VSSBlockTailPlugin>(vss_tail_creator().createPlugin(layer, f.fc(), phase));
+}
+
+// The eleven inputs of one VSSBlockTail node whose Y and R have the leading dims `lead`.
+std::vector<std::vector<int64_t>> vss_tail_dims(std::vector<int64_t> lead, int64_t D, int64_t C, int64_t H) {
+  std::vector<int64_t> y = lead, r = lead;
+  y.push_back(D);
+  r.push_back(C);
+  return {y, r, {D}, {D}, {D, C}, {C}, {C}, {C, H}, {H}, {H, C}, {C}};
+}
+
+std::vector<int64_t> with_last(std::vector<int64_t> lead, int64_t last) {
+  lead.push_back(last);
+  return lead;
+}
+
+void test_vss_tail_fields() {
+  LayerNormAttrs a;
+  std::string err;
+  Fields none;
+  check(VSSBlockTailCreator::parse(none.fc(), &a, &err) && a.epsilon == 1e-5f, "vsstail.fields.default", err);
+  Fields exported;  // as the exporter writes the node
+  exported.f32("epsilon", 1e-6f).cstr("plugin_version", "1").cstr("plugin_namespace", "ssmpose");
+  check(VSSBlockTailCreator::parse(exported.fc(), &a, &err) && a.epsilon == 1e-6f, "vsstail.fields.float32", err);
+  Fields wide;
+  wide.f64("epsilon", 1e-3);
+  check(VSSBlockTailCreator::parse(wide.fc(), &a, &err) && a.epsilon == 1e-3f, "vsstail.fields.float64", err);
+  Fields int64;
+  int64.i64("epsilon", 2);
+  check(VSSBlockTailCreator::parse(int64.fc(), &a, &err) && a.epsilon == 2.0f, "vsstail.fields.int64", err);
+  Fields tiny;
+  tiny.f32("epsilon", 1e-40f);  // a float32 denormal is > 0
+  check(VSSBlockTailCreator::parse(tiny.fc(), &a, &err) && a.epsilon > 0.0f, "vsstail.fields.denormal", err);
+
+  struct Bad {
+    const char* name;
+    Fields fields;
+    const char* message;
+  };
+  std::vector<Bad> bad;
+  bad.push_back({"zero", Fields().f32("epsilon", 0.0f), "VSSBlockTail: field epsilon must be finite and > 0, got 0"});
+  bad.push_back({"negative", Fields().f32("epsilon", -0.5f),
+                 "VSSBlockTail: field epsilon must be finite and > 0, got -0.5"});
+  bad.push_back({"float64_underflow", Fields().f64("epsilon", 1e-60),
+                 "VSSBlockTail: field epsilon must be finite and > 0, got 0"});
+  bad.push_back({"nan", Fields().f32("epsilon", std::numeric_limits<float>::quiet_NaN()),
+                 "VSSBlockTail: field 'epsilon' must be a finite float32 value"});
+  bad.push_back({"infinite", Fields().f32("epsilon", std::numeric_limits<float>::infinity()),
+                 "VSSBlockTail: field 'epsilon' must be a finite float32 value"});
+  bad.push_back({"float64_beyond_float32", Fields().f64("epsilon", 1e300),
+                 "VSSBlockTail: field 'epsilon' must be a finite float32 value"});
+  bad.push_back({"string", Fields().str("epsilon", "1"),
+                 "VSSBlockTail: field 'epsilon' must be a float, got char (string)"});
+  bad.push_back({"length", Fields().i32s("epsilon", {1, 1}),
+                 "VSSBlockTail: field 'epsilon' must hold one value, got 2 values"});
+  for (Bad& b : bad) {
+    err.clear();
+    check(!VSSBlockTailCreator::parse(b.fields.fc(), &a, &err) && contains(err, b.message),
+          std::string("vsstail.fields.") + b.name, err);
+  }
+
+  Fields zero;
+  zero.f32("epsilon", 0.0f).cstr("plugin_version", "1").cstr("plugin_namespace", "ssmpose");
+  clear_last_error();
+  nvinfer1::IPluginV3* p = vss_tail_creator().createPlugin("vss_4", zero.fc(), nvinfer1::TensorRTPhase::kBUILD);
+  check(p == nullptr, "vsstail.create.refused");
+  check_error("vsstail.create.message", {"VSSBlockTail (layer 'vss_4'): field epsilon must be finite and > 0, got 0"});
+  delete p;
+  clear_last_error();
+  p = vss_tail_creator().createPlugin("", zero.fc(), nvinfer1::TensorRTPhase::kRUNTIME);
+  check(p == nullptr && last_error().rfind("VSSBlockTail: field epsilon", 0) == 0, "vsstail.create.unnamed",
+        last_error());
+  delete p;
+  auto ok = vss_tail_plugin("ok", exported);
+  check(ok && ok->attrs().epsilon == 1e-6f && ok->layer_name() == "ok" &&
+            std::strcmp(ok->getPluginName(), "VSSBlockTail") == 0 && std::strcmp(ok->getPluginVersion(), "1") == 0 &&
+            std::strcmp(ok->getPluginNamespace(), "ssmpose") == 0,
+        "vsstail.create.plugin");
+  auto runtime = vss_tail_plugin("rt", exported, nvinfer1::TensorRTPhase::kRUNTIME);
+  check(runtime && runtime->attrs().epsilon == 1e-6f, "vsstail.create.runtime_phase");
+}
+
+void test_vss_tail_plugin() {
+  auto p = vss_tail_plugin("vt");
+  check(p != nullptr, "plugin.vsstail_created");
+  if (!p) return;
+  auto* core =
+      dynamic_cast<nvinfer1::IPluginV3OneCore*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE));
+  auto* build =
+      dynamic_cast<nvinfer1::IPluginV3OneBuild*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
+  auto* runtime = dynamic_cast<nvinfer1::IPluginV3OneRuntime*>(
+      p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+  check(core != nullptr && build != nullptr && runtime != nullptr, "plugin.vsstail_capabilities");
+  if (core && build && runtime) {
+    check(std::strcmp(core->getPluginName(), "VSSBlockTail") == 0 && std::strcmp(core->getPluginVersion(), "1") == 0 &&
+              std::strcmp(core->getPluginNamespace(), "ssmpose") == 0,
+          "plugin.vsstail_core_identity");
+    check(build->getNbOutputs() == 1 && build->getWorkspaceSize(nullptr, 0, nullptr, 0) == 0,
+          "plugin.vsstail_one_output_no_workspace");
+  }
+
+  // Formats: linear tensors, float32 or float16 picked by Y; the ten other inputs and Z follow.
+  const DataType F = DataType::kFLOAT, H = DataType::kHALF;
+  auto io = [](DataType t, nvinfer1::TensorFormat fmt = nvinfer1::TensorFormat::kLINEAR) {
+    std::vector<std::vector<int64_t>> dims = vss_tail_dims({2, 5}, 96, 48, 192);
+    dims.push_back({2, 5, 48});  // Z
+    std::vector<nvinfer1::DynamicPluginTensorDesc> v;
+    for (const auto& d : dims) v.push_back(desc(d, t, fmt));
+    return v;
+  };
+  auto all_ok = [&](std::vector<nvinfer1::DynamicPluginTensorDesc> v) {
+    for (int32_t pos = 0; pos < 12; ++pos) {
+      if (!p->supportsFormatCombination(pos, v.data(), 11, 1)) return false;
+    }
+    return true;
+  };
+  check(all_ok(io(F)), "formats.vsstail_float32_all");
+  check(all_ok(io(H)), "formats.vsstail_float16_all");
+  check(!p->supportsFormatCombination(0, io(DataType::kBF16).data(), 11, 1), "formats.vsstail_bfloat16_refused");
+  check(!p->supportsFormatCombination(0, io(DataType::kINT8).data(), 11, 1), "formats.vsstail_int8_refused");
+  check(!p->supportsFormatCombination(0, io(F, nvinfer1::TensorFormat::kHWC8).data(), 11, 1),
+        "formats.vsstail_non_linear_refused");
+  const std::pair<int32_t, const char*> mixed_inputs[] = {{1, "R"}, {4, "out_proj"}, {7, "fc1_weight"},
+                                                          {10, "fc2_bias"}};
+  for (const auto& m : mixed_inputs) {
+    auto mixed = io(F);
+    mixed[m.first].desc.type = H;
+    check(!p->supportsFormatCombination(m.first, mixed.data(), 11, 1),
+          std::string("formats.vsstail_mixed_") + m.second + "_refused");
+  }
+  auto mixed_z = io(H);
+  mixed_z[11].desc.type = F;
+  check(!p->supportsFormatCombination(11, mixed_z.data(), 11, 1), "formats.vsstail_Z_type_follows_Y");
+  auto z_fmt = io(F);
+  z_fmt[11].desc.format = nvinfer1::TensorFormat::kCHW32;
+  check(!p->supportsFormatCombination(11, z_fmt.data(), 11, 1), "formats.vsstail_Z_non_linear_refused");
+  check(!p->supportsFormatCombination(12, io(F).data(), 11, 1), "formats.vsstail_position_out_of_range");
+
+  DataType out[2] = {DataType::kINT32, DataType::kINT32};
+  std::vector<DataType> in_f(12, F), in_h(11, H);
+  check(p->getOutputDataTypes(out, 1, in_f.data(), 11) == 0 && out[0] == F, "types.vsstail_float32");
+  check(p->getOutputDataTypes(out, 1, in_h.data(), 11) == 0 && out[0] == H, "types.vsstail_float16");
+  std::vector<DataType> in_mixed(11, F);
+  in_mixed[8] = H;
+  clear_last_error();
+  check(p->getOutputDataTypes(out, 1, in_mixed.data(), 11) != 0, "types.vsstail_mixed_refused");
+  check_error("types.vsstail_mixed_message", {"VSSBlockTail (layer 'vt'): input 'fc1_bias' has element type float16, "
+                                              "but 'Y' has float32; all inputs must share one type"});
+  std::vector<DataType> in_int(11, DataType::kINT32);
+  check(p->getOutputDataTypes(out, 1, in_int.data(), 11) != 0, "types.vsstail_int32_refused");
+  check_error("types.vsstail_int32_message", {"VSSBlockTail (layer 'vt'): Y has element type int32; supported: "
+                                              "float32, float16"});
+  std::vector<DataType> in_bf16(11, DataType::kBF16);
+  check(p->getOutputDataTypes(out, 1, in_bf16.data(), 11) != 0, "types.vsstail_bfloat16_refused");
+  check(p->getOutputDataTypes(out, 1, in_f.data(), 10) != 0, "types.vsstail_ten_inputs_refused");
+  check_error("types.vsstail_count_message", {"VSSBlockTail (layer 'vt'): takes 11 inputs, got 10"});
+  check(p->getOutputDataTypes(out, 1, in_f.data(), 12) != 0, "types.vsstail_twelve_inputs_refused");
+  check_error("types.vsstail_count12_message", {"VSSBlockTail (layer 'vt'): takes 11 inputs, got 12"});
+  check(p->getOutputDataTypes(out, 2, in_f.data(), 11) != 0, "types.vsstail_two_outputs_refused");
+  check_error("types.vsstail_outputs_message", {"VSSBlockTail (layer 'vt'): has 1 output, got 2"});
+}
+
+void test_vss_tail_shapes() {
+  auto p = vss_tail_plugin("vt");
+  if (!p) return check(false, "vsstail.shapes.plugin");
+  FakeBuilder b;
+  nvinfer1::DimsExprs out{};
+  // Constant dims, Y and R of rank 1 to 8 (TensorRT's limit), empty rows, the limits: Z has R's shape.
+  struct Good {
+    std::vector<int64_t> lead;
+    int64_t D, C, H;
+  };
+  const Good good[] = {{{2, 5}, 96, 48, 192},      {{2, 16, 12}, 192, 96, 384}, {{}, 64, 32, 128},
+                       {{7}, 1, 1, 1},             {{0}, 64, 32, 128},          {{2, 0, 3}, 8, 8, 8},
+                       {{3}, 1024, 512, 1024},     {{4}, 1024, 1, 1},           {{1, 2, 3, 4, 5, 6, 7}, 16, 8, 32},
+                       {{(int64_t(1) << 50) - 1}, 1024, 512, 1024}};  // rows * 1024 = 2^60 - 1024
+  for (const Good& g : good) {
+    std::vector<nvinfer1::DimsExprs> in = exprs(b, vss_tail_dims(g.lead, g.D, g.C, g.H));
+    out = nvinfer1::DimsExprs{};
+    const std::vector<int64_t> r = with_last(g.lead, g.C);
+    check(p->getOutputShapes(in.data(), 11, nullptr, 0, &out, 1, b) == 0 && const_dims(out) == r,
+          "vsstail.shapes.constant_" + shape_str(with_last(g.lead, g.D)) + "_C" + std::to_string(g.C) + "_H" +
+              std::to_string(g.H),
+          last_error());
+  }
+  // Symbolic rows: Z is R's expressions (no operation built).
+  const size_t ops = b.operations();
+  std::vector<std::vector<int64_t>> sym_dims = vss_tail_dims({-1, -1}, 192, 96, 384);
+  std::vector<nvinfer1::DimsExprs> sym = exprs(b, sym_dims, {{"B", "L"}, {"B", "L"}});
+  out = nvinfer1::DimsExprs{};
+  check(p->getOutputShapes(sym.data(), 11, nullptr, 0, &out, 1, b) == 0 && out.nbDims == 3 &&
+            out.d[0] == sym[1].d[0] && out.d[1] == sym[1].d[1] && out.d[2] == sym[1].d[2] &&
+            const_dims(out) == std::vector<int64_t>({-1, -1, 96}) && b.operations() == ops,
+        "vsstail.shapes.symbolic_is_R", last_error());
+  // Y's dims symbolic, R's constant: accepted, Z is R's expressions.
+  std::vector<std::vector<int64_t>> from_r = vss_tail_dims({2, 5}, 192, 96, 384);
+  from_r[0] = {-1, 5, -1};
+  std::vector<nvinfer1::DimsExprs> fr = exprs(b, from_r, {{"B", "", "D"}});
+  out = nvinfer1::DimsExprs{};
+  check(p->getOutputShapes(fr.data(), 11, nullptr, 0, &out, 1, b) == 0 && out.d[0] == fr[1].d[0] &&
+            const_dims(out) == std::vector<int64_t>({2, 5, 96}),
+        "vsstail.shapes.symbolic_Y_constant_R", last_error());
+  // Every width symbolic in Y and R, known from the parameters: accepted, Z's last dim is R's symbol.
+  std::vector<std::vector<int64_t>> widths = vss_tail_dims({2, 5}, 64, 32, 128);
+  widths[0] = {2, 5, -1};
+  widths[1] = {2, 5, -1};
+  std::vector<nvinfer1::DimsExprs> wx = exprs(b, widths, {{"", "", "D"}, {"", "", "C"}});
+  out = nvinfer1::DimsExprs{};
+  check(p->getOutputShapes(wx.data(), 11, nullptr, 0, &out, 1, b) == 0 && out.d[2] == wx[1].d[2],
+        "vsstail.shapes.symbolic_widths", last_error());
+
+  struct Case {
+    const char* name;
+    std::vector<std::vector<int64_t>> dims;
+    const char* message;
+  };
+  // From the base node Y (2, 5, 96), R (2, 5, 48), D = 96, C = 48, H = 192, with input `index` replaced.
+  auto base = [](int32_t index, std::vector<int64_t> v) {
+    std::vector<std::vector<int64_t>> d = vss_tail_dims({2, 5}, 96, 48, 192);
+    d[index] = std::move(v);
+    return d;
+  };
+  auto partial = [](std::vector<std::pair<int32_t, std::vector<int64_t>>> changes) {
+    std::vector<std::vector<int64_t>> d = vss_tail_dims({2, 5}, 96, 48, 192);
+    for (auto& c : changes) d[c.first] = std::move(c.second);
+    return d;
+  };
+  const int64_t big = int64_t(1) << 62;
+  const Case bad[] = {
+      {"Y_scalar", base(0, {}), "Y must have rank >= 1 (its last axis holds the D channels), got shape ()"},
+      {"R_scalar", base(1, {}), "R must have rank >= 1 (its last axis holds the C channels), got shape ()"},
+      {"R_rows", base(1, {2, 4, 48}), "Y and R must agree in every dimension but the last, got Y (2, 5, 96) and R "
+                                      "(2, 4, 48)"},
+      {"R_broadcast", base(1, {1, 5, 48}), "Y and R must agree in every dimension but the last, got Y (2, 5, 96) "
+                                           "and R (1, 5, 48)"},
+      {"R_rank", base(1, {10, 48}), "Y and R must agree in every dimension but the last, got Y (2, 5, 96) and R "
+                                    "(10, 48)"},
+      {"out_norm_weight", base(2, {95}), "out_norm_weight must be (D,) = (96,), got (95,) (D = 96 from Y)"},
+      {"out_norm_bias_rank", base(3, {96, 1}), "out_norm_bias must be (D,) = (96,), got (96, 1) (D = 96 from Y)"},
+      {"out_proj_transposed", base(4, {48, 96}),
+       "out_proj must be (D, C) = (96, 48), got (48, 96) (D = 96 from Y, C = 48 from R)"},
+      {"out_proj_rank", base(4, {96 * 48}), "out_proj must be (D, C) = (96, 48), got (4608,) (D = 96 from Y, C = 48 "
+                                            "from R)"},
+      {"norm_weight", base(5, {96}), "norm_weight must be (C,) = (48,), got (96,) (C = 48 from R)"},
+      {"norm_bias_scalar", base(6, {}), "norm_bias must be (C,) = (48,), got () (C = 48 from R)"},
+      {"fc1_weight", base(7, {96, 192}), "fc1_weight must be (C, H) = (48, ?), got (96, 192) (C = 48 from R)"},
+      {"fc1_weight_transposed", base(7, {192, 48}),
+       "fc1_weight must be (C, H) = (48, ?), got (192, 48) (C = 48 from R)"},
+      {"fc1_bias", base(8, {191}), "fc1_bias must be (H,) = (192,), got (191,) (H = 192 from fc1_weight)"},
+      {"fc2_weight_transposed", base(9, {48, 192}),
+       "fc2_weight must be (H, C) = (192, 48), got (48, 192) (H = 192 from fc1_weight, C = 48 from R)"},
+      {"fc2_bias", base(10, {192}), "fc2_bias must be (C,) = (48,), got (192,) (C = 48 from R)"},
+      // The kernels' limits, in the ONNX schema's words (export/schemas.py vss_tail_shape_error).
+      {"D_2048", vss_tail_dims({2, 5}, 2048, 48, 192), "D (Y's channels) = 2048 is outside 1..1024"},
+      {"C_640", vss_tail_dims({2, 5}, 96, 640, 192), "C (R's channels) = 640 is outside 1..512"},
+      {"H_1025", vss_tail_dims({2, 5}, 96, 48, 1025), "H (fc1's outputs) = 1025 is outside 1..1024"},
+      {"D_0", vss_tail_dims({2, 5}, 0, 48, 192), "D (Y's channels) = 0 is outside 1..1024"},
+      {"C_0", vss_tail_dims({2, 5}, 96, 0, 192), "C (R's channels) = 0 is outside 1..512"},
+      {"H_0", vss_tail_dims({2, 5}, 96, 48, 0), "H (fc1's outputs) = 0 is outside 1..1024"},
+      {"rows_overflow", vss_tail_dims({big, 4}, 96, 48, 192), "Y has too many elements"},
+      {"rows_2_60_boundary", vss_tail_dims({int64_t(1) << 50}, 1024, 512, 1024),
+       "Y and R have too many rows: rows * max(D, C, H) must be <= 2^60 - 1, got rows = 1125899906842624 and "
+       "max(D, C, H) = 1024"},
+      {"rows_2_60", vss_tail_dims({int64_t(1) << 55, 64}, 96, 48, 192),
+       "Y and R have too many rows: rows * max(D, C, H) must be <= 2^60 - 1, got rows = 2305843009213693952 and "
+       "max(D, C, H) = 192"},
+      // Partly known: each width from whichever input has it first.
+      {"partial_D_from_out_norm_weight", partial({{0, {-1, 5, -1}}, {3, {95}}}),
+       "out_norm_bias must be (D,) = (96,), got (95,) (D = 96 from out_norm_weight)"},
+      {"partial_D_zero_from_out_proj", partial({{0, {2, 5, -1}}, {2, {-1}}, {3, {-1}}, {4, {0, 48}}}),
+       "D (Y's channels) = 0 is outside 1..1024 (from out_proj)"},
+      {"partial_C_from_norm_weight", partial({{1, {2, 5, -1}}, {4, {96, -1}}, {5, {64}}, {6, {32}}}),
+       "norm_bias must be (C,) = (64,), got (32,) (C = 64 from norm_weight)"},
+      {"partial_C_from_out_proj", partial({{1, {2, 5, -1}}, {4, {96, 64}}, {5, {48}}}),
+       "norm_weight must be (C,) = (64,), got (48,) (C = 64 from out_proj)"},
+      {"partial_H_from_fc1_bias", partial({{7, {48, -1}}, {9, {128, 48}}}),
+       "fc2_weight must be (H, C) = (192, 48), got (128, 48) (H = 192 from fc1_bias, C = 48 from R)"},
+      {"partial_H_unknown", partial({{7, {48, -1}}, {8, {-1}}, {9, {-1, 48, 1}}}),
+       "fc2_weight must be (H, C) = (?, 48), got (?, 48, 1) (C = 48 from R)"},
+      {"partial_nothing_known", partial({{1, {2, 5, -1}}, {4, {96, -1}}, {5, {-1}}, {6, {-1, -1}}}),
+       "norm_bias must be (C,), got (?, ?)"},
+      {"partial_H_limit", partial({{7, {48, -1}}, {8, {2048}}, {9, {-1, 48}}}),
+       "H (fc1's outputs) = 2048 is outside 1..1024 (from fc1_bias)"},
+      {"partial_rows", partial({{0, {-1, 5, 96}}, {1, {2, 4, 48}}}),
+       "Y and R must agree in every dimension but the last, got Y (?, 5, 96) and R (2, 4, 48)"},
+      {"partial_rows_from_R", partial({{0, {-1, 4, 96}}, {1, {big, 4, 48}}}), "Y has too many elements"},
+  };
+  for (const Case& c : bad) {
+    std::vector<nvinfer1::DimsExprs> v = exprs(b, c.dims);
+    clear_last_error();
+    out = nvinfer1::DimsExprs{};
+    check(p->getOutputShapes(v.data(), 11, nullptr, 0, &out, 1, b) != 0, std::string("vsstail.shapes.bad_") + c.name);
+    check_error(std::string("vsstail.shapes.bad_") + c.name + "_message",
+                {std::string("VSSBlockTail (layer 'vt'): ") + c.message});
+  }
+  std::vector<nvinfer1::DimsExprs> in = exprs(b, vss_tail_dims({2, 5}, 96, 48, 192));
+  check(p->getOutputShapes(in.data(), 11, in.data(), 1, &out, 1, b) != 0, "vsstail.shapes.shape_inputs_refused");
+  check_error("vsstail.shapes.shape_inputs_message", {"VSSBlockTail (layer 'vt'): takes no shape inputs, got 1"});
+  check(p->getOutputShapes(in.data(), 10, nullptr, 0, &out, 1, b) != 0, "vsstail.shapes.ten_inputs_refused");
+  check_error("vsstail.shapes.ten_inputs_message", {"VSSBlockTail (layer 'vt'): takes 11 inputs, got 10"});
+  nvinfer1::DimsExprs two[2];
+  check(p->getOutputShapes(in.data(), 11, nullptr, 0, two, 2, b) != 0, "vsstail.shapes.two_outputs_refused");
+  check_error("vsstail.shapes.two_outputs_message", {"VSSBlockTail (layer 'vt'): has 1 output, got 2"});
+}
+
+// What the plugin hands the CUDA kernel: a stand-in for ssm_vss_block_tail_fwd_cuda records its arguments.
+struct VssTailCall {
+  int calls = 0;
+  ssm_vss_tail_shape shape{};
+  const void* y = nullptr;
+  const void* residual = nullptr;
+  ssm_vss_tail_params params{};
+  void* z = nullptr;
+  void* stream = nullptr;
+};
+VssTailCall g_vss_tail_call;
+
+int fake_vss_tail_fwd(const ssm_vss_tail_shape* shape, const void* y, const void* residual,
+                      const ssm_vss_tail_params* params, void* z, void* stream) {
+  ++g_vss_tail_call.calls;
+  g_vss_tail_call.shape = *shape;
+  g_vss_tail_call.y = y;
+  g_vss_tail_call.residual = residual;
+  g_vss_tail_call.params = *params;
+  g_vss_tail_call.z = z;
+  g_vss_tail_call.stream = stream;
+  return SSM_ERR_BAD_SIZE;  // passed through to enqueue as the kernel's status
+}
+
+// The plugin with its launch() reachable, to run it on the stand-in kernel table.
+class VssTailProbe : public VSSBlockTailPlugin {
+ public:
+  using VSSBlockTailPlugin::VSSBlockTailPlugin;
+  using VSSBlockTailPlugin::launch;
+};
+
+void test_vss_tail_configure_and_runtime() {
+  Fields f;
+  f.f32("epsilon", 1e-6f);
+  auto p = vss_tail_plugin("vt", f);
+  if (!p) return check(false, "configure.vsstail_plugin");
+  const DataType H = DataType::kHALF, F = DataType::kFLOAT;
+  auto descs = [](const std::vector<std::vector<int64_t>>& dims, DataType t) {
+    std::vector<nvinfer1::DynamicPluginTensorDesc> v;
+    for (const auto& d : dims) v.push_back(desc(d, t));
+    return v;
+  };
+  // Build time: the rows vary over the profile (-1).
+  std::vector<nvinfer1::DynamicPluginTensorDesc> in = descs(vss_tail_dims({-1, -1}, 192, 96, 384), H);
+  std::vector<nvinfer1::DynamicPluginTensorDesc> out = descs({{-1, -1, 96}}, H);
+  check(p->configurePlugin(in.data(), 11, out.data(), 1) == 0 && p->configured_inputs() == 11,
+        "configure.vsstail_dynamic", last_error());
+  auto bad = in;
+  bad[9] = desc({384, 95}, H);
+  check(p->configurePlugin(bad.data(), 11, out.data(), 1) != 0, "configure.vsstail_bad_fc2_weight");
+  check_error("configure.vsstail_bad_fc2_weight_message",
+              {"VSSBlockTail (layer 'vt'): fc2_weight must be (H, C) = (384, 96), got (384, 95) (H = 384 from "
+               "fc1_weight, C = 96 from R)"});
+  bad = in;
+  bad[1] = desc({-1, 96}, H);
+  check(p->configurePlugin(bad.data(), 11, out.data(), 1) != 0, "configure.vsstail_bad_R");
+  check_error("configure.vsstail_bad_R_message",
+              {"VSSBlockTail (layer 'vt'): Y and R must agree in every dimension but the last, got Y (?, ?, 192) and "
+               "R (?, 96)"});
+  bad = descs(vss_tail_dims({-1, -1}, 192, 640, 384), H);
+  check(p->configurePlugin(bad.data(), 11, out.data(), 1) != 0, "configure.vsstail_C_limit");
+  check_error("configure.vsstail_C_limit_message", {"VSSBlockTail (layer 'vt'): C (R's channels) = 640 is outside "
+                                                    "1..512"});
+  auto mixed = in;
+  mixed[7] = desc({96, 384}, F);
+  check(p->configurePlugin(mixed.data(), 11, out.data(), 1) != 0, "configure.vsstail_mixed_types");
+  check_error("configure.vsstail_mixed_types_message", {"input 'fc1_weight' has element type float32"});
+  auto out_f = descs({{-1, -1, 96}}, F);
+  check(p->configurePlugin(in.data(), 11, out_f.data(), 1) != 0, "configure.vsstail_Z_type");
+  check_error("configure.vsstail_Z_type_message",
+              {"VSSBlockTail (layer 'vt'): output has element type float32, expected float16"});
+  auto out2 = descs({{-1, -1, 96}, {-1, -1, 96}}, H);
+  check(p->configurePlugin(in.data(), 11, out2.data(), 2) != 0, "configure.vsstail_two_outputs");
+  check_error("configure.vsstail_two_outputs_message", {"has 1 output, got 2"});
+  check(p->configurePlugin(in.data(), 10, out.data(), 1) != 0, "configure.vsstail_ten_inputs");
+  check_error("configure.vsstail_ten_inputs_message", {"takes 11 inputs, got 10"});
+
+  // Run time: concrete shapes -> the kernel's shape struct (rows = the product of Y's leading dims).
+  auto tdescs = [](const std::vector<std::vector<int64_t>>& dims, DataType t) {
+    std::vector<nvinfer1::PluginTensorDesc> v;
+    for (const auto& d : dims) v.push_back(tdesc(d, t));
+    return v;
+  };
+  struct Run {
+    std::vector<int64_t> lead;
+    int64_t D, C, Hd;
+    DataType type;
+    int64_t rows;
+  };
+  const Run runs[] = {{{3, 5}, 192, 96, 384, H, 15},
+                      {{}, 64, 32, 128, F, 1},
+                      {{2, 3, 4}, 1024, 512, 1024, F, 24},
+                      {{7}, 1, 1, 1, H, 7},
+                      {{2, 64, 48}, 128, 64, 256, H, 6144}};
+  for (const Run& r : runs) {
+    std::vector<nvinfer1::PluginTensorDesc> rin = tdescs(vss_tail_dims(r.lead, r.D, r.C, r.Hd), r.type);
+    std::vector<nvinfer1::PluginTensorDesc> rout = tdescs({with_last(r.lead, r.C)}, r.type);
+    const bool ok = p->onShapeChange(rin.data(), 11, rout.data(), 1) == 0;
+    const ssm_vss_tail_shape& s = p->kernel_shape();
+    check(ok && s.rows == r.rows && s.inner == r.D && s.channels == r.C && s.hidden == r.Hd && s.epsilon == 1e-6f &&
+              s.dtype == (r.type == H ? SSM_FLOAT16 : SSM_FLOAT32) && p->configured_inputs() == 11,
+          "runtime.vsstail_kernel_shape_" + shape_str(with_last(r.lead, r.D)) + "_C" + std::to_string(r.C) + "_H" +
+              std::to_string(r.Hd),
+          last_error());
+  }
+  auto q = vss_tail_plugin("q", Fields(), nvinfer1::TensorRTPhase::kRUNTIME);
+  std::vector<nvinfer1::PluginTensorDesc> qin = tdescs(vss_tail_dims({4}, 64, 32, 128), F);
+  std::vector<nvinfer1::PluginTensorDesc> qout = tdescs({{4, 32}}, F);
+  check(q && q->onShapeChange(qin.data(), 11, qout.data(), 1) == 0 && q->kernel_shape().epsilon == 1e-5f,
+        "runtime.vsstail_default_epsilon", last_error());
+
+  std::vector<nvinfer1::PluginTensorDesc> rin = tdescs(vss_tail_dims({3, 5}, 192, 96, 384), H);
+  std::vector<nvinfer1::PluginTensorDesc> rout = tdescs({{3, 5, 96}}, H);
+  auto wrong_z = tdescs({{3, 5, 192}}, H);  // Y's shape instead of R's
+  check(p->onShapeChange(rin.data(), 11, wrong_z.data(), 1) != 0, "runtime.vsstail_wrong_Z");
+  check_error("runtime.vsstail_wrong_Z_message",
+              {"VSSBlockTail (layer 'vt'): output shape (3, 5, 192) != expected (3, 5, 96)"});
+  auto unresolved = rin;
+  unresolved[1] = tdesc({3, -1, 96}, H);
+  check(p->onShapeChange(unresolved.data(), 11, rout.data(), 1) != 0, "runtime.vsstail_unresolved");
+  check_error("runtime.vsstail_unresolved_message", {"input 'R' has unresolved shape (3, ?, 96) at run time"});
+  auto bad_proj = rin;
+  bad_proj[4] = tdesc({96, 192}, H);
+  check(p->onShapeChange(bad_proj.data(), 11, rout.data(), 1) != 0, "runtime.vsstail_bad_out_proj");
+  check_error("runtime.vsstail_bad_out_proj_message",
+              {"VSSBlockTail (layer 'vt'): out_proj must be (D, C) = (192, 96), got (96, 192) (D = 192 from Y, C = "
+               "96 from R)"});
+  auto bad_rows = rin;
+  bad_rows[1] = tdesc({5, 3, 96}, H);
+  auto bad_rows_out = tdescs({{5, 3, 96}}, H);
+  check(p->onShapeChange(bad_rows.data(), 11, bad_rows_out.data(), 1) != 0, "runtime.vsstail_bad_rows");
+  check_error("runtime.vsstail_bad_rows_message",
+              {"VSSBlockTail (layer 'vt'): Y and R must agree in every dimension but the last, got Y (3, 5, 192) and "
+               "R (5, 3, 96)"});
+  std::vector<nvinfer1::PluginTensorDesc> wide = tdescs(vss_tail_dims({3, 5}, 192, 96, 2048), H);
+  check(p->onShapeChange(wide.data(), 11, rout.data(), 1) != 0, "runtime.vsstail_H_limit");
+  check_error("runtime.vsstail_H_limit_message",
+              {"VSSBlockTail (layer 'vt'): H (fc1's outputs) = 2048 is outside 1..1024"});
+  auto mixed_run = rin;
+  mixed_run[10] = tdesc({96}, F);
+  check(p->onShapeChange(mixed_run.data(), 11, rout.data(), 1) != 0, "runtime.vsstail_mixed_types");
+  check_error("runtime.vsstail_mixed_types_message", {"input 'fc2_bias' has element type float32, but 'Y' has "
+                                                      "float16"});
+
+  // enqueue: no rows needs no kernels; otherwise a missing kernel library is a clear error.
+  const std::vector<int64_t> empties[] = {{0}, {3, 0}, {2, 0, 4}};
+  for (const auto& e : empties) {
+    std::vector<nvinfer1::PluginTensorDesc> ein = tdescs(vss_tail_dims(e, 192, 96, 384), H);
+    std::vector<nvinfer1::PluginTensorDesc> eout = tdescs({with_last(e, 96)}, H);
+    check(p->onShapeChange(ein.data(), 11, eout.data(), 1) == 0 && p->kernel_shape().rows == 0 &&
+              p->enqueue(ein.data(), eout.data(), nullptr, nullptr, nullptr, nullptr) == 0,
+          "runtime.vsstail_empty_" + shape_str(with_last(e, 192)), last_error());
+  }
+  std::string why;
+  if (cuda_kernels(&why) == nullptr) {
+    check(p->onShapeChange(rin.data(), 11, rout.data(), 1) == 0, "runtime.vsstail_reshape");
+    const void* ins[11] = {};
+    void* outs[1] = {};
+    clear_last_error();
+    check(p->enqueue(rin.data(), rout.data(), ins, outs, nullptr, nullptr) != 0, "runtime.vsstail_no_kernels");
+    check_error("runtime.vsstail_no_kernels_message",
+                {"VSSBlockTail (layer 'vt'): cannot load the CUDA kernel library", "libssmpose_kernels_cuda.so"});
+  } else {
+    std::printf("skip runtime.vsstail_no_kernels: libssmpose_kernels_cuda.so is loadable here\n");
+  }
+
+  // launch: the shape prepared last, Y and R, the nine parameters in the order of ssm_vss_tail_params, Z and the
+  // stream go to ssm_vss_block_tail_fwd_cuda as they are, and its status comes back.
+  VssTailProbe probe("probe", LayerNormAttrs{1e-3f});
+  std::vector<nvinfer1::PluginTensorDesc> lin = tdescs(vss_tail_dims({2, 3, 4}, 128, 64, 256), F);
+  std::vector<nvinfer1::PluginTensorDesc> lout = tdescs({{2, 3, 4, 64}}, F);
+  char storage[13] = {};
+  const void* ins[11];
+  for (int i = 0; i < 11; ++i) ins[i] = &storage[i];
+  void* outs[1] = {&storage[11]};
+  void* stream = &storage[12];
+  CudaKernels table{};
+  table.vss_block_tail_fwd = &fake_vss_tail_fwd;
+  g_vss_tail_call = VssTailCall{};
+  const char* kernel = nullptr;
+  const bool shaped = probe.onShapeChange(lin.data(), 11, lout.data(), 1) == 0;
+  const int status = shaped ? probe.launch(table, ins, outs, stream, &kernel) : -1;
+  const VssTailCall& c = g_vss_tail_call;
+  check(shaped && status == SSM_ERR_BAD_SIZE && c.calls == 1 && kernel != nullptr &&
+            std::strcmp(kernel, "ssm_vss_block_tail_fwd_cuda") == 0,
+        "runtime.vsstail_launch_status", last_error());
+  check(c.shape.rows == 24 && c.shape.inner == 128 && c.shape.channels == 64 && c.shape.hidden == 256 &&
+            c.shape.epsilon == 1e-3f && c.shape.dtype == SSM_FLOAT32,
+        "runtime.vsstail_launch_shape");
+  const ssm_vss_tail_params& pr = c.params;
+  check(c.y == ins[0] && c.residual == ins[1] && pr.out_norm_weight == ins[2] && pr.out_norm_bias == ins[3] &&
+            pr.out_proj == ins[4] && pr.norm_weight == ins[5] && pr.norm_bias == ins[6] && pr.fc1_weight == ins[7] &&
+            pr.fc1_bias == ins[8] && pr.fc2_weight == ins[9] && pr.fc2_bias == ins[10] && c.z == outs[0] &&
+            c.stream == stream,
+        "runtime.vsstail_launch_arguments");
+}
+
+void test_vss_tail_serialization() {
+  Fields f;
+  f.f32("epsilon", 1e-6f).cstr("plugin_version", "1").cstr("plugin_namespace", "ssmpose");
+  auto p = vss_tail_plugin("vt", f);
+  if (!p) return check(false, "serialize.vsstail_plugin");
+  const PluginFieldCollection* fc = p->getFieldsToSerialize();
+  check(fc != nullptr && fc->nbFields == 1 && std::strcmp(fc->fields[0].name, "epsilon") == 0 &&
+            fc->fields[0].type == PluginFieldType::kFLOAT32 && fc->fields[0].length == 1 &&
+            *static_cast<const float*>(fc->fields[0].data) == 1e-6f,
+        "serialize.vsstail_fields");
+  check(fields_match_creator(fc, vss_tail_creator()), "serialize.vsstail_fields_match_creator");
+  Fields copy = copy_fields(fc);
+  auto c = as_plugin<VSSBlockTailPlugin>(p->clone());
+  auto attached = as_plugin<VSSBlockTailPlugin>(p->attachToContext(nullptr));
+  p.reset();  // the original is gone, as after serialisation
+  auto q = vss_tail_plugin("vt", copy, nvinfer1::TensorRTPhase::kRUNTIME);
+  check(q && q->attrs().epsilon == 1e-6f && q->getNbOutputs() == 1 && q->layer_name() == "vt",
+        "serialize.vsstail_round_trip");
+  check(c && c->attrs().epsilon == 1e-6f && c->layer_name() == "vt" && c->getNbOutputs() == 1 &&
+            std::strcmp(c->getPluginName(), "VSSBlockTail") == 0,
+        "serialize.vsstail_clone");
+  check(attached && attached.get() != c.get() && attached->attrs().epsilon == 1e-6f,
+        "serialize.vsstail_attach");
+  if (q) {
+    const int32_t n1 = q->getFieldsToSerialize()->nbFields;
+    const PluginFieldCollection* two = q->getFieldsToSerialize();
+    check(n1 == 1 && two->nbFields == 1 && *static_cast<const float*>(two->fields[0].data) == 1e-6f,
+          "serialize.vsstail_repeatable");
+    // The round-tripped plugin checks and prepares shapes like the original.
+    std::vector<nvinfer1::PluginTensorDesc> rin;
+    for (const auto& d : vss_tail_dims({3, 5}, 192, 96, 384)) rin.push_back(tdesc(d, DataType::kHALF));
+    nvinfer1::PluginTensorDesc rout = tdesc({3, 5, 96}, DataType::kHALF);
+    check(q->onShapeChange(rin.data(), 11, &rout, 1) == 0 && q->kernel_shape().rows == 15 &&
+              q->kernel_shape().hidden == 384 && q->kernel_shape().epsilon == 1e-6f,
+          "serialize.vsstail_round_trip_runs", last_error());
+  }
+  auto d = vss_tail_plugin("d");
+  Fields dcopy = copy_fields(d ? d->getFieldsToSerialize() : nullptr);
+  auto e = vss_tail_plugin("d", dcopy, nvinfer1::TensorRTPhase::kRUNTIME);
+  check(e && e->attrs().epsilon == 1e-5f, "serialize.vsstail_default_round_trip");
+}
+
 // "2,8,6,3" -> {2, 8, 6, 3}
 std::vector<int64_t> parse_dims(const char* text) {
   std::vector<int64_t> dims;
@@ -2713,6 +3270,42 @@ int dwconv_mode(int argc, char** argv) {
     std::printf("run error: %s\n", last_error().c_str());
   } else {
     print("run", dims[0]);
+  }
+  return 0;
+}
+
+// VSSBlockTail's shape rules on constant dims, as layer_norm_mode (the lines give Z's shape: R's).
+int vss_tail_mode(int argc, char** argv) {
+  if (argc != 13) {
+    std::fprintf(stderr,
+                 "usage: %s vsstail Y R OUT_NORM_W OUT_NORM_B OUT_PROJ NORM_W NORM_B FC1_W FC1_B FC2_W FC2_B  (dims "
+                 "as 2,5,96; \"\" for a scalar)\n",
+                 argv[0]);
+    return 2;
+  }
+  std::vector<std::vector<int64_t>> dims;
+  for (int i = 2; i < argc; ++i) dims.push_back(parse_dims(argv[i]));
+  auto print = [](const char* stage, const std::vector<int64_t>& d) {
+    std::printf("%s", stage);
+    for (int64_t v : d) std::printf(" %lld", static_cast<long long>(v));
+    std::printf("\n");
+  };
+  auto p = vss_tail_plugin("c");
+  FakeBuilder b;
+  std::vector<nvinfer1::DimsExprs> in = exprs(b, dims);
+  nvinfer1::DimsExprs out{};
+  if (p->getOutputShapes(in.data(), 11, nullptr, 0, &out, 1, b) != 0) {
+    std::printf("build error: %s\n", last_error().c_str());
+  } else {
+    print("build", const_dims(out));
+  }
+  std::vector<nvinfer1::PluginTensorDesc> rin;
+  for (const auto& d : dims) rin.push_back(tdesc(d));
+  std::vector<nvinfer1::PluginTensorDesc> rout = {tdesc(dims[1])};
+  if (p->onShapeChange(rin.data(), 11, rout.data(), 1) != 0) {
+    std::printf("run error: %s\n", last_error().c_str());
+  } else {
+    print("run", dims[1]);
   }
   return 0;
 }
@@ -3075,6 +3668,122 @@ void gpu_dwconv_cases() {
   }
 }
 
+// VSSBlockTail's inputs for `rows` rows: Y's rows have a mean far from 0 (1, spread 2); the matrices are scaled so
+// that the products are O(1).
+std::vector<Buffer> vss_tail_inputs(int64_t rows, int64_t D, int64_t C, int64_t H, bool half, uint32_t seed) {
+  const float proj = std::sqrt(3.0f / static_cast<float>(D)), fc1 = std::sqrt(3.0f / static_cast<float>(C)),
+              fc2 = std::sqrt(3.0f / static_cast<float>(H));
+  return {random_buffer(rows * D, half, &seed, 2.0f, 1.0f),  // Y
+          random_buffer(rows * C, half, &seed, 1.0f),        // R
+          random_buffer(D, half, &seed, 0.5f, 1.0f),         // out_norm_weight
+          random_buffer(D, half, &seed, 0.2f),               // out_norm_bias
+          random_buffer(D * C, half, &seed, proj),           // out_proj (D, C)
+          random_buffer(C, half, &seed, 0.5f, 1.0f),         // norm_weight
+          random_buffer(C, half, &seed, 0.2f),               // norm_bias
+          random_buffer(C * H, half, &seed, fc1),            // fc1_weight (C, H)
+          random_buffer(H, half, &seed, 0.1f),               // fc1_bias
+          random_buffer(H * C, half, &seed, fc2),            // fc2_weight (H, C)
+          random_buffer(C, half, &seed, 0.1f)};              // fc2_bias
+}
+
+// A float64 computation of docs/ops.md's formula from the (rounded) inputs, into want->f (rows x C):
+//   a = round(LayerNorm(Y)), X1 = R + a @ out_proj (not rounded), b = round(LayerNorm(X1)),
+//   g = round(GELU(b @ fc1_weight + fc1_bias)) (exact GELU), Z = X1 + g @ fc2_weight + fc2_bias,
+// where round() rounds to the type (float16: the operands of the products, as the kernel feeds them to tensor
+// cores; float32: nothing).
+void vss_tail_reference(const std::vector<Buffer>& in, int64_t rows, int64_t D, int64_t C, int64_t H, double epsilon,
+                        bool half, Buffer* want) {
+  auto round_to_type = [half](double v) {
+    return half ? static_cast<double>(__half2float(__float2half(static_cast<float>(v)))) : v;
+  };
+  // LayerNorm of n values (biased variance) with weight and bias, each result rounded to the type.
+  auto layer_norm = [&](const double* x, int64_t n, const Buffer& weight, const Buffer& bias, double* out) {
+    double mean = 0, var = 0;
+    for (int64_t k = 0; k < n; ++k) mean += x[k];
+    mean /= static_cast<double>(n);
+    for (int64_t k = 0; k < n; ++k) var += (x[k] - mean) * (x[k] - mean);
+    var /= static_cast<double>(n);
+    const double inv = 1.0 / std::sqrt(var + epsilon);
+    for (int64_t k = 0; k < n; ++k) out[k] = round_to_type((x[k] - mean) * inv * weight.at(k) + bias.at(k));
+  };
+  *want = zeros(rows * C, false);
+  std::vector<double> y(D), a(D), x1(C), b(C), g(H);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t k = 0; k < D; ++k) y[k] = in[0].at(r * D + k);
+    layer_norm(y.data(), D, in[2], in[3], a.data());
+    for (int64_t j = 0; j < C; ++j) {
+      double s = in[1].at(r * C + j);
+      for (int64_t k = 0; k < D; ++k) s += a[k] * in[4].at(k * C + j);
+      x1[j] = s;
+    }
+    layer_norm(x1.data(), C, in[5], in[6], b.data());
+    for (int64_t h = 0; h < H; ++h) {
+      double v = in[8].at(h);
+      for (int64_t j = 0; j < C; ++j) v += b[j] * in[7].at(j * H + h);
+      g[h] = round_to_type(0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))));
+    }
+    for (int64_t j = 0; j < C; ++j) {
+      double z = x1[j] + in[10].at(j);
+      for (int64_t h = 0; h < H; ++h) z += g[h] * in[9].at(h * C + j);
+      want->f[r * C + j] = static_cast<float>(z);
+    }
+  }
+}
+
+// The VSSBlockTail cases of the GPU mode.
+struct VssTailCase {
+  const char* name;
+  std::vector<int64_t> lead;  // Y's and R's leading dims (the rows)
+  int64_t D, C, H;
+  float epsilon;
+};
+const VssTailCase kVssTailCases[] = {
+    // HRVMamba-like widths (D = 2C, H = 4C) on an image of 5x7 positions, batch 2 (rank 4).
+    {"hrv_32", {2, 5, 7}, 64, 32, 128, 1e-5f},
+    // 51 rows: not a multiple of the kernel's 16-row tile.
+    {"rows_51", {3, 17}, 192, 96, 384, 1e-6f},
+    // The largest widths: D = H = 1024, C = 512.
+    {"limits", {20}, 1024, 512, 1024, 1e-5f},
+    // Widths that are multiples of 8 but not of 16, and C > D.
+    {"narrow", {33}, 24, 40, 72, 1e-3f},
+    // Odd widths (no vector access).
+    {"odd", {9}, 13, 7, 5, 1e-5f},
+    // Rank 1: one row.
+    {"one_row", {}, 80, 48, 200, 1e-5f},
+    // D = C = H = 1: both LayerNorms give their bias.
+    {"width_1", {3}, 1, 1, 1, 1e-5f},
+};
+// Tolerances, relative to the largest |Z|: float32 accumulates over up to 1024 terms (an operand rounded to TF32
+// would exceed 1e-4); float16's Z is rounded (2^-11), and an intermediate that rounds the other way than in float64
+// moves Z by much less.
+constexpr double kVssTailTolF32 = 1e-4, kVssTailTolF16 = 2e-3;
+
+// VSSBlockTail through the plugin's enqueue against vss_tail_reference. The output starts as NaNs, so that an
+// unwritten element fails.
+void gpu_vss_tail_cases() {
+  std::string why;
+  for (bool half : {false, true}) {
+    for (const VssTailCase& c : kVssTailCases) {
+      const int64_t rows = static_cast<int64_t>(numel(c.lead));  // 1 for rank 1
+      std::vector<Buffer> in =
+          vss_tail_inputs(rows, c.D, c.C, c.H, half, 23u + static_cast<uint32_t>(c.D * 3 + c.C * 5 + c.H * 7 + rows));
+      Fields f;
+      f.f32("epsilon", c.epsilon).cstr("plugin_version", "1").cstr("plugin_namespace", "ssmpose");
+      auto p = vss_tail_plugin("g", f, nvinfer1::TensorRTPhase::kRUNTIME);
+      const std::string name = std::string("gpu.vsstail_") + (half ? "f16_" : "f32_") + c.name;
+      std::vector<float> got;
+      if (!p || !run_on_gpu(p.get(), vss_tail_dims(c.lead, c.D, c.C, c.H), in, with_last(c.lead, c.C), half, &got,
+                            &why)) {
+        check(false, name, p ? why : last_error());
+        continue;
+      }
+      Buffer want;
+      vss_tail_reference(in, rows, c.D, c.C, c.H, static_cast<double>(c.epsilon), half, &want);
+      compare(name, got, want, half ? kVssTailTolF16 : kVssTailTolF32);
+    }
+  }
+}
+
 int gpu_mode() {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
@@ -3214,6 +3923,7 @@ int gpu_mode() {
   }
   gpu_add_layer_norm_cases();
   gpu_dwconv_cases();
+  gpu_vss_tail_cases();
   std::printf("passed %d failed %d\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
@@ -3228,6 +3938,7 @@ int main(int argc, char** argv) {
   if (argc > 1 && std::strcmp(argv[1], "layernorm") == 0) return layer_norm_mode(argc, argv);
   if (argc > 1 && std::strcmp(argv[1], "addlayernorm") == 0) return add_layer_norm_mode(argc, argv);
   if (argc > 1 && std::strcmp(argv[1], "dwconv") == 0) return dwconv_mode(argc, argv);
+  if (argc > 1 && std::strcmp(argv[1], "vsstail") == 0) return vss_tail_mode(argc, argv);
   if (argc > 1 && std::strcmp(argv[1], "gpu") == 0) {
 #if defined(SSMPOSE_TRT_TEST_CUDA)
     return gpu_mode();
@@ -3265,6 +3976,11 @@ int main(int argc, char** argv) {
   test_dwconv_shapes();
   test_dwconv_configure_and_runtime();
   test_dwconv_serialization();
+  test_vss_tail_fields();
+  test_vss_tail_plugin();
+  test_vss_tail_shapes();
+  test_vss_tail_configure_and_runtime();
+  test_vss_tail_serialization();
   std::printf("passed %d failed %d\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
