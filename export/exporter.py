@@ -43,7 +43,7 @@ from .schemas import (DOMAIN, DT_PROJECTION_DOMAIN_VERSION, EPILOGUE_DOMAIN_VERS
 
 FORMS = ("custom", "portable")
 OP_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
-DEFAULT_OP_VERSION = VSS_TAIL_DOMAIN_VERSION   # `ssmpose export --op-version` defaults to the same (cli/export_cmds.py)
+DEFAULT_OP_VERSION = DT_PROJECTION_DOMAIN_VERSION   # `ssmpose export --op-version` defaults to the same (cli/export_cmds.py)
 # Opset 20 brings the one-node Gelu (five nodes below it). The portable form stays below 20: TensorRT's parser
 # knows only GridSample's opset-16 mode names and samples nearest-neighbour with opset 20's "linear".
 SUPPORTED_OPSETS = {"custom": (18, 19, 20), "portable": (18, 19)}
@@ -278,10 +278,10 @@ def export_model(model: Union[str, nn.Module], output=None, *, checkpoint=None, 
                 computed in float32)
     chunk_size  portable form: chunk length of the scan lowering (default: the lowering's, 64 / 64 / 32)
     scan_lowering  portable form: "halving" (default), "doubling" or "matrix" (docs/export.md)
-    op_version  ssmpose domain version of the custom form's nodes. 7 (default): as 6, and each VMamba block's
-                chain after its scan (out_norm, out_proj, residual add, norm2, MLP, residual add) as one
-                ssmpose::VSSBlockTail; 6: as 5, and SS2D's dt projection inside SelectiveScan2D where its rank
-                is at most 4; 5: one SelectiveScan2D node per
+    op_version  ssmpose domain version of the custom form's nodes. 7: as 6, and each VMamba block's chain
+                after its scan (out_norm, out_proj, residual add, norm2, MLP, residual add) as one
+                ssmpose::VSSBlockTail (not the default: slower on ort-cuda so far, docs/export.md); 6 (default):
+                as 5, and SS2D's dt projection inside SelectiveScan2D where its rank is at most 4; 5: one SelectiveScan2D node per
                 SS2D, every LayerNorm over the last axis as ssmpose::LayerNorm, the residual Add before a
                 LayerNorm fused with it (ssmpose::AddLayerNorm), the LPU's and position convolutions as
                 ssmpose::MultiKernelDepthwiseConv, and the offset bias and SiLU around each DeformAggregate

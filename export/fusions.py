@@ -550,6 +550,7 @@ def _flattens_directions(index: _GraphIndex, reshape, x_proj_shape, width: int) 
 # value, where the MatMul it replaces ran on tensor cores: hrvmamba_small's ranks 2 and 4 gain (the kernel
 # prefetches them as pairs), hrvmamba_base's 5 to 40 lost 21 % at batch 128 on an H100 (docs/benchmarks.md).
 MAX_FOLDED_DT_RANK = 4
+VSS_TAIL_MAX_CHANNELS = 512   # SSM_VSS_TAIL_MAX_CHANNELS of the kernel library
 
 
 def use_scan_dt_projection(model, max_rank: int = MAX_FOLDED_DT_RANK) -> int:
@@ -629,7 +630,7 @@ def _matmul_weight(index: _GraphIndex, matmul, value: str):
     return matmul.input[1] if array is not None and array.ndim == 2 else None
 
 
-def _match_vss_tail(index: _GraphIndex, out_norm):
+def _match_vss_tail(index: _GraphIndex, out_norm, max_channels: int):
     """The VSSBlockTail chain that starts at the `ssmpose::LayerNorm` `out_norm`, as (inputs, epsilon, final
     node), or None. The chain: LayerNorm -> MatMul(out_proj) -> AddLayerNorm(residual, .) -> MatMul(fc1) -> Add(b1)
     -> Gelu -> MatMul(fc2) -> Add(b2) -> the residual Add (an Add or an AddLayerNorm) of the AddLayerNorm's sum,
@@ -667,7 +668,7 @@ def _match_vss_tail(index: _GraphIndex, out_norm):
     expected = [(d,), (d,), (d, c), (c,), (c,), (c, h), (h,), (h, c), (c,)]
     arrays = [index.array(name) for name in params]
     if c1 != c or any(a is None or a.shape != shape for a, shape in zip(arrays, expected)) \
-            or len({a.dtype for a in arrays}) != 1 or vss_tail_shape_error(d, c, h):
+            or len({a.dtype for a in arrays}) != 1 or vss_tail_shape_error(d, c, h) or c > max_channels:
         return None
     epsilon = float(_attributes(out_norm).get("epsilon", LAYER_NORM_EPSILON))
     if float(_attributes(norm).get("epsilon", LAYER_NORM_EPSILON)) != epsilon:
@@ -676,12 +677,13 @@ def _match_vss_tail(index: _GraphIndex, out_norm):
                                                                     fc2_add]
 
 
-def use_vss_block_tail_op(model) -> int:
+def use_vss_block_tail_op(model, max_channels: int = VSS_TAIL_MAX_CHANNELS) -> int:
     """Replace every VMamba block tail after a scan (see `_match_vss_tail`: SS2D's out_norm and out_proj, the
     residual add, the MLP's norm, fc1, GELU, fc2 and the second residual add) by one `ssmpose::VSSBlockTail`
     (domain version 7, docs/ops.md). Its output takes the residual add's name; where that add was an
     AddLayerNorm (the next block's first norm), a `ssmpose::LayerNorm` of the output stays. Run after
-    `use_add_layer_norm_op`. Works on an onnx.ModelProto in place; returns the nodes made."""
+    `use_add_layer_norm_op`. `max_channels` leaves blocks wider than that (C) unfused. Works on an onnx.ModelProto
+    in place; returns the nodes made."""
     import onnx
 
     from .schemas import DOMAIN, LAYER_NORM_EPSILON, PLUGIN_NAMESPACE, PLUGIN_VERSION
@@ -690,7 +692,7 @@ def use_vss_block_tail_op(model) -> int:
     for out_norm in index.nodes:
         if out_norm.op_type != "LayerNorm" or out_norm.domain != DOMAIN or index.position[id(out_norm)] in removed:
             continue
-        match = _match_vss_tail(index, out_norm)
+        match = _match_vss_tail(index, out_norm, max_channels)
         if match is None:
             continue
         inputs, epsilon, final, chain = match

@@ -109,5 +109,5 @@ def test_cli_op_version(tmp_path):
                                        "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert read_metadata(out)["op_domain_version"] == 2 and _custom_ops(out) == {"SelectiveScan2D"}
-    result = CliRunner().invoke(main, ["export", "mamkpd_small", "--op-version", "7", "-o", str(out)])
+    result = CliRunner().invoke(main, ["export", "mamkpd_small", "--op-version", "8", "-o", str(out)])
     assert result.exit_code == 2 and "op-version" in result.output

@@ -1790,10 +1790,11 @@ def vss_tail_call(lib, y, r, params, z, eps=1e-5, shape=None):
 def check_vss_tail(lib, rep, rows, D, C, H, dtype, misalign=False, tag=""):
     sys.path.insert(0, REPO)
     from custom_ops.reference import vss_block_tail_reference
-    y, r, params = vss_tail_inputs(rows, D, C, H, dtype, misalign=misalign)
+    y, r, params = vss_tail_inputs(max(rows, 1), D, C, H, dtype, misalign=misalign)
+    y, r = y[:rows], r[:rows]   # rows = 0: empty views that still point into an allocation (NULL is refused)
     path = "mma" if dtype != torch.float32 and D % 16 == 0 and C % 16 == 0 and H % 16 == 0 and not misalign else "simt"
     name = f"vsstail {tag}rows={rows} D={D} C={C} H={H} {str(dtype)[6:]} {path}"
-    z = torch.full((rows, C), float("nan"), device="cuda", dtype=dtype)
+    z = torch.full((max(rows, 1), C), float("nan"), device="cuda", dtype=dtype)[:rows]
     st = vss_tail_call(lib, y, r, params, z)
     torch.cuda.synchronize()
     if st != SSM_OK:

@@ -175,44 +175,11 @@ SSM_HOT void conv_row(const Plan& p, const float* const* rows, float* acc) {
   }
 }
 
-// erf(t), branch-free so that loops calling it vectorise (std::erf does not): t P(t^2) for |t| < 1, and
-// 1 - exp(Q(|t|)) for 1 <= |t| <= 3.95 (beyond, erfc < 2^-25 and the result rounds to 1). P and Q are
-// least-squares fits on Chebyshev nodes of erf(t) / t over t^2 in [0, 1] and of log erfc(t) over [1, 3.95]; in
-// float32 (with or without FMA) the result is within 2.6 * 2^-24 of erf, absolute. NaN propagates.
-SSM_INLINE float erf_f(float t) {
-  const float a = std::fabs(t);
-  const float s = a * a;
-  float p = -0.000569671276f;
-  p = p * s + 0.0049345186f;
-  p = p * s - 0.0267269891f;
-  p = p * s + 0.112807892f;
-  p = p * s - 0.376124144f;
-  p = p * s + 1.12837911f;
-  const float u = a < 3.95f ? a : 3.95f;
-  float q = 1.6337533e-06f;
-  q = q * u - 4.59678595e-05f;
-  q = q * u + 0.000595850288f;
-  q = q * u - 0.00475420523f;
-  q = q * u + 0.0264032297f;
-  q = q * u - 0.110044055f;
-  q = q * u - 0.631869078f;
-  q = q * u - 1.13020551f;
-  q = q * u + 0.000312609191f;
-  const float r = a < 1.0f ? a * p : 1.0f - exp_f(q);
-  return std::copysign(r, t);
-}
-
-// Exact (erf) GELU.
-SSM_INLINE float gelu(float z) {
-  constexpr float kInvSqrt2 = 0.70710678118654752f;
-  return 0.5f * z * (1.0f + erf_f(z * kInvSqrt2));
-}
-
 // out[w, q*S + s] = act(z[w, s*P + q]) (ShuffleNet's channel shuffle; S = 1 is a copy). z is modified.
 SSM_HOT void activate_and_shuffle(float* z, float* out, int64_t W, int64_t C, int64_t S, int activation) {
   if (activation == SSM_ACTIVATION_GELU) {
     SSM_SIMD
-    for (int64_t i = 0; i < W * C; ++i) z[i] = gelu(z[i]);
+    for (int64_t i = 0; i < W * C; ++i) z[i] = gelu_f(z[i]);
   }
   const int64_t P = C / S;
   for (int64_t w = 0; w < W; ++w) {
