@@ -1,5 +1,6 @@
 """CPU inference of one model on every CPU runtime: PyTorch eager (the CPU kernels), ONNX Runtime CPU and
-OpenVINO CPU, each on the custom and the portable form (not a test: prints a table, writes JSON).
+OpenVINO CPU, each on the custom form (at the default op version and at op version 7) and the portable form (not
+a test: prints a table, writes JSON).
 
     python benchmarks/bench_cpu_runtimes.py --model hrvmamba_small --batch 1 8 --json out.json
     python benchmarks/bench_cpu_runtimes.py --rows ort-cpu:portable openvino:portable --export-dir DIR
@@ -24,15 +25,19 @@ from ssmpose.deploy_demo import demo_weights
 from ssmpose.export import export_model
 from ssmpose.runtimes.benchmark import benchmark_session
 
-ROWS = [("torch", "eager"), ("ort-cpu", "custom"), ("ort-cpu", "portable"), ("openvino", "custom"),
-        ("openvino", "portable")]
+# Forms: "custom" (the default op version), "custom-vN" (the custom form at op version N), "portable".
+ROWS = [("torch", "eager"), ("ort-cpu", "custom"), ("ort-cpu", "custom-v7"), ("ort-cpu", "portable"),
+        ("openvino", "custom"), ("openvino", "custom-v7"), ("openvino", "portable")]
 
 
 def exported(model, form: str, export_dir: Path) -> Path:
     h, w = model.meta["input_size"]
     path = export_dir / f"{model.meta['model']}_{h}x{w}_{form}.onnx"
     if not path.is_file():
-        export_model(model, path, form=form)
+        if form.startswith("custom-v"):
+            export_model(model, path, form="custom", op_version=int(form[len("custom-v"):]))
+        else:
+            export_model(model, path, form=form)
     return path
 
 
