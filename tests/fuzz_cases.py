@@ -1,7 +1,7 @@
 """Fuzzed single-node `ssmpose` graphs for the runtime libraries (ONNX Runtime library, OpenVINO extension).
 
-Each case is one SelectiveScan, DeformAggregate, SelectiveScan2D, LayerNorm, AddLayerNorm or
-MultiKernelDepthwiseConv node built from a small valid configuration plus zero to three mutations drawn from the
+Each case is one SelectiveScan, DeformAggregate, SelectiveScan2D, LayerNorm, AddLayerNorm,
+MultiKernelDepthwiseConv or VSSBlockTail node built from a small valid configuration plus zero to three mutations drawn from the
 list in MUTATIONS (wrong ranks, zero-size and huge dimensions, mismatched B/G/N/L/H/W/C, bad attributes, P too
 small, NaN/Inf values, unsupported or mixed dtypes, missing inputs; DeformAggregate's offset_bias and activation;
 SelectiveScan2D's dt_projection). The graph imports the `ssmpose` domain at the op's version (OP_VERSIONS; 5 for a
@@ -29,7 +29,7 @@ it runs, flushed, so the parent can name the case that crashed or hung):
     python tests/fuzz_cases.py --runtime ort --seed 17 --count 300
     python tests/fuzz_cases.py --runtime ov --ops old --count 300 --extra new:60   # as CI does
     python tests/fuzz_cases.py --runtime ov --ops LayerNorm --start 21 --count 1 --no-regressions   # one case
---ops takes op names, or old (SelectiveScan, DeformAggregate), new (the other four) or all (the default); the
+--ops takes op names, or old (SelectiveScan, DeformAggregate), new (the other five) or all (the default); the
 ops take turns, case i going to ops[i % len(ops)].
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ SCAN_INPUTS = ["u", "delta", "A", "Bs", "Cs", "Ds", "delta_bias"]
 DEFORM_ATTRS = ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w", "dilation_h", "dilation_w",
                 "group", "group_channels", "offset_scale", "remove_center")
 OP_VERSIONS = {"SelectiveScan": 1, "DeformAggregate": 1, "SelectiveScan2D": 2, "LayerNorm": 3, "AddLayerNorm": 4,
-               "MultiKernelDepthwiseConv": 4}
+               "MultiKernelDepthwiseConv": 4, "VSSBlockTail": 7}
 ALL_OPS = tuple(OP_VERSIONS)
 DEFORM_EPILOGUE_VERSION = 5   # DeformAggregate's offset_bias input and activation attribute
 DT_PROJECTION_VERSION = 6     # SelectiveScan2D's dt_projection input
@@ -177,6 +177,22 @@ MUTATIONS = {
         "dtype_mix": "one input of another type than X",
         "missing": "a required input omitted (empty name, or fewer inputs)",
     },
+    "VSSBlockTail": {
+        "float16": "valid: all inputs float16",
+        "zero_rows": "valid: a leading dimension 0 (no rows)",
+        "nonfinite": "valid: NaN / +Inf / -Inf in Y or R",
+        "hrvmamba": "valid: hrvmamba_small's widths (D, C, H) = (64, 32, 64) or (128, 64, 128)",
+        "plugin_attrs": "valid: the ignored TensorRT attributes plugin_version / plugin_namespace",
+        "declared": "valid: graph input shapes declared static, symbolic or not at all",
+        "rank": "Y and R scalars, or a parameter with one dimension too many or too few",
+        "param_len": "a parameter of the wrong length (one of D, C, H off by one)",
+        "R_shape": "R's leading dimensions != Y's",
+        "limits": "C = 513 or D / H = 1025 (beyond the kernels' limits)",
+        "epsilon": "epsilon 0, negative, NaN, +-Inf, an int or a string",
+        "dtype_first": "all inputs of an unsupported type",
+        "dtype_mix": "one input of another type than Y",
+        "missing": "a required input omitted (empty name, or fewer inputs)",
+    },
 }
 # AddLayerNorm: LayerNorm's mutations plus R's.
 MUTATIONS["AddLayerNorm"] = dict(MUTATIONS["LayerNorm"], R_shape="R's shape != X's (one dimension off, a "
@@ -186,7 +202,7 @@ MUTATIONS["AddLayerNorm"]["nonfinite"] = "valid: NaN / +Inf / -Inf in X, R, weig
 # (LayerNorm, AddLayerNorm, MultiKernelDepthwiseConv) the conversion compares shapes only where they are known
 # when the model is read (docs/ops.md), so such cases declare their input shapes statically.
 STATIC_SHAPE_MUTATIONS = {"rank", "channels_zero", "param_len", "R_shape", "group_sum", "weight_shape", "bias_len",
-                          "kernel_range", "group_count"}
+                          "kernel_range", "group_count", "limits"}
 
 
 @dataclasses.dataclass
@@ -1231,9 +1247,132 @@ def _dwconv_case(seed: int, index: int, attempt: int) -> Case:
     return _finish(op, "c", seed, index, rng, inputs, types, feeds, attrs, valid, keywords, muts)
 
 
-NEW_OPS = ("SelectiveScan2D", "LayerNorm", "AddLayerNorm", "MultiKernelDepthwiseConv")
+VSS_TAIL_INPUTS = ["Y", "R", "out_norm_weight", "out_norm_bias", "out_proj", "norm_weight", "norm_bias", "fc1_weight",
+                   "fc1_bias", "fc2_weight", "fc2_bias"]
+
+
+def vss_tail_case(seed: int, index: int) -> Case:
+    return _retry(_vss_tail_case, seed, index)
+
+
+def _vss_tail_param_shapes(D: int, C: int, H: int) -> Dict[str, tuple]:
+    return {"out_norm_weight": (D,), "out_norm_bias": (D,), "out_proj": (D, C), "norm_weight": (C,),
+            "norm_bias": (C,), "fc1_weight": (C, H), "fc1_bias": (H,), "fc2_weight": (H, C), "fc2_bias": (C,)}
+
+
+def _vss_tail_case(seed: int, index: int, attempt: int) -> Case:
+    rng = np.random.default_rng([seed, index, 7, attempt])
+    op, names = "VSSBlockTail", list(VSS_TAIL_INPUTS)
+    muts = _draw_mutations(rng, op)
+    D, C, H = (int(rng.integers(1, 48)) for _ in range(3))
+    if "hrvmamba" in muts:
+        D, C, H = [(64, 32, 64), (128, 64, 128)][int(rng.integers(0, 2))]
+    valid, keywords = True, []
+    if "limits" in muts:
+        valid = False
+        which = int(rng.integers(0, 3))
+        D, C, H = (1025 if which == 0 else min(D, 16), 513 if which == 1 else min(C, 16), 1025 if which == 2 else min(H, 16))
+        keywords += ["outside", "limit"]
+    rank = int(rng.choice([1, 2, 3, 4]))
+    lead = [int(rng.integers(1, 4)) for _ in range(rank - 1)]
+    if "zero_rows" in muts:
+        lead = lead or [1]
+        lead[int(rng.integers(0, len(lead)))] = 0
+    feeds = {"Y": _randn(rng, tuple(lead) + (D,)), "R": _randn(rng, tuple(lead) + (C,))}
+    for name, shape in _vss_tail_param_shapes(D, C, H).items():
+        if name.endswith("_weight") and len(shape) == 1:
+            feeds[name] = _randn(rng, shape, 0.3, 1.0)
+        elif len(shape) == 2:
+            feeds[name] = _randn(rng, shape, 1.0 / np.sqrt(shape[0]))
+        else:
+            feeds[name] = _randn(rng, shape, 0.2)
+    inputs = list(names)
+    attrs: Dict[str, object] = {}
+    if rng.random() < 0.5:
+        attrs["epsilon"] = float(rng.choice([1e-5, 1e-6, 1e-3, 0.1]))
+    if "plugin_attrs" in muts:
+        attrs.update(PLUGIN_ATTRS)
+    dtype = F16 if "float16" in muts else F32
+    types = {n: dtype for n in names}
+
+    if "rank" in muts:
+        valid = False
+        if rng.random() < 0.3:
+            feeds["Y"], feeds["R"] = np.asarray(np.float32(0.5)), np.asarray(np.float32(0.25))
+            keywords += ["rank"]
+        else:
+            name = str(rng.choice(names[2:]))
+            v = feeds[name]
+            feeds[name] = v.reshape((1,) + v.shape) if rng.random() < 0.5 or v.ndim == 1 else v.reshape(-1)
+            keywords += [name]
+    if "param_len" in muts:
+        valid = False
+        name = str(rng.choice(names[2:]))
+        shape = list(feeds[name].shape)
+        axis = int(rng.integers(0, len(shape))) if shape else 0
+        if shape:
+            shape[axis] += 1
+        feeds[name] = _randn(rng, tuple(shape))
+        keywords += [name]
+    if "R_shape" in muts:
+        valid = False
+        r = list(feeds["R"].shape)
+        if len(r) > 1:
+            r[0] += 1
+        else:
+            r = [2] + r
+        feeds["R"] = _randn(rng, tuple(r))
+        keywords += ["leading dimensions", "every dimension but the last", "rank"]
+    if "nonfinite" in muts:
+        for name in rng.choice(["Y", "R"], size=int(rng.integers(1, 3)), replace=False):
+            _nonfinite(rng, feeds[str(name)])
+    if "epsilon" in muts:
+        valid = False
+        attrs["epsilon"] = [0.0, -1e-5, float("nan"), float("inf"), -float("inf"), 0, "1e-5"][int(rng.integers(0, 7))]
+        keywords += ["epsilon"]
+    if "dtype_first" in muts:
+        valid = False
+        t = _bad_dtype(rng, keywords)
+        types = {n: t for n in names}
+    if "dtype_mix" in muts:
+        valid = False
+        name = str(rng.choice(names[1:]))
+        types[name] = _mix_dtype(rng, dtype, name, keywords)
+    if "missing" in muts:
+        valid = False
+        if rng.random() < 0.5:
+            k = int(rng.integers(0, len(names)))
+            inputs[k] = ""
+            keywords += [names[k], "input", "missing"]
+        else:
+            inputs = names[: int(rng.integers(1, len(names)))]
+            keywords += ["input"]
+    if valid and not _vss_tail_shapes_ok(feeds):
+        raise _TooBig("a valid case with invalid shapes")
+    benign = {"float16", "zero_rows", "nonfinite", "hrvmamba", "plugin_attrs"}
+    if not valid and set(muts) <= STATIC_SHAPE_MUTATIONS | benign and _vss_tail_shapes_ok(feeds):
+        raise _TooBig("the shape mutations cancelled out")
+    return _finish(op, "t", seed, index, rng, inputs, types, feeds, attrs, valid, keywords, muts, ("Z",))
+
+
+def _vss_tail_shapes_ok(feeds) -> bool:
+    y, r = feeds["Y"].shape, feeds["R"].shape
+    if len(y) < 1 or len(r) != len(y) or y[:-1] != r[:-1]:
+        return False
+    D, C = y[-1], r[-1]
+    fc1 = feeds["fc1_weight"].shape
+    if len(fc1) != 2:
+        return False
+    H = fc1[1]
+    if not (1 <= D <= 1024 and 1 <= C <= 512 and 1 <= H <= 1024):
+        return False
+    return all(feeds[n].shape == s for n, s in _vss_tail_param_shapes(D, C, H).items())
+
+
+NEW_OPS = ("SelectiveScan2D", "LayerNorm", "AddLayerNorm", "MultiKernelDepthwiseConv", "VSSBlockTail")
 MAKERS = {"SelectiveScan": scan_case, "DeformAggregate": deform_case, "SelectiveScan2D": scan2d_case,
-          "LayerNorm": layer_norm_case, "AddLayerNorm": add_layer_norm_case, "MultiKernelDepthwiseConv": dwconv_case}
+          "LayerNorm": layer_norm_case, "AddLayerNorm": add_layer_norm_case, "MultiKernelDepthwiseConv": dwconv_case,
+          "VSSBlockTail": vss_tail_case}
 
 
 def make_cases(seed: int, count: int, ops: Sequence[str] = ALL_OPS) -> List[Case]:
@@ -1326,6 +1465,8 @@ def _reference_new(case: Case, t):
         return ref.selective_scan_2d_reference(t(f["x"]), t(f["delta"]), t(f["A"]), t(f["Bs"]), t(f["Cs"]), *opt,
                                                delta_softplus=bool(case.attrs.get("delta_softplus", 1))).numpy()
     eps = float(case.attrs.get("epsilon", 1e-5))
+    if case.op == "VSSBlockTail":
+        return _vss_tail_reference(case, eps)
     if case.op == "LayerNorm":
         if f["X"].size == 0:
             return np.zeros(f["X"].shape)
@@ -1344,6 +1485,32 @@ def _reference_new(case: Case, t):
     return ref.multi_kernel_depthwise_conv_reference(t(f["X"]), t(f["weight"]), t(f["bias"]), a["kernel_sizes"],
                                                      a["group_channels"], int(a.get("shuffle_groups", 1)),
                                                      str(a.get("activation", "none"))).numpy()
+
+
+def _vss_tail_reference(case: Case, eps: float) -> np.ndarray:
+    """VSSBlockTail in float64 as docs/ops.md words it: the operands a, b, g of the three products rounded to the
+    type (float16 cases), X1 not rounded. (custom_ops/reference.py's vss_block_tail_reference does the same in
+    float32 for float16 tensors; here the rest stays float64.)"""
+    import torch
+    import torch.nn.functional as F
+
+    f = {n: torch.from_numpy(np.asarray(v, dtype=np.float64)) for n, v in case.feeds.items()}
+    half = case.types[0] == F16
+
+    def operand(v):
+        return v.to(torch.float16).to(torch.float64) if half else v
+
+    def norm(v, w, b):
+        mean = v.mean(-1, keepdim=True)
+        var = (v - mean).square().mean(-1, keepdim=True)
+        return (v - mean) / torch.sqrt(var + float(np.float32(eps))) * w + b
+
+    with np.errstate(all="ignore"):
+        a = operand(norm(f["Y"], f["out_norm_weight"], f["out_norm_bias"]))
+        x1 = f["R"] + a @ f["out_proj"]
+        b = operand(norm(x1, f["norm_weight"], f["norm_bias"]))
+        g = operand(F.gelu(b @ f["fc1_weight"] + f["fc1_bias"]))
+        return (x1 + g @ f["fc2_weight"] + f["fc2_bias"]).numpy()
 
 
 def deform_spec(value: np.ndarray, om: np.ndarray, a: Dict[str, object]) -> np.ndarray:
