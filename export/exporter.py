@@ -281,8 +281,8 @@ def export_model(model: Union[str, nn.Module], output=None, *, checkpoint=None, 
     op_version  ssmpose domain version of the custom form's nodes. 7: as 6, and each VMamba block's chain
                 after its scan (out_norm, out_proj, residual add, norm2, MLP, residual add) as one
                 ssmpose::VSSBlockTail (not the default: slower on ort-cuda so far, docs/export.md); 6 (default):
-                as 5, and SS2D's dt projection inside SelectiveScan2D where its rank is at most 4; 5: one SelectiveScan2D node per
-                SS2D, every LayerNorm over the last axis as ssmpose::LayerNorm, the residual Add before a
+                as 5, and SS2D's dt projection inside SelectiveScan2D where its rank is at most 4; 5: one
+                SelectiveScan2D node per SS2D, every LayerNorm over the last axis as ssmpose::LayerNorm, the residual Add before a
                 LayerNorm fused with it (ssmpose::AddLayerNorm), the LPU's and position convolutions as
                 ssmpose::MultiKernelDepthwiseConv, and the offset bias and SiLU around each DeformAggregate
                 inside it (TensorRT's plugins stop here); 4: as 5 without the DeformAggregate epilogues; 3:

@@ -21,6 +21,8 @@ left alone.
 """
 from __future__ import annotations
 
+from .schemas import VSS_TAIL_MAX_CHANNELS
+
 def _rebuild(model, removed) -> None:
     """Drop the nodes at the positions in `removed` (in place), then the initializers and value_info entries
     nothing uses or produces any more."""
@@ -550,7 +552,6 @@ def _flattens_directions(index: _GraphIndex, reshape, x_proj_shape, width: int) 
 # value, where the MatMul it replaces ran on tensor cores: hrvmamba_small's ranks 2 and 4 gain (the kernel
 # prefetches them as pairs), hrvmamba_base's 5 to 40 lost 21 % at batch 128 on an H100 (docs/benchmarks.md).
 MAX_FOLDED_DT_RANK = 4
-VSS_TAIL_MAX_CHANNELS = 512   # SSM_VSS_TAIL_MAX_CHANNELS of the kernel library
 
 
 def use_scan_dt_projection(model, max_rank: int = MAX_FOLDED_DT_RANK) -> int:
@@ -631,8 +632,8 @@ def _matmul_weight(index: _GraphIndex, matmul, value: str):
 
 
 def _match_vss_tail(index: _GraphIndex, out_norm, max_channels: int):
-    """The VSSBlockTail chain that starts at the `ssmpose::LayerNorm` `out_norm`, as (inputs, epsilon, final
-    node), or None. The chain: LayerNorm -> MatMul(out_proj) -> AddLayerNorm(residual, .) -> MatMul(fc1) -> Add(b1)
+    """The VSSBlockTail chain that starts at the `ssmpose::LayerNorm` `out_norm`, as (the tail's inputs, epsilon,
+    the final residual add, the chain's other nodes in order), or None. The chain: LayerNorm -> MatMul(out_proj) -> AddLayerNorm(residual, .) -> MatMul(fc1) -> Add(b1)
     -> Gelu -> MatMul(fc2) -> Add(b2) -> the residual Add (an Add or an AddLayerNorm) of the AddLayerNorm's sum,
     every intermediate used once and constant weights of matching shapes."""
     from .schemas import DOMAIN, LAYER_NORM_EPSILON, vss_tail_shape_error

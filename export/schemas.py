@@ -311,8 +311,9 @@ def _infer_vss_block_tail(ctx) -> None:
     out = None if rdims is None else list(rdims)
     if out is not None and ydims is not None:
         # Z takes R's last axis and, where R's leading dims are unknown, Y's.
-        out = [r if r.HasField("dim_value") or r.HasField("dim_param") else y for r, y in zip(rdims[:-1], ydims[:-1])] \
-            + [rdims[-1]]
+        known_or_y = [r if r.HasField("dim_value") or r.HasField("dim_param") else y
+                      for r, y in zip(rdims[:-1], ydims[:-1])]
+        out = known_or_y + [rdims[-1]]
     ctx.set_output_type(0, _output(ctx.get_input_type(0).tensor_type.elem_type, out))
 
 
@@ -488,8 +489,8 @@ def uses_dt_projection(node) -> bool:
 
 def nodes_domain_version(nodes) -> int:
     """The `ssmpose` domain version a graph with these onnx NodeProtos (of the ssmpose domain) must import:
-    `op_domain_version` of their types (7 with a VSSBlockTail), 5 where a DeformAggregate uses its epilogues, 6 where a SelectiveScan2D
-    has a dt_projection."""
+    `op_domain_version` of their types (7 with a VSSBlockTail), 5 where a DeformAggregate uses its epilogues, 6
+    where a SelectiveScan2D has a dt_projection."""
     nodes = list(nodes)
     version = op_domain_version(n.op_type for n in nodes)
     if any(uses_deform_epilogues(n) for n in nodes):

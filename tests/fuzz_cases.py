@@ -1271,7 +1271,8 @@ def _vss_tail_case(seed: int, index: int, attempt: int) -> Case:
     if "limits" in muts:
         valid = False
         which = int(rng.integers(0, 3))
-        D, C, H = (1025 if which == 0 else min(D, 16), 513 if which == 1 else min(C, 16), 1025 if which == 2 else min(H, 16))
+        D, C, H = (1025 if which == 0 else min(D, 16), 513 if which == 1 else min(C, 16),
+                   1025 if which == 2 else min(H, 16))
         keywords += ["outside", "limit"]
     rank = int(rng.choice([1, 2, 3, 4]))
     lead = [int(rng.integers(1, 4)) for _ in range(rank - 1)]

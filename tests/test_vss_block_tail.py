@@ -231,7 +231,8 @@ def test_ort_op_names_the_bad_tensor(change, message):
         params[name] = np.zeros(shape, np.float32)
     # Symbolic shapes everywhere, so that ONNX's shape inference leaves the check to the op.
     model = tail_model(None, None, params)
-    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match=f"VSSBlockTail: .*{re.escape(message)}"):
+    invalid_argument = ort.capi.onnxruntime_pybind11_state.InvalidArgument
+    with pytest.raises(invalid_argument, match=f"VSSBlockTail: .*{re.escape(message)}"):
         ort_session(model).run(None, feeds)
 
 
