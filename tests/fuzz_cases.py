@@ -975,6 +975,35 @@ def _scan2d_shapes_ok(feeds, inputs) -> bool:
     return all(sh[n] == (C,) for n in ("Ds", "delta_bias") if n in sh)
 
 
+def _epsilon_and_input_mutations(rng, muts, names, inputs, types, dtype, attrs, keywords):
+    """The mutations LayerNorm, AddLayerNorm and VSSBlockTail share: a bad epsilon, bad or mixed dtypes, a missing
+    input. Changes attrs, types and keywords in place; returns (still valid, the node's inputs)."""
+    valid = True
+    if "epsilon" in muts:
+        valid = False
+        attrs["epsilon"] = [0.0, -1e-5, float("nan"), float("inf"), -float("inf"), 0, "1e-5"][int(rng.integers(0, 7))]
+        keywords += ["epsilon"]
+    if "dtype_first" in muts:
+        valid = False
+        t = _bad_dtype(rng, keywords)
+        types.update({n: t for n in names})
+    if "dtype_mix" in muts:
+        valid = False
+        name = str(rng.choice(names[1:]))
+        types[name] = _mix_dtype(rng, dtype, name, keywords)
+    if "missing" in muts:
+        valid = False
+        if rng.random() < 0.5:
+            k = int(rng.integers(0, len(names)))
+            inputs = list(inputs)
+            inputs[k] = ""
+            keywords += [names[k], "input", "missing"]
+        else:
+            inputs = names[: int(rng.integers(1, len(names)))]
+            keywords += ["input"]
+    return valid, inputs
+
+
 def layer_norm_case(seed: int, index: int) -> Case:
     return _retry(lambda s, i, a: _norm_case("LayerNorm", s, i, a), seed, index)
 
@@ -1052,27 +1081,8 @@ def _norm_case(op: str, seed: int, index: int, attempt: int) -> Case:
     if "nonfinite" in muts:
         for name in rng.choice(names, size=int(rng.integers(1, 3)), replace=False):
             _nonfinite(rng, feeds[str(name)])
-    if "epsilon" in muts:
-        valid = False
-        attrs["epsilon"] = [0.0, -1e-5, float("nan"), float("inf"), -float("inf"), 0, "1e-5"][int(rng.integers(0, 7))]
-        keywords += ["epsilon"]
-    if "dtype_first" in muts:
-        valid = False
-        t = _bad_dtype(rng, keywords)
-        types = {n: t for n in names}
-    if "dtype_mix" in muts:
-        valid = False
-        name = str(rng.choice(names[1:]))
-        types[name] = _mix_dtype(rng, dtype, name, keywords)
-    if "missing" in muts:
-        valid = False
-        if rng.random() < 0.5:
-            k = int(rng.integers(0, len(names)))
-            inputs[k] = ""
-            keywords += [names[k], "input", "missing"]
-        else:
-            inputs = names[: int(rng.integers(1, len(names)))]
-            keywords += ["input"]
+    shared_valid, inputs = _epsilon_and_input_mutations(rng, muts, names, inputs, types, dtype, attrs, keywords)
+    valid = valid and shared_valid
     if valid and not _norm_shapes_ok(op, feeds):
         raise _TooBig("a valid case with invalid shapes")
     if not valid and set(muts) <= STATIC_SHAPE_MUTATIONS and _norm_shapes_ok(op, feeds):
@@ -1327,27 +1337,8 @@ def _vss_tail_case(seed: int, index: int, attempt: int) -> Case:
     if "nonfinite" in muts:
         for name in rng.choice(["Y", "R"], size=int(rng.integers(1, 3)), replace=False):
             _nonfinite(rng, feeds[str(name)])
-    if "epsilon" in muts:
-        valid = False
-        attrs["epsilon"] = [0.0, -1e-5, float("nan"), float("inf"), -float("inf"), 0, "1e-5"][int(rng.integers(0, 7))]
-        keywords += ["epsilon"]
-    if "dtype_first" in muts:
-        valid = False
-        t = _bad_dtype(rng, keywords)
-        types = {n: t for n in names}
-    if "dtype_mix" in muts:
-        valid = False
-        name = str(rng.choice(names[1:]))
-        types[name] = _mix_dtype(rng, dtype, name, keywords)
-    if "missing" in muts:
-        valid = False
-        if rng.random() < 0.5:
-            k = int(rng.integers(0, len(names)))
-            inputs[k] = ""
-            keywords += [names[k], "input", "missing"]
-        else:
-            inputs = names[: int(rng.integers(1, len(names)))]
-            keywords += ["input"]
+    shared_valid, inputs = _epsilon_and_input_mutations(rng, muts, names, inputs, types, dtype, attrs, keywords)
+    valid = valid and shared_valid
     if valid and not _vss_tail_shapes_ok(feeds):
         raise _TooBig("a valid case with invalid shapes")
     benign = {"float16", "zero_rows", "nonfinite", "hrvmamba", "plugin_attrs"}

@@ -29,7 +29,7 @@ from ssmpose.custom_ops import kernel_library as kl
 from ssmpose.custom_ops import ort_library
 from ssmpose.custom_ops.reference import multi_kernel_depthwise_conv_reference
 
-from built_libraries import require_built
+from built_libraries import cuda_kernel_library, require_built
 
 LIB = kl.cpu_library()
 REASON = kl.unavailable_reason("cpu")
@@ -46,17 +46,7 @@ ACTIVATIONS = {"none": kl.SSM_ACTIVATION_NONE, "gelu": kl.SSM_ACTIVATION_GELU}
 GELU_SLOPE = 1.13  # max |gelu'(z)| = 1.1289 (at z = sqrt 2)
 
 
-def _cuda_library():
-    path, _ = kl._find(kl.CUDA_LIBRARY_NAME)
-    if path is None:
-        return None
-    try:
-        return kl._load(path, kl._CUDA_SIGNATURES)
-    except kl.KernelLibraryError:
-        return None
-
-
-CUDA = _cuda_library()
+CUDA = cuda_kernel_library()
 needs_cuda_lib = pytest.mark.skipif(CUDA is None, reason="CUDA kernel library not built")
 
 

@@ -16,23 +16,14 @@ import torch
 
 from ssmpose.custom_ops import kernel_library as kl
 
+from built_libraries import cuda_kernel_library
+
 SSM_ERR_NULL_POINTER, SSM_ERR_BAD_SIZE = 1, 2
 IN, OUT = SSM_ERR_NULL_POINTER, SSM_ERR_BAD_SIZE  # answer to a NULL-pointer call within / beyond the limits
 E60 = 1 << 60
 
-
-def _cuda_library():
-    path, _ = kl._find(kl.CUDA_LIBRARY_NAME)
-    if path is None:
-        return None
-    try:
-        return kl._load(path, kl._CUDA_SIGNATURES)
-    except kl.KernelLibraryError:
-        return None
-
-
 CPU = kl.cpu_library()
-CUDA = _cuda_library()
+CUDA = cuda_kernel_library()
 needs_cpu = pytest.mark.skipif(CPU is None, reason="CPU kernel library not built")
 needs_cuda_lib = pytest.mark.skipif(CUDA is None, reason="CUDA kernel library not built")
 

@@ -22,7 +22,7 @@ import pytest
 from ssmpose.custom_ops import kernel_library as kl
 from ssmpose.custom_ops import ort_library
 
-from built_libraries import require_built
+from built_libraries import cuda_kernel_library, require_built
 
 LIB = kl.cpu_library()
 REASON = kl.unavailable_reason("cpu")
@@ -35,17 +35,7 @@ SSM_OK, NULL_POINTER, BAD_SIZE, BAD_DTYPE, UNSUPPORTED = 0, 1, 2, 3, 4
 EPS = 1e-5
 
 
-def _cuda_library():
-    path, _ = kl._find(kl.CUDA_LIBRARY_NAME)
-    if path is None:
-        return None
-    try:
-        return kl._load(path, kl._CUDA_SIGNATURES)
-    except kl.KernelLibraryError:
-        return None
-
-
-CUDA = _cuda_library()
+CUDA = cuda_kernel_library()
 needs_cuda_lib = pytest.mark.skipif(CUDA is None, reason="CUDA kernel library not built")
 
 

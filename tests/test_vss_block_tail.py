@@ -31,7 +31,7 @@ from ssmpose.export.fusions import use_vss_block_tail_op
 from ssmpose.export.schemas import register_schemas
 from ssmpose.training.models.hrvmamba_blocks import HRVMambaBlock
 
-from built_libraries import require_built
+from built_libraries import cuda_kernel_library, require_built
 
 register_schemas()
 LIB = kl.cpu_library()
@@ -131,17 +131,7 @@ def test_cpu_kernel_does_not_depend_on_the_thread_count():
     assert all(torch.equal(outputs[0], z) for z in outputs[1:])
 
 
-def _cuda_library():
-    path, _ = kl._find(kl.CUDA_LIBRARY_NAME)
-    if path is None:
-        return None
-    try:
-        return kl._load(path, kl._CUDA_SIGNATURES)
-    except kl.KernelLibraryError:
-        return None
-
-
-CUDA = _cuda_library()
+CUDA = cuda_kernel_library()
 LIMIT_CASES = {   # shape fields -> status, checked before any pointer (NULL pointers: a limits query)
     "within the limits": ((10, 1024, 512, 1024, 1e-5, 1), NULL_POINTER),
     "D above 1024": ((10, 1025, 512, 1024, 1e-5, 1), BAD_SIZE),

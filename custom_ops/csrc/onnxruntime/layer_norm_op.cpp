@@ -6,7 +6,6 @@
 // Y = LayerNorm(S). Attribute epsilon (float, default 1e-5, finite and > 0). All share one type T (float32 or
 // float16). Y is normalised over the last axis with float32 statistics (ONNX LayerNormalization with axis = -1,
 // stash_type = 1). Semantics: docs/ops.md.
-#include <cmath>
 #include <string>
 #include <vector>
 
@@ -152,11 +151,7 @@ struct NormKernel : Kernel {
 OrtStatus* create_kernel(const NormOp& op, const OpDef& def, const Api& api, const OrtKernelInfo* info,
                          Kernel** out) {
   float epsilon = kDefaultEpsilon;
-  if (OrtStatus* st = read_float_attr_or(api, info, op.name, "epsilon", kDefaultEpsilon, &epsilon)) return st;
-  if (!(std::isfinite(epsilon) && epsilon > 0.0f)) {
-    return make_error(api, ORT_INVALID_ARGUMENT, "%s: attribute epsilon must be finite and > 0, got %g", op.name,
-                      static_cast<double>(epsilon));
-  }
+  if (OrtStatus* st = read_epsilon_attr(api, info, op.name, &epsilon)) return st;
   auto* k = new NormKernel();
   k->op = &op;
   k->epsilon = epsilon;

@@ -2,6 +2,7 @@
 #include "ort_common.h"
 
 #include <atomic>
+#include <cmath>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -320,6 +321,15 @@ OrtStatus* read_float_attr_or(const Api& api, const OrtKernelInfo* info, const c
     return nullptr;
   }
   return read_float_attr(api, info, op, name, out);
+}
+
+OrtStatus* read_epsilon_attr(const Api& api, const OrtKernelInfo* info, const char* op, float* out) {
+  if (OrtStatus* st = read_float_attr_or(api, info, op, "epsilon", 1e-5f, out)) return st;
+  if (!(std::isfinite(*out) && *out > 0.0f)) {
+    return make_error(api, ORT_INVALID_ARGUMENT, "%s: attribute epsilon must be finite and > 0, got %g", op,
+                      static_cast<double>(*out));
+  }
+  return nullptr;
 }
 
 OrtStatus* read_ints_attr(const Api& api, const OrtKernelInfo* info, const char* op, const char* name,

@@ -120,6 +120,8 @@ OrtStatus* read_float_attr(const Api& api, const OrtKernelInfo* info, const char
 // present with another type.
 OrtStatus* read_float_attr_or(const Api& api, const OrtKernelInfo* info, const char* op, const char* name,
                               float fallback, float* out);
+// The attribute `epsilon` of the LayerNorm-like ops: optional (default 1e-5), finite and > 0.
+OrtStatus* read_epsilon_attr(const Api& api, const OrtKernelInfo* info, const char* op, float* out);
 
 // Required list-of-ints attribute with at least one value (error naming it if missing, empty or of another type).
 OrtStatus* read_ints_attr(const Api& api, const OrtKernelInfo* info, const char* op, const char* name,

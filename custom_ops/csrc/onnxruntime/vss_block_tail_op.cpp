@@ -4,7 +4,6 @@
 // out_norm_weight (D), out_norm_bias (D), out_proj (D, C), norm_weight (C), norm_bias (C), fc1_weight (C, H),
 // fc1_bias (H), fc2_weight (H, C), fc2_bias (C); all one type T (float32 or float16). Attribute epsilon (float,
 // default 1e-5, finite and > 0). Output Z, R's shape.
-#include <cmath>
 #include <string>
 #include <vector>
 
@@ -135,11 +134,7 @@ struct TailKernel : Kernel {
 
 OrtStatus* create_tail(const OpDef& def, const Api& api, const OrtKernelInfo* info, Kernel** out) {
   float epsilon = kDefaultEpsilon;
-  if (OrtStatus* st = read_float_attr_or(api, info, kOp, "epsilon", kDefaultEpsilon, &epsilon)) return st;
-  if (!(std::isfinite(epsilon) && epsilon > 0.0f)) {
-    return make_error(api, ORT_INVALID_ARGUMENT, "%s: attribute epsilon must be finite and > 0, got %g", kOp,
-                      static_cast<double>(epsilon));
-  }
+  if (OrtStatus* st = read_epsilon_attr(api, info, kOp, &epsilon)) return st;
   auto* k = new TailKernel();
   k->epsilon = epsilon;
   k->num_threads = def.device == Device::CPU ? cpu_threads() : 0;
