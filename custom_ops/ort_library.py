@@ -1,8 +1,8 @@
 """Locator of the ONNX Runtime custom-op library ``libssmpose_ort.so``.
 
 The library registers the ``ssmpose`` operator domain (SelectiveScan, DeformAggregate; SelectiveScan2D from domain
-version 2, LayerNorm from version 3, AddLayerNorm and MultiKernelDepthwiseConv from version 4) with ONNX Runtime; see
-``custom_ops/csrc/onnxruntime/README.md``. It is looked up in the same folders, in the same order, as the kernel
+version 2, LayerNorm from version 3, AddLayerNorm and MultiKernelDepthwiseConv from version 4, VSSBlockTail from
+version 7) with ONNX Runtime; see ``custom_ops/csrc/onnxruntime/README.md``. It is looked up in the same folders, in the same order, as the kernel
 libraries (:mod:`kernel_library`):
 
 1. the folder(s) named by ``$SSMPOSE_KERNELS_DIR`` (``os.pathsep``-separated),
