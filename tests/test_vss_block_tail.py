@@ -1,6 +1,6 @@
 """VSSBlockTail (ssmpose domain version 7, docs/ops.md): the reference against HRVMamba's own modules, the CPU kernel
-through ctypes, the ONNX Runtime op on the CPU EP, and the export fusion (hand-made graphs, look-alikes, and
-hrvmamba_small's whole graph against PyTorch).
+through ctypes, the ONNX Runtime op on the CPU EP, and the export fusion (hand-made graphs, look-alikes; and, marked
+slow, hrvmamba_small's whole graph at op version 7 against PyTorch).
 
 Tolerances (max abs error relative to the largest reference magnitude), against the float64 reference of the
 unrounded chain:
@@ -310,6 +310,7 @@ def small_export(exported):
     return exported("hrvmamba_small", (128, 96), op_version=7)
 
 
+@pytest.mark.slow   # the export alone takes a minute on CI's 2 cores
 def test_hrvmamba_small_export_has_one_tail_per_block(small_export):
     e = small_export
     custom = onnx.load(str(e.paths["custom"]), load_external_data=False)
@@ -320,6 +321,7 @@ def test_hrvmamba_small_export_has_one_tail_per_block(small_export):
     assert "Gelu" not in ops   # the MLPs' GELUs are inside the tails, the LPUs' inside MultiKernelDepthwiseConv
 
 
+@pytest.mark.slow
 @needs_ort_lib
 def test_hrvmamba_small_custom_graph_matches_pytorch(small_export):
     import onnxruntime as ort
