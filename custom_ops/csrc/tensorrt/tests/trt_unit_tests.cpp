@@ -568,6 +568,25 @@ void test_deform_fields() {
   delete p;
 }
 
+// The plugin's three capability interfaces exist, its name / version "1" / namespace "ssmpose", its output
+// count and that it asks for no workspace: checks plugin.<tag>_capabilities, plugin.<tag>_core_identity and
+// `outputs_check`.
+void check_identity(nvinfer1::IPluginV3* p, const char* name, int32_t outputs, const std::string& tag,
+                    const std::string& outputs_check) {
+  auto* core =
+      dynamic_cast<nvinfer1::IPluginV3OneCore*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE));
+  auto* build =
+      dynamic_cast<nvinfer1::IPluginV3OneBuild*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
+  auto* runtime = dynamic_cast<nvinfer1::IPluginV3OneRuntime*>(
+      p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+  check(core != nullptr && build != nullptr && runtime != nullptr, "plugin." + tag + "_capabilities");
+  if (!(core && build && runtime)) return;
+  check(std::strcmp(core->getPluginName(), name) == 0 && std::strcmp(core->getPluginVersion(), "1") == 0 &&
+            std::strcmp(core->getPluginNamespace(), "ssmpose") == 0,
+        "plugin." + tag + "_core_identity");
+  check(build->getNbOutputs() == outputs && build->getWorkspaceSize(nullptr, 0, nullptr, 0) == 0, outputs_check);
+}
+
 void test_capabilities() {
   Fields f;
   auto p = as_plugin<SelectiveScanPlugin>(scan_creator().createPlugin("s", f.fc(), nvinfer1::TensorRTPhase::kBUILD));
@@ -1003,20 +1022,7 @@ void test_scan2d_plugin() {
   auto p = scan2d_plugin("s2");
   check(p != nullptr, "plugin.scan2d_created");
   if (!p) return;
-  auto* core =
-      dynamic_cast<nvinfer1::IPluginV3OneCore*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE));
-  auto* build =
-      dynamic_cast<nvinfer1::IPluginV3OneBuild*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
-  auto* runtime = dynamic_cast<nvinfer1::IPluginV3OneRuntime*>(
-      p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
-  check(core != nullptr && build != nullptr && runtime != nullptr, "plugin.scan2d_capabilities");
-  if (core && build && runtime) {
-    check(std::strcmp(core->getPluginName(), "SelectiveScan2D") == 0 &&
-              std::strcmp(core->getPluginVersion(), "1") == 0 &&
-              std::strcmp(core->getPluginNamespace(), "ssmpose") == 0,
-          "plugin.scan2d_core_identity");
-    check(build->getNbOutputs() == 1 && build->getWorkspaceSize(nullptr, 0, nullptr, 0) == 0, "plugin.scan2d_outputs");
-  }
+  check_identity(p.get(), "SelectiveScan2D", 1, "scan2d", "plugin.scan2d_outputs");
 
   // Formats: 4-D and 5-D linear tensors, float32 or float16 picked by x, everything else follows.
   const DataType F = DataType::kFLOAT, H = DataType::kHALF;
@@ -1393,20 +1399,7 @@ void test_layer_norm_plugin() {
   auto p = layer_norm_plugin("ln");
   check(p != nullptr, "plugin.layernorm_created");
   if (!p) return;
-  auto* core =
-      dynamic_cast<nvinfer1::IPluginV3OneCore*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE));
-  auto* build =
-      dynamic_cast<nvinfer1::IPluginV3OneBuild*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
-  auto* runtime = dynamic_cast<nvinfer1::IPluginV3OneRuntime*>(
-      p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
-  check(core != nullptr && build != nullptr && runtime != nullptr, "plugin.layernorm_capabilities");
-  if (core && build && runtime) {
-    check(std::strcmp(core->getPluginName(), "LayerNorm") == 0 && std::strcmp(core->getPluginVersion(), "1") == 0 &&
-              std::strcmp(core->getPluginNamespace(), "ssmpose") == 0,
-          "plugin.layernorm_core_identity");
-    check(build->getNbOutputs() == 1 && build->getWorkspaceSize(nullptr, 0, nullptr, 0) == 0,
-          "plugin.layernorm_outputs");
-  }
+  check_identity(p.get(), "LayerNorm", 1, "layernorm", "plugin.layernorm_outputs");
 
   // Formats: linear tensors, float32 or float16 picked by X, weight, bias and Y follow.
   const DataType F = DataType::kFLOAT, H = DataType::kHALF;
@@ -1762,20 +1755,7 @@ void test_add_layer_norm_plugin() {
   auto p = add_layer_norm_plugin("aln");
   check(p != nullptr, "plugin.addlayernorm_created");
   if (!p) return;
-  auto* core =
-      dynamic_cast<nvinfer1::IPluginV3OneCore*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE));
-  auto* build =
-      dynamic_cast<nvinfer1::IPluginV3OneBuild*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
-  auto* runtime = dynamic_cast<nvinfer1::IPluginV3OneRuntime*>(
-      p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
-  check(core != nullptr && build != nullptr && runtime != nullptr, "plugin.addlayernorm_capabilities");
-  if (core && build && runtime) {
-    check(std::strcmp(core->getPluginName(), "AddLayerNorm") == 0 && std::strcmp(core->getPluginVersion(), "1") == 0 &&
-              std::strcmp(core->getPluginNamespace(), "ssmpose") == 0,
-          "plugin.addlayernorm_core_identity");
-    check(build->getNbOutputs() == 2 && build->getWorkspaceSize(nullptr, 0, nullptr, 0) == 0,
-          "plugin.addlayernorm_two_outputs");
-  }
+  check_identity(p.get(), "AddLayerNorm", 2, "addlayernorm", "plugin.addlayernorm_two_outputs");
 
   // Formats: linear tensors, float32 or float16 picked by X; R, weight, bias, Y and S follow.
   const DataType F = DataType::kFLOAT, H = DataType::kHALF;
@@ -2227,21 +2207,7 @@ void test_dwconv_plugin() {
   auto p = dwconv_plugin("lpu");
   check(p != nullptr, "plugin.dwconv_created");
   if (!p) return;
-  auto* core =
-      dynamic_cast<nvinfer1::IPluginV3OneCore*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE));
-  auto* build =
-      dynamic_cast<nvinfer1::IPluginV3OneBuild*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
-  auto* runtime = dynamic_cast<nvinfer1::IPluginV3OneRuntime*>(
-      p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
-  check(core != nullptr && build != nullptr && runtime != nullptr, "plugin.dwconv_capabilities");
-  if (core && build && runtime) {
-    check(std::strcmp(core->getPluginName(), "MultiKernelDepthwiseConv") == 0 &&
-              std::strcmp(core->getPluginVersion(), "1") == 0 &&
-              std::strcmp(core->getPluginNamespace(), "ssmpose") == 0,
-          "plugin.dwconv_core_identity");
-    check(build->getNbOutputs() == 1 && build->getWorkspaceSize(nullptr, 0, nullptr, 0) == 0,
-          "plugin.dwconv_outputs");
-  }
+  check_identity(p.get(), "MultiKernelDepthwiseConv", 1, "dwconv", "plugin.dwconv_outputs");
 
   // Formats: linear tensors, float32 or float16 picked by X; weight, bias and Y follow.
   const DataType F = DataType::kFLOAT, H = DataType::kHALF;
@@ -2655,20 +2621,7 @@ void test_vss_tail_plugin() {
   auto p = vss_tail_plugin("vt");
   check(p != nullptr, "plugin.vsstail_created");
   if (!p) return;
-  auto* core =
-      dynamic_cast<nvinfer1::IPluginV3OneCore*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE));
-  auto* build =
-      dynamic_cast<nvinfer1::IPluginV3OneBuild*>(p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
-  auto* runtime = dynamic_cast<nvinfer1::IPluginV3OneRuntime*>(
-      p->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
-  check(core != nullptr && build != nullptr && runtime != nullptr, "plugin.vsstail_capabilities");
-  if (core && build && runtime) {
-    check(std::strcmp(core->getPluginName(), "VSSBlockTail") == 0 && std::strcmp(core->getPluginVersion(), "1") == 0 &&
-              std::strcmp(core->getPluginNamespace(), "ssmpose") == 0,
-          "plugin.vsstail_core_identity");
-    check(build->getNbOutputs() == 1 && build->getWorkspaceSize(nullptr, 0, nullptr, 0) == 0,
-          "plugin.vsstail_one_output_no_workspace");
-  }
+  check_identity(p.get(), "VSSBlockTail", 1, "vsstail", "plugin.vsstail_one_output_no_workspace");
 
   // Formats: linear tensors, float32 or float16 picked by Y; the ten other inputs and Z follow.
   const DataType F = DataType::kFLOAT, H = DataType::kHALF;
