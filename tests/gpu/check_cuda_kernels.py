@@ -1787,12 +1787,17 @@ def vss_tail_call(lib, y, r, params, z, eps=1e-5, shape=None):
     return lib.ssm_vss_block_tail_fwd_cuda(ctypes.byref(sh), P(y), P(r), ctypes.byref(pr), P(z), stream_ptr())
 
 
-def check_vss_tail(lib, rep, rows, D, C, H, dtype, misalign=False, tag=""):
+def check_vss_tail(lib, rep, rows, D, C, H, dtype, misalign=False, tag="", misalign_y=False):
+    """misalign_y: Y starts one element into its allocation (not 16-byte aligned: not the resident kernel)."""
     sys.path.insert(0, REPO)
     from custom_ops.reference import vss_block_tail_reference
     # rows = 0: one-row tensors with a shape of 0 rows (an empty torch tensor's data_ptr() is NULL, which the
     # kernel refuses before it looks at the rows)
     y, r, params = vss_tail_inputs(max(rows, 1), D, C, H, dtype, misalign=misalign)
+    if misalign_y:
+        store = torch.empty(y.numel() + 1, device="cuda", dtype=dtype)
+        store[1:] = y.flatten()
+        y = store[1:].view(y.shape)
     path = "mma" if dtype != torch.float32 and D % 16 == 0 and C % 16 == 0 and H % 16 == 0 and not misalign else "simt"
     name = f"vsstail {tag}rows={rows} D={D} C={C} H={H} {str(dtype)[6:]} {path}"
     z = torch.full((max(rows, 1), C), float("nan"), device="cuda", dtype=dtype)
@@ -1850,12 +1855,21 @@ def run_vss_tail_checks(lib, rep, quick=False):
     check_vss_tail(lib, rep, 37, 24, 12, 40, f32, tag="odd widths ")
     check_vss_tail(lib, rep, 5, 1, 1, 1, f32, tag="one channel ")
     check_vss_tail(lib, rep, 101, 64, 32, 64, f16, misalign=True, tag="misaligned ")
+    check_vss_tail(lib, rep, 101, 64, 32, 64, f16, misalign_y=True, tag="misaligned Y ")
     check_vss_tail(lib, rep, 0, 64, 32, 64, f16, tag="empty ")
     check_vss_tail(lib, rep, 1, 64, 32, 64, f16, tag="one row ")
+    # the cluster kernel (sm_90) with one partial tile and a few tiles
+    check_vss_tail(lib, rep, 37, 512, 256, 512, f16, tag="cluster, one tile ")
+    check_vss_tail(lib, rep, 200, 256, 128, 256, bf16, tag="cluster, few tiles ")
+    check_vss_tail(lib, rep, 768, 256, 128, 256, f16, tag="cluster, 32-row tiles ")
+    check_vss_tail(lib, rep, 48, 512, 256, 512, bf16, tag="cluster, batch 1 of 8x6 ")
     if not quick:
         check_vss_tail(lib, rep, 200, 1024, 512, 1024, f32, tag="largest ")
         check_vss_tail(lib, rep, 200, 1024, 512, 1024, f16, tag="largest ")
         check_vss_tail(lib, rep, 128 * 3072 + 5, 64, 32, 64, f16, tag="batch 128 ")
+        for dt in (f16, bf16):  # the resident kernel's persistent loop over 32- / 64-row tiles
+            check_vss_tail(lib, rep, 32 * 768 + 7, 128, 64, 128, dt, tag="batch 32 ")
+            check_vss_tail(lib, rep, 8 * 3072 + 9, 64, 32, 64, dt, tag="batch 8 ")
 
 
 def bench_vss_tail(lib, batch=128, dtype=torch.float16):
