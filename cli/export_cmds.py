@@ -32,14 +32,15 @@ SCAN_LOWERINGS = ("halving", "doubling", "matrix")   # = custom_ops.portable.SCA
               help="Portable form: how the scan's chunks are computed: halving (default; pairs of steps merged "
                    "three times, then prefix doubling; the fastest on CPU and GPU), doubling (prefix doubling) or "
                    "matrix (T x T decay matrices, DESIGN.md's form).")
-@click.option("--op-version", type=click.IntRange(1, 7), default=6, show_default=True,   # = DEFAULT_OP_VERSION
-              help="ssmpose domain version of the custom form's nodes. 7: as 6 with each VMamba block's chain "
-                   "after its scan (norms, projections, MLP, residual adds) as one VSSBlockTail (fewer nodes, "
-                   "not faster yet: docs/export.md); 6: one SelectiveScan2D node per SS2D with "
+@click.option("--op-version", type=click.IntRange(1, 7), default=7, show_default=True,   # = DEFAULT_OP_VERSION
+              help="ssmpose domain version of the custom form's nodes. 7: as 6 with the chain after the scan of "
+                   "each VMamba block of up to 64 channels (norms, projections, MLP, residual adds) as one "
+                   "VSSBlockTail (the fastest on ONNX Runtime's CUDA EP: docs/export.md); 6: one "
+                   "SelectiveScan2D node per SS2D with "
                    "its dt projection inside, the LayerNorms as ssmpose::LayerNorm, each residual Add + LayerNorm "
                    "as one AddLayerNorm, each LPU convolution chain as one MultiKernelDepthwiseConv, and each "
-                   "DeformAggregate with its offset bias and SiLU inside (the fastest on ONNX Runtime, GPU and "
-                   "CPU); 5: as 6 with the dt projection as Split and MatMul nodes (for TensorRT, and runtime "
+                   "DeformAggregate with its offset bias and SiLU inside (for runtime libraries built before "
+                   "version 7); 5: as 6 with the dt projection as Split and MatMul nodes (for TensorRT, and runtime "
                    "libraries built before version 6); 4: as 5 with DeformAggregate's bias Add and SiLU as "
                    "separate nodes; 3: SelectiveScan2D and LayerNorm only; 2: SelectiveScan2D only; 1: "
                    "cross-scan -> SelectiveScan -> cross-merge (for libraries built before version 2).")

@@ -43,7 +43,11 @@ from .schemas import (DOMAIN, DT_PROJECTION_DOMAIN_VERSION, EPILOGUE_DOMAIN_VERS
 
 FORMS = ("custom", "portable")
 OP_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
-DEFAULT_OP_VERSION = DT_PROJECTION_DOMAIN_VERSION   # `ssmpose export --op-version` defaults to the same (cli/export_cmds.py)
+DEFAULT_OP_VERSION = VSS_TAIL_DOMAIN_VERSION   # `ssmpose export --op-version` defaults to the same (cli/export_cmds.py)
+# Version 7 fuses the chain after a block's scan only up to this many channels: there the CUDA kernel keeps the
+# weights in shared memory and the fused graph measured faster at batch 1, 32 and 128; wider blocks stay unfused,
+# their fused kernel being slower than ONNX Runtime's chain at large batches (docs/benchmarks.md, fifteenth session).
+EXPORT_VSS_TAIL_MAX_CHANNELS = 64
 # Opset 20 brings the one-node Gelu (five nodes below it). The portable form stays below 20: TensorRT's parser
 # knows only GridSample's opset-16 mode names and samples nearest-neighbour with opset 20's "linear".
 SUPPORTED_OPSETS = {"custom": (18, 19, 20), "portable": (18, 19)}
@@ -402,7 +406,7 @@ def _fuse_custom(proto: onnx.ModelProto, op_version: int) -> None:
     if op_version >= DT_PROJECTION_DOMAIN_VERSION:
         use_scan_dt_projection(proto)
     if op_version >= VSS_TAIL_DOMAIN_VERSION:
-        use_vss_block_tail_op(proto)
+        use_vss_block_tail_op(proto, max_channels=EXPORT_VSS_TAIL_MAX_CHANNELS)
 
 
 def _custom_domain_version(proto: onnx.ModelProto) -> int:

@@ -99,7 +99,7 @@ def test_cli_op_version(tmp_path):
     of version-2 ops only."""
     from ssmpose.cli.export_cmds import export_command
     from ssmpose.export.exporter import DEFAULT_OP_VERSION
-    assert DEFAULT_OP_VERSION == 6 and {p.name: p.default for p in export_command.params}["op_version"] == 6
+    assert DEFAULT_OP_VERSION == 7 and {p.name: p.default for p in export_command.params}["op_version"] == 7
     out = tmp_path / "default.onnx"
     result = CliRunner().invoke(main, ["export", "mamkpd_small", "--input-size", "64x48", "-o", str(out)])
     assert result.exit_code == 0, result.output

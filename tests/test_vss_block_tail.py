@@ -27,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ssmpose.custom_ops import kernel_library as kl
 from ssmpose.custom_ops import ort_library
 from ssmpose.custom_ops.reference import VSS_TAIL_PARAMS, vss_block_tail_reference
+from ssmpose.export.exporter import EXPORT_VSS_TAIL_MAX_CHANNELS
 from ssmpose.export.fusions import use_vss_block_tail_op
 from ssmpose.export.schemas import register_schemas
 from ssmpose.training.models.hrvmamba_blocks import HRVMambaBlock
@@ -301,8 +302,15 @@ def test_fusion_leaves_look_alikes_alone(options):
     assert [n.op_type for n in model.graph.node] == before
 
 
+def test_fusion_leaves_blocks_wider_than_max_channels():
+    model = chain_model(C=16, D=32, H=32)
+    assert use_vss_block_tail_op(model, max_channels=8) == 0
+    assert "VSSBlockTail" not in [n.op_type for n in model.graph.node]
+    assert use_vss_block_tail_op(model, max_channels=16) == 1
+
+
 # ------------------------------------------------------------------------------------------------
-# hrvmamba_small's export at op version 7 (every DVSS block fuses)
+# hrvmamba_small's export at op version 7 (the default: the DVSS blocks of up to 64 channels fuse)
 
 
 @pytest.fixture(scope="module")
@@ -316,9 +324,12 @@ def test_hrvmamba_small_export_has_one_tail_per_block(small_export):
     custom = onnx.load(str(e.paths["custom"]), load_external_data=False)
     assert {o.domain: o.version for o in custom.opset_import}["ssmpose"] == 7
     ops = [n.op_type for n in custom.graph.node]
-    blocks = sum(isinstance(m, HRVMambaBlock) for m in e.model.modules())
-    assert ops.count("VSSBlockTail") == blocks == ops.count("SelectiveScan2D")
-    assert "Gelu" not in ops   # the MLPs' GELUs are inside the tails, the LPUs' inside MultiKernelDepthwiseConv
+    widths = [m.mlp.fc2.out_features for m in e.model.modules() if isinstance(m, HRVMambaBlock)]
+    narrow = sum(w <= EXPORT_VSS_TAIL_MAX_CHANNELS for w in widths)
+    assert (len(widths), narrow) == (44, 28)   # the 64x48 and 32x24 branches (32 and 64 channels)
+    assert ops.count("VSSBlockTail") == narrow and ops.count("SelectiveScan2D") == len(widths)
+    # the fused MLPs' GELUs are inside the tails, the LPUs' inside MultiKernelDepthwiseConv
+    assert ops.count("Gelu") == len(widths) - narrow
 
 
 @pytest.mark.slow
