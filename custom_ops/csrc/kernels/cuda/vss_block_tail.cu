@@ -228,7 +228,6 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all_but_newest() { asm volatile("cp.async.wait_group 1;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::); }
 
 // Byte offsets of the shared-memory regions (each 128-byte aligned) and the row strides (elements), padded by
 // 16 bytes so that consecutive rows fall on different banks.
@@ -301,7 +300,9 @@ struct SharedVectors {
   }
 };
 
-struct ResidentArgs {
+// The arguments of the resident and cluster kernels (Layout: ResidentLayout or ClusterLayout).
+template <typename Layout>
+struct FusedArgs {
   const void* y;
   const void* residual;
   ssm_vss_tail_params p;
@@ -309,43 +310,70 @@ struct ResidentArgs {
   int64_t rows;
   int D, C, H, tile;
   float eps;
-  ResidentLayout l;
+  Layout l;
 };
+using ResidentArgs = FusedArgs<ResidentLayout>;
 
-// Copy `rows` x `n` elements (n a multiple of 8) from global (row stride n) into shared memory (stride ld),
-// rows past `valid` as zeros.
+// Copy columns [c0, c0 + n) (n a multiple of 8) of `rows` rows (row stride `stride` elements) from global into
+// shared memory (row stride ld), rows past `valid` as zeros.
 template <typename T>
-__device__ __forceinline__ void copy_rows_async(T* dst, int ld, const T* src, int rows, int valid, int n) {
+__device__ __forceinline__ void copy_cols_async(T* dst, int ld, const T* src, int stride, int c0, int rows,
+                                                int valid, int n) {
   const int chunks = n / 8;
   for (int i = threadIdx.x; i < rows * chunks; i += kResThreads) {
     const int r = i / chunks, c = (i - r * chunks) * 8;
     const bool ok = r < valid;
-    cp_async16(dst + r * ld + c, ok ? src + (size_t)r * n + c : src, ok);
+    cp_async16(dst + r * ld + c, ok ? src + (size_t)r * stride + c0 + c : src, ok);
   }
 }
 
-// out[r][n] = sum_k A[r][k] * W[k][n] for the tile's rows, on tensor cores, both operands in shared memory;
-// the warps share out the 16 x 16 output tiles.
+// out = A @ W for the tile's rows (N columns, K deep), `splits` warps per 16 x 16 output tile each summing a
+// contiguous part of K into `part`, then added up in a fixed order. Ends with the block synchronised.
 template <typename T>
-__device__ __forceinline__ void product_resident(const T* A, int lda, const T* W, int ldw, int N, int K,
-                                                 float* out, int ldo, int tile) {
+__device__ void product_split(const T* A, int lda, const T* W, int ldw, int N, int K, float* out, int ldo,
+                              float* part, int tile, int splits) {
   using namespace nvcuda;
   const int warp = threadIdx.x / 32;
   const int tiles_m = tile / 16;
   const int items = tiles_m * (N / 16);
-  for (int it = warp; it < items; it += kResWarps) {
-    const int m = it % tiles_m, n = it / tiles_m;
+  const int k_len = K / splits;
+  const size_t part_stride = (size_t)tile * ldo;
+  for (int it = warp; it < items * splits; it += kResWarps) {
+    const int item = it % items, s = it / items;
+    const int m = item % tiles_m, n = item / tiles_m;
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
     wmma::fill_fragment(acc, 0.0f);
-    for (int k = 0; k < K; k += 16) {
+    for (int k = s * k_len; k < (s + 1) * k_len; k += 16) {
       wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> af;
       wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> bf;
       wmma::load_matrix_sync(af, A + m * 16 * lda + k, lda);
       wmma::load_matrix_sync(bf, W + k * ldw + n * 16, ldw);
       wmma::mma_sync(acc, af, bf, acc);
     }
-    wmma::store_matrix_sync(out + m * 16 * ldo + n * 16, acc, ldo, wmma::mem_row_major);
+    float* dst = splits == 1 ? out : part + s * part_stride;
+    wmma::store_matrix_sync(dst + m * 16 * ldo + n * 16, acc, ldo, wmma::mem_row_major);
   }
+  __syncthreads();
+  if (splits > 1) {
+    for (int i = threadIdx.x; i < tile * N; i += kResThreads) {
+      const int r = i / N, c = i - r * N;
+      float v = part[r * ldo + c];
+      for (int s = 1; s < splits; ++s) v += part[s * part_stride + r * ldo + c];
+      out[r * ldo + c] = v;
+    }
+    __syncthreads();
+  }
+}
+
+// Pack 8 floats into 16 bytes of dtype.
+template <typename T>
+__device__ __forceinline__ uint4 pack8(const float* v) {
+  uint4 p;
+  p.x = Words<T>::pack(v);
+  p.y = Words<T>::pack(v + 2);
+  p.z = Words<T>::pack(v + 4);
+  p.w = Words<T>::pack(v + 6);
+  return p;
 }
 
 template <typename T>
@@ -367,14 +395,14 @@ __global__ void __launch_bounds__(kResThreads) vss_tail_resident_kernel(Resident
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t tiles = (a.rows + tile - 1) / tile;
 
-  copy_rows_async(w_out, l.ldwo, static_cast<const T*>(a.p.out_proj), D, D, C);
-  copy_rows_async(w_fc1, l.ldw1, static_cast<const T*>(a.p.fc1_weight), C, C, H);
-  copy_rows_async(w_fc2, l.ldw2, static_cast<const T*>(a.p.fc2_weight), H, H, C);
+  copy_cols_async(w_out, l.ldwo, static_cast<const T*>(a.p.out_proj), C, 0, D, D, C);
+  copy_cols_async(w_fc1, l.ldw1, static_cast<const T*>(a.p.fc1_weight), H, 0, C, C, H);
+  copy_cols_async(w_fc2, l.ldw2, static_cast<const T*>(a.p.fc2_weight), C, 0, H, H, C);
   auto prefetch = [&](int64_t t, int buf) {
     const int64_t row0 = t * tile;
     const int valid = (int)min((int64_t)tile, a.rows - row0);
-    copy_rows_async(reinterpret_cast<T*>(smem + l.act[buf]), l.lda, y + row0 * D, tile, valid, D);
-    copy_rows_async(reinterpret_cast<T*>(smem + l.res[buf]), l.ldr, res + row0 * C, tile, valid, C);
+    copy_cols_async(reinterpret_cast<T*>(smem + l.act[buf]), l.lda, y + row0 * D, D, 0, tile, valid, D);
+    copy_cols_async(reinterpret_cast<T*>(smem + l.res[buf]), l.ldr, res + row0 * C, C, 0, tile, valid, C);
   };
   if ((int64_t)blockIdx.x < tiles) prefetch(blockIdx.x, 0);
   cp_async_commit();  // the weights and the first tile
@@ -394,8 +422,7 @@ __global__ void __launch_bounds__(kResThreads) vss_tail_resident_kernel(Resident
       warp_layer_norm(act + r * l.lda, on_w, on_b, act + r * l.lda, D, a.eps, lane);
     }
     __syncthreads();
-    product_resident<T>(act, l.lda, w_out, l.ldwo, C, D, stage, l.lds, tile);
-    __syncthreads();
+    product_split<T>(act, l.lda, w_out, l.ldwo, C, D, stage, l.lds, stage, tile, 1);
     for (int r = warp; r < tile; r += kResWarps) {
       float* xr = x1 + r * l.ldx;
       for (int c = lane; c < C; c += 32) xr[c] = to_f(r_in[r * l.ldr + c]) + stage[r * l.lds + c];
@@ -403,27 +430,20 @@ __global__ void __launch_bounds__(kResThreads) vss_tail_resident_kernel(Resident
       warp_layer_norm(xr, n_w, n_b, act2 + r * l.ldb, C, a.eps, lane);
     }
     __syncthreads();
-    product_resident<T>(act2, l.ldb, w_fc1, l.ldw1, H, C, stage, l.lds, tile);
-    __syncthreads();
+    product_split<T>(act2, l.ldb, w_fc1, l.ldw1, H, C, stage, l.lds, stage, tile, 1);
     for (int i = threadIdx.x; i < tile * H; i += kResThreads) {
       const int r = i / H, j = i - r * H;
       act[r * l.lda + j] = from_f<T>(gelu(stage[r * l.lds + j] + ldf(b1 + j)));
     }
     __syncthreads();
-    product_resident<T>(act, l.lda, w_fc2, l.ldw2, C, H, stage, l.lds, tile);
-    __syncthreads();
+    product_split<T>(act, l.lda, w_fc2, l.ldw2, C, H, stage, l.lds, stage, tile, 1);
     const int chunks = C / 8;
     for (int i = threadIdx.x; i < valid * chunks; i += kResThreads) {
       const int r = i / chunks, c = (i - r * chunks) * 8;
-      float out[8];
+      float vals[8];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) out[j] = x1[r * l.ldx + c + j] + stage[r * l.lds + c + j] + ldf(b2 + c + j);
-      uint4 packed;
-      packed.x = Words<T>::pack(out);
-      packed.y = Words<T>::pack(out + 2);
-      packed.z = Words<T>::pack(out + 4);
-      packed.w = Words<T>::pack(out + 6);
-      *reinterpret_cast<uint4*>(z + (row0 + r) * C + c) = packed;
+      for (int j = 0; j < 8; ++j) vals[j] = x1[r * l.ldx + c + j] + stage[r * l.lds + c + j] + ldf(b2 + c + j);
+      *reinterpret_cast<uint4*>(z + (row0 + r) * C + c) = pack8<T>(vals);
     }
     __syncthreads();  // the next iteration copies into this tile's buffers
   }
@@ -494,77 +514,18 @@ inline ClusterLayout cluster_layout(int D, int C, int H, int P, int tile) {
   return l;
 }
 
-struct ClusterArgs {
-  const void* y;
-  const void* residual;
-  ssm_vss_tail_params p;
-  void* z;
-  int64_t rows;
-  int D, C, H, tile;
-  float eps;
-  ClusterLayout l;
-};
+using ClusterArgs = FusedArgs<ClusterLayout>;
 
-// Copy a column slice [c0, c0 + n) of `rows` rows (row stride `stride` elements) into shared memory.
-template <typename T>
-__device__ __forceinline__ void copy_cols_async(T* dst, int ld, const T* src, int stride, int c0, int rows,
-                                                int valid, int n) {
-  const int chunks = n / 8;
-  for (int i = threadIdx.x; i < rows * chunks; i += kResThreads) {
-    const int r = i / chunks, c = (i - r * chunks) * 8;
-    const bool ok = r < valid;
-    cp_async16(dst + r * ld + c, ok ? src + (size_t)r * stride + c0 + c : src, ok);
-  }
-}
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::); }
 
-// out = A @ W for the tile's rows (N columns, K deep), `splits` warps per 16 x 16 output tile each summing a
-// contiguous part of K into `part`, then added up in a fixed order. Ends with the block synchronised.
+// Store 16 bytes at `at` (a shared-memory address of this block) in the same place of every block of the cluster.
 template <typename T>
-__device__ void product_split(const T* A, int lda, const T* W, int ldw, int N, int K, float* out, int ldo,
-                              float* part, int tile, int splits) {
-  using namespace nvcuda;
-  const int warp = threadIdx.x / 32;
-  const int tiles_m = tile / 16;
-  const int items = tiles_m * (N / 16);
-  const int k_len = K / splits;
-  const size_t part_stride = (size_t)tile * ldo;
-  for (int it = warp; it < items * splits; it += kResWarps) {
-    const int item = it % items, s = it / items;
-    const int m = item % tiles_m, n = item / tiles_m;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-    wmma::fill_fragment(acc, 0.0f);
-    for (int k = s * k_len; k < (s + 1) * k_len; k += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> af;
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> bf;
-      wmma::load_matrix_sync(af, A + m * 16 * lda + k, lda);
-      wmma::load_matrix_sync(bf, W + k * ldw + n * 16, ldw);
-      wmma::mma_sync(acc, af, bf, acc);
-    }
-    float* dst = splits == 1 ? out : part + s * part_stride;
-    wmma::store_matrix_sync(dst + m * 16 * ldo + n * 16, acc, ldo, wmma::mem_row_major);
-  }
-  __syncthreads();
-  if (splits > 1) {
-    for (int i = threadIdx.x; i < tile * N; i += kResThreads) {
-      const int r = i / N, c = i - r * N;
-      float v = part[r * ldo + c];
-      for (int s = 1; s < splits; ++s) v += part[s * part_stride + r * ldo + c];
-      out[r * ldo + c] = v;
-    }
-    __syncthreads();
-  }
+__device__ __forceinline__ void to_every_block(cooperative_groups::cluster_group& cluster, int P, T* at,
+                                               uint4 value) {
+  for (int q = 0; q < P; ++q) *reinterpret_cast<uint4*>(cluster.map_shared_rank(at, q)) = value;
 }
-
-// Pack 8 floats into 16 bytes of dtype.
-template <typename T>
-__device__ __forceinline__ uint4 pack8(const float* v) {
-  uint4 p;
-  p.x = Words<T>::pack(v);
-  p.y = Words<T>::pack(v + 2);
-  p.z = Words<T>::pack(v + 4);
-  p.w = Words<T>::pack(v + 6);
-  return p;
-}
+#endif
 
 template <typename T>
 __global__ void __launch_bounds__(kResThreads) vss_tail_cluster_kernel(ClusterArgs a) {
@@ -646,10 +607,7 @@ __global__ void __launch_bounds__(kResThreads) vss_tail_cluster_kernel(ClusterAr
     float vals[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) vals[j] = (x1[r * l.ldx + c + j] - mean) * rstd * ldf(n_w + c + j) + ldf(n_b + c + j);
-    const uint4 packed = pack8<T>(vals);
-    for (int q = 0; q < P; ++q) {
-      *reinterpret_cast<uint4*>(cluster.map_shared_rank(act2 + r * l.ldb + c0 + c, q)) = packed;
-    }
+    to_every_block(cluster, P, act2 + r * l.ldb + c0 + c, pack8<T>(vals));
   }
   cluster.sync();
   product_split<T>(act2, l.ldb, w_fc1, l.ldw1, hs, C, stage, l.lds, part, tile, l.splits[1]);
@@ -659,10 +617,7 @@ __global__ void __launch_bounds__(kResThreads) vss_tail_cluster_kernel(ClusterAr
     float vals[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) vals[j] = gelu(stage[r * l.lds + j0 + j] + ldf(b1 + j0 + j));
-    const uint4 packed = pack8<T>(vals);
-    for (int q = 0; q < P; ++q) {
-      *reinterpret_cast<uint4*>(cluster.map_shared_rank(act + r * l.lda + h0 + j0, q)) = packed;
-    }
+    to_every_block(cluster, P, act + r * l.lda + h0 + j0, pack8<T>(vals));
   }
   cluster.sync();
   product_split<T>(act, l.lda, w_fc2, l.ldw2, cs, H, stage, l.lds, part, tile, l.splits[2]);
@@ -708,6 +663,23 @@ int launch(const TailArgs& a, size_t smem, cudaStream_t stream) {
 template <typename T>
 int dispatch(const TailArgs& a, size_t smem, bool mma, cudaStream_t stream) {
   return mma ? launch<T, true>(a, smem, stream) : launch<T, false>(a, smem, stream);
+}
+
+template <typename Layout>
+FusedArgs<Layout> fused_args(const TailArgs& a, const ssm_vss_tail_params& p, int tile, const Layout& l) {
+  FusedArgs<Layout> f;
+  f.y = a.y;
+  f.residual = a.residual;
+  f.p = p;
+  f.z = a.z;
+  f.rows = a.rows;
+  f.D = a.D;
+  f.C = a.C;
+  f.H = a.H;
+  f.tile = tile;
+  f.eps = a.eps;
+  f.l = l;
+  return f;
 }
 
 // The resident kernel's tile: 64 or 32 rows where that still gives every SM a tile and two blocks fit on an SM,
@@ -768,9 +740,9 @@ int launch_cluster(ClusterArgs& a, int P, cudaStream_t stream, bool* launched) {
   const int64_t tiles = (a.rows + a.tile - 1) / a.tile;
   cfg.gridDim = dim3((unsigned)(P * (tiles < 1024 ? tiles : 1024)));
   int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, vss_tail_cluster_kernel<T>, &cfg) != cudaSuccess || clusters < 1) {
-    (void)cudaGetLastError();
-    return SSM_ERR_CUDA;
+  if (cudaOccupancyMaxActiveClusters(&clusters, vss_tail_cluster_kernel<T>, &cfg) != cudaSuccess) {
+    (void)cudaGetLastError();  // a GPU that cannot schedule such clusters: the streaming kernel does the call
+    return SSM_OK;
   }
   if (tiles > clusters) return SSM_OK;
   cfg.gridDim = dim3((unsigned)(P * tiles));
@@ -860,18 +832,7 @@ SSM_API int ssm_vss_block_tail_fwd_cuda(const ssm_vss_tail_shape* shape, const v
                        ? resident_tile(a.rows, a.D, a.C, a.H, sms, smem_max, smem_sm)
                        : 0;
   if (kResident && tile > 0) {
-    ResidentArgs r;
-    r.y = y;
-    r.residual = residual;
-    r.p = *params;
-    r.z = z;
-    r.rows = a.rows;
-    r.D = a.D;
-    r.C = a.C;
-    r.H = a.H;
-    r.tile = tile;
-    r.eps = a.eps;
-    r.l = resident_layout(a.D, a.C, a.H, tile);
+    ResidentArgs r = fused_args(a, *params, tile, resident_layout(a.D, a.C, a.H, tile));
     return shape->dtype == SSM_FLOAT16 ? launch_resident<__half>(r, sms, s) : launch_resident<__nv_bfloat16>(r, sms, s);
   }
   int cluster_launch = 0, P = 0, ctile = 0;
@@ -880,18 +841,7 @@ SSM_API int ssm_vss_block_tail_fwd_cuda(const ssm_vss_tail_shape* shape, const v
     cluster_plan(a.rows, a.D, a.C, a.H, sms, smem_max, smem_sm, &P, &ctile);
   }
   if (P > 0) {
-    ClusterArgs c;
-    c.y = y;
-    c.residual = residual;
-    c.p = *params;
-    c.z = z;
-    c.rows = a.rows;
-    c.D = a.D;
-    c.C = a.C;
-    c.H = a.H;
-    c.tile = ctile;
-    c.eps = a.eps;
-    c.l = cluster_layout(a.D, a.C, a.H, P, ctile);
+    ClusterArgs c = fused_args(a, *params, ctile, cluster_layout(a.D, a.C, a.H, P, ctile));
     bool launched = false;
     const int st = shape->dtype == SSM_FLOAT16 ? launch_cluster<__half>(c, P, s, &launched)
                                                 : launch_cluster<__nv_bfloat16>(c, P, s, &launched);
