@@ -237,7 +237,15 @@ struct ResidentLayout {
   size_t w_out, w_fc1, w_fc2, act[2], res[2], act2, x1, stage, vecs, total;
 };
 
-inline size_t align128(size_t v) { return (v + 127) / 128 * 128; }
+// Hands out consecutive 128-byte aligned regions of a block's shared memory.
+struct SmemArena {
+  size_t used = 0;
+  size_t take(size_t bytes) {
+    const size_t here = used;
+    used = (used + bytes + 127) / 128 * 128;
+    return here;
+  }
+};
 
 inline ResidentLayout resident_layout(int D, int C, int H, int tile) {
   ResidentLayout l;
@@ -250,12 +258,8 @@ inline ResidentLayout resident_layout(int D, int C, int H, int tile) {
   l.ldb = C + 8;
   l.ldx = C + 4;
   l.lds = (C > H ? C : H) + 4;
-  size_t at = 0;
-  auto take = [&at](size_t bytes) {
-    const size_t here = at;
-    at = align128(at + bytes);
-    return here;
-  };
+  SmemArena arena;
+  auto take = [&arena](size_t bytes) { return arena.take(bytes); };
   l.w_out = take((size_t)D * l.ldwo * e);
   l.w_fc1 = take((size_t)C * l.ldw1 * e);
   l.w_fc2 = take((size_t)H * l.ldw2 * e);
@@ -267,7 +271,7 @@ inline ResidentLayout resident_layout(int D, int C, int H, int tile) {
   l.x1 = take((size_t)tile * l.ldx * 4);
   l.stage = take((size_t)tile * l.lds * 4);
   l.vecs = take((size_t)(2 * D + 3 * C + H) * e);
-  l.total = at;
+  l.total = arena.used;
   return l;
 }
 
@@ -493,12 +497,8 @@ inline ClusterLayout cluster_layout(int D, int C, int H, int P, int tile) {
   l.splits[2] = k_splits(tile, l.cs, H);
   int most = 1;
   for (int s : l.splits) most = s > most ? s : most;
-  size_t at = 0;
-  auto take = [&at](size_t bytes) {
-    const size_t here = at;
-    at = align128(at + bytes);
-    return here;
-  };
+  SmemArena arena;
+  auto take = [&arena](size_t bytes) { return arena.take(bytes); };
   l.w_out = take((size_t)D * l.ldwo * e);
   l.w_fc1 = take((size_t)C * l.ldw1 * e);
   l.w_fc2 = take((size_t)H * l.ldw2 * e);
@@ -510,7 +510,7 @@ inline ClusterLayout cluster_layout(int D, int C, int H, int P, int tile) {
   l.part = most > 1 ? take((size_t)most * tile * l.lds * 4) : l.stage;
   l.stats = take((size_t)2 * kClusterMax * tile * 4);
   l.vecs = take((size_t)(2 * D + 3 * l.cs + l.hs) * e);
-  l.total = at;
+  l.total = arena.used;
   return l;
 }
 
