@@ -1858,8 +1858,8 @@ def run_vss_tail_checks(lib, rep, quick=False):
     check_vss_tail(lib, rep, 101, 64, 32, 64, f16, misalign_y=True, tag="misaligned Y ")
     check_vss_tail(lib, rep, 0, 64, 32, 64, f16, tag="empty ")
     check_vss_tail(lib, rep, 1, 64, 32, 64, f16, tag="one row ")
-    # the cluster kernel (sm_90) with one partial tile and a few tiles
-    check_vss_tail(lib, rep, 37, 512, 256, 512, f16, tag="cluster, one tile ")
+    # the cluster kernel (sm_90): a partial last tile, 13 tiles, 32-row tiles, the 8x6 stage at batch 1
+    check_vss_tail(lib, rep, 37, 512, 256, 512, f16, tag="cluster, 3 tiles, the last partial ")
     check_vss_tail(lib, rep, 200, 256, 128, 256, bf16, tag="cluster, few tiles ")
     check_vss_tail(lib, rep, 768, 256, 128, 256, f16, tag="cluster, 32-row tiles ")
     check_vss_tail(lib, rep, 48, 512, 256, 512, bf16, tag="cluster, batch 1 of 8x6 ")
