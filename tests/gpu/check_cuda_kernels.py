@@ -1874,12 +1874,13 @@ def run_vss_tail_checks(lib, rep, quick=False):
 
 def bench_vss_tail(lib, batch=128, dtype=torch.float16):
     """The fused kernel against the unfused chain in PyTorch (F.layer_norm, matmul, add, gelu) on hrvmamba_small's
-    four stages (64x48 .. 8x6 at 256x192) at batch 1 and `batch`."""
+    four stages (64x48 .. 8x6 at 256x192) and hrvmamba_base's first two at batch 1 and `batch`."""
     import torch.nn.functional as F
+    stages = [((64, 32, 64), (64, 48)), ((128, 64, 128), (32, 24)), ((256, 128, 256), (16, 12)),
+              ((512, 256, 512), (8, 6)), ((160, 80, 160), (64, 48)), ((320, 160, 320), (32, 24))]
     rows_out = []
     for batch_size in (1, batch):
-        for (D, C, H), (h, w) in zip([(64, 32, 64), (128, 64, 128), (256, 128, 256), (512, 256, 512)],
-                                     [(64, 48), (32, 24), (16, 12), (8, 6)]):
+        for (D, C, H), (h, w) in stages:
             rows = batch_size * h * w
             y, r, p = vss_tail_inputs(rows, D, C, H, dtype)
             z = torch.empty(rows, C, device="cuda", dtype=dtype)

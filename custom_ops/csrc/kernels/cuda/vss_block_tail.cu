@@ -558,6 +558,9 @@ __global__ void __launch_bounds__(kResThreads) vss_tail_cluster_kernel(ClusterAr
   const T* r_in = reinterpret_cast<const T*>(smem + l.res);
   const int64_t row0 = (int64_t)(blockIdx.x / P) * tile;  // one tile per cluster
   const int valid = (int)min((int64_t)tile, a.rows - row0);
+  // A block may write into another's shared memory only once that block runs: every block arrives here and
+  // waits (below) before its first remote write, by when the others have long arrived.
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 
   copy_cols_async(w_out, l.ldwo, static_cast<const T*>(a.p.out_proj), C, c0, D, D, cs);
   copy_cols_async(w_fc1, l.ldw1, static_cast<const T*>(a.p.fc1_weight), H, h0, C, C, hs);
@@ -571,6 +574,7 @@ __global__ void __launch_bounds__(kResThreads) vss_tail_cluster_kernel(ClusterAr
   }
   __syncthreads();
   product_split<T>(act, l.lda, w_out, l.ldwo, cs, D, stage, l.lds, part, tile, l.splits[0]);
+  asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
   // x1's columns; the mean and squared deviations of this block's share of each row to every block
   for (int r = warp; r < tile; r += kResWarps) {
     float s = 0.0f;
