@@ -1,6 +1,8 @@
-"""Export with `op_version=3`: every LayerNorm over the last axis becomes one `ssmpose::LayerNorm` node
-(domain version 3) in the custom form; the portable form keeps ONNX LayerNormalization, and a version-3 custom
-graph lowers back to it. Both run in ONNX Runtime and match PyTorch."""
+"""Op version 3: every LayerNorm over the last axis becomes one `ssmpose::LayerNorm` node (domain version 3) in
+the custom form; the portable form keeps ONNX LayerNormalization, and a version-3 custom graph lowers back to it.
+Both run in ONNX Runtime and match PyTorch. MamKPD's default export is such a graph (its LayerNorms are all the
+default fusions find in it: tests/test_fused_export.py), shared with the other tests (tests/conftest.py);
+`--op-version 3` is exported by the command line below."""
 import numpy as np
 import onnx
 import pytest
@@ -8,13 +10,12 @@ import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-import ssmpose
 from ssmpose.cli.main import main
-from ssmpose.export import export_forms, read_metadata
+from ssmpose.export import read_metadata
 from ssmpose.export.fusions import use_layer_norm_op
 
 ort = pytest.importorskip("onnxruntime")
-SIZE = (64, 48)
+SIZE = (256, 192)   # the size of the shared MamKPD export
 
 
 def _layer_norm_graph(**attributes):
@@ -58,16 +59,9 @@ def test_schema_checks_the_weight_length():
 
 
 @pytest.fixture(scope="module")
-def exported_v3(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mamkpd_v3")
-    torch.manual_seed(3)
-    model = ssmpose.build_model("mamkpd_small", input_size=SIZE).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    paths = {form: root / f"{form}.onnx" for form in ("custom", "portable")}
-    results = export_forms(model, paths, op_version=3)
-    return model, paths, results
+def exported_v3(exported):
+    e = exported("mamkpd_small", SIZE)
+    return e.model, e.paths, e.results
 
 
 def _run(path, images):
