@@ -93,12 +93,15 @@ def _custom_ops(path):
     return {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node if n.domain == "ssmpose"}
 
 
-def test_cli_op_version(tmp_path):
-    """The command's default is the API's, op version 7 (which fuses only MamKPD's LayerNorms, so its default graph
-    imports version 3: tests/test_fused_export.py); --op-version 2 gives a graph of version-2 ops only."""
+def test_cli_op_version(exported, tmp_path):
+    """The command's default is the API's, op version 7, which fuses MamKPD's LayerNorms (nothing else of it fuses:
+    tests/test_fused_export.py; its dt ranks, 6 to 24, are above the fold's limit), so the graph imports version 3
+    (checked on the shared default export); --op-version 2 gives a graph of version-2 ops only."""
     from ssmpose.cli.export_cmds import export_command
     from ssmpose.export.exporter import DEFAULT_OP_VERSION
     assert DEFAULT_OP_VERSION == 7 and {p.name: p.default for p in export_command.params}["op_version"] == 7
+    default = exported("mamkpd_small", (256, 192)).paths["custom"]
+    assert read_metadata(default)["op_domain_version"] == 3 and _custom_ops(default) == {"SelectiveScan2D", "LayerNorm"}
     out = tmp_path / "v2.onnx"
     result = CliRunner().invoke(main, ["export", "mamkpd_small", "--input-size", "64x48", "--op-version", "2",
                                        "-o", str(out)])
